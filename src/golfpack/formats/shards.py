@@ -1,0 +1,97 @@
+"""The challenge's token shard format.
+
+Layout: 256 little-endian int32 header words (word 0 = magic 20240520, word 1 = version 1,
+word 2 = token count, the rest 0), then `count` little-endian uint16 tokens. The file size must
+be exactly 1024 + 2 * count. Readers memory-map, so a 200 MB shard costs no RAM until touched.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+
+from golfpack._io import atomic_write
+from golfpack.errors import GolfpackError
+
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+TOKEN_DTYPE = np.dtype("<u2")
+MAX_TOKEN_ID = 65535
+
+
+def read_shard_header(path: str | os.PathLike[str]) -> int:
+    """Validate a shard's header and size; return its token count."""
+    path = Path(path)
+    if not path.is_file():
+        raise GolfpackError(f"shard {path}: file not found")
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise GolfpackError(f"shard {path}: truncated header ({size} bytes, need {HEADER_BYTES})")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    if int(header[0]) != SHARD_MAGIC:
+        raise GolfpackError(f"shard {path}: bad magic {int(header[0])} in header word 0 (expected {SHARD_MAGIC})")
+    if int(header[1]) != SHARD_VERSION:
+        raise GolfpackError(f"shard {path}: unsupported version {int(header[1])} in header word 1 (expected {SHARD_VERSION})")
+    count = int(header[2])
+    if count < 0:
+        raise GolfpackError(f"shard {path}: negative token count {count} in header word 2")
+    expected = HEADER_BYTES + count * TOKEN_DTYPE.itemsize
+    if size != expected:
+        what = "truncated" if size < expected else "has trailing bytes"
+        raise GolfpackError(
+            f"shard {path}: {what}: header word 2 says {count} tokens = {expected} bytes, file is {size} bytes"
+        )
+    return count
+
+
+def read_shard(path: str | os.PathLike[str], mmap: bool = True) -> np.ndarray:
+    """Return the shard's tokens as a read-only uint16 array (memory-mapped by default)."""
+    count = read_shard_header(path)
+    if count == 0:
+        return np.zeros(0, dtype=np.uint16)
+    if mmap:
+        return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(count,))
+    return np.fromfile(path, dtype=TOKEN_DTYPE, count=count, offset=HEADER_BYTES)
+
+
+def write_shard(path: str | os.PathLike[str], tokens: np.ndarray | list[int]) -> int:
+    """Write tokens as a shard atomically; return the token count."""
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise GolfpackError(f"shard {path}: tokens must be 1-D, got shape {arr.shape}")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > MAX_TOKEN_ID):
+        raise GolfpackError(f"shard {path}: token ids must be in 0..{MAX_TOKEN_ID} to fit uint16")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, arr.size
+    with atomic_write(path) as f:
+        f.write(header.tobytes())
+        f.write(arr.astype(TOKEN_DTYPE, copy=False).tobytes())
+    return int(arr.size)
+
+
+def expand_pattern(pattern: str | os.PathLike[str]) -> list[Path]:
+    """Sorted shard files for a glob (or a single path); error if nothing matches."""
+    files = sorted(Path(p) for p in glob.glob(str(pattern)))
+    if not files:
+        raise GolfpackError(f"no shard files match {str(pattern)!r}: check the path or quote the glob")
+    return files
+
+
+def load_tokens(pattern: str | os.PathLike[str], max_tokens: int | None = None) -> np.ndarray:
+    """Concatenate all shards matching `pattern` in sorted order (at most `max_tokens`)."""
+    parts: list[np.ndarray] = []
+    total = 0
+    for f in expand_pattern(pattern):
+        toks = read_shard(f)
+        if max_tokens is not None:
+            toks = toks[: max_tokens - total]
+        parts.append(toks)
+        total += toks.size
+        if max_tokens is not None and total >= max_tokens:
+            break
+    return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])

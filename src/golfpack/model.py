@@ -1,0 +1,285 @@
+"""The challenge baseline GPT family: one definition shared by trainer, packer and evaluator.
+
+State-dict keys and the forward arithmetic follow the challenge's `train_gpt.py` exactly, so a
+checkpoint written by that script loads here and scores the same; the knobs that forks added
+(MLP activation power, untied head, RoPE base) are fields of `ModelConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS = ("relu2", "relu3", "leaky_relu2")
+
+# Names of small "control" parameters (gains, mixes) the baseline keeps in fp32.
+CONTROL_TENSOR_NAME_PATTERNS = (
+    "attn_scale",
+    "attn_scales",
+    "mlp_scale",
+    "mlp_scales",
+    "resid_mix",
+    "resid_mixes",
+    "q_gain",
+    "skip_weight",
+    "skip_weights",
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one baseline-family GPT. Everything needed to rebuild it from weights."""
+
+    vocab_size: int = 1024  # tokenizer vocabulary; rows of tok_emb
+    num_layers: int = 9  # transformer blocks (first half encoder, second half decoder for U-Net skips)
+    model_dim: int = 512  # residual stream width
+    num_heads: int = 8  # query heads; head_dim = model_dim // num_heads
+    num_kv_heads: int = 4  # key/value heads (GQA); must divide num_heads
+    mlp_hidden: int = 1024  # MLP hidden width (mlp_mult * model_dim in the baseline)
+    tie_embeddings: bool = True  # logits use tok_emb.weight; False adds lm_head.weight
+    skip_weights: bool = True  # U-Net skip connections between mirrored blocks
+    logit_softcap: float = 30.0  # logits = cap * tanh(raw / cap)
+    rope_base: float = 10000.0  # RoPE frequency base; tables are recomputed in fp32 at load
+    qk_gain_init: float = 1.5  # initial per-head query gain (training init only)
+    tied_embed_init_std: float = 0.005  # std of tok_emb init when tied (training init only)
+    activation: str = "relu2"  # MLP nonlinearity: relu2 | relu3 | leaky_relu2
+    leaky_slope: float = 0.5  # negative slope for leaky_relu2
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.num_heads <= 0 or self.model_dim % self.num_heads:
+            problems.append(f"model_dim {self.model_dim} must be divisible by num_heads {self.num_heads}")
+        elif (self.model_dim // self.num_heads) % 2:
+            problems.append(f"head_dim {self.model_dim // self.num_heads} must be even for RoPE")
+        if self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads:
+            problems.append(f"num_heads {self.num_heads} must be divisible by num_kv_heads {self.num_kv_heads}")
+        if self.logit_softcap <= 0:
+            problems.append(f"logit_softcap must be positive, got {self.logit_softcap}")
+        for name in ("vocab_size", "num_layers", "model_dim", "mlp_hidden"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if problems:
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def num_encoder_layers(self) -> int:
+        return self.num_layers // 2
+
+    @property
+    def num_skip_weights(self) -> int:
+        return min(self.num_encoder_layers, self.num_layers - self.num_encoder_layers) if self.skip_weights else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+class RMSNorm(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.size(-1),))
+
+
+class CastedLinear(nn.Linear):
+    """fp32 master weights, cast to the activation dtype at matmul time (bf16 under autocast)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+class Rotary(nn.Module):
+    """RoPE cos/sin tables, computed in fp32 and never stored in the state dict."""
+
+    def __init__(self, dim: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
+
+    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        c = self._cache
+        if c is None or c[0] != seq_len or c[1] != device:
+            t = torch.arange(seq_len, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(device=device, dtype=torch.float32))
+            c = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
+            self._cache = c
+        return c[2].to(dtype), c[3].to(dtype)
+
+
+def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.num_kv_heads = cfg.num_kv_heads
+        self.head_dim = cfg.head_dim
+        dim, kv_dim = cfg.model_dim, cfg.num_kv_heads * cfg.head_dim
+        self.c_q = CastedLinear(dim, dim, bias=False)
+        self.c_k = CastedLinear(dim, kv_dim, bias=False)
+        self.c_v = CastedLinear(dim, kv_dim, bias=False)
+        self.proj = CastedLinear(dim, dim, bias=False)
+        self.proj._zero_init = True
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init, dtype=torch.float32))
+        self.rotary = Rotary(self.head_dim, cfg.rope_base)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape
+        q = self.c_q(x).reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.c_k(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.c_v(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = F.rms_norm(q, (q.size(-1),))
+        k = F.rms_norm(k, (k.size(-1),))
+        cos, sin = self.rotary(t, x.device, q.dtype)
+        q = apply_rotary_emb(q, cos, sin)
+        k = apply_rotary_emb(k, cos, sin)
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
+        )
+        return self.proj(y.transpose(1, 2).contiguous().reshape(b, t, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc = CastedLinear(cfg.model_dim, cfg.mlp_hidden, bias=False)
+        self.proj = CastedLinear(cfg.mlp_hidden, cfg.model_dim, bias=False)
+        self.proj._zero_init = True
+        self.activation = cfg.activation
+        self.leaky_slope = cfg.leaky_slope
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)
+        if self.activation == "relu2":
+            h = torch.relu(h).square()
+        elif self.activation == "relu3":
+            h = torch.relu(h) ** 3
+        else:
+            h = F.leaky_relu(h, self.leaky_slope).square()
+        return self.proj(h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        dim = cfg.model_dim
+        self.attn_norm = RMSNorm()
+        self.mlp_norm = RMSNorm()
+        self.attn = CausalSelfAttention(cfg)
+        self.mlp = MLP(cfg)
+        self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
+
+    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
+        x = x + self.attn_scale.to(x.dtype)[None, None, :] * self.attn(self.attn_norm(x))
+        x = x + self.mlp_scale.to(x.dtype)[None, None, :] * self.mlp(self.mlp_norm(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        self.num_encoder_layers = cfg.num_encoder_layers
+        self.num_decoder_layers = cfg.num_layers - cfg.num_encoder_layers
+        if cfg.skip_weights:
+            self.skip_weights = nn.Parameter(torch.ones(cfg.num_skip_weights, cfg.model_dim, dtype=torch.float32))
+        else:
+            self.register_parameter("skip_weights", None)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm()
+        self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size, bias=False)
+        if self.lm_head is not None:
+            self.lm_head._zero_init = True
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.config.tie_embeddings:
+            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.config.tied_embed_init_std)
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and getattr(m, "_zero_init", False):
+                nn.init.zeros_(m.weight)
+
+    def hidden(self, input_ids: Tensor) -> Tensor:
+        """Final-normed hidden states, shape (B, T, D)."""
+        x = F.rms_norm(self.tok_emb(input_ids), (self.config.model_dim,))
+        x0 = x
+        skips: list[Tensor] = []
+        for i in range(self.num_encoder_layers):
+            x = self.blocks[i](x, x0)
+            skips.append(x)
+        for i in range(self.num_decoder_layers):
+            if skips and self.skip_weights is not None:
+                x = x + self.skip_weights[i].to(x.dtype)[None, None, :] * skips.pop()
+            x = self.blocks[self.num_encoder_layers + i](x, x0)
+        return self.final_norm(x)
+
+    def logits(self, input_ids: Tensor) -> Tensor:
+        """Soft-capped logits in fp32, shape (B, T, V)."""
+        h = self.hidden(input_ids)
+        w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+        raw = F.linear(h, w.to(h.dtype))
+        cap = self.config.logit_softcap
+        return (cap * torch.tanh(raw / cap)).float()
+
+    def token_nll(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
+        """Per-token cross-entropy (nats, fp32), shape (B, T)."""
+        logits = self.logits(input_ids)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1), reduction="none").view_as(
+            target_ids
+        )
+
+    def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
+        """Mean cross-entropy, the baseline's training/eval loss."""
+        return self.token_nll(input_ids, target_ids).mean()
+
+
+def build_model(cfg: ModelConfig, state_dict: dict[str, Tensor] | None = None, device: str | torch.device = "cpu") -> GPT:
+    """Build a GPT in fp32 and (optionally) load weights strictly, whatever dtype they were stored in."""
+    model = GPT(cfg)
+    if state_dict is not None:
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+        model.load_state_dict(sd, strict=True)
+    return model.to(device)
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Parameter count implied by a config (no model is built)."""
+    d, kv = cfg.model_dim, cfg.num_kv_heads * cfg.head_dim
+    block = 2 * d * d + 2 * kv * d + 2 * d * cfg.mlp_hidden + cfg.num_heads + 4 * d
+    total = cfg.vocab_size * d + cfg.num_layers * block + cfg.num_skip_weights * d
+    if not cfg.tie_embeddings:
+        total += cfg.vocab_size * d
+    return total
+
+
+__all__ = ["ACTIVATIONS", "CONTROL_TENSOR_NAME_PATTERNS", "GPT", "ModelConfig", "build_model", "count_params"]

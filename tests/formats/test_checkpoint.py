@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from golfpack.errors import GolfpackError
+from golfpack.formats.checkpoint import infer_config, load_state_dict
+from golfpack.model import GPT, ModelConfig, count_params
+
+
+def test_nolanvild_config(nolanvild_pt):
+    sd = load_state_dict(nolanvild_pt)
+    cfg = infer_config(sd, activation="relu3")
+    assert (cfg.num_layers, cfg.model_dim, cfg.num_heads, cfg.num_kv_heads, cfg.mlp_hidden) == (3, 128, 4, 2, 256)
+    assert cfg.vocab_size == 1024 and cfg.tie_embeddings and cfg.skip_weights and cfg.activation == "relu3"
+    assert sum(t.numel() for t in sd.values()) == 476_812 == count_params(cfg)
+
+
+def test_taleef_config_keeps_dtype_mix(taleef_pt):
+    sd = load_state_dict(taleef_pt)
+    assert sd["tok_emb.weight"].dtype == torch.bfloat16
+    cfg = infer_config(sd)
+    assert (cfg.num_layers, cfg.model_dim, cfg.num_heads, cfg.num_kv_heads, cfg.mlp_hidden) == (2, 64, 4, 2, 64)
+    assert count_params(cfg) == 107_080
+
+
+def test_unknown_schema_lists_keys(ginferno_pt):
+    sd = load_state_dict(ginferno_pt)
+    with pytest.raises(GolfpackError) as e:
+        infer_config(sd)
+    assert "shared_blocks.0" in str(e.value) and "does not have" in str(e.value)
+
+
+def test_shape_mismatch_is_named():
+    cfg = ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_hidden=64)
+    sd = GPT(cfg).state_dict()
+    sd["blocks.1.mlp.fc.weight"] = torch.zeros(65, 32)
+    with pytest.raises(GolfpackError, match=r"blocks.1.mlp.fc.weight has shape \[65, 32\], expected \[64, 32\]"):
+        infer_config(sd)
+    del sd["blocks.1.attn.q_gain"]
+    with pytest.raises(GolfpackError, match="missing blocks.1.attn.q_gain"):
+        infer_config(sd)
+
+
+def test_compile_prefix_and_untied_roundtrip(tmp_path):
+    cfg = ModelConfig(vocab_size=64, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=1, mlp_hidden=96,
+                      tie_embeddings=False)
+    sd = {"_orig_mod." + k: v for k, v in GPT(cfg).state_dict().items()}
+    torch.save(sd, tmp_path / "m.pt")
+    got = infer_config(load_state_dict(tmp_path / "m.pt"))
+    assert got == cfg
+
+
+def test_garbage_file_is_a_clear_error(tmp_path):
+    p = tmp_path / "x.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(GolfpackError, match="cannot be read as a torch.save state dict"):
+        load_state_dict(p)
