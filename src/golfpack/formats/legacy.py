@@ -1,0 +1,191 @@
+"""The challenge baseline's `int8_clean_per_row_v1` `.ptz`: zlib(torch.save(container dict)).
+
+This is THEIR format (and the one most submissions ship), read so that anything people already
+have can be scored or repacked, and written only by the benchmark to measure what the baseline's
+own container costs. Our own artifacts never use pickle (see formats/qgv3.py).
+
+Container layout (train_gpt.py `quantize_state_dict_int8`):
+    __quant_format__        "int8_clean_per_row_v1"
+    quantized[name]         int8 levels (original shape)
+    scales[name]            fp16 (rows,) for per-row tensors, or a 0-d fp32 per-tensor scale
+    dtypes[name]            original dtype name of each quantized tensor
+    passthrough[name]       tensors kept as they are stored (fp16/fp32/int ...)
+    passthrough_orig_dtypes optional: dtype to cast a passthrough tensor back to on load
+    qmeta                   optional: {name: {"scheme": "per_row", "axis": 0}}
+Forks also compress the same torch.save bytes with lzma or zstd instead of zlib; all three are read.
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+from golfpack._io import write_bytes_atomic
+from golfpack.errors import GolfpackError
+from golfpack.formats.records import TORCH_DTYPES, TensorRecord
+
+INT8_FORMAT = "int8_clean_per_row_v1"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+
+
+def looks_like_zlib(head: bytes) -> bool:
+    """RFC 1950 header: CM = 8 (deflate), CINFO <= 7, and the 16-bit header is a multiple of 31."""
+    return len(head) >= 2 and (head[0] & 0x0F) == 8 and (head[0] >> 4) <= 7 and ((head[0] << 8) | head[1]) % 31 == 0
+
+
+def decompress_container(data: bytes, source: str = "file") -> tuple[bytes, str]:
+    """Undo the outer compression of a legacy artifact; returns (torch.save bytes, codec name)."""
+    try:
+        if data.startswith(_XZ_MAGIC):
+            return lzma.decompress(data), "lzma"
+        if data.startswith(_ZSTD_MAGIC):
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data), "zstd"
+        if looks_like_zlib(data[:2]):
+            return zlib.decompress(data), "zlib"
+    except (zlib.error, lzma.LZMAError, Exception) as e:  # zstandard.ZstdError has no stable import path
+        raise GolfpackError(f"{source}: corrupt compressed stream ({e})") from None
+    raise GolfpackError(f"{source}: not a zlib/lzma/zstd-compressed legacy artifact")
+
+
+def read_int8_ptz(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The raw container object of a legacy `.ptz` (weights_only: no pickle code runs)."""
+    p = Path(path)
+    if not p.is_file():
+        raise GolfpackError(f"{p}: file not found")
+    raw, _ = decompress_container(p.read_bytes(), str(p))
+    try:
+        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GolfpackError(f"{p}: decompressed data is not a torch.save object ({first})") from None
+    if not isinstance(obj, dict):
+        raise GolfpackError(f"{p}: expected a dict container, got {type(obj).__name__}")
+    return obj
+
+
+def is_int8_container(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("__quant_format__") == INT8_FORMAT
+
+
+def dequantize_int8_ptz(obj: dict[str, Any]) -> dict[str, Tensor]:
+    """Rebuild the state dict exactly as the baseline's dequantize_state_dict_int8 does.
+
+    Quantized tensors first, then passthrough ones (the baseline's key order)."""
+    if not is_int8_container(obj):
+        fmt = obj.get("__quant_format__") if isinstance(obj, dict) else None
+        raise GolfpackError(f"not an {INT8_FORMAT} container (format: {fmt!r})")
+    out: dict[str, Tensor] = {}
+    qmeta = obj.get("qmeta", {}) or {}
+    orig_dtypes = obj.get("passthrough_orig_dtypes", {}) or {}
+    for name, q in obj["quantized"].items():
+        dtype = _torch_dtype(obj["dtypes"][name], name)
+        s = obj["scales"][name]
+        if qmeta.get(name, {}).get("scheme") == "per_row" or s.ndim > 0:
+            s = s.to(dtype=torch.float32)
+            out[name] = (q.float() * s.view(q.shape[0], *([1] * (q.ndim - 1)))).to(dtype=dtype).contiguous()
+        else:
+            out[name] = (q.float() * float(s.item())).to(dtype=dtype).contiguous()
+    for name, t in obj["passthrough"].items():
+        t = t.detach().to("cpu").contiguous()
+        od = orig_dtypes.get(name)
+        if isinstance(od, str):
+            t = t.to(dtype=_torch_dtype(od, name)).contiguous()
+        out[name] = t
+    return out
+
+
+def _torch_dtype(name: str, tensor: str) -> torch.dtype:
+    if name not in TORCH_DTYPES:
+        raise GolfpackError(f"legacy container: tensor {tensor!r} has unsupported dtype {name!r}")
+    return TORCH_DTYPES[name]
+
+
+def records_to_int8_container(records: Iterable[TensorRecord]) -> dict[str, Any]:
+    """Lay our TensorRecords out as the baseline's container (any bit width fits in its int8 tensors).
+
+    What seed forks ship for int6: the same dict, with int6 levels stored one per int8 byte. Used by the
+    byte benchmark to measure torch.save + general-purpose compression on identical quantized values."""
+    quantized: dict[str, Tensor] = {}
+    scales: dict[str, Tensor] = {}
+    dtypes: dict[str, str] = {}
+    passthrough: dict[str, Tensor] = {}
+    orig_dtypes: dict[str, str] = {}
+    qmeta: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.spec.kind == "int":
+            assert r.q is not None and r.scales is not None
+            quantized[r.name] = torch.from_numpy(r.q.copy()).reshape(r.shape)
+            if r.per_row:
+                scales[r.name] = torch.from_numpy(r.scales.copy())
+                qmeta[r.name] = {"scheme": "per_row", "axis": 0}
+            else:
+                scales[r.name] = torch.tensor(float(r.scales.reshape(-1)[0]), dtype=torch.float32)
+            dtypes[r.name] = r.orig_dtype
+        else:
+            stored = stored_passthrough_tensor(r)
+            passthrough[r.name] = stored
+            if str(stored.dtype).removeprefix("torch.") != r.orig_dtype:
+                orig_dtypes[r.name] = r.orig_dtype
+    obj: dict[str, Any] = {
+        "__quant_format__": INT8_FORMAT,
+        "quantized": quantized,
+        "scales": scales,
+        "dtypes": dtypes,
+        "passthrough": passthrough,
+    }
+    if qmeta:
+        obj["qmeta"] = qmeta
+    if orig_dtypes:
+        obj["passthrough_orig_dtypes"] = orig_dtypes
+    return obj
+
+
+def stored_passthrough_tensor(r: TensorRecord) -> Tensor:
+    """A passthrough record's values as a torch tensor in their STORAGE dtype (not restored)."""
+    assert r.data is not None
+    import numpy as np
+
+    arr = np.ascontiguousarray(r.data)
+    if arr.dtype == np.uint16 and (r.spec.dtype == "bf16" or r.orig_dtype == "bfloat16"):
+        t = torch.from_numpy(arr.view(np.int16).copy()).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(arr.copy())
+    return t.reshape(r.shape)
+
+
+def container_bytes(obj: dict[str, Any]) -> bytes:
+    """torch.save bytes of a container (what the baseline then compresses)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def write_int8_ptz(obj: dict[str, Any], path: str | os.PathLike[str], level: int = 9) -> int:
+    """Write a legacy .ptz exactly as the baseline does (zlib level 9), atomically. Returns its size."""
+    data = zlib.compress(container_bytes(obj), level=level)
+    write_bytes_atomic(path, data)
+    return len(data)
+
+
+__all__ = [
+    "INT8_FORMAT",
+    "container_bytes",
+    "decompress_container",
+    "dequantize_int8_ptz",
+    "is_int8_container",
+    "looks_like_zlib",
+    "read_int8_ptz",
+    "records_to_int8_container",
+    "stored_passthrough_tensor",
+    "write_int8_ptz",
+]
