@@ -94,7 +94,7 @@ def load_any(
         try:
             obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
             raise GolfpackError(f"{p}: decompressed data is not a torch.save object ({first})") from None
         if is_int8_container(obj):
             sd, kind = dequantize_int8_ptz(obj), "int8ptz"

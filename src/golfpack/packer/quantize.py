@@ -16,7 +16,7 @@ Clip rules (how the per-row range is chosen before rounding):
   as the baseline).
 - `absmax`: clip = max |w_r|. Scale = clip / qmax rounded to fp16 FIRST, and q computed with that
   stored scale (so the levels are the best ones for the scale the loader will actually use).
-- `mse`: per-row search over clip = absmax * r, r in 1.00, 0.98, ... 0.30, choosing for each row the r
+- `mse`: per-row search over clip = absmax * r, r in 1.00, 0.98, ... 0.12, choosing for each row the r
   with the lowest squared reconstruction error (with the stored fp16 scale). r = 1 is exactly the absmax
   candidate, so `mse` can never be worse than `absmax` on any row.
 - `gptq`: Hessian-aware rounding (`gptq_quantize`); scales come from the `mse` rule, the levels are then
@@ -38,7 +38,7 @@ from golfpack.packer.spec import TensorSpec
 # The baseline's clip quantile (INT8_CLIP_PERCENTILE = 99.99984 in train_gpt.py).
 BASELINE_CLIP_Q = 99.99984 / 100.0
 # Clip ratios tried by the `mse` rule, largest first (1.0 == absmax, so mse <= absmax always).
-MSE_CLIP_RATIOS = tuple(1.0 - 0.02 * k for k in range(36))
+MSE_CLIP_RATIOS = tuple(1.0 - 0.02 * k for k in range(45))
 # Smallest positive fp16 (subnormal): floor for absmax/mse scales so a stored scale is never 0.
 _FP16_TINY = 2.0**-24
 

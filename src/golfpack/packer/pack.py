@@ -1,0 +1,234 @@
+"""pack: state dict -> policy -> TensorRecords -> QGv3 bytes, with the byte budget enforced.
+
+The one path every artifact takes. `pack_state_dict` does the work in memory (the search and the
+benchmarks call it directly); `pack_file` adds loading any input (`load_any`), code-byte accounting
+and the atomic write, and refuses - writing nothing - when model + code bytes exceed the budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from golfpack import __version__
+from golfpack._io import write_bytes_atomic
+from golfpack.errors import GolfpackError
+from golfpack.formats.records import TensorRecord
+from golfpack.model import ModelConfig
+from golfpack.packer.policy import Policy
+from golfpack.packer.spec import TensorSpec
+
+DEFAULT_BUDGET = 16_000_000  # the challenge cap: code bytes + compressed model bytes
+DEFAULT_CODEC = "lzma"
+_PASS_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+
+@dataclass
+class PackResult:
+    """Everything a pack produced, before or after writing."""
+
+    data: bytes  # the QGv3 artifact bytes
+    records: list[TensorRecord]  # what was stored, in state-dict order
+    policy: Policy  # the policy actually applied (overrides included)
+    codec: str  # codec used for the streams
+    config: ModelConfig | None  # stored in the header (None for a foreign schema)
+    budget: int = DEFAULT_BUDGET  # byte cap for model + code
+    code_bytes: int = 0  # submission code files, counted byte for byte
+    code_files: list[str] = field(default_factory=list)  # those files
+    codec_sizes: dict[str, int] = field(default_factory=dict)  # every codec tried -> artifact size
+
+    @property
+    def model_bytes(self) -> int:
+        return len(self.data)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.code_bytes
+
+    @property
+    def headroom(self) -> int:
+        return self.budget - self.total_bytes
+
+    def tensor_rows(self) -> list[dict[str, Any]]:
+        return [plan_row(r) for r in self.records]
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.name,
+            "codec": self.codec,
+            "codec_sizes": self.codec_sizes,
+            "params": sum(r.numel for r in self.records),
+            "tensors": self.tensor_rows(),
+            "model_bytes": self.model_bytes,
+            "code_bytes": self.code_bytes,
+            "code_files": self.code_files,
+            "total_bytes": self.total_bytes,
+            "budget": self.budget,
+            "headroom": self.headroom,
+            "fits": self.headroom >= 0,
+        }
+
+
+def payload_bytes(r: TensorRecord) -> float:
+    """Bytes the record costs before entropy coding: bit-packed levels + scales, or raw values."""
+    if r.spec.kind == "int":
+        assert r.scales is not None
+        return r.numel * r.spec.bits / 8 + r.scales.size * r.scales.itemsize
+    if r.spec.dtype == "exact":
+        assert r.data is not None
+        return float(r.data.nbytes)
+    return float(r.numel * _PASS_BYTES[r.spec.dtype])
+
+
+def plan_row(r: TensorRecord) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "shape": list(r.shape),
+        "dtype": r.orig_dtype,
+        "spec": r.spec.label(),
+        "params": r.numel,
+        "payload_bytes": payload_bytes(r),
+    }
+
+
+def quantize_state_dict(
+    state_dict: dict[str, Tensor],
+    specs: dict[str, TensorSpec],
+    *,
+    hessians: dict[str, Tensor] | None = None,
+    progress: bool = False,
+) -> list[TensorRecord]:
+    """One TensorRecord per tensor, in state-dict order."""
+    from golfpack.packer.quantize import quantize_tensor
+
+    items = list(state_dict.items())
+    it: Any = items
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(items, desc="quantize", unit="tensor", leave=False)
+    out = []
+    for name, t in it:
+        try:
+            out.append(quantize_tensor(name, t, specs[name], (hessians or {}).get(name)))
+        except ValueError as e:
+            raise GolfpackError(f"{name}: {e}") from None
+    return out
+
+
+def encode(records: list[TensorRecord], *, codec: str, config: ModelConfig | None, policy: Policy, meta: dict[str, Any]) -> bytes:
+    from golfpack.formats.qgv3 import encode_qgv3
+
+    return encode_qgv3(records, config=None if config is None else config.to_dict(), policy=policy.to_dict(), codec=codec, meta=meta)
+
+
+def available_codecs() -> list[str]:
+    from golfpack.packer.codecs import available_codecs as avail
+
+    return list(avail())
+
+
+def pack_state_dict(
+    state_dict: dict[str, Tensor],
+    policy: Policy,
+    *,
+    codec: str = DEFAULT_CODEC,
+    config: ModelConfig | None = None,
+    meta: dict[str, Any] | None = None,
+    hessians: dict[str, Tensor] | None = None,
+    progress: bool = False,
+) -> PackResult:
+    """Quantize and encode in memory. codec="best" tries every available codec and keeps the smallest."""
+    records = quantize_state_dict(state_dict, policy.resolve(state_dict), hessians=hessians, progress=progress)
+    meta = {"golfpack_version": __version__, **(meta or {})}
+    if codec == "best":
+        sizes: dict[str, int] = {}
+        best: tuple[int, str, bytes] | None = None
+        for c in available_codecs():
+            data = encode(records, codec=c, config=config, policy=policy, meta=meta)
+            sizes[c] = len(data)
+            if best is None or len(data) < best[0]:
+                best = (len(data), c, data)
+        assert best is not None
+        return PackResult(data=best[2], records=records, policy=policy, codec=best[1], config=config, codec_sizes=sizes)
+    codecs = available_codecs()
+    if codec not in codecs:
+        raise GolfpackError(f"unknown or unavailable codec {codec!r}: use one of {', '.join(codecs)} or 'best'")
+    data = encode(records, codec=codec, config=config, policy=policy, meta=meta)
+    return PackResult(data=data, records=records, policy=policy, codec=codec, config=config, codec_sizes={codec: len(data)})
+
+
+def count_code_bytes(paths: list[str] | tuple[str, ...]) -> tuple[int, list[str]]:
+    total, files = 0, []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise GolfpackError(f"--code {p}: file not found")
+        total += path.stat().st_size
+        files.append(str(path))
+    return total, files
+
+
+def load_input(src: str | os.PathLike[str], *, num_heads: int | None = None, activation: str | None = None) -> tuple[dict[str, Tensor], ModelConfig | None, str]:
+    """Any .pt / .ptz / .qg3 -> (float state dict, config or None, kind)."""
+    from golfpack.formats.artifact import load_any
+
+    lm = load_any(src, num_heads=num_heads, activation=activation)
+    return lm.state_dict, lm.config, lm.kind
+
+
+def pack_file(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None,
+    *,
+    policy: Policy,
+    codec: str = DEFAULT_CODEC,
+    budget: int = DEFAULT_BUDGET,
+    code: list[str] | tuple[str, ...] = (),
+    dry_run: bool = False,
+    num_heads: int | None = None,
+    activation: str | None = None,
+    require_config: bool = True,
+    progress: bool = False,
+) -> PackResult:
+    """Load `src`, pack it, check the budget, write `out` atomically (unless dry_run)."""
+    if not dry_run and out is None:
+        raise GolfpackError("no output path: pass -o OUT.qg3 (or --dry-run to only print the plan)")
+    code_bytes, code_files = count_code_bytes(list(code))  # before the slow part: fail fast on a typo
+    sd, config, kind = load_input(src, num_heads=num_heads, activation=activation)
+    if config is None and require_config:
+        raise GolfpackError(
+            f"{src}: cannot infer a baseline-family model config from its keys/shapes; "
+            "pass --num-heads/--activation if that is the problem, or --no-config to pack the tensors anyway"
+        )
+    src_bytes = Path(src).read_bytes()
+    meta = {"source": Path(src).name, "source_kind": kind, "source_sha256": hashlib.sha256(src_bytes).hexdigest()}
+    res = pack_state_dict(sd, policy, codec=codec, config=config, meta=meta, progress=progress)
+    res.budget, res.code_bytes, res.code_files = budget, code_bytes, code_files
+    if dry_run:
+        return res
+    if res.total_bytes > budget:
+        raise GolfpackError(
+            f"over budget: model {res.model_bytes:,} + code {code_bytes:,} = {res.total_bytes:,} bytes "
+            f"> {budget:,} by {-res.headroom:,}; nothing written (use a smaller policy, e.g. --set 'PATTERN=int5')"
+        )
+    assert out is not None
+    write_bytes_atomic(out, res.data)
+    return res
+
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "DEFAULT_CODEC",
+    "PackResult",
+    "count_code_bytes",
+    "pack_file",
+    "pack_state_dict",
+    "payload_bytes",
+    "quantize_state_dict",
+]

@@ -1,0 +1,215 @@
+"""verify: load an artifact in a FRESH Python process and prove it rebuilds what the packer meant.
+
+Why a subprocess: the challenge scores a model loaded from the artifact by a new process, so any
+state that survives only in the packing process (cached tensors, monkeypatches, import side effects)
+must not be able to make verification pass. The child:
+
+1. reads the file and decodes it (`load_any`; QGv3 checks its stream checksums while decoding),
+2. recomputes each tensor's sha256 digest from the dequantized values and compares it with the digest
+   the packer wrote in the header (bit-for-bit equality with the packer's intent),
+3. optionally compares every tensor with a raw checkpoint (`--against`): max |error|, relative RMS error,
+4. optionally scores the fresh-loaded model (and the raw checkpoint) with the evaluator,
+and prints one JSON report; the parent relays it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from golfpack.errors import GolfpackError
+
+
+@dataclass
+class EvalOptions:
+    """Evaluator settings for `verify --eval` (see golfpack.evaluator.api.evaluate_path)."""
+
+    val: str  # val shard path or glob
+    tokenizer: str  # sentencepiece .model for the byte LUTs
+    seq_len: int = 1024  # evaluation context length
+    stride: int | None = None  # sliding-window stride (None: non-overlapping, as the baseline)
+    max_tokens: int | None = None  # evaluate only the first N val tokens
+    device: str = "cpu"  # torch device for the evaluation
+
+
+def tensor_digest(t: Tensor) -> str:
+    """sha256 hex of a tensor's raw bytes (the QGv3 per-tensor `digest`), via the format module if present."""
+    try:
+        from golfpack.formats.qgv3 import tensor_digest as fmt_digest  # type: ignore[attr-defined]
+    except ImportError:
+        fmt_digest = None
+    if fmt_digest is not None:
+        return str(fmt_digest(t))
+    flat = t.detach().contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def header_digests(header: dict[str, Any]) -> dict[str, str]:
+    """name -> digest from a QGv3 header (per-tensor entries under 'tensors')."""
+    out: dict[str, str] = {}
+    entries = header.get("tensors", [])
+    if isinstance(entries, dict):
+        entries = [dict(v, name=k) for k, v in entries.items()]
+    for e in entries:
+        if isinstance(e, dict) and "name" in e and "digest" in e:
+            out[str(e["name"])] = str(e["digest"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# child side (runs in the fresh process)
+
+
+def _child(path: str, against: str | None, ev: EvalOptions | None, num_heads: int | None, activation: str | None) -> dict[str, Any]:
+    from golfpack.formats.artifact import load_any
+
+    t0 = time.perf_counter()
+    lm = load_any(path, num_heads=num_heads, activation=activation)
+    rep: dict[str, Any] = {
+        "artifact": path,
+        "kind": lm.kind,
+        "bytes": os.path.getsize(path),
+        "tensors": len(lm.state_dict),
+        "params": sum(int(t.numel()) for t in lm.state_dict.values()),
+        "load_seconds": round(time.perf_counter() - t0, 3),
+        "config": None if lm.config is None else lm.config.to_dict(),
+        "checksums_ok": True,  # decode raised otherwise
+    }
+    rows: dict[str, dict[str, Any]] = {n: {"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for n, t in lm.state_dict.items()}
+    problems: list[str] = []
+    if lm.kind == "qgv3":
+        want = header_digests(lm.artifact.header)
+        mism = []
+        for rec in lm.artifact.records:
+            got = tensor_digest(rec.dequantize())
+            ok = want.get(rec.name) == got
+            rows[rec.name]["spec"] = rec.spec.label()
+            rows[rec.name]["digest_ok"] = ok
+            if not ok:
+                mism.append(rec.name)
+        rep["digests_checked"] = len(lm.artifact.records)
+        rep["digest_mismatches"] = mism
+        if mism:
+            problems.append(f"{len(mism)} tensor(s) differ from what the packer wrote: {', '.join(mism[:5])}")
+    else:
+        rep["digests_checked"] = 0
+    if against:
+        raw = load_any(against, num_heads=num_heads, activation=activation)
+        rep["against"] = against
+        missing = sorted(set(raw.state_dict) - set(lm.state_dict))
+        extra = sorted(set(lm.state_dict) - set(raw.state_dict))
+        if missing or extra:
+            problems.append(f"key sets differ from {against}: missing {missing[:5]}, unexpected {extra[:5]}")
+        worst = 0.0
+        for n, t in lm.state_dict.items():
+            if n not in raw.state_dict:
+                continue
+            r = raw.state_dict[n]
+            if tuple(r.shape) != tuple(t.shape):
+                problems.append(f"{n}: shape {list(t.shape)} vs checkpoint {list(r.shape)}")
+                continue
+            if t.is_floating_point():
+                d = (t.double() - r.double()).abs()
+                max_err = float(d.max()) if d.numel() else 0.0
+                rms = float(r.double().pow(2).mean().sqrt()) if r.numel() else 0.0
+                rows[n]["max_abs_err"] = max_err
+                rows[n]["rel_rms_err"] = float(d.pow(2).mean().sqrt()) / rms if rms > 0 else 0.0
+                worst = max(worst, max_err)
+            else:
+                rows[n]["exact"] = bool(torch.equal(t, r))
+                if not rows[n]["exact"]:
+                    problems.append(f"{n}: integer tensor differs from the checkpoint")
+        rep["max_abs_err"] = worst
+    if ev is not None:
+        from golfpack.evaluator.api import evaluate_path
+
+        cfg = lm.config
+        kw = dict(val=ev.val, tokenizer=ev.tokenizer, seq_len=ev.seq_len, stride=ev.stride, max_tokens=ev.max_tokens, device=ev.device)
+        heads = num_heads if num_heads is not None else (cfg.num_heads if cfg else None)
+        act = activation if activation is not None else (cfg.activation if cfg else None)
+        post = evaluate_path(path, num_heads=heads, activation=act, **kw)
+        rep["post"] = post.to_dict()
+        if against:
+            pre = evaluate_path(against, num_heads=heads, activation=act, **kw)
+            rep["pre"] = pre.to_dict()
+            rep["val_bpb_gap"] = post.val_bpb - pre.val_bpb
+            rep["val_loss_gap"] = post.val_loss - pre.val_loss
+    rep["per_tensor"] = list(rows.values())
+    rep["problems"] = problems
+    rep["ok"] = not problems
+    return rep
+
+
+def _child_main(argv: list[str]) -> int:
+    args = json.loads(argv[0])
+    try:
+        ev = EvalOptions(**args["eval"]) if args.get("eval") else None
+        rep = _child(args["path"], args.get("against"), ev, args.get("num_heads"), args.get("activation"))
+    except GolfpackError as e:
+        print(json.dumps({"error": str(e)}))
+        return 1
+    except Exception as e:  # a decode failure (bad checksum, truncated file) is a verification result
+        print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+        return 1
+    print(json.dumps(rep))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# parent side
+
+
+def verify_artifact(
+    path: str | os.PathLike[str],
+    *,
+    against: str | os.PathLike[str] | None = None,
+    eval_options: EvalOptions | None = None,
+    num_heads: int | None = None,
+    activation: str | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Run the checks in a fresh interpreter; returns the child's report (raises GolfpackError on load errors)."""
+    p = Path(path)
+    if not p.is_file():
+        raise GolfpackError(f"{p}: file not found")
+    if against is not None and not Path(against).is_file():
+        raise GolfpackError(f"--against {against}: file not found")
+    args = {
+        "path": str(p),
+        "against": None if against is None else str(against),
+        "eval": None if eval_options is None else eval_options.__dict__,
+        "num_heads": num_heads,
+        "activation": activation,
+    }
+    env = dict(os.environ)
+    src_root = str(Path(__file__).resolve().parents[2])  # make the child import this same golfpack
+    env["PYTHONPATH"] = src_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "golfpack.packer.verify", json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise GolfpackError(f"verify: the fresh process failed ({tail})")
+    rep = json.loads(lines[-1])
+    if "error" in rep:
+        raise GolfpackError(f"verify {p}: {rep['error']}")
+    return rep
+
+
+if __name__ == "__main__":  # the fresh process
+    sys.exit(_child_main(sys.argv[1:]))
