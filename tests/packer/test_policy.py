@@ -39,11 +39,11 @@ def test_int6_tok8_quantizes_small_matrices_and_keeps_controls() -> None:
     got = _labels(Policy.preset("int6+tok8"), _sd())
     assert got == {
         "tok_emb.weight": "int8",
-        "skip_weights": "fp32",  # control name, even though it is 2-D
+        "skip_weights": "fp16",  # control name, even though it is 2-D: passthrough
         "blocks.0.attn.c_q.weight": "int6",  # 4,096 elements: far below the baseline's 65,536 cut
-        "blocks.0.attn.q_gain": "fp32",
-        "blocks.0.attn_scale": "fp32",
-        "blocks.0.resid_mix": "fp32",
+        "blocks.0.attn.q_gain": "fp16",
+        "blocks.0.attn_scale": "fp16",
+        "blocks.0.resid_mix": "fp16",  # control: passthrough although 2-D and 128 elements
         "blocks.0.mlp.fc.weight": "int6",
         "blocks.0.mlp.proj.weight": "int6",
         "blocks.1.mlp.fc.weight": "int6",
@@ -78,7 +78,7 @@ def test_presets_on_real_shared_blocks_schema(neo_ptz) -> None:
     got = _labels(Policy.preset("int5mlp+int6attn+tok8"), sd)
     assert got["shared_blocks.0.mlp.fc.weight"] == "int5"
     assert got["shared_blocks.0.attn.c_q.weight"] == "int6"
-    assert got["skip_weights"] == "fp32"
+    assert got["skip_weights"] == "fp16"
 
 
 def test_first_match_wins_and_conditions() -> None:
@@ -171,4 +171,4 @@ def test_real_nolanvild_plan(nolanvild_pt) -> None:
     got = _labels(Policy.preset("int6+tok8"), sd)
     assert sum(v == "int6" for v in got.values()) == 18  # 6 matrices x 3 layers
     assert got["tok_emb.weight"] == "int8"
-    assert {got[k] for k in got if "scale" in k or "mix" in k or "gain" in k or k == "skip_weights"} == {"fp32"}
+    assert {got[k] for k in got if "scale" in k or "mix" in k or "gain" in k or k == "skip_weights"} == {"fp16"}

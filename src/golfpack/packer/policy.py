@@ -250,14 +250,15 @@ def _baseline_int8() -> Policy:
 
 
 def _layered(name: str, embed: str, mlp: str, attn: str, other: str) -> Policy:
-    # Shared shape of the int6-family presets: control tensors fp32 (as the baseline), 1-D/scalar and
-    # tiny tensors fp16, embeddings `embed`, MLP / attention matrices their own width, other matrices `other`.
+    # Shared shape of the int6-family presets: control tensors, 1-D/scalar and tiny tensors passthrough
+    # fp16 (as the seed int6 packs do - the baseline's fp32 for control tensors buys nothing measurable and
+    # costs 2 bytes/param; `--set '*_scale*=fp32'` restores it), embeddings `embed`, MLP / attention matrices their own width, other matrices `other`.
     # Matrices are quantized at ANY size (the baseline's 65,536-element cut-off would leave every
     # matrix of a small model in fp16).
     return Policy(
         name=name,
         rules=(
-            _rule("fp32", control=True),
+            _rule("fp16", control=True),
             _rule("fp16", ndim=(0, 1)),
             _rule("fp16", max_numel=TINY_MATRIX_MAX_NUMEL),
             _rule(embed, match=("tok_emb.weight", "lm_head.weight", "*.tok_emb.weight", "*.lm_head.weight")),
