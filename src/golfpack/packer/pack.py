@@ -222,7 +222,144 @@ def pack_file(
     return res
 
 
+# ------------------------------------------------------------------------------------------------
+# inspect
+
+
+def tensor_group(name: str) -> str:
+    """Coarse group for byte breakdowns: embedding | attn | mlp | control | other."""
+    from golfpack.packer.policy import is_control_name
+
+    if is_control_name(name):
+        return "control"
+    if "tok_emb" in name or "lm_head" in name:
+        return "embedding"
+    if ".attn." in name:
+        return "attn"
+    if ".mlp." in name:
+        return "mlp"
+    return "other"
+
+
+def _stream_members(stream: Any) -> list[str] | None:
+    for key in ("tensors", "names", "members"):
+        v = stream.get(key) if isinstance(stream, dict) else getattr(stream, key, None)
+        if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
+            return list(v)
+    return None
+
+
+def _stream_size(stream: Any, *keys: str) -> int | None:
+    for key in keys:
+        v = stream.get(key) if isinstance(stream, dict) else getattr(stream, key, None)
+        if isinstance(v, int):
+            return v
+    return None
+
+
+def describe_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Per-tensor byte breakdown of an artifact: payload bytes before compression, and each tensor's share
+    of its compressed stream (streams compress several tensors together, so a tensor's stored bytes are its
+    stream's stored bytes split in proportion to payload; header/framing bytes are reported apart)."""
+    from golfpack.formats.artifact import load_any
+    from golfpack.packer.quantize import quantize_tensor
+
+    lm = load_any(path)
+    total = Path(path).stat().st_size
+    if lm.kind == "qgv3":
+        records = list(lm.artifact.records)
+        codec = None
+        streams = list(getattr(lm.artifact, "streams", []) or [])
+    else:  # legacy/raw: describe the tensors as stored, one pseudo-stream = the whole file
+        records = [quantize_tensor(n, t, TensorSpec("passthrough", dtype="exact")) for n, t in lm.state_dict.items()]
+        streams = []
+        codec = lm.info.get("codec")
+    raw = {r.name: payload_bytes(r) for r in records}
+    stored: dict[str, float] = {}
+    assigned: set[str] = set()
+    stream_stored_total = 0
+    for st in streams:
+        members = _stream_members(st)
+        size = _stream_size(st, "stored", "stored_bytes", "compressed", "compressed_bytes", "size")
+        c = st.get("codec") if isinstance(st, dict) else getattr(st, "codec", None)
+        codec = codec or c
+        if members is None or size is None:
+            continue
+        stream_stored_total += size
+        denom = sum(raw.get(m, 0.0) for m in members) or 1.0
+        for m in members:
+            if m in raw:
+                stored[m] = stored.get(m, 0.0) + size * raw[m] / denom
+                assigned.add(m)
+    rest = [r.name for r in records if r.name not in assigned]
+    if rest:  # no stream map: spread what the streams (or the file) hold over the remaining tensors
+        pool = total - stream_stored_total if stream_stored_total else total
+        denom = sum(raw[n] for n in rest) or 1.0
+        for n in rest:
+            stored[n] = pool * raw[n] / denom
+    overhead = total - stream_stored_total if stream_stored_total and not rest else None
+    rows = []
+    for r in records:
+        rows.append(
+            {
+                "name": r.name,
+                "group": tensor_group(r.name),
+                "spec": r.spec.label(),
+                "shape": list(r.shape),
+                "params": r.numel,
+                "raw_bytes": raw[r.name],
+                "stored_bytes": stored[r.name],
+                "share": stored[r.name] / total if total else 0.0,
+            }
+        )
+    groups: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        g = groups.setdefault(row["group"], {"group": row["group"], "params": 0, "raw_bytes": 0.0, "stored_bytes": 0.0, "share": 0.0})
+        for k in ("params", "raw_bytes", "stored_bytes", "share"):
+            g[k] += row[k]
+    return {
+        "artifact": str(path),
+        "kind": lm.kind,
+        "bytes": total,
+        "codec": codec,
+        "params": sum(r.numel for r in records),
+        "tensors": rows,
+        "groups": sorted(groups.values(), key=lambda g: -g["stored_bytes"]),
+        "overhead_bytes": overhead,
+        "policy": None if lm.artifact is None else lm.artifact.policy,
+        "config": None if lm.config is None else lm.config.to_dict(),
+    }
+
+
+def plot_breakdown(rep: dict[str, Any], out: str | os.PathLike[str]) -> None:
+    """Bar chart of stored bytes per group and per tensor (top 30) to a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GolfpackError("--plot needs matplotlib: pip install 'golfpack[plot]' (or drop --plot)") from None
+    import io
+
+    rows = sorted(rep["tensors"], key=lambda r: -r["stored_bytes"])[:30]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(4, 0.28 * len(rows))), gridspec_kw={"width_ratios": [1, 2]})
+    gs = rep["groups"]
+    ax1.barh([g["group"] for g in gs][::-1], [g["stored_bytes"] for g in gs][::-1], color="tab:blue")
+    ax1.set_title("stored bytes by group")
+    ax2.barh([f"{r['name']} [{r['spec']}]" for r in rows][::-1], [r["stored_bytes"] for r in rows][::-1], color="tab:orange")
+    ax2.set_title(f"top tensors - {rep['bytes']:,} bytes total")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes_atomic(out, buf.getvalue())
+
+
 __all__ = [
+    "describe_artifact",
+    "plot_breakdown",
+    "tensor_group",
     "DEFAULT_BUDGET",
     "DEFAULT_CODEC",
     "PackResult",
