@@ -1,0 +1,174 @@
+"""pack / verify / inspect end to end (needs the QGv3 format module), and CLI error paths."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from golfpack.cli import main
+from golfpack.errors import GolfpackError
+from golfpack.formats.checkpoint import load_state_dict
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _one_error_line(res) -> str:
+    assert res.exit_code != 0
+    out = res.output.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("Error: "), res.output
+    assert "Traceback" not in res.output
+    return out[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# error paths that need no artifact format
+
+
+def test_bad_policy_name(nolanvild_pt, tmp_path) -> None:
+    line = _one_error_line(_run("pack", str(nolanvild_pt), "--policy", "int7", "-o", str(tmp_path / "a.qg3")))
+    assert "unknown policy 'int7'" in line and "int6+tok8" in line
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("bad", ["blocks.*", "blocks.*=int9", "blocks.*=float8", "=int5"])
+def test_bad_set(nolanvild_pt, tmp_path, bad: str) -> None:
+    line = _one_error_line(_run("pack", str(nolanvild_pt), "--set", bad, "-o", str(tmp_path / "a.qg3")))
+    assert "--set" in line or "bits" in line or "spec" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_files(tmp_path) -> None:
+    line = _one_error_line(_run("pack", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "a.qg3")))
+    assert "nope.pt" in line and "not found" in line
+    line = _one_error_line(_run("verify", str(tmp_path / "nope.qg3")))
+    assert "not found" in line
+    line = _one_error_line(_run("inspect", str(tmp_path / "nope.qg3")))
+    assert "not found" in line
+
+
+def test_missing_code_file_and_bad_policy_file(nolanvild_pt, tmp_path) -> None:
+    line = _one_error_line(_run("pack", str(nolanvild_pt), "--code", str(tmp_path / "train_gpt.py"), "-o", str(tmp_path / "a.qg3")))
+    assert "--code" in line and "not found" in line
+    bad = tmp_path / "p.toml"
+    bad.write_text("[[rules]]\nspec = 'int6'\nwhat = 1\n")
+    line = _one_error_line(_run("pack", str(nolanvild_pt), "--policy", str(bad), "-o", str(tmp_path / "a.qg3")))
+    assert "unknown key" in line
+
+
+def test_not_a_checkpoint(tmp_path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00\x01garbage" * 10)
+    line = _one_error_line(_run("pack", str(junk), "-o", str(tmp_path / "a.qg3")))
+    assert "unrecognised" in line or "not a" in line
+
+
+# ------------------------------------------------------------------------------------------------
+# with the QGv3 format
+
+
+@pytest.fixture()
+def qgv3():
+    return pytest.importorskip("golfpack.formats.qgv3")
+
+
+def test_pack_refuses_over_budget_and_writes_nothing(qgv3, nolanvild_pt, tmp_path) -> None:
+    out = tmp_path / "model.qg3"
+    code = tmp_path / "train_gpt.py"
+    code.write_bytes(b"x" * 50_000)
+    res = _run("pack", str(nolanvild_pt), "--policy", "int6+tok8", "--budget", "200000", "--code", str(code), "-o", str(out))
+    line = _one_error_line(res)
+    assert "over budget" in line and "nothing written" in line
+    assert list(tmp_path.iterdir()) == [code]  # no artifact, no temp file
+
+
+def test_pack_dry_run_and_budget_accounting(qgv3, nolanvild_pt, tmp_path) -> None:
+    code = tmp_path / "train_gpt.py"
+    code.write_bytes(b"y" * 12_345)
+    res = _run("pack", str(nolanvild_pt), "--dry-run", "--json", "--code", str(code), "--activation", "relu3")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output)
+    assert rep["dry_run"] and rep["code_bytes"] == 12_345
+    assert rep["total_bytes"] == rep["model_bytes"] + 12_345 and rep["headroom"] == 16_000_000 - rep["total_bytes"]
+    assert rep["config"]["activation"] == "relu3"
+    assert {t["spec"] for t in rep["tensors"]} == {"int6", "int8", "fp16"}
+    assert list(tmp_path.iterdir()) == [code]
+    # the dry-run byte total is exact: a real pack writes exactly that many bytes
+    out = tmp_path / "m.qg3"
+    res2 = _run("pack", str(nolanvild_pt), "--json", "--activation", "relu3", "-o", str(out))
+    assert res2.exit_code == 0, res2.output
+    assert out.stat().st_size == rep["model_bytes"]
+
+
+def test_pack_verify_inspect_round_trip(qgv3, nolanvild_pt, tmp_path) -> None:
+    from golfpack.formats.artifact import load_any
+    from golfpack.packer.policy import Policy
+    from golfpack.packer.quantize import fake_quantize
+
+    out = tmp_path / "m.qg3"
+    res = _run("pack", str(nolanvild_pt), "--policy", "int6+tok8", "--set", "blocks.0.mlp.fc.weight=int5:mse", "--activation", "relu3", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    lm = load_any(out)
+    assert lm.kind == "qgv3" and lm.config is not None and lm.config.activation == "relu3"
+    sd = load_state_dict(nolanvild_pt)
+    pol = Policy.from_dict(lm.artifact.policy)  # the stored policy replays the plan
+    specs = pol.resolve(sd)
+    assert specs["blocks.0.mlp.fc.weight"].label() == "int5:mse" and specs["blocks.1.mlp.fc.weight"].label() == "int6"
+    for n, t in sd.items():
+        assert torch.equal(lm.state_dict[n], fake_quantize(t, specs[n])), n
+    v = _run("verify", str(out), "--against", str(nolanvild_pt), "--json")
+    assert v.exit_code == 0, v.output
+    rep = json.loads(v.output)
+    assert rep["ok"] and rep["digests_checked"] == 32 and rep["digest_mismatches"] == []
+    assert 0 < rep["max_abs_err"] < 0.05
+    ins = _run("inspect", str(out), "--json")
+    assert ins.exit_code == 0, ins.output
+    irep = json.loads(ins.output)
+    assert irep["params"] == 476_812 and {g["group"] for g in irep["groups"]} == {"embedding", "attn", "mlp", "control"}
+    assert sum(t["stored_bytes"] for t in irep["tensors"]) <= irep["bytes"]
+
+
+def test_pack_legacy_ptz_input_and_int8_preset_exactness(qgv3, nolanvild_pt, nolanvild_ptz, tmp_path) -> None:
+    from golfpack.formats.artifact import load_any
+    from golfpack.formats.legacy import dequantize_int8_ptz, read_int8_ptz
+
+    out = tmp_path / "int8.qg3"
+    res = _run("pack", str(nolanvild_pt), "--policy", "int8", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    shipped = dequantize_int8_ptz(read_int8_ptz(nolanvild_ptz))
+    got = load_any(out).state_dict
+    for n, t in shipped.items():
+        assert torch.equal(got[n], t), n
+    # a .ptz input is dequantized then packed
+    out2 = tmp_path / "from_ptz.qg3"
+    res = _run("pack", str(nolanvild_ptz), "--policy", "int8", "-o", str(out2))
+    assert res.exit_code == 0, res.output
+    got2 = load_any(out2).state_dict
+    assert torch.equal(got2["blocks.0.attn.c_q.weight"], shipped["blocks.0.attn.c_q.weight"])
+
+
+def test_corrupted_artifact_fails_verify(qgv3, taleef_pt, tmp_path) -> None:
+    from golfpack.packer.verify import verify_artifact
+
+    out = tmp_path / "t.qg3"
+    assert _run("pack", str(taleef_pt), "-o", str(out)).exit_code == 0
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    bad = tmp_path / "bad.qg3"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(GolfpackError):
+        verify_artifact(bad)
+
+
+def test_foreign_schema_needs_no_config_flag(qgv3, neo_ptz, tmp_path) -> None:
+    res = _run("pack", str(neo_ptz), "-o", str(tmp_path / "n.qg3"))
+    assert "--no-config" in _one_error_line(res)
+    res = _run("pack", str(neo_ptz), "--no-config", "--json", "-o", str(tmp_path / "n.qg3"))
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["config"] is None
+    assert os.path.getsize(tmp_path / "n.qg3") < 700_000
