@@ -1,0 +1,7 @@
+"""`torchrun --nproc_per_node=N -m golfpack.trainer --config ...`: one process per rank."""
+
+import sys
+
+from golfpack.trainer.cli import main
+
+sys.exit(main())
