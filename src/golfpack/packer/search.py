@@ -1,0 +1,640 @@
+"""Budget search: the per-tensor layout (spec per tensor + artifact codec) with the least predicted
+loss whose exact artifact size plus code bytes fits the budget, with the least headroom we can reach.
+
+Pipeline (each phase has a progress bar and, with a cache dir, is skipped when already measured):
+
+1. candidates: every tensor gets a few specs (`sensitivity.candidate_specs`), each quantized ONCE
+   into the TensorRecord pack would store; the same records feed costs, sensitivity and the packs.
+2. floor: the cheapest candidate of every tensor, packed exactly; a budget below it fails here,
+   before any model measurement.
+3. cost tables: bytes of each (tensor, spec) for each codec, measured by encoding that record alone
+   as a QGv3 artifact (same serialization, same codec). Grouped compression is not additive, so two
+   whole layouts (cheapest and richest) are packed exactly and an affine map
+   `artifact = a * sum(costs) + b` is fitted; the solver sees the budget through that map.
+4. sensitivity: delta loss per (tensor, spec) on calibration tokens (direct forward, or the Taylor
+   proxy); the solver minimises their sum.
+5. solve + fit: multiple-choice knapsack, exact pack of the answer, then move the solver's budget
+   (secant steps, bisection once bracketed) until the exact artifact fits with < target headroom;
+   finally spend what is left on single-tensor upgrades, each checked by an exact pack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from golfpack import __version__
+from golfpack._io import write_bytes_atomic
+from golfpack.errors import GolfpackError
+from golfpack.formats.records import TensorRecord
+from golfpack.model import ModelConfig
+from golfpack.packer.solver import InfeasibleBudget, Solution, solve
+from golfpack.packer.spec import TensorSpec
+
+DEFAULT_TARGET_HEADROOM = 2048  # stop fitting once the unused budget is below this many bytes
+CACHE_VERSION = 1  # bump when what a cache file means changes
+
+
+@dataclass
+class SearchConfig:
+    """Knobs of one search (CLI flags map 1:1)."""
+
+    budget: int  # byte cap for model artifact + code files
+    code: list[str] = field(default_factory=list)  # submission code files, counted byte for byte
+    calib: str = "pydoc"  # calibration tokens: train-shard glob or 'pydoc' (never val)
+    tokenizer: str | None = None  # sentencepiece model (for --calib pydoc)
+    codecs: tuple[str, ...] = ("best",)  # artifact codecs to consider; 'best' = all available
+    bits: tuple[int, ...] = (8, 7, 6, 5, 4)  # integer widths offered to every float tensor
+    clips: tuple[str, ...] = ("quantile", "mse")  # clip rules offered for every width
+    passthrough: tuple[str, ...] = ("fp16",)  # lossy passthrough dtypes offered besides the tensor's own
+    calib_batch: int = 8  # calibration sequences for direct measurement
+    calib_seq: int = 256  # tokens per calibration sequence
+    sensitivity: str = "direct"  # direct | proxy (Taylor: gradient + diagonal Fisher) | both (direct drives, proxy reported)
+    proxy_batch: int = 32  # calibration sequences for the proxy's gradient statistics
+    target_headroom: int = DEFAULT_TARGET_HEADROOM  # fit until budget - total < this
+    max_fit_packs: int = 40  # exact packs allowed in the fit phase (per codec)
+    solver: str = "dp"  # dp | greedy | best
+    cache_dir: str | None = None  # where measurements are kept between searches
+    device: str = "cpu"  # torch device for sensitivity forwards
+    num_heads: int | None = None  # override the inferred head count
+    activation: str | None = None  # MLP activation (not inferable from shapes)
+    progress: bool = True  # tqdm bars on stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _codecs(requested: tuple[str, ...]) -> list[str]:
+    from golfpack.packer.codecs import available_codecs
+
+    avail = list(available_codecs())
+    if not requested or "best" in requested:
+        return avail
+    bad = [c for c in requested if c not in avail]
+    if bad:
+        raise GolfpackError(f"unknown or unavailable codec(s) {', '.join(bad)}: use {', '.join(avail)} or best")
+    return list(dict.fromkeys(requested))
+
+
+def _bar(total: int, desc: str, unit: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled)
+
+
+def exact_name_pattern(name: str) -> str:
+    """A policy pattern matching exactly `name` (a glob when it has no glob metacharacters)."""
+    return name if not any(ch in name for ch in "*?[]") else "re:" + re.escape(name)
+
+
+def layout_policy(specs: dict[str, TensorSpec], name: str = "search") -> Any:
+    """A Policy that resolves to exactly `specs`: one rule per distinct spec listing exact names."""
+    from golfpack.packer.policy import Policy, Rule
+
+    by_spec: dict[str, list[str]] = {}
+    for n, s in specs.items():
+        by_spec.setdefault(s.label(), []).append(exact_name_pattern(n))
+    rules = tuple(Rule(spec=TensorSpec.parse(lbl), match=tuple(names)) for lbl, names in by_spec.items())
+    return Policy(name=name, rules=rules, default=TensorSpec.parse("fp16"))
+
+
+def write_policy(path: str | Path, policy: Any, *, comment: dict[str, Any] | None = None) -> None:
+    """Policy JSON loadable by `Policy.load` (and `golfpack pack --policy FILE`)."""
+    d = policy.to_dict()
+    write_bytes_atomic(path, (json.dumps(d, indent=2) + "\n").encode())
+
+
+def pack_meta(src: Path, kind: str, src_bytes: bytes) -> dict[str, Any]:
+    """The meta `pack_file` writes for `src`, so a replayed pack gives byte-identical output."""
+    return {
+        "golfpack_version": __version__,
+        "source": src.name,
+        "source_kind": kind,
+        "source_sha256": hashlib.sha256(src_bytes).hexdigest(),
+    }
+
+
+class Cache:
+    """JSON files under a directory, keyed by content hashes; no-op without a directory."""
+
+    def __init__(self, root: str | None) -> None:
+        self.root = Path(root) if root else None
+        if self.root is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, kind: str, key: str) -> Path | None:
+        return None if self.root is None else self.root / f"{kind}-{key}.json"
+
+    def get(self, kind: str, key: str) -> dict[str, Any] | None:
+        p = self._path(kind, key)
+        if p is None or not p.is_file():
+            return None
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            return None  # a damaged entry is re-measured, never trusted
+        return d if d.get("cache_version") == CACHE_VERSION else None
+
+    def put(self, kind: str, key: str, value: dict[str, Any]) -> None:
+        p = self._path(kind, key)
+        if p is not None:
+            write_bytes_atomic(p, json.dumps({"cache_version": CACHE_VERSION, **value}).encode())
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+# ------------------------------------------------------------------------------------------------
+# the problem: tensors, candidates, records
+
+
+@dataclass
+class Problem:
+    """A checkpoint and its candidate records, shared by every phase."""
+
+    src: Path
+    src_bytes: bytes
+    kind: str
+    state_dict: dict[str, Tensor]
+    config: ModelConfig
+    names: list[str]
+    candidates: dict[str, list[TensorSpec]]  # per tensor, in a fixed order
+    code_bytes: int
+    code_files: list[str]
+    records: dict[tuple[str, str], TensorRecord] = field(default_factory=dict)  # (name, label) -> record
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha256(self.src_bytes).hexdigest()
+
+    def record(self, name: str, spec: TensorSpec) -> TensorRecord:
+        key = (name, spec.label())
+        rec = self.records.get(key)
+        if rec is None:
+            from golfpack.packer.quantize import quantize_tensor
+
+            rec = quantize_tensor(name, self.state_dict[name], spec)
+            self.records[key] = rec
+        return rec
+
+    def specs_of(self, choice: tuple[int, ...] | list[int]) -> dict[str, TensorSpec]:
+        return {n: self.candidates[n][j] for n, j in zip(self.names, choice)}
+
+    def encode(self, choice: tuple[int, ...] | list[int], codec: str) -> bytes:
+        """The exact artifact bytes `golfpack pack --policy <layout> --codec codec` writes."""
+        from golfpack.formats.qgv3 import encode_qgv3
+
+        specs = self.specs_of(choice)
+        policy = layout_policy(specs)
+        recs = [self.record(n, specs[n]) for n in self.names]
+        return encode_qgv3(
+            recs, config=self.config.to_dict(), policy=policy.to_dict(), codec=codec,
+            meta=pack_meta(self.src, self.kind, self.src_bytes),
+        )
+
+
+def load_problem(ckpt: str | Path, cfg: SearchConfig) -> Problem:
+    from golfpack.packer.pack import count_code_bytes, load_input
+    from golfpack.packer.sensitivity import candidate_specs
+
+    code_bytes, code_files = count_code_bytes(list(cfg.code))  # fail fast on a missing --code file
+    src = Path(ckpt)
+    if not src.is_file():
+        raise GolfpackError(f"{src}: file not found")
+    sd, config, kind = load_input(src, num_heads=cfg.num_heads, activation=cfg.activation)
+    if config is None:
+        raise GolfpackError(f"{src}: not a baseline-family GPT (cannot infer its config); the search needs to run the model")
+    cands = {
+        n: candidate_specs(t, bits=cfg.bits, clips=cfg.clips, passthrough=cfg.passthrough) for n, t in sd.items()
+    }
+    return Problem(src, src.read_bytes(), kind, sd, config, list(sd), cands, code_bytes, code_files)
+
+
+# ------------------------------------------------------------------------------------------------
+# phase 2: floor
+
+
+def cheapest_choice(p: Problem) -> list[int]:
+    """Per tensor, the candidate with the fewest payload bytes (ties: the first listed)."""
+    from golfpack.packer.pack import payload_bytes
+
+    out = []
+    for n in p.names:
+        specs = p.candidates[n]
+        # payload bytes need only bits/numel; quantize just the candidates that tie on the minimum
+        est = [_payload_estimate(p.state_dict[n], s) for s in specs]
+        lo = min(est)
+        ties = [j for j, e in enumerate(est) if e == lo]
+        if len(ties) > 1:
+            j = min(ties, key=lambda j: payload_bytes(p.record(n, specs[j])))
+        else:
+            j = ties[0]
+        out.append(j)
+    return out
+
+
+def _payload_estimate(t: Tensor, s: TensorSpec) -> float:
+    n = t.numel()
+    if s.kind == "int":
+        rows = t.shape[0] if t.ndim == 2 else 0
+        return n * s.bits / 8 + (2 * rows if t.ndim == 2 else 4)
+    if s.dtype == "exact":
+        return n * t.element_size()
+    return n * {"fp16": 2, "bf16": 2, "fp32": 4}[s.dtype]
+
+
+def floor_bytes(p: Problem, codecs: list[str]) -> tuple[int, str, list[int]]:
+    """(exact total bytes incl. code, codec, choice) of the cheapest layout over the codecs."""
+    choice = cheapest_choice(p)
+    best = None
+    for c in codecs:
+        n = len(p.encode(choice, c)) + p.code_bytes
+        if best is None or n < best[0]:
+            best = (n, c, choice)
+    assert best is not None
+    return best
+
+
+# ------------------------------------------------------------------------------------------------
+# phase 3: cost tables
+
+
+def cost_tables(p: Problem, codecs: list[str], cache: Cache, *, progress: bool) -> dict[str, dict[str, dict[str, int]]]:
+    """codec -> tensor -> spec label -> bytes of a one-record QGv3 artifact holding that record."""
+    from golfpack.formats.qgv3 import encode_qgv3
+
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    todo = []
+    for c in codecs:
+        key = _key("cost", p.sha, c, __version__, {n: [s.label() for s in v] for n, v in p.candidates.items()})
+        hit = cache.get("cost", key)
+        if hit is not None:
+            out[c] = hit["table"]
+        else:
+            todo.append((c, key))
+    if not todo:
+        return out
+    bar = _bar(len(todo) * sum(len(v) for v in p.candidates.values()), "cost tables", "rec", progress)
+    for c, key in todo:
+        table: dict[str, dict[str, int]] = {}
+        for n in p.names:
+            row = {}
+            for s in p.candidates[n]:
+                row[s.label()] = len(encode_qgv3([p.record(n, s)], config=None, policy=None, codec=c, meta=None))
+                bar.update(1)
+            table[n] = row
+        cache.put("cost", key, {"table": table})
+        out[c] = table
+    bar.close()
+    return out
+
+
+@dataclass
+class CostModel:
+    """artifact bytes ~= a * sum(one-record costs) + b, fitted on exact packs of reference layouts."""
+
+    a: float
+    b: float
+    points: list[tuple[int, int]]  # (sum of table costs, exact artifact bytes) used for the fit
+
+    def predict(self, s: float) -> float:
+        return self.a * s + self.b
+
+    def solver_budget(self, model_budget: int) -> int:
+        """The table-cost budget whose predicted artifact is model_budget."""
+        return int(math.floor((model_budget - self.b) / self.a)) if self.a > 0 else model_budget
+
+
+def fit_cost_model(points: list[tuple[int, int]]) -> CostModel:
+    if len(points) == 1 or len({x for x, _ in points}) == 1:
+        x, y = points[0]
+        return CostModel(1.0, float(y - x), points)
+    xs = torch.tensor([x for x, _ in points], dtype=torch.float64)
+    ys = torch.tensor([y for _, y in points], dtype=torch.float64)
+    xm, ym = xs.mean(), ys.mean()
+    a = float(((xs - xm) * (ys - ym)).sum() / ((xs - xm) ** 2).sum())
+    return CostModel(a, float(ym - a * xm), points)
+
+
+# ------------------------------------------------------------------------------------------------
+# phase 4: sensitivity
+
+
+def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
+    """{'base_loss', 'direct' (maybe), 'proxy' (maybe), 'deltas' (what the solver uses), 'calib_digest'}."""
+    from golfpack.model import build_model
+    from golfpack.packer import sensitivity as S
+
+    toks = S.calib_tokens(cfg.calib, tokenizer=cfg.tokenizer)
+    batch = S.make_batch(toks, cfg.calib_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
+    labels = {n: [s.label() for s in v] for n, v in p.candidates.items()}
+    key = _key("sens", p.sha, p.config.to_dict(), batch.digest, __version__)
+    hit = cache.get("sens", key) or {}
+    model = build_model(p.config, p.state_dict, device=cfg.device)
+    out: dict[str, Any] = {"calib_digest": batch.digest, "calib_tokens": batch.tokens, "cache_key": key}
+    direct = hit.get("direct", {})
+    base = hit.get("base_loss")
+    need_direct = cfg.sensitivity == "direct" and any(l not in direct.get(n, {}) for n, ls in labels.items() for l in ls)
+
+    def save(partial: dict[str, Any]) -> None:
+        hit.update(partial)
+        cache.put("sens", key, {k: v for k, v in hit.items() if k != "cache_version"})
+
+    if need_direct:
+        base, direct = _measure_with_saves(S, model, p, batch, cfg, direct, save)
+    if cfg.sensitivity == "proxy" or "proxy" in hit or cfg.sensitivity == "both":
+        proxy = hit.get("proxy")
+        if proxy is None or any(l not in proxy.get(n, {}) for n, ls in labels.items() for l in ls):
+            pb = S.make_batch(toks, cfg.proxy_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
+            grad, fisher = S.gradient_stats(model, pb, device=cfg.device, progress=cfg.progress)
+            proxy = S.proxy_deltas(p.state_dict, fisher, p.candidates, grad=grad,
+                                   values=lambda n, s: p.record(n, s).dequantize())
+            save({"proxy": proxy})
+        out["proxy"] = proxy
+    if base is None:
+        base = S.batch_loss(model, batch, device=cfg.device)
+        save({"base_loss": base})
+    out["base_loss"] = base
+    if direct:
+        out["direct"] = direct
+    if "direct" in out and "proxy" in out:
+        out["agreement"] = S.compare(out["direct"], out["proxy"])
+    raw = out["direct"] if cfg.sensitivity == "direct" else out["proxy"]
+    out["deltas"] = S.regularize({n: {l: raw[n][l] for l in labels[n]} for n in p.names})
+    return out
+
+
+def _measure_with_saves(S: Any, model: Any, p: Problem, batch: Any, cfg: SearchConfig, done: dict, save: Callable) -> tuple[float, dict]:
+    state: dict[str, Any] = {"direct": dict(done)}
+
+    def on_tensor(name: str, row: dict[str, float]) -> None:
+        state["direct"][name] = row
+        save({"base_loss": state.get("base"), "direct": state["direct"]})
+
+    base, direct = S.measure_direct(
+        model, p.state_dict, p.candidates, batch, device=cfg.device, progress=cfg.progress, done=done,
+        values=lambda n, s: p.record(n, s).dequantize(), on_tensor=on_tensor,
+    )
+    state["base"] = base
+    save({"base_loss": base, "direct": direct})
+    return base, direct
+
+
+# ------------------------------------------------------------------------------------------------
+# phase 5: solve and fit
+
+
+@dataclass
+class Fit:
+    """The fitted layout for one codec."""
+
+    codec: str
+    choice: tuple[int, ...]
+    model_bytes: int  # exact artifact size
+    predicted_loss: float  # sum of solver deltas (nats/token)
+    packs: int  # exact packs spent fitting
+    trace: list[dict[str, Any]]  # (solver budget, exact total, fits) per step
+    cost_model: CostModel
+
+
+class Fitter:
+    """Solve + exact-measure loop for one codec."""
+
+    def __init__(self, p: Problem, codec: str, table: dict[str, dict[str, int]], deltas: dict[str, dict[str, float]], cfg: SearchConfig):
+        self.p, self.codec, self.cfg = p, codec, cfg
+        self.costs = [[int(table[n][s.label()]) for s in p.candidates[n]] for n in p.names]
+        self.losses = [[float(deltas[n][s.label()]) for s in p.candidates[n]] for n in p.names]
+        self.sizes: dict[tuple[int, ...], int] = {}
+
+    def measure(self, choice: tuple[int, ...]) -> int:
+        if choice not in self.sizes:
+            self.sizes[choice] = len(self.p.encode(choice, self.codec))
+        return self.sizes[choice]
+
+    def table_cost(self, choice: tuple[int, ...]) -> int:
+        return sum(self.costs[g][j] for g, j in enumerate(choice))
+
+    def loss(self, choice: tuple[int, ...]) -> float:
+        return sum(self.losses[g][j] for g, j in enumerate(choice))
+
+    def solve(self, table_budget: int) -> Solution:
+        return solve(self.costs, self.losses, table_budget, method=self.cfg.solver)
+
+    def calibrate(self) -> CostModel:
+        lo = tuple(cheapest_choice(self.p))
+        hi = tuple(max(range(len(c)), key=lambda j: c[j]) for c in self.costs)
+        pts = [(self.table_cost(ch), self.measure(ch)) for ch in dict.fromkeys([lo, hi])]
+        return fit_cost_model(pts)
+
+    def fit(self, model_budget: int) -> Fit:
+        """Largest-loss-reduction layout whose exact artifact is <= model_budget, headroom minimised."""
+        cm = self.calibrate()
+        floor_t = sum(min(c) for c in self.costs)
+        trace: list[dict[str, Any]] = []
+        best: tuple[float, int, tuple[int, ...]] | None = None  # (loss, -size, choice) among fitting
+        tb = max(floor_t, cm.solver_budget(model_budget))
+        lo_ok, hi_bad = None, None  # table budgets known to fit / to overflow
+        packs0 = len(self.sizes)
+        for _ in range(self.cfg.max_fit_packs):
+            try:
+                sol = self.solve(tb)
+            except InfeasibleBudget:
+                tb = floor_t
+                sol = self.solve(tb)
+            size = self.measure(sol.choice)
+            ok = size <= model_budget
+            trace.append({"solver_budget": tb, "table_cost": sol.cost, "model_bytes": size, "fits": ok, "predicted_loss": sol.loss})
+            if ok:
+                cand = (sol.loss, -size, sol.choice)
+                if best is None or cand < best:
+                    best = cand
+                lo_ok = tb if lo_ok is None else max(lo_ok, tb)
+                if model_budget - size < self.cfg.target_headroom:
+                    break
+                step = max(1, int((model_budget - size) / max(cm.a, 1e-6)))
+                nxt = tb + step
+            else:
+                if tb <= floor_t:
+                    break  # even the solver's cheapest answer overflows: nothing smaller exists
+                hi_bad = tb if hi_bad is None else min(hi_bad, tb)
+                step = max(1, int((size - model_budget) / max(cm.a, 1e-6)))
+                nxt = tb - step
+            if lo_ok is not None and hi_bad is not None:
+                if hi_bad - lo_ok <= 1:
+                    break
+                if not (lo_ok < nxt < hi_bad):
+                    nxt = (lo_ok + hi_bad) // 2
+            nxt = max(floor_t, nxt)
+            if nxt == tb:
+                break
+            tb = nxt
+        if best is None:
+            # the solver's cheapest layout overflows but the true cheapest may fit: fall back to it
+            ch = tuple(cheapest_choice(self.p))
+            size = self.measure(ch)
+            if size > model_budget:
+                raise InfeasibleBudget(model_budget + self.p.code_bytes, size + self.p.code_bytes, f"layout with codec {self.codec}")
+            best = (self.loss(ch), -size, ch)
+        choice = self.spend_headroom(best[2], model_budget, trace)
+        return Fit(self.codec, choice, self.measure(choice), self.loss(choice), len(self.sizes) - packs0, trace, cm)
+
+    def spend_headroom(self, choice: tuple[int, ...], model_budget: int, trace: list[dict[str, Any]]) -> tuple[int, ...]:
+        """Exact repair: take single-tensor changes that lower the predicted loss and still fit
+        (checked by an exact pack), best loss reduction first, until none is left or packs run out."""
+        choice = tuple(choice)
+        size = self.measure(choice)
+        tried: set[tuple[int, ...]] = set()
+        for _ in range(self.cfg.max_fit_packs):
+            room = model_budget - size
+            if room < 0:
+                break
+            opts = []
+            for g in range(len(choice)):
+                cur = choice[g]
+                for j in range(len(self.costs[g])):
+                    gain = self.losses[g][cur] - self.losses[g][j]
+                    extra = self.costs[g][j] - self.costs[g][cur]
+                    if j == cur or gain <= 0:
+                        continue
+                    new = choice[:g] + (j,) + choice[g + 1 :]
+                    # one-record costs overstate what a change adds to the grouped artifact, so
+                    # candidates up to twice the room are worth an exact pack
+                    if new in tried or extra > 2 * room + 64:
+                        continue
+                    opts.append((gain, -extra, new))
+            if not opts:
+                break
+            opts.sort(reverse=True)
+            gain, _, new = opts[0]
+            tried.add(new)
+            s = self.measure(new)
+            trace.append({"repair": True, "model_bytes": s, "fits": s <= model_budget, "predicted_gain": gain})
+            if s <= model_budget:
+                choice, size = new, s
+        return choice
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole search
+
+
+@dataclass
+class SearchResult:
+    """What the search chose and why."""
+
+    codec: str
+    specs: dict[str, TensorSpec]  # chosen spec per tensor
+    policy: Any  # golfpack.packer.policy.Policy resolving to specs
+    model_bytes: int
+    code_bytes: int
+    budget: int
+    predicted_loss: float  # nats/token over the calibration batch, summed single-tensor deltas
+    floor: int  # exact bytes of the cheapest layout (incl. code)
+    fits: dict[str, Fit]  # per codec considered
+    sens: dict[str, Any]  # sensitivity phase output
+    tables: dict[str, dict[str, dict[str, int]]]  # cost tables per codec
+    problem: Problem
+    timings: dict[str, float]
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.code_bytes
+
+    @property
+    def headroom(self) -> int:
+        return self.budget - self.total_bytes
+
+    def report(self) -> dict[str, Any]:
+        agreement = self.sens.get("agreement")
+        return {
+            "codec": self.codec,
+            "budget": self.budget,
+            "model_bytes": self.model_bytes,
+            "code_bytes": self.code_bytes,
+            "total_bytes": self.total_bytes,
+            "headroom": self.headroom,
+            "floor": self.floor,
+            "predicted_delta_loss": self.predicted_loss,
+            "calib_base_loss": self.sens.get("base_loss"),
+            "calib_tokens": self.sens.get("calib_tokens"),
+            "proxy_vs_direct": agreement,
+            "layout": {n: s.label() for n, s in self.specs.items()},
+            "codecs": {c: {"model_bytes": f.model_bytes, "predicted_delta_loss": f.predicted_loss, "packs": f.packs,
+                           "cost_model": {"a": f.cost_model.a, "b": f.cost_model.b, "points": f.cost_model.points}}
+                       for c, f in self.fits.items()},
+            "timings": self.timings,
+        }
+
+
+def run_search(ckpt: str | Path, cfg: SearchConfig, *, on_phase: Callable[[str], None] | None = None) -> SearchResult:
+    """Phases 1-5 (see module doc); writes nothing but the cache."""
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if cfg.budget <= 0:
+        raise GolfpackError(f"--budget must be positive, got {cfg.budget}")
+    p = load_problem(ckpt, cfg)
+    codecs = _codecs(cfg.codecs)
+    cache = Cache(cfg.cache_dir)
+    floor, floor_codec, _ = floor_bytes(p, codecs)
+    t["floor"] = time.perf_counter() - t0
+    if cfg.budget < floor:
+        raise InfeasibleBudget(cfg.budget, floor, f"layout (all tensors at their cheapest spec, codec {floor_codec}, code {p.code_bytes:,} bytes)")
+    t1 = time.perf_counter()
+    tables = cost_tables(p, codecs, cache, progress=cfg.progress)
+    t["costs"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    sens = sensitivity(p, cfg, cache)
+    t["sensitivity"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    model_budget = cfg.budget - p.code_bytes
+    fits: dict[str, Fit] = {}
+    bar = _bar(len(codecs), "fit", "codec", cfg.progress)
+    for c in codecs:
+        try:
+            fits[c] = Fitter(p, c, tables[c], sens["deltas"], cfg).fit(model_budget)
+        except InfeasibleBudget:
+            pass  # this codec cannot reach the budget; another one did (the floor check passed)
+        bar.update(1)
+    bar.close()
+    if not fits:
+        raise InfeasibleBudget(cfg.budget, floor)
+    best = min(fits.values(), key=lambda f: (f.predicted_loss, f.model_bytes))
+    t["fit"] = time.perf_counter() - t1
+    specs = p.specs_of(best.choice)
+    return SearchResult(
+        codec=best.codec, specs=specs, policy=layout_policy(specs), model_bytes=best.model_bytes,
+        code_bytes=p.code_bytes, budget=cfg.budget, predicted_loss=best.predicted_loss, floor=floor, fits=fits,
+        sens=sens, tables=tables, problem=p, timings=t,
+    )
+
+
+__all__ = [
+    "DEFAULT_TARGET_HEADROOM",
+    "Cache",
+    "CostModel",
+    "Fit",
+    "Fitter",
+    "Problem",
+    "SearchConfig",
+    "SearchResult",
+    "cost_tables",
+    "exact_name_pattern",
+    "fit_cost_model",
+    "floor_bytes",
+    "layout_policy",
+    "load_problem",
+    "run_search",
+    "sensitivity",
+    "write_policy",
+]

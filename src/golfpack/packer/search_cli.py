@@ -1,0 +1,203 @@
+"""`golfpack search`: find the per-tensor layout with the best predicted loss under a byte budget,
+write it as a reusable policy file, pack the artifact, and report the frontier."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from golfpack.cli import emit
+from golfpack.errors import GolfpackError
+from golfpack.model import ACTIVATIONS
+from golfpack.packer.pack import DEFAULT_BUDGET
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise GolfpackError(f"--{what} must be a comma-separated list of integers, got {text!r}") from None
+    if not vals or any(not 2 <= v <= 8 for v in vals):
+        raise GolfpackError(f"--{what} values must be 2..8, got {text!r}")
+    return vals
+
+
+def make_scorer(val: str, tokenizer: str, *, seq_len: int, max_tokens: int | None, device: str, config: Any) -> tuple[Any, Any]:
+    """(scorer(state_dict) -> (val_loss, val_bpb), raw-eval function) over the official val tokens."""
+    import numpy as np
+    import torch
+
+    from golfpack.evaluator.api import build_luts, evaluate
+    from golfpack.formats.shards import load_tokens
+    from golfpack.model import build_model
+
+    tokens = load_tokens(val, max_tokens)
+    luts = build_luts(tokenizer, config.vocab_size)
+    tok_t = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+
+    def score(sd: dict[str, Any]) -> tuple[float, float]:
+        model = build_model(config, sd, device=device)
+        r = evaluate(model, tok_t, luts, seq_len=seq_len, stride=None, batch_size=8, device=device)
+        return float(r.val_loss), float(r.val_bpb)
+
+    return score, tokens
+
+
+@click.command("search")
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("--budget", type=int, default=DEFAULT_BUDGET, show_default=True, help="Byte cap for artifact + code bytes.")
+@click.option("--code", "code", multiple=True, type=click.Path(dir_okay=False), metavar="PATH", help="Submission code file counted in the budget (repeatable).")
+@click.option("--calib", default="pydoc", show_default=True, help="Calibration tokens: a TRAIN shard glob, or 'pydoc' (Python docs tokenized with --tokenizer). Never val.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False), default=None, help="sentencepiece .model (for --calib pydoc and bpb).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the artifact here (.qg3).")
+@click.option("--policy-out", type=click.Path(dir_okay=False), default=None, help="Policy file to write (default: OUT with .policy.json).")
+@click.option("--codec", "codecs", default="best", show_default=True, help="Artifact codec(s) to consider, comma-separated, or 'best' for all.")
+@click.option("--bits", default="8,7,6,5,4", show_default=True, help="Integer widths offered to every tensor.")
+@click.option("--clips", default="quantile,mse", show_default=True, help="Clip rules offered for every width.")
+@click.option("--sensitivity", "sens_mode", type=click.Choice(["direct", "proxy", "both"]), default="direct", show_default=True, help="Delta-loss estimate the solver uses (both: direct drives, proxy is validated against it).")
+@click.option("--calib-batch", type=int, default=8, show_default=True, help="Calibration sequences per forward.")
+@click.option("--calib-seq", type=int, default=256, show_default=True, help="Tokens per calibration sequence.")
+@click.option("--target-headroom", type=int, default=2048, show_default=True, help="Fit until unused budget is below this.")
+@click.option("--solver", type=click.Choice(["dp", "greedy", "best"]), default="dp", show_default=True)
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Keep measurements here; a rerun with another budget reuses them.")
+@click.option("--val", default=None, help="Official val shard glob for the frontier's measured bpb and the final verify --eval.")
+@click.option("--eval-tokens", type=int, default=65_537, show_default=True, help="Val tokens scored per measurement.")
+@click.option("--seq-len", type=int, default=1024, show_default=True, help="Evaluation context length.")
+@click.option("--frontier", "frontier_points", type=int, default=5, show_default=True, help="Budgets on the reported Pareto frontier (0: none).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the frontier as a PNG.")
+@click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write the full JSON report here.")
+@click.option("--no-verify", is_flag=True, help="Skip the final fresh-process `verify --eval`.")
+@click.option("--num-heads", type=int, default=None, help="Override the inferred head count.")
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default=None, help="MLP activation (not inferable from shapes).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokenizer: str | None, out: str | None, policy_out: str | None,
+               codecs: str, bits: str, clips: str, sens_mode: str, calib_batch: int, calib_seq: int, target_headroom: int, solver: str,
+               cache_dir: str | None, val: str | None, eval_tokens: int, seq_len: int, frontier_points: int, plot: str | None,
+               report: str | None, no_verify: bool, num_heads: int | None, activation: str | None, device: str,
+               threads: int | None, as_json: bool) -> None:
+    """Search per-tensor bit widths / clip rules / passthrough and the codec for the lowest loss under --budget."""
+    import torch
+
+    from golfpack.packer.search import SearchConfig, run_search
+
+    if threads:
+        torch.set_num_threads(threads)
+    if budget <= 0:
+        raise GolfpackError(f"--budget must be positive, got {budget}")
+    if val and not tokenizer:
+        raise GolfpackError("--val needs --tokenizer (the byte LUTs for bpb come from it)")
+    clip_t = tuple(c.strip() for c in clips.split(",") if c.strip())
+    cfg = SearchConfig(
+        budget=budget, code=list(code), calib=calib, tokenizer=tokenizer,
+        codecs=tuple(c.strip() for c in codecs.split(",") if c.strip()), bits=_int_list(bits, "bits"), clips=clip_t,
+        calib_batch=calib_batch, calib_seq=calib_seq, sensitivity=sens_mode, target_headroom=target_headroom,
+        solver=solver, cache_dir=cache_dir, device=device, num_heads=num_heads, activation=activation, progress=not as_json,
+    )
+    res = run_search(ckpt, cfg)
+    rep = search_outputs(res, ckpt=ckpt, out=out, policy_out=policy_out, val=val, tokenizer=tokenizer, eval_tokens=eval_tokens,
+                         seq_len=seq_len, frontier_points=frontier_points, plot=plot, verify=not no_verify, device=device,
+                         progress=not as_json)
+    if report:
+        from golfpack._io import write_bytes_atomic
+
+        write_bytes_atomic(report, (json.dumps(rep, indent=2, default=str) + "\n").encode())
+    emit(rep, as_json, human_lines(rep))
+
+
+def search_outputs(res: Any, *, ckpt: str, out: str | None, policy_out: str | None, val: str | None, tokenizer: str | None,
+                   eval_tokens: int, seq_len: int, frontier_points: int, plot: str | None, verify: bool, device: str,
+                   progress: bool) -> dict[str, Any]:
+    """Write policy + artifact, build the frontier, verify; returns the report dict."""
+    from golfpack.packer.policy import Policy
+    from golfpack.packer.search import write_policy
+    from golfpack.packer.search_report import frontier, frontier_table, plot_frontier
+
+    rep = res.report()
+    p = res.problem
+    if policy_out is None and out is not None:
+        policy_out = str(Path(out).with_suffix("")) + ".policy.json"
+    if policy_out:
+        write_policy(policy_out, res.policy)
+        rep["policy_file"] = policy_out
+        rep["replay"] = f"golfpack pack {ckpt} --policy {policy_out} --codec {res.codec}" + "".join(f" --code {c}" for c in p.code_files)
+    if out:
+        from golfpack.packer.pack import pack_file
+
+        pol = Policy.load(policy_out) if policy_out else res.policy
+        pr = pack_file(ckpt, out, policy=pol, codec=res.codec, budget=res.budget, code=p.code_files,
+                       num_heads=p.config.num_heads, activation=p.config.activation)
+        if pr.model_bytes != res.model_bytes:  # the replay must be what the search measured
+            raise GolfpackError(f"internal: packed {pr.model_bytes:,} bytes but the search measured {res.model_bytes:,}")
+        rep["out"] = out
+    scorer = base = None
+    bpb_per_nat = None
+    if val and tokenizer:
+        score, _ = make_scorer(val, tokenizer, seq_len=seq_len, max_tokens=eval_tokens, device=device, config=p.config)
+        scorer = score
+        base = score(p.state_dict)
+        rep["raw_val_loss"], rep["raw_val_bpb"] = base
+        bpb_per_nat = base[1] / base[0] if base[0] else None
+        rep["predicted_delta_bpb"] = None if bpb_per_nat is None else res.predicted_loss * bpb_per_nat
+    if frontier_points > 0 or plot:
+        rows = frontier(res, points=max(frontier_points, 2), scorer=scorer, base=base, bpb_per_nat=bpb_per_nat, progress=progress)
+        rep["frontier"] = rows
+        rep["frontier_table"] = frontier_table(rows)
+        if plot:
+            plot_frontier(rows, plot, budget=res.budget, title=f"search frontier: {Path(ckpt).name}")
+            rep["plot"] = plot
+    if out and verify:
+        from golfpack.packer.verify import EvalOptions, verify_artifact
+
+        ev = EvalOptions(val=val, tokenizer=tokenizer, seq_len=seq_len, max_tokens=eval_tokens, device=device) if (val and tokenizer) else None
+        v = verify_artifact(out, against=ckpt, eval_options=ev, num_heads=p.config.num_heads, activation=p.config.activation)
+        rep["verify"] = {k: v.get(k) for k in ("ok", "problems", "digests_checked", "post", "pre", "val_bpb_gap", "val_loss_gap", "bytes")}
+    return rep
+
+
+def human_lines(rep: dict[str, Any]) -> list[str]:
+    lines = [
+        f"chosen codec {rep['codec']}; layout: " + ", ".join(f"{k}={v}" for k, v in _layout_summary(rep["layout"]).items()),
+        f"model bytes {rep['model_bytes']:>12,}",
+        f"code bytes  {rep['code_bytes']:>12,}",
+        f"total       {rep['total_bytes']:>12,}  of budget {rep['budget']:,}",
+        f"headroom    {rep['headroom']:>12,}  (floor {rep['floor']:,})",
+        f"predicted delta loss {rep['predicted_delta_loss']:.5f} nats/token on {rep['calib_tokens']:,} calibration tokens"
+        + (f" (~{rep['predicted_delta_bpb']:.5f} bpb)" if rep.get("predicted_delta_bpb") is not None else ""),
+    ]
+    ag = rep.get("proxy_vs_direct")
+    if ag:
+        lines.append(f"proxy vs direct: Spearman {ag['spearman']:.3f} over {ag['pairs']} (tensor, spec) pairs")
+    if rep.get("frontier_table"):
+        lines.append("Pareto frontier:")
+        lines += ["  " + ln for ln in rep["frontier_table"]]
+    if rep.get("policy_file"):
+        lines.append(f"policy {rep['policy_file']}  (replay: {rep['replay']})")
+    if rep.get("out"):
+        lines.append(f"wrote {rep['out']}")
+    v = rep.get("verify")
+    if v:
+        line = f"verify: {'ok' if v['ok'] else 'FAILED ' + '; '.join(v['problems'] or [])}, {v['digests_checked']} digests"
+        if v.get("post"):
+            line += f", fresh-load val_bpb {v['post']['val_bpb']:.5f}"
+            if v.get("val_bpb_gap") is not None:
+                line += f" (raw {v['pre']['val_bpb']:.5f}, gap {v['val_bpb_gap']:+.5f})"
+        lines.append(line)
+    if rep.get("plot"):
+        lines.append(f"plot {rep['plot']}")
+    return lines
+
+
+def _layout_summary(layout: dict[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in layout.values():
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+__all__ = ["human_lines", "make_scorer", "search_cmd", "search_outputs"]
