@@ -409,18 +409,36 @@ class Fit:
 
 
 class Fitter:
-    """Solve + exact-measure loop for one codec."""
+    """Solve + exact-measure loop for one codec.
 
-    def __init__(self, p: Problem, codec: str, table: dict[str, dict[str, int]], deltas: dict[str, dict[str, float]], cfg: SearchConfig):
-        self.p, self.codec, self.cfg = p, codec, cfg
-        self.costs = [[int(table[n][s.label()]) for s in p.candidates[n]] for n in p.names]
-        self.losses = [[float(deltas[n][s.label()]) for s in p.candidates[n]] for n in p.names]
+    `costs`/`losses` are per-group option tables; `size_of(choice)` returns the EXACT artifact bytes
+    of a layout (an encode); `extra_choices` are layouts to try if nothing the solver proposes fits.
+    """
+
+    def __init__(self, costs: list[list[int]], losses: list[list[float]], size_of: Callable[[tuple[int, ...]], int],
+                 cfg: SearchConfig, *, codec: str = "", extra_choices: list[tuple[int, ...]] | None = None):
+        self.costs, self.losses, self.cfg, self.codec = costs, losses, cfg, codec
+        self.size_of = size_of
+        self.extra = list(extra_choices or [])
         self.sizes: dict[tuple[int, ...], int] = {}
 
+    @classmethod
+    def for_problem(cls, p: Problem, codec: str, table: dict[str, dict[str, int]], deltas: dict[str, dict[str, float]], cfg: SearchConfig) -> "Fitter":
+        costs = [[int(table[n][s.label()]) for s in p.candidates[n]] for n in p.names]
+        losses = [[float(deltas[n][s.label()]) for s in p.candidates[n]] for n in p.names]
+        return cls(costs, losses, lambda ch: len(p.encode(ch, codec)), cfg, codec=codec, extra_choices=[tuple(cheapest_choice(p))])
+
     def measure(self, choice: tuple[int, ...]) -> int:
+        choice = tuple(choice)
         if choice not in self.sizes:
-            self.sizes[choice] = len(self.p.encode(choice, self.codec))
+            self.sizes[choice] = int(self.size_of(choice))
         return self.sizes[choice]
+
+    def cheapest(self) -> tuple[int, ...]:
+        return tuple(min(range(len(c)), key=lambda j: (c[j], l[j])) for c, l in zip(self.costs, self.losses))
+
+    def richest(self) -> tuple[int, ...]:
+        return tuple(max(range(len(c)), key=lambda j: c[j]) for c in self.costs)
 
     def table_cost(self, choice: tuple[int, ...]) -> int:
         return sum(self.costs[g][j] for g, j in enumerate(choice))
@@ -432,9 +450,7 @@ class Fitter:
         return solve(self.costs, self.losses, table_budget, method=self.cfg.solver)
 
     def calibrate(self) -> CostModel:
-        lo = tuple(cheapest_choice(self.p))
-        hi = tuple(max(range(len(c)), key=lambda j: c[j]) for c in self.costs)
-        pts = [(self.table_cost(ch), self.measure(ch)) for ch in dict.fromkeys([lo, hi])]
+        pts = [(self.table_cost(ch), self.measure(ch)) for ch in dict.fromkeys([self.cheapest(), self.richest()])]
         return fit_cost_model(pts)
 
     def fit(self, model_budget: int) -> Fit:
@@ -480,11 +496,11 @@ class Fitter:
                 break
             tb = nxt
         if best is None:
-            # the solver's cheapest layout overflows but the true cheapest may fit: fall back to it
-            ch = tuple(cheapest_choice(self.p))
-            size = self.measure(ch)
+            # the solver's cheapest layout overflows, but another cheap one may fit: try those
+            sized = sorted((self.measure(ch), ch) for ch in [self.cheapest(), *self.extra])
+            size, ch = sized[0]
             if size > model_budget:
-                raise InfeasibleBudget(model_budget + self.p.code_bytes, size + self.p.code_bytes, f"layout with codec {self.codec}")
+                raise InfeasibleBudget(model_budget, size, f"model artifact with codec {self.codec or '?'}")
             best = (self.loss(ch), -size, ch)
         choice = self.spend_headroom(best[2], model_budget, trace)
         return Fit(self.codec, choice, self.measure(choice), self.loss(choice), len(self.sizes) - packs0, trace, cm)
@@ -602,7 +618,7 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, on_phase: Callable[[str],
     bar = _bar(len(codecs), "fit", "codec", cfg.progress)
     for c in codecs:
         try:
-            fits[c] = Fitter(p, c, tables[c], sens["deltas"], cfg).fit(model_budget)
+            fits[c] = Fitter.for_problem(p, c, tables[c], sens["deltas"], cfg).fit(model_budget)
         except InfeasibleBudget:
             pass  # this codec cannot reach the budget; another one did (the floor check passed)
         bar.update(1)

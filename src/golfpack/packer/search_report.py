@@ -47,9 +47,9 @@ def frontier(
     p = result.problem
     fit = result.fits[result.codec]
     cfg = SearchConfig(budget=result.budget, max_fit_packs=8, target_headroom=result.budget)  # coarse: any fit will do
-    fitter = Fitter(p, result.codec, result.tables[result.codec], result.sens["deltas"], cfg)
-    lo = len(p.encode(tuple(cheapest_choice(p)), result.codec))
-    hi = len(p.encode(tuple(max(range(len(c)), key=lambda j: c[j]) for c in fitter.costs), result.codec))
+    fitter = Fitter.for_problem(p, result.codec, result.tables[result.codec], result.sens["deltas"], cfg)
+    lo = min(fitter.measure(tuple(cheapest_choice(p))), fitter.measure(fitter.cheapest()))
+    hi = fitter.measure(fitter.richest())
     budgets = frontier_budgets(lo, hi, points)
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[int, ...], dict[str, Any]] = {}

@@ -1,0 +1,175 @@
+"""Search: the exact fit loop, the policy it writes, and the end-to-end command on a real checkpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from golfpack.errors import GolfpackError
+from golfpack.packer.search import (
+    Cache,
+    Fitter,
+    SearchConfig,
+    exact_name_pattern,
+    fit_cost_model,
+    layout_policy,
+    write_policy,
+)
+from golfpack.packer.solver import InfeasibleBudget
+from golfpack.packer.spec import TensorSpec
+
+
+def _nonadditive(costs):
+    # A stand-in for grouped compression: cheaper than the sum of parts, plus a fixed header, plus a
+    # layout-dependent wobble (as real codecs have) - NOT additive, NOT affine.
+    def size_of(choice):
+        s = sum(costs[g][j] for g, j in enumerate(choice))
+        distinct = len(set(choice))
+        wobble = (hash(choice) % 97) - 48
+        return int(0.9 * s) + 400 + 13 * distinct + wobble
+
+    return size_of
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 1.0))
+def test_fit_never_over_budget(seed, frac):
+    rng = random.Random(seed)
+    n = rng.randint(1, 12)
+    costs = [sorted(rng.sample(range(50, 20_000), 5)) for _ in range(n)]
+    losses = [sorted((rng.random() for _ in range(5)), reverse=True) for _ in range(n)]
+    f = Fitter(costs, losses, _nonadditive(costs), SearchConfig(budget=0, max_fit_packs=25))
+    lo, hi = f.measure(f.cheapest()), f.measure(f.richest())
+    budget = int(lo + frac * (hi - lo + 5000)) - 200
+    try:
+        fit = f.fit(budget)
+    except InfeasibleBudget as e:
+        assert e.floor > budget  # only when even the cheapest layout is over
+        return
+    assert fit.model_bytes == f.measure(fit.choice) <= budget
+    assert fit.predicted_loss == pytest.approx(f.loss(fit.choice))
+
+
+def test_fit_reaches_small_headroom():
+    rng = random.Random(3)
+    # 30 groups with fine-grained options (like many small tensors): the headroom can go below 2 KB
+    costs = [sorted(rng.sample(range(200, 6_000), 6)) for _ in range(30)]
+    losses = [sorted((rng.random() for _ in range(6)), reverse=True) for _ in range(30)]
+    f = Fitter(costs, losses, _nonadditive(costs), SearchConfig(budget=0))
+    lo, hi = f.measure(f.cheapest()), f.measure(f.richest())
+    for frac in (0.2, 0.5, 0.8):
+        budget = int(lo + frac * (hi - lo))
+        fit = f.fit(budget)
+        assert 0 <= budget - fit.model_bytes < 2048, (frac, budget - fit.model_bytes, fit.trace)
+
+
+def test_cost_model_fit():
+    cm = fit_cost_model([(1000, 1100), (3000, 2900)])
+    assert cm.a == pytest.approx(0.9) and cm.predict(1000) == pytest.approx(1100)
+    assert cm.solver_budget(2900) == 3000
+    one = fit_cost_model([(1000, 1200)])
+    assert one.a == 1.0 and one.solver_budget(1200) == 1000
+
+
+def test_policy_file_round_trip(tmp_path):
+    from golfpack.packer.policy import Policy
+
+    sd = {
+        "tok_emb.weight": torch.zeros(8, 4),
+        "blocks.0.attn.c_q.weight": torch.zeros(4, 4),
+        "blocks.0.attn_scale": torch.zeros(4),
+        "odd[name]*": torch.zeros(2, 2),
+        "steps": torch.zeros(1, dtype=torch.int64),
+    }
+    specs = {
+        "tok_emb.weight": TensorSpec.parse("int7:mse"),
+        "blocks.0.attn.c_q.weight": TensorSpec.parse("int4"),
+        "blocks.0.attn_scale": TensorSpec.parse("fp16"),
+        "odd[name]*": TensorSpec.parse("int5"),
+        "steps": TensorSpec.parse("exact"),
+    }
+    assert exact_name_pattern("odd[name]*").startswith("re:")
+    path = tmp_path / "best.policy.json"
+    write_policy(path, layout_policy(specs))
+    loaded = Policy.load(path)
+    assert loaded.resolve(sd) == specs
+    # exact names: a sibling tensor does not pick up the rule
+    assert loaded.spec_for("blocks.1.attn.c_q.weight", torch.zeros(4, 4)).label() == "fp16"
+
+
+def test_cache_round_trip(tmp_path):
+    c = Cache(str(tmp_path))
+    assert c.get("sens", "k") is None
+    c.put("sens", "k", {"x": 1})
+    assert c.get("sens", "k")["x"] == 1
+    (tmp_path / "sens-k.json").write_text("{broken")
+    assert c.get("sens", "k") is None  # damaged entries are re-measured
+    assert Cache(None).get("sens", "k") is None
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end (needs the QGv3 format)
+
+
+@pytest.fixture
+def qgv3():
+    return pytest.importorskip("golfpack.formats.qgv3")
+
+
+def _fast(extra):
+    return ["--bits", "8,6,4", "--clips", "quantile", "--calib-batch", "2", "--calib-seq", "64", "--frontier", "0", "--threads", "1", *extra]
+
+
+def test_impossible_budget_fails_before_measurement(qgv3, nolanvild_pt, sp1024_model, tmp_path, monkeypatch):
+    from golfpack.cli import main
+    from golfpack.packer import sensitivity
+
+    def boom(*a, **k):
+        raise AssertionError("measured before checking the floor")
+
+    monkeypatch.setattr(sensitivity, "measure_direct", boom)
+    monkeypatch.setattr(sensitivity, "gradient_stats", boom)
+    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--budget", "20000", "--activation", "relu3",
+                                  "--tokenizer", str(sp1024_model), "--cache", str(tmp_path / "c"), *_fast([])])
+    assert r.exit_code == 1, r.output
+    assert "Error: budget 20,000 bytes is below the smallest possible" in r.output
+    assert "raise --budget to at least" in r.output
+    assert not list((tmp_path / "c").glob("sens-*"))
+
+
+def test_search_end_to_end_fits_and_caches(qgv3, nolanvild_pt, sp1024_model, tmp_path, monkeypatch):
+    from golfpack.cli import main
+    from golfpack.packer import sensitivity
+    from golfpack.packer.policy import Policy
+
+    code = tmp_path / "train_gpt.py"
+    code.write_bytes(b"# code bytes count\n" * 200)
+    out = tmp_path / "best.qg3"
+    cache = tmp_path / "cache"
+    base = [str(nolanvild_pt), "--activation", "relu3", "--tokenizer", str(sp1024_model), "--code", str(code),
+            "--cache", str(cache), "--no-verify", "--json"]
+    # 1) a generous budget, to learn the int8-ish size
+    budget = 200_000
+    r = CliRunner().invoke(main, ["search", *base, "--budget", str(budget), "-o", str(out), *_fast([])])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    size = out.stat().st_size
+    assert rep["model_bytes"] == size and rep["code_bytes"] == code.stat().st_size
+    assert rep["total_bytes"] == size + rep["code_bytes"] <= budget
+    assert rep["headroom"] == budget - rep["total_bytes"] >= 0
+    pol = Policy.load(rep["policy_file"])
+    assert {k: v.label() for k, v in pol.resolve(torch.load(nolanvild_pt, weights_only=True)).items()} == rep["layout"]
+    # 2) a tighter budget: measurements come from the cache (no forward pass may run)
+    monkeypatch.setattr(sensitivity, "measure_direct", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-measured")))
+    tight = rep["floor"] + (rep["total_bytes"] - rep["floor"]) // 2
+    r2 = CliRunner().invoke(main, ["search", *base, "--budget", str(tight), "-o", str(tmp_path / "b2.qg3"), *_fast([])])
+    assert r2.exit_code == 0, r2.output
+    rep2 = json.loads(r2.output)
+    assert rep2["total_bytes"] <= tight and rep2["headroom"] == tight - rep2["total_bytes"]
+    assert rep2["predicted_delta_loss"] >= rep["predicted_delta_loss"]
