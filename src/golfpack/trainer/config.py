@@ -198,11 +198,17 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if typ == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(f"expected an integer, got {value!r}")
-            return int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
+            try:
+                return int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
+            except ValueError:
+                raise ValueError(f"expected an integer, got {value!r}") from None
         if typ == "float":
             if isinstance(value, bool):
                 raise ValueError(f"expected a number, got {value!r}")
-            return float(value)
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"expected a number, got {value!r}") from None
         if typ == "str":
             if not isinstance(value, str):
                 raise ValueError(f"expected a string, got {value!r}")

@@ -1,0 +1,107 @@
+"""QAT: the switch is a buffer, so the forward changes once enabled, eager and under torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from golfpack.model import GPT, ModelConfig
+from golfpack.trainer.qat import build_qat
+
+pytest.importorskip("golfpack.packer.quantize")
+pytest.importorskip("golfpack.packer.policy")
+
+
+def _model() -> GPT:
+    torch.manual_seed(0)
+    m = GPT(ModelConfig(num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2, mlp_hidden=128))
+    with torch.no_grad():  # move away from the zero-init projections so every matrix matters
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 1024, (2, 32), generator=g), torch.randint(0, 1024, (2, 32), generator=g)
+
+
+def _fake_quantized_copy(m: GPT, qat) -> GPT:
+    from golfpack.packer.quantize import fake_quantize
+
+    ref = GPT(m.config)
+    sd = m.state_dict()
+    ref.load_state_dict({k: fake_quantize(v, qat.specs[k]) if k in qat.specs else v for k, v in sd.items()})
+    return ref
+
+
+def test_policy_selects_the_matrices_int6_and_tok_emb_int8():
+    m = _model()
+    q = build_qat(m, "int6+tok8")
+    assert q.specs["tok_emb.weight"].label() == "int8"
+    assert q.specs["blocks.0.mlp.fc.weight"].label() == "int6"
+    # Whatever the policy says is simulated (fp16 passthrough included); only fp32/exact are skipped.
+    from golfpack.packer.policy import resolve_policy
+
+    want = {n: s for n, s in resolve_policy("int6+tok8").resolve(m.state_dict()).items() if s.label() not in ("fp32", "exact")}
+    assert q.specs == want
+    assert all(s.kind != "int" for n, s in q.specs.items() if "resid_mix" in n or "q_gain" in n or "_scale" in n)
+
+
+def test_eager_forward_changes_once_enabled_and_equals_the_packed_weights():
+    m = _model()
+    q = build_qat(m, "int6+tok8")
+    x, y = _batch()
+    plain = m(x, y)
+    assert torch.equal(q(x, y), plain)  # before the switch: bit-identical to the plain model
+    q.enable()
+    qat_loss = q(x, y)
+    assert abs(qat_loss.item() - plain.item()) > 1e-4
+    ref = _fake_quantized_copy(m, q)(x, y)
+    assert qat_loss.item() == pytest.approx(ref.item(), abs=1e-5)  # the forward sees what pack stores
+
+
+def test_straight_through_gradient_reaches_the_raw_weights():
+    m = _model()
+    q = build_qat(m, "int6+tok8")
+    q.enable()
+    x, y = _batch()
+    q(x, y).backward()
+    # STE: d loss / d w equals d loss / d w_q evaluated at the fake-quantized weights.
+    ref = _fake_quantized_copy(m, q)
+    ref(x, y).backward()
+    for name in ("blocks.0.attn.c_q.weight", "tok_emb.weight", "blocks.1.attn_scale"):
+        g = dict(m.named_parameters())[name].grad
+        g_ref = dict(ref.named_parameters())[name].grad
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_refresh_tracks_weight_updates_and_disable_restores_plain_forward():
+    m = _model()
+    q = build_qat(m, "int6+tok8")
+    q.enable()
+    x, y = _batch()
+    with torch.no_grad():
+        m.blocks[0].mlp.fc.weight.mul_(1.7)
+    q.refresh()
+    ref = _fake_quantized_copy(m, q)(x, y)
+    assert q(x, y).item() == pytest.approx(ref.item(), abs=1e-5)
+    q.disable()
+    assert torch.equal(q(x, y), m(x, y))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_forward_changes_once_enabled(backend):
+    """The challenge-record failure: a flag captured at trace time keeps QAT dead under torch.compile."""
+    torch._dynamo.reset()
+    m = _model()
+    q = build_qat(m, "int6+tok8")
+    x, y = _batch()
+    compiled = torch.compile(q, fullgraph=True, dynamic=False, backend=backend)
+    before = compiled(x, y).item()
+    assert before == pytest.approx(m(x, y).item(), abs=1e-5)
+    q.enable()
+    after = compiled(x, y).item()
+    expected = _fake_quantized_copy(m, q)(x, y).item()
+    assert abs(after - before) > 1e-4
+    assert after == pytest.approx(expected, abs=1e-4)
