@@ -173,3 +173,34 @@ def test_search_end_to_end_fits_and_caches(qgv3, nolanvild_pt, sp1024_model, tmp
     rep2 = json.loads(r2.output)
     assert rep2["total_bytes"] <= tight and rep2["headroom"] == tight - rep2["total_bytes"]
     assert rep2["predicted_delta_loss"] >= rep["predicted_delta_loss"]
+
+
+def test_frontier_table_and_plot(tmp_path):
+    from golfpack.packer.search_report import frontier_budgets, frontier_table, plot_frontier
+
+    assert frontier_budgets(100, 200, 3) == [100, 150, 200]
+    assert frontier_budgets(100, 200, 1, extra=[150]) == [150, 200]
+    rows = [
+        {"model_budget": b, "model_bytes": b - 10, "total_bytes": b, "predicted_delta_loss": 0.1 / i,
+         "predicted_delta_bpb": 0.06 / i, "measured_delta_bpb": 0.07 / i, "measured_bpb": 2.6 + 0.07 / i, "chosen": i == 2}
+        for i, b in ((1, 1000), (2, 2000), (3, 3000))
+    ]
+    lines = frontier_table(rows)
+    assert len(lines) == 4 and "<- chosen" in lines[2] and "2,000" in lines[2]
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "f.png"
+    plot_frontier(rows, png, budget=2500)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_rejects_bad_options(nolanvild_pt):
+    from golfpack.cli import main
+
+    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--budget", "0"])
+    assert r.exit_code == 1 and "--budget must be positive" in r.output
+    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--bits", "9,4"])
+    assert r.exit_code == 1 and "--bits values must be 2..8" in r.output
+    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--val", "x.bin"])
+    assert r.exit_code == 1 and "--val needs --tokenizer" in r.output
+    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--code", "/nonexistent/train_gpt.py", "--activation", "relu3"])
+    assert r.exit_code == 1 and "file not found" in r.output
