@@ -122,14 +122,18 @@ def quantize_state_dict(
 
 
 def encode(records: list[TensorRecord], *, codec: str, config: ModelConfig | None, policy: Policy, meta: dict[str, Any]) -> bytes:
-    from golfpack.formats.qgv3 import encode_qgv3
-
+    try:
+        from golfpack.formats.qgv3 import encode_qgv3
+    except ImportError as e:
+        raise GolfpackError(f"the QGv3 writer is not available in this build ({e})") from None
     return encode_qgv3(records, config=None if config is None else config.to_dict(), policy=policy.to_dict(), codec=codec, meta=meta)
 
 
 def available_codecs() -> list[str]:
-    from golfpack.packer.codecs import available_codecs as avail
-
+    try:
+        from golfpack.packer.codecs import available_codecs as avail
+    except ImportError as e:
+        raise GolfpackError(f"the QGv3 codecs are not available in this build ({e})") from None
     return list(avail())
 
 
