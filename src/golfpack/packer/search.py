@@ -345,7 +345,7 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
     out: dict[str, Any] = {"calib_digest": batch.digest, "calib_tokens": batch.tokens, "cache_key": key}
     direct = hit.get("direct", {})
     base = hit.get("base_loss")
-    need_direct = cfg.sensitivity == "direct" and any(l not in direct.get(n, {}) for n, ls in labels.items() for l in ls)
+    need_direct = cfg.sensitivity in ("direct", "both") and any(l not in direct.get(n, {}) for n, ls in labels.items() for l in ls)
 
     def save(partial: dict[str, Any]) -> None:
         hit.update(partial)
@@ -356,8 +356,10 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
     if cfg.sensitivity == "proxy" or "proxy" in hit or cfg.sensitivity == "both":
         proxy = hit.get("proxy")
         if proxy is None or any(l not in proxy.get(n, {}) for n, ls in labels.items() for l in ls):
+            # first-order term from the calibration batch itself, curvature from a larger batch
+            grad, _ = S.gradient_stats(model, batch, device=cfg.device, progress=cfg.progress)
             pb = S.make_batch(toks, cfg.proxy_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
-            grad, fisher = S.gradient_stats(model, pb, device=cfg.device, progress=cfg.progress)
+            _, fisher = S.gradient_stats(model, pb, device=cfg.device, progress=cfg.progress)
             proxy = S.proxy_deltas(p.state_dict, fisher, p.candidates, grad=grad,
                                    values=lambda n, s: p.record(n, s).dequantize())
             save({"proxy": proxy})
@@ -370,7 +372,9 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
         out["direct"] = direct
     if "direct" in out and "proxy" in out:
         out["agreement"] = S.compare(out["direct"], out["proxy"])
-    raw = out["direct"] if cfg.sensitivity == "direct" else out["proxy"]
+    if cfg.sensitivity not in ("direct", "proxy", "both"):
+        raise GolfpackError(f"sensitivity must be direct, proxy or both, got {cfg.sensitivity!r}")
+    raw = out["proxy"] if cfg.sensitivity == "proxy" else out["direct"]
     out["deltas"] = S.regularize({n: {l: raw[n][l] for l in labels[n]} for n in p.names})
     return out
 
