@@ -81,3 +81,22 @@ def test_config_help_lists_every_field_with_its_comment():
     for name in TrainConfig.__dataclass_fields__:
         assert f"\n{name} (" in "\n" + text
     assert "Muon lr of the 2-D block matrices" in text
+
+
+def test_shipped_config_files_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.glob("*.toml"))
+    assert {f.stem for f in files} >= {"baseline", "mlp3x-seq2048", "tiny"}
+    for f in files:
+        c = load_config(f)
+        assert c.to_dict() == load_config(f.stem, overrides=[f"{k}={v}" for k, v in _file_values(f).items()]).to_dict()
+
+
+def _file_values(path):
+    import tomllib
+
+    d = tomllib.loads(path.read_text())
+    d.pop("preset", None)
+    return d

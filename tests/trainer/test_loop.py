@@ -86,6 +86,7 @@ def test_warmup_steps_are_undone_and_ema_is_saved(tmp_path, train_shards):
         runs[name] = (train(cfg, echo=None), load_state_dict(tmp_path / name / "final_model.pt"))
     # Warmup primes, then restores model, optimizer and data position: identical run afterwards.
     assert runs["warm"][0].train_losses == runs["plain"][0].train_losses
+    assert runs["plain"][0].train_time_ms > 0 and runs["warm"][0].train_time_ms > 0
     for k, v in runs["plain"][1].items():
         assert torch.equal(v, runs["warm"][1][k]), k
     assert "warmup_step:2/2" in (tmp_path / "warm" / "train.log").read_text()

@@ -509,9 +509,11 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
     t0 = time.perf_counter()
     while True:
         last = step == cfg.iterations or (stop_after is not None and step >= stop_after)
-        if validator is not None and (last or (cfg.val_loss_every > 0 and step % cfg.val_loss_every == 0)):
+        validate = validator is not None and (last or (cfg.val_loss_every > 0 and step % cfg.val_loss_every == 0))
+        if validate or last:  # close the timed segment: validation time never counts as training time
             _sync(device)
             train_time_ms += 1000.0 * (time.perf_counter() - t0)
+        if validate:
             with eval_weights():
                 vl, vb = validator(model)
             val_history.append({"step": step, "val_loss": vl, "val_bpb": vb})
