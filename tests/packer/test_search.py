@@ -178,7 +178,7 @@ def test_search_end_to_end_fits_and_caches(qgv3, nolanvild_pt, sp1024_model, tmp
 def test_frontier_table_and_plot(tmp_path):
     from golfpack.packer.search_report import frontier_budgets, frontier_table, plot_frontier
 
-    assert frontier_budgets(100, 200, 3) == [100, 150, 200]
+    assert frontier_budgets(100, 400, 3) == [100, 200, 400]
     assert frontier_budgets(100, 200, 1, extra=[150]) == [150, 200]
     rows = [
         {"model_budget": b, "model_bytes": b - 10, "total_bytes": b, "predicted_delta_loss": 0.1 / i,

@@ -15,13 +15,15 @@ Scorer = Callable[[dict[str, Tensor]], tuple[float, float | None]]
 
 
 def frontier_budgets(floor_model: int, top_model: int, points: int, extra: list[int] | None = None) -> list[int]:
-    """`points` model-byte budgets spread evenly from the floor to the richest layout, plus `extra`."""
+    """`points` model-byte budgets from the floor to the richest layout, geometrically spaced (the
+    interesting trade-offs sit near the floor: the top is fp32 everywhere), plus `extra`."""
     if points <= 0:
         return sorted(set(extra or []))
-    if points == 1:
+    if points == 1 or floor_model <= 0:
         out = [top_model]
     else:
-        out = [int(round(floor_model + (top_model - floor_model) * i / (points - 1))) for i in range(points)]
+        r = top_model / floor_model
+        out = [int(round(floor_model * r ** (i / (points - 1)))) for i in range(points)]
     return sorted(set(out + list(extra or [])))
 
 
@@ -53,11 +55,15 @@ def frontier(
     budgets = frontier_budgets(lo, hi, points)
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[int, ...], dict[str, Any]] = {}
+    done: set[tuple[int, ...]] = set()
     for mb in tqdm(budgets, desc="frontier", unit="pt", leave=False, disable=not progress):
         try:
             f = fitter.fit(mb)
         except GolfpackError:
             continue
+        if f.choice == fit.choice or f.choice in done:
+            continue  # the same layout twice (a budget above what any better layout needs)
+        done.add(f.choice)
         rows.append(_row(p, f.choice, f.model_bytes, f.predicted_loss, mb, result, seen, scorer, base, bpb_per_nat, decode_qgv3, chosen=False))
     rows.append(_row(p, fit.choice, fit.model_bytes, fit.predicted_loss, result.budget - result.code_bytes, result, seen, scorer, base, bpb_per_nat, decode_qgv3, chosen=True))
     rows.sort(key=lambda r: r["model_bytes"])
