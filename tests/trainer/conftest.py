@@ -70,3 +70,14 @@ def tiny_overrides(train: str, out_dir: Path, val: str = "", tok: str = "", **ex
     }
     sets.update(extra)
     return [f"{k}={v}" for k, v in sets.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, train_shards, heldout_path, sp1024_path):
+    """One 20-step `tiny` run with validation on the held-out docs every 10 steps: (config, TrainResult)."""
+    from golfpack.trainer.config import load_config
+    from golfpack.trainer.loop import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    cfg = load_config("tiny", overrides=tiny_overrides(train_shards, out, heldout_path, str(sp1024_path), val_loss_every=10))
+    return cfg, train(cfg, echo=None)

@@ -22,13 +22,6 @@ TRAIN_RE = re.compile(r"^step:(\d+)/(\d+) train_loss:(\d+\.\d{4}) train_time:(\d
 VAL_RE = re.compile(r"^step:(\d+)/(\d+) val_loss:(\d+\.\d{4}) val_bpb:(\d+\.\d{4}) train_time:(\d+)ms step_avg:(\d+\.\d{2})ms$")
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, train_shards, heldout_path, sp1024_path):
-    out = tmp_path_factory.mktemp("tiny_run")
-    cfg = load_config("tiny", overrides=tiny_overrides(train_shards, out, heldout_path, str(sp1024_path), val_loss_every=10))
-    return cfg, train(cfg, echo=None)
-
-
 def test_tiny_loss_falls(tiny_run):
     cfg, r = tiny_run
     losses = [l for _, l in r.train_losses]
