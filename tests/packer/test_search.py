@@ -145,6 +145,7 @@ def test_impossible_budget_fails_before_measurement(qgv3, nolanvild_pt, sp1024_m
 
 def test_search_end_to_end_fits_and_caches(qgv3, nolanvild_pt, sp1024_model, tmp_path, monkeypatch):
     from golfpack.cli import main
+    from golfpack.formats.checkpoint import load_state_dict
     from golfpack.packer import sensitivity
     from golfpack.packer.policy import Policy
 
@@ -164,7 +165,7 @@ def test_search_end_to_end_fits_and_caches(qgv3, nolanvild_pt, sp1024_model, tmp
     assert rep["total_bytes"] == size + rep["code_bytes"] <= budget
     assert rep["headroom"] == budget - rep["total_bytes"] >= 0
     pol = Policy.load(rep["policy_file"])
-    assert {k: v.label() for k, v in pol.resolve(torch.load(nolanvild_pt, weights_only=True)).items()} == rep["layout"]
+    assert {k: v.label() for k, v in pol.resolve(load_state_dict(nolanvild_pt)).items()} == rep["layout"]
     # 2) a tighter budget: measurements come from the cache (no forward pass may run)
     monkeypatch.setattr(sensitivity, "measure_direct", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-measured")))
     tight = rep["floor"] + (rep["total_bytes"] - rep["floor"]) // 2
