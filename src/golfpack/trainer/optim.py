@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
 from golfpack.model import CONTROL_TENSOR_NAME_PATTERNS, GPT
 from golfpack.trainer.config import TrainConfig
@@ -167,20 +167,11 @@ def set_schedule(opts: list[torch.optim.Optimizer], lr_mul: float, momentum: flo
                 g["momentum"] = momentum
 
 
-def keep_low_dim_fp32(model: nn.Module) -> None:
-    """Vectors, scalars and control tensors stay fp32 whatever the model dtype (as the baseline)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if (p.ndim < 2 or is_control(name)) and p.dtype != torch.float32:
-                p.data = p.data.float()
-
-
 __all__ = [
     "Muon",
     "NS_COEFFS",
     "build_optimizers",
     "is_control",
-    "keep_low_dim_fp32",
     "lr_multiplier",
     "muon_momentum_at",
     "newton_schulz",
