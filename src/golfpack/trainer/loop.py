@@ -419,8 +419,10 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
         for opt in opts:
             opt.zero_grad(set_to_none=True)
 
-    def train_step(loader: DistributedTokenLoader) -> float:
-        """Forward/backward over this rank's micro-batches, average grads over ranks; returns the global mean loss."""
+    def train_step(loader: DistributedTokenLoader) -> Tensor:
+        """Forward/backward over this rank's micro-batches, average grads over ranks; returns the global mean loss.
+
+        The loss stays a device tensor: reading it would sync the GPU every step (only log steps do)."""
         zero_grad()
         loss_sum = torch.zeros((), device=device, dtype=torch.float32)
         for _ in range(accum):
@@ -448,7 +450,7 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
         for opt in opts:
             opt.step()
         zero_grad()
-        return float(mean_loss.item())
+        return mean_loss.detach()
 
     # Warmup: real steps that compile/allocate, then everything is put back as it was.
     if cfg.warmup_steps > 0:
@@ -495,7 +497,7 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
     qat_step_at = math.ceil(cfg.qat_start_frac * cfg.iterations) if cfg.qat_start_frac < 1 else None
     qat_time_at = cfg.qat_start_time_frac * cap_ms if (cap_ms is not None and cfg.qat_start_time_frac < 1) else None
     qat_start_step: int | None = None
-    train_losses: list[tuple[int, float]] = []
+    loss_buf = torch.zeros(cfg.iterations, device=device, dtype=torch.float32)  # per-step loss, read at the end
     val_history: list[dict[str, float]] = []
     train_time_ms = 0.0
     stop_after: int | None = None
@@ -534,9 +536,8 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
             log(f"qat_enabled: step:{step} train_time:{elapsed_ms:.0f}ms policy:{qat.policy_name} tensors:{len(qat.specs)}")
         elif qat is not None:
             qat.refresh()
-        loss = train_step(loader)
+        loss_buf[step] = train_step(loader)
         step += 1
-        train_losses.append((step, loss))
         if ema is not None:
             with torch.no_grad():
                 for k, v in model.state_dict().items():
@@ -545,7 +546,7 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
         if bar is not None:
             bar.update(1)
         if cfg.train_log_every > 0 and (step <= 10 or step % cfg.train_log_every == 0 or stop_after is not None):
-            log(f"step:{step}/{cfg.iterations} train_loss:{loss:.4f} train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms")
+            log(f"step:{step}/{cfg.iterations} train_loss:{loss_buf[step - 1].item():.4f} train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms")
 
         # Wallclock decisions (cap, time-based QAT) must agree across ranks: take the max of each flag.
         reached_cap = cap_ms is not None and approx_ms >= cap_ms
@@ -575,7 +576,7 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
         wallclock_s=time.perf_counter() - t_start,
         stopped_early=stop_after is not None and step < cfg.iterations,
         qat_start_step=qat_start_step,
-        train_losses=train_losses,
+        train_losses=list(enumerate(loss_buf[:step].tolist(), start=1)),
         val_history=val_history,
     )
     if d.master:
