@@ -179,3 +179,18 @@ def test_torchrun_two_processes_match_one_process(tmp_path, train_shards):
     sd2 = load_state_dict(tmp_path / "two" / "final_model.pt")
     for k in sd1:
         torch.testing.assert_close(sd1[k], sd2[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, train_shards):
+    """compile=on (model + Newton-Schulz) with QAT from step 1 follows the eager run (CPU inductor: slow)."""
+    pytest.importorskip("golfpack.packer.quantize")
+    losses = {}
+    for mode in ("off", "on"):
+        cfg = load_config("tiny", overrides=tiny_overrides(train_shards, tmp_path / mode, iterations=4, compile=mode,
+                                                            warmup_steps=1, qat_policy="int6+tok8", qat_start_frac=0.25))
+        r = train(cfg, echo=None)
+        assert r.qat_start_step == 1
+        losses[mode] = [l for _, l in r.train_losses]
+    for a, b in zip(losses["off"], losses["on"]):
+        assert abs(a - b) < 2e-3, losses
