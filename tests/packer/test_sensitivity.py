@@ -80,18 +80,25 @@ def test_direct_vs_proxy_on_real_checkpoint(nolan):
     names = ["tok_emb.weight", "blocks.0.mlp.fc.weight", "blocks.2.mlp.proj.weight", "blocks.1.attn.c_v.weight"]
     cands = {n: [TensorSpec.parse(x) for x in ("fp32", "fp16", "int8", "int6", "int4", "int3")] for n in names}
     before = model.token_nll(batch.inputs, batch.targets).detach().clone()
-    base, direct = measure_direct(model, sd, cands, batch)
+    base, both = measure_direct(model, sd, cands, batch)
     # parameters are restored exactly after measuring
     assert torch.equal(model.token_nll(batch.inputs, batch.targets).detach(), before)
     assert 4.0 < base < 6.5
+    nll, kl = both["nll"], both["kl"]
     for n in names:
-        assert direct[n]["fp32"] == 0.0  # lossless store: no change at all
-        assert abs(direct[n]["fp16"]) < 1e-3
+        assert nll[n]["fp32"] == 0.0 and abs(kl[n]["fp32"]) < 1e-9  # lossless store: no change at all
+        assert abs(nll[n]["fp16"]) < 1e-3 and -1e-7 <= kl[n]["fp16"] < 1e-4
+        assert all(v >= -1e-7 for v in kl[n].values())  # KL is never negative (up to fp32 rounding)
     # the embedding at 3 bits is clearly harmful, and much more than at 8 bits
-    assert direct["tok_emb.weight"]["int3"] > 0.05 > abs(direct["tok_emb.weight"]["int8"])
+    assert nll["tok_emb.weight"]["int3"] > 0.05 > abs(nll["tok_emb.weight"]["int8"])
+    assert kl["tok_emb.weight"]["int3"] > 100 * kl["tok_emb.weight"]["int8"]
+    # Taylor proxy (gradient + empirical Fisher) vs delta NLL
     grad, fisher = gradient_stats(model, make_batch(toks, 8, 128), names=names)
     proxy = proxy_deltas(sd, fisher, cands, grad=grad)
     assert proxy["tok_emb.weight"]["fp32"] == 0.0
-    agree = compare(direct, proxy)
-    assert agree["pairs"] == 16
-    assert agree["spearman"] > 0.5, agree
+    agree = compare(nll, proxy)
+    assert agree["pairs"] == 16 and agree["spearman"] > 0.5, agree
+    # true-Fisher proxy (labels sampled from the model) vs KL: close to exact, also in scale
+    _, tfisher = gradient_stats(model, make_batch(toks, 8, 128), names=names, sample=True)
+    agree = compare(kl, proxy_deltas(sd, tfisher, cands))
+    assert agree["spearman"] > 0.9 and 0.3 < agree["proxy_to_direct_scale"] < 3, agree

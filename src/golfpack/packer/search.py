@@ -41,7 +41,7 @@ from golfpack.packer.solver import InfeasibleBudget, Solution, solve
 from golfpack.packer.spec import TensorSpec
 
 DEFAULT_TARGET_HEADROOM = 2048  # stop fitting once the unused budget is below this many bytes
-CACHE_VERSION = 1  # bump when what a cache file means changes
+CACHE_VERSION = 2  # bump when what a cache file means changes
 
 
 @dataclass
@@ -60,6 +60,7 @@ class SearchConfig:
     calib_seq: int = 256  # tokens per calibration sequence
     sensitivity: str = "direct"  # direct | proxy (Taylor: gradient + diagonal Fisher) | both (direct drives, proxy reported)
     proxy_batch: int = 32  # calibration sequences for the proxy's gradient statistics
+    objective: str = "kl"  # what a tensor's damage means: kl = KL(raw || quantized) predictions, nll = delta loss on the calibration tokens
     target_headroom: int = DEFAULT_TARGET_HEADROOM  # fit until budget - total < this
     max_fit_packs: int = 40  # exact packs allowed in the fit phase (per codec)
     solver: str = "dp"  # dp | greedy | best
@@ -332,67 +333,76 @@ def fit_cost_model(points: list[tuple[int, int]]) -> CostModel:
 
 
 def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
-    """{'base_loss', 'direct' (maybe), 'proxy' (maybe), 'deltas' (what the solver uses), 'calib_digest'}."""
+    """{'base_loss', 'direct' (maybe), 'proxy' (maybe), 'deltas' (what the solver uses), 'agreement', ...}.
+
+    Direct measurement yields both objectives from the same forwards (cached together); the proxy for
+    `kl` is 0.5 * F_true * dw^2 (Fisher with labels sampled from the model), for `nll` the Taylor
+    estimate g . dw + 0.5 * F_emp * dw^2.
+    """
     from golfpack.model import build_model
     from golfpack.packer import sensitivity as S
 
+    if cfg.sensitivity not in ("direct", "proxy", "both"):
+        raise GolfpackError(f"sensitivity must be direct, proxy or both, got {cfg.sensitivity!r}")
+    if cfg.objective not in S.OBJECTIVES:
+        raise GolfpackError(f"objective must be one of {', '.join(S.OBJECTIVES)}, got {cfg.objective!r}")
     toks = S.calib_tokens(cfg.calib, tokenizer=cfg.tokenizer)
     batch = S.make_batch(toks, cfg.calib_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
     labels = {n: [s.label() for s in v] for n, v in p.candidates.items()}
-    key = _key("sens", p.sha, p.config.to_dict(), batch.digest, __version__)
+    key = _key("sens", p.sha, p.config.to_dict(), batch.digest, cfg.proxy_batch, __version__)
     hit = cache.get("sens", key) or {}
     model = build_model(p.config, p.state_dict, device=cfg.device)
-    out: dict[str, Any] = {"calib_digest": batch.digest, "calib_tokens": batch.tokens, "cache_key": key}
-    direct = hit.get("direct", {})
-    base = hit.get("base_loss")
-    need_direct = cfg.sensitivity in ("direct", "both") and any(l not in direct.get(n, {}) for n, ls in labels.items() for l in ls)
+    out: dict[str, Any] = {"calib_digest": batch.digest, "calib_tokens": batch.tokens, "cache_key": key, "objective": cfg.objective}
 
     def save(partial: dict[str, Any]) -> None:
         hit.update(partial)
         cache.put("sens", key, {k: v for k, v in hit.items() if k != "cache_version"})
 
-    if need_direct:
-        base, direct = _measure_with_saves(S, model, p, batch, cfg, direct, save)
-    if cfg.sensitivity == "proxy" or "proxy" in hit or cfg.sensitivity == "both":
-        proxy = hit.get("proxy")
-        if proxy is None or any(l not in proxy.get(n, {}) for n, ls in labels.items() for l in ls):
-            # first-order term from the calibration batch itself, curvature from a larger batch
-            grad, _ = S.gradient_stats(model, batch, device=cfg.device, progress=cfg.progress)
+    def complete(table: dict[str, dict[str, float]] | None) -> bool:
+        return table is not None and all(l in table.get(n, {}) for n, ls in labels.items() for l in ls)
+
+    direct = hit.get("direct", {})
+    base = hit.get("base_loss")
+    if cfg.sensitivity in ("direct", "both") and not all(complete(direct.get(o)) for o in S.OBJECTIVES):
+        state = {"direct": direct}
+
+        def on_tensor(name: str, rows: dict[str, dict[str, float]]) -> None:
+            for o, row in rows.items():
+                state["direct"].setdefault(o, {})[name] = row
+            save({"direct": state["direct"]})
+
+        base, direct = S.measure_direct(
+            model, p.state_dict, p.candidates, batch, device=cfg.device, progress=cfg.progress, done=direct,
+            values=lambda n, s: p.record(n, s).dequantize(), on_tensor=on_tensor,
+        )
+        save({"base_loss": base, "direct": direct})
+    pkey = f"proxy_{cfg.objective}"
+    if cfg.sensitivity in ("proxy", "both") or pkey in hit:
+        proxy = hit.get(pkey)
+        if not complete(proxy):
             pb = S.make_batch(toks, cfg.proxy_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
-            _, fisher = S.gradient_stats(model, pb, device=cfg.device, progress=cfg.progress)
-            proxy = S.proxy_deltas(p.state_dict, fisher, p.candidates, grad=grad,
-                                   values=lambda n, s: p.record(n, s).dequantize())
-            save({"proxy": proxy})
+            values = lambda n, s: p.record(n, s).dequantize()  # noqa: E731
+            if cfg.objective == "kl":
+                _, fisher = S.gradient_stats(model, pb, device=cfg.device, progress=cfg.progress, sample=True)
+                proxy = S.proxy_deltas(p.state_dict, fisher, p.candidates, values=values)
+            else:
+                # first-order term from the calibration batch itself, curvature from a larger batch
+                grad, _ = S.gradient_stats(model, batch, device=cfg.device, progress=cfg.progress)
+                _, fisher = S.gradient_stats(model, pb, device=cfg.device, progress=cfg.progress)
+                proxy = S.proxy_deltas(p.state_dict, fisher, p.candidates, grad=grad, values=values)
+            save({pkey: proxy})
         out["proxy"] = proxy
     if base is None:
         base = S.batch_loss(model, batch, device=cfg.device)
         save({"base_loss": base})
     out["base_loss"] = base
-    if direct:
-        out["direct"] = direct
+    if complete(direct.get(cfg.objective)):
+        out["direct"] = direct[cfg.objective]
     if "direct" in out and "proxy" in out:
         out["agreement"] = S.compare(out["direct"], out["proxy"])
-    if cfg.sensitivity not in ("direct", "proxy", "both"):
-        raise GolfpackError(f"sensitivity must be direct, proxy or both, got {cfg.sensitivity!r}")
     raw = out["proxy"] if cfg.sensitivity == "proxy" else out["direct"]
     out["deltas"] = S.regularize({n: {l: raw[n][l] for l in labels[n]} for n in p.names})
     return out
-
-
-def _measure_with_saves(S: Any, model: Any, p: Problem, batch: Any, cfg: SearchConfig, done: dict, save: Callable) -> tuple[float, dict]:
-    state: dict[str, Any] = {"direct": dict(done)}
-
-    def on_tensor(name: str, row: dict[str, float]) -> None:
-        state["direct"][name] = row
-        save({"base_loss": state.get("base"), "direct": state["direct"]})
-
-    base, direct = S.measure_direct(
-        model, p.state_dict, p.candidates, batch, device=cfg.device, progress=cfg.progress, done=done,
-        values=lambda n, s: p.record(n, s).dequantize(), on_tensor=on_tensor,
-    )
-    state["base"] = base
-    save({"base_loss": base, "direct": direct})
-    return base, direct
 
 
 # ------------------------------------------------------------------------------------------------

@@ -136,6 +136,9 @@ def candidate_specs(
 # direct measurement
 
 
+OBJECTIVES = ("kl", "nll")
+
+
 @torch.no_grad()
 def batch_loss(model: torch.nn.Module, batch: CalibBatch, *, device: str = "cpu", micro: int = 8) -> float:
     """Mean next-token loss (nats) over the batch, accumulated in fp64."""
@@ -147,6 +150,29 @@ def batch_loss(model: torch.nn.Module, batch: CalibBatch, *, device: str = "cpu"
     return total / batch.tokens
 
 
+@torch.no_grad()
+def batch_scores(model: torch.nn.Module, batch: CalibBatch, ref: list[Tensor] | None, *, device: str = "cpu", micro: int = 8) -> tuple[float, float]:
+    """(mean NLL, mean KL(ref || model)) per token over the batch; KL is 0 without `ref` log-probs."""
+    nll = kl = 0.0
+    for k, i in enumerate(range(0, batch.inputs.shape[0], micro)):
+        x = batch.inputs[i : i + micro].to(device)
+        y = batch.targets[i : i + micro].to(device)
+        logp = torch.log_softmax(model.logits(x).float(), dim=-1)  # type: ignore[operator]
+        nll -= float(logp.gather(-1, y.unsqueeze(-1)).double().sum())
+        if ref is not None:
+            r = ref[k].to(device)
+            kl += float((r.exp() * (r - logp)).sum(dim=-1).double().sum())
+    return nll / batch.tokens, kl / batch.tokens
+
+
+@torch.no_grad()
+def reference_logprobs(model: torch.nn.Module, batch: CalibBatch, *, device: str = "cpu", micro: int = 8) -> list[Tensor]:
+    return [
+        torch.log_softmax(model.logits(batch.inputs[i : i + micro].to(device)).float(), dim=-1)  # type: ignore[operator]
+        for i in range(0, batch.inputs.shape[0], micro)
+    ]
+
+
 def measure_direct(
     model: torch.nn.Module,
     state_dict: dict[str, Tensor],
@@ -155,11 +181,17 @@ def measure_direct(
     *,
     device: str = "cpu",
     progress: bool = False,
-    done: dict[str, dict[str, float]] | None = None,
-    on_tensor: Callable[[str, dict[str, float]], None] | None = None,
+    done: dict[str, dict[str, dict[str, float]]] | None = None,
+    on_tensor: Callable[[str, dict[str, dict[str, float]]], None] | None = None,
     values: Callable[[str, TensorSpec], Tensor] | None = None,
-) -> tuple[float, dict[str, dict[str, float]]]:
-    """Delta loss of each (tensor, spec) alone, on `batch`. Returns (base loss, {name: {label: delta}}).
+) -> tuple[float, dict[str, dict[str, dict[str, float]]]]:
+    """Effect of each (tensor, spec) alone on `batch`, from one forward each.
+
+    Returns (base NLL, {"nll": {name: {label: delta NLL}}, "kl": {name: {label: KL(raw || quantized)}}}).
+    Delta NLL is the loss change on these very tokens; KL measures how far the quantized model's
+    predictions move from the raw model's, which does not depend on whether the calibration text is
+    the text the model was trained for (see search docs: on out-of-domain calibration text, delta NLL
+    can reward damage that happens to suit that text).
 
     `done` holds measurements already made (from the cache): those are not re-run. `on_tensor` is
     called after each tensor so a caller can persist progress. `values(name, spec)` gives the stored
@@ -170,13 +202,17 @@ def measure_direct(
     get = values or (lambda n, s: fake_quantize(state_dict[n], s))
     model.eval()
     params = dict(model.named_parameters())
-    base = batch_loss(model, batch, device=device)
-    out: dict[str, dict[str, float]] = {k: dict(v) for k, v in (done or {}).items()}
-    todo = [(n, s) for n, specs in candidates.items() for s in specs if s.label() not in out.get(n, {})]
+    ref = reference_logprobs(model, batch, device=device)
+    base, _ = batch_scores(model, batch, None, device=device)
+    out: dict[str, dict[str, dict[str, float]]] = {o: {k: dict(v) for k, v in (done or {}).get(o, {}).items()} for o in OBJECTIVES}
+
+    def have(name: str, label: str) -> bool:
+        return all(label in out[o].get(name, {}) for o in OBJECTIVES)
+
+    todo = [(n, s) for n, specs in candidates.items() for s in specs if not have(n, s.label())]
     bar = _bar(len(todo), "sensitivity (direct)", "fwd", progress)
     for name, specs in candidates.items():
-        row = out.setdefault(name, {})
-        missing = [s for s in specs if s.label() not in row]
+        missing = [s for s in specs if not have(name, s.label())]
         if not missing:
             continue
         if name not in params:
@@ -186,12 +222,14 @@ def measure_direct(
         try:
             for spec in missing:
                 p.data.copy_(get(name, spec).to(device=p.device, dtype=p.dtype))
-                row[spec.label()] = batch_loss(model, batch, device=device) - base
+                nll, kl = batch_scores(model, batch, ref, device=device)
+                out["nll"].setdefault(name, {})[spec.label()] = nll - base
+                out["kl"].setdefault(name, {})[spec.label()] = kl
                 bar.update(1)
         finally:
             p.data.copy_(orig)
         if on_tensor is not None:
-            on_tensor(name, row)
+            on_tensor(name, {o: out[o][name] for o in OBJECTIVES})
     bar.close()
     return base, out
 
@@ -207,13 +245,16 @@ def gradient_stats(
     names: Iterable[str] | None = None,
     device: str = "cpu",
     progress: bool = False,
+    sample: bool = False,
+    seed: int = 0,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """(mean gradient, diagonal empirical Fisher per token) of the calibration loss, per parameter.
 
     Fisher = T * mean_b (d loss_b / d w)^2, loss_b the mean loss of calibration sequence b: its
     gradient's variance is about 1/T of the per-token one, hence the factor T. The mean gradient is
     not zero here (calibration text is not the training text), so the proxy keeps the first-order
-    term too.
+    term too. With `sample=True` the targets are drawn from the model's own predictions (the true
+    Fisher, whose quadratic form is the second-order KL(raw || perturbed); the mean gradient is then ~0).
     """
     model.eval()
     params = dict(model.named_parameters())
@@ -221,10 +262,17 @@ def gradient_stats(
     acc = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in want if n in params}
     gsum = {n: torch.zeros_like(a) for n, a in acc.items()}
     B, T = batch.inputs.shape
+    gen = torch.Generator(device=device).manual_seed(seed)
     bar = _bar(B, "sensitivity (fisher)", "seq", progress)
     for b in range(B):
         model.zero_grad(set_to_none=True)
-        loss = model(batch.inputs[b : b + 1].to(device), batch.targets[b : b + 1].to(device))
+        x = batch.inputs[b : b + 1].to(device)
+        y = batch.targets[b : b + 1].to(device)
+        if sample:
+            with torch.no_grad():
+                probs = torch.softmax(model.logits(x).float(), dim=-1)  # type: ignore[operator]
+                y = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen).view_as(y)
+        loss = model(x, y)
         loss.backward()
         for n, a in acc.items():
             g = params[n].grad
@@ -350,8 +398,10 @@ def _bar(total: int, desc: str, unit: str, enabled: bool) -> Any:
 __all__ = [
     "DEFAULT_BITS",
     "DEFAULT_CLIPS",
+    "OBJECTIVES",
     "CalibBatch",
     "batch_loss",
+    "batch_scores",
     "calib_tokens",
     "candidate_specs",
     "compare",
