@@ -75,7 +75,7 @@ def bench_checkpoint(label, path, activation, seq_len, fractions, args):
             progress=not args.quiet, activation=activation,
         )
         res = run_search(path, cfg)
-        data = res.problem.encode(tuple(res.fits[res.codec].choice), res.codec)
+        data = res.problem.encode(res.choice, res.codec)
         assert len(data) == res.model_bytes <= budget
         loss, bpb = score(decode_qgv3(data).state_dict())
         gap = bpb - raw_bpb
@@ -87,7 +87,8 @@ def bench_checkpoint(label, path, activation, seq_len, fractions, args):
             "beats_int6tok8": bpb < t6["val_bpb"],
             "fewer_bytes_than_int6": res.model_bytes <= presets["int6"]["bytes"],
             "fewer_bytes_than_int6tok8": res.model_bytes <= t6["bytes"],
-            "layout_counts": _counts(res.specs),
+            "layout_counts": _counts(res.specs), "chosen_from": res.chosen.source if res.chosen else None,
+            "alternatives": [a.to_dict() for a in res.alternatives],
         }
         if res.sens.get("agreement"):
             row["proxy_vs_direct"] = res.sens["agreement"]

@@ -61,6 +61,8 @@ class SearchConfig:
     sensitivity: str = "direct"  # direct | proxy (Taylor: gradient + diagonal Fisher) | both (direct drives, proxy reported)
     proxy_batch: int = 32  # calibration sequences for the proxy's gradient statistics
     objective: str = "kl"  # what a tensor's damage means: kl = KL(raw || quantized) predictions, nll = delta loss on the calibration tokens
+    select: bool = True  # pick the final layout among solver/proxy/greedy/preset alternatives by JOINT held-out loss
+    select_batch: int = 16  # held-out calibration sequences for that joint measurement
     target_headroom: int = DEFAULT_TARGET_HEADROOM  # fit until budget - total < this
     max_fit_packs: int = 40  # exact packs allowed in the fit phase (per codec)
     solver: str = "dp"  # dp | greedy | best
@@ -194,9 +196,11 @@ class Problem:
 
     def encode(self, choice: tuple[int, ...] | list[int], codec: str) -> bytes:
         """The exact artifact bytes `golfpack pack --policy <layout> --codec codec` writes."""
+        return self.encode_specs(self.specs_of(choice), codec)
+
+    def encode_specs(self, specs: dict[str, TensorSpec], codec: str) -> bytes:
         from golfpack.formats.qgv3 import encode_qgv3
 
-        specs = self.specs_of(choice)
         policy = layout_policy(specs)
         recs = [self.record(n, specs[n]) for n in self.names]
         return encode_qgv3(
@@ -332,6 +336,23 @@ def fit_cost_model(points: list[tuple[int, int]]) -> CostModel:
 # phase 4: sensitivity
 
 
+def _calib_split(cfg: SearchConfig) -> tuple[Any, Any]:
+    """Calibration tokens split in two halves: per-tensor measurement | joint held-out selection."""
+    from golfpack.packer import sensitivity as S
+
+    toks = S.calib_tokens(cfg.calib, tokenizer=cfg.tokenizer)
+    half = len(toks) // 2
+    return toks[:half], toks[half:]
+
+
+def sensitivity_tokens(cfg: SearchConfig) -> Any:
+    return _calib_split(cfg)[0]
+
+
+def selection_tokens(cfg: SearchConfig) -> Any:
+    return _calib_split(cfg)[1]
+
+
 def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
     """{'base_loss', 'direct' (maybe), 'proxy' (maybe), 'deltas' (what the solver uses), 'agreement', ...}.
 
@@ -346,7 +367,7 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
         raise GolfpackError(f"sensitivity must be direct, proxy or both, got {cfg.sensitivity!r}")
     if cfg.objective not in S.OBJECTIVES:
         raise GolfpackError(f"objective must be one of {', '.join(S.OBJECTIVES)}, got {cfg.objective!r}")
-    toks = S.calib_tokens(cfg.calib, tokenizer=cfg.tokenizer)
+    toks = sensitivity_tokens(cfg)
     batch = S.make_batch(toks, cfg.calib_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
     labels = {n: [s.label() for s in v] for n, v in p.candidates.items()}
     key = _key("sens", p.sha, p.config.to_dict(), batch.digest, cfg.proxy_batch, __version__)
@@ -576,6 +597,8 @@ class SearchResult:
     tables: dict[str, dict[str, dict[str, int]]]  # cost tables per codec
     problem: Problem
     timings: dict[str, float]
+    chosen: "Alternative | None" = None  # the selected layout (source, joint score)
+    alternatives: list["Alternative"] = field(default_factory=list)  # every layout compared jointly
 
     @property
     def total_bytes(self) -> int:
@@ -584,6 +607,12 @@ class SearchResult:
     @property
     def headroom(self) -> int:
         return self.budget - self.total_bytes
+
+    @property
+    def choice(self) -> tuple[int, ...]:
+        """Candidate index per tensor of the chosen layout."""
+        p = self.problem
+        return tuple([s.label() for s in p.candidates[n]].index(self.specs[n].label()) for n in p.names)
 
     def report(self) -> dict[str, Any]:
         agreement = self.sens.get("agreement")
@@ -603,6 +632,9 @@ class SearchResult:
             "codecs": {c: {"model_bytes": f.model_bytes, "predicted_delta_loss": f.predicted_loss, "packs": f.packs,
                            "cost_model": {"a": f.cost_model.a, "b": f.cost_model.b, "points": f.cost_model.points}}
                        for c, f in self.fits.items()},
+            "chosen_from": None if self.chosen is None else self.chosen.source,
+            "joint_objective": None if self.chosen is None else self.chosen.joint,
+            "alternatives": [a.to_dict() for a in self.alternatives],
             "timings": self.timings,
         }
 
@@ -639,14 +671,120 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, on_phase: Callable[[str],
     bar.close()
     if not fits:
         raise InfeasibleBudget(cfg.budget, floor)
-    best = min(fits.values(), key=lambda f: (f.predicted_loss, f.model_bytes))
     t["fit"] = time.perf_counter() - t1
-    specs = p.specs_of(best.choice)
+    t1 = time.perf_counter()
+    alts = alternatives(p, cfg, fits, tables, sens, model_budget) if cfg.select else []
+    if alts:
+        joint_scores(p, cfg, alts)
+        chosen = min(alts, key=lambda a: (a.joint, a.model_bytes))
+    else:
+        chosen = min((Alternative(f"solver:{f.codec}", f.codec, f.choice, f.model_bytes, f.predicted_loss) for f in fits.values()),
+                     key=lambda a: (a.predicted_loss, a.model_bytes))
+    t["select"] = time.perf_counter() - t1
+    specs = p.specs_of(chosen.choice)
     return SearchResult(
-        codec=best.codec, specs=specs, policy=layout_policy(specs), model_bytes=best.model_bytes,
-        code_bytes=p.code_bytes, budget=cfg.budget, predicted_loss=best.predicted_loss, floor=floor, fits=fits,
-        sens=sens, tables=tables, problem=p, timings=t,
+        codec=chosen.codec, specs=specs, policy=layout_policy(specs), model_bytes=chosen.model_bytes,
+        code_bytes=p.code_bytes, budget=cfg.budget, predicted_loss=chosen.predicted_loss, floor=floor, fits=fits,
+        sens=sens, tables=tables, problem=p, timings=t, chosen=chosen, alternatives=alts,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# phase 6: joint selection
+
+
+@dataclass
+class Alternative:
+    """One complete layout that fits, and how it scores when ALL its tensors are quantized at once."""
+
+    source: str  # where it came from: solver:<codec>, proxy:<codec>, greedy:<codec>, preset:<name>
+    codec: str
+    choice: tuple[int, ...]  # candidate index per tensor
+    model_bytes: int  # exact artifact bytes
+    predicted_loss: float  # sum of single-tensor deltas (what the solver minimised)
+    joint: float = math.nan  # objective measured with every tensor quantized, on held-out calibration tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "codec": self.codec, "model_bytes": self.model_bytes,
+                "predicted_loss": self.predicted_loss, "joint": self.joint}
+
+
+def preset_choice(p: Problem, name: str) -> tuple[int, ...] | None:
+    """A policy preset as candidate indices, or None if one of its specs is not a candidate here."""
+    from golfpack.packer.policy import Policy
+
+    specs = Policy.preset(name).resolve(p.state_dict)
+    out = []
+    for n in p.names:
+        labels = [s.label() for s in p.candidates[n]]
+        if specs[n].label() not in labels:
+            return None
+        out.append(labels.index(specs[n].label()))
+    return tuple(out)
+
+
+def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: dict[str, Any], sens: dict[str, Any], model_budget: int) -> list[Alternative]:
+    """Fitting layouts worth a joint measurement: the solver's answer per codec, the answers under the
+    proxy estimate and the greedy solver (best codec), and every preset that fits.
+
+    Summed single-tensor deltas ignore interactions (quantizing many tensors at once usually hurts
+    more than the sum), so these are compared on what actually matters: the joint effect."""
+    from golfpack.packer import sensitivity as S
+    from golfpack.packer.policy import PRESETS
+
+    deltas = sens["deltas"]
+
+    def pred(choice: tuple[int, ...]) -> float:
+        return sum(deltas[n][p.candidates[n][j].label()] for n, j in zip(p.names, choice))
+
+    out = [Alternative(f"solver:{f.codec}", f.codec, tuple(f.choice), f.model_bytes, f.predicted_loss) for f in fits.values()]
+    best = min(fits.values(), key=lambda f: (f.predicted_loss, f.model_bytes))
+    extra: list[tuple[str, dict[str, dict[str, float]], str]] = [(f"greedy:{best.codec}", deltas, "greedy")]
+    if sens.get("proxy") is not None and cfg.sensitivity != "proxy":
+        extra.append((f"proxy:{best.codec}", S.regularize({n: dict(sens["proxy"][n]) for n in p.names}), cfg.solver))
+    for source, table, method in extra:
+        sub = SearchConfig(**{**cfg.__dict__, "solver": method})
+        try:
+            f = Fitter.for_problem(p, best.codec, tables[best.codec], table, sub).fit(model_budget)
+        except InfeasibleBudget:
+            continue
+        out.append(Alternative(source, best.codec, tuple(f.choice), f.model_bytes, pred(tuple(f.choice))))
+    for name in PRESETS:
+        ch = preset_choice(p, name)
+        if ch is None:
+            continue
+        sizes = {c: len(p.encode(ch, c)) for c in fits}
+        c = min(sizes, key=sizes.__getitem__)
+        if sizes[c] <= model_budget:
+            out.append(Alternative(f"preset:{name}", c, ch, sizes[c], pred(ch)))
+    uniq: dict[tuple[tuple[int, ...], str], Alternative] = {}
+    for a in out:
+        uniq.setdefault((a.choice, a.codec), a)
+    return list(uniq.values())
+
+
+def joint_scores(p: Problem, cfg: SearchConfig, alts: list[Alternative]) -> None:
+    """Fill `joint`: the objective with every tensor of the layout quantized, on held-out calibration."""
+    from golfpack.model import build_model
+    from golfpack.packer import sensitivity as S
+
+    batch = S.make_batch(selection_tokens(cfg), cfg.select_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
+    model = build_model(p.config, p.state_dict, device=cfg.device)
+    ref = S.reference_logprobs(model, batch, device=cfg.device)
+    base, _ = S.batch_scores(model, batch, None, device=cfg.device)
+    scored: dict[tuple[int, ...], float] = {}
+    for a in _bar_iter(alts, "select (joint)", "layout", cfg.progress):
+        if a.choice not in scored:
+            sd = {n: p.record(n, p.candidates[n][j]).dequantize() for n, j in zip(p.names, a.choice)}
+            nll, kl = S.batch_scores(build_model(p.config, sd, device=cfg.device), batch, ref, device=cfg.device)
+            scored[a.choice] = kl if cfg.objective == "kl" else nll - base
+        a.joint = scored[a.choice]
+
+
+def _bar_iter(items: list[Any], desc: str, unit: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit=unit, leave=False, disable=not enabled)
 
 
 __all__ = [
@@ -654,6 +792,7 @@ __all__ = [
     "Cache",
     "CostModel",
     "Fit",
+    "Alternative",
     "Fitter",
     "Problem",
     "SearchConfig",
@@ -664,6 +803,7 @@ __all__ = [
     "floor_bytes",
     "layout_policy",
     "load_problem",
+    "preset_choice",
     "run_search",
     "sensitivity",
     "write_policy",

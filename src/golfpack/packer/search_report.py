@@ -47,7 +47,6 @@ def frontier(
     from tqdm import tqdm
 
     p = result.problem
-    fit = result.fits[result.codec]
     cfg = SearchConfig(budget=result.budget, max_fit_packs=8, target_headroom=result.budget)  # coarse: any fit will do
     fitter = Fitter.for_problem(p, result.codec, result.tables[result.codec], result.sens["deltas"], cfg)
     lo = min(fitter.measure(tuple(cheapest_choice(p))), fitter.measure(fitter.cheapest()))
@@ -61,11 +60,11 @@ def frontier(
             f = fitter.fit(mb)
         except GolfpackError:
             continue
-        if f.choice == fit.choice or f.choice in done:
+        if f.choice == result.choice or f.choice in done:
             continue  # the same layout twice (a budget above what any better layout needs)
         done.add(f.choice)
         rows.append(_row(p, f.choice, f.model_bytes, f.predicted_loss, mb, result, seen, scorer, base, bpb_per_nat, decode_qgv3, chosen=False))
-    rows.append(_row(p, fit.choice, fit.model_bytes, fit.predicted_loss, result.budget - result.code_bytes, result, seen, scorer, base, bpb_per_nat, decode_qgv3, chosen=True))
+    rows.append(_row(p, result.choice, result.model_bytes, result.predicted_loss, result.budget - result.code_bytes, result, seen, scorer, base, bpb_per_nat, decode_qgv3, chosen=True))
     rows.sort(key=lambda r: r["model_bytes"])
     return rows
 
