@@ -245,7 +245,10 @@ class GPT(nn.Module):
 
     def logits(self, input_ids: Tensor) -> Tensor:
         """Soft-capped logits in fp32, shape (B, T, V)."""
-        h = self.hidden(input_ids)
+        return self.logits_from_hidden(self.hidden(input_ids))
+
+    def logits_from_hidden(self, h: Tensor) -> Tensor:
+        """Soft-capped fp32 logits for hidden states of any leading shape (lets the evaluator skip unscored rows)."""
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         raw = F.linear(h, w.to(h.dtype))
         cap = self.config.logit_softcap

@@ -1,0 +1,93 @@
+"""`golfpack eval`: score a checkpoint or artifact on val shards (also `torchrun -m golfpack.evaluator`)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from golfpack.errors import GolfpackError
+from golfpack.model import ACTIVATIONS
+
+
+@click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("path", metavar="CKPT_OR_ARTIFACT", type=click.Path(dir_okay=False))
+@click.option("--val", required=True, metavar="PATTERN", help="Val shard path or quoted glob (e.g. 'data/fineweb_val_*.bin').")
+@click.option("--tokenizer", required=True, type=click.Path(dir_okay=False), metavar="SP.model",
+              help="sentencepiece model for the byte accounting (must match the model's vocab).")
+@click.option("--seq-len", type=int, default=1024, show_default=True, help="Window length L.")
+@click.option("--stride", type=int, default=None,
+              help="Sliding-window stride S (must divide L). Default: L, the challenge's non-overlapping eval.")
+@click.option("--max-tokens", type=int, default=None, help="Use only the first N val tokens.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Windows per forward pass.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cpu: fp32. cuda: bf16 autocast, fp32 loss.")
+@click.option("--num-heads", type=int, default=None, help="Head count for raw checkpoints (default: from q_gain).")
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default=None,
+              help="MLP activation for raw checkpoints (shapes cannot tell; default relu2).")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar with tokens/s on stderr (default: when stderr is a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def eval_cmd(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
+             progress, as_json):
+    """Score CKPT_OR_ARTIFACT (raw .pt, legacy .ptz or .qg3) on the val tokens: val_loss and val_bpb.
+
+    Under torchrun the windows are split over ranks and the sums all-reduced (gloo on CPU,
+    nccl on CUDA); rank 0 prints the result.
+    """
+    try:
+        _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
+             progress, as_json)
+    except GolfpackError as e:  # also when run outside the `golfpack` group (python -m golfpack.evaluator)
+        raise click.ClickException(str(e)) from None
+
+
+def _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
+         progress, as_json) -> None:
+    import torch
+
+    from golfpack.cli import emit
+    from golfpack.evaluator import dist as dist_mod
+    from golfpack.evaluator.api import evaluate_path
+    from golfpack.evaluator.windows import check_stride
+
+    check_stride(seq_len, stride)
+    if threads is not None:
+        if threads <= 0:
+            raise GolfpackError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    ctx = dist_mod.init(device)
+    try:
+        r = evaluate_path(path, val=val, tokenizer=tokenizer, seq_len=seq_len, stride=stride, max_tokens=max_tokens,
+                          device=ctx.device, num_heads=num_heads, activation=activation, batch_size=batch_size,
+                          dist=ctx, progress=progress)
+    finally:
+        dist_mod.finish(ctx)
+    if not ctx.is_main:
+        return
+    report = {"path": str(path), **r.to_dict()}
+    lines = [
+        f"val_loss: {r.val_loss:.6f}  val_bpb: {r.val_bpb:.6f}",
+        f"tokens: {r.tokens:,}  bytes: {r.bytes:,}  ({r.mode}: seq_len {r.seq_len}, stride {r.stride}, {r.windows:,} windows"
+        + (f" over {r.world_size} ranks" if r.world_size > 1 else "") + ")",
+        f"seconds: {r.seconds:.2f}  tokens/s: {r.tokens_per_s:,.0f}  device: {r.device}",
+    ]
+    emit(report, as_json, lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m golfpack.evaluator` / torchrun entry: same options, one `Error:` line on user errors."""
+    try:
+        eval_cmd.main(args=argv, prog_name="golfpack.evaluator", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
