@@ -1,0 +1,190 @@
+"""Stream codecs for QGv3: compress a byte string, decompress it back with a hard cap on the output.
+
+Every codec writes the leanest framing that still decodes unambiguously, because the QGv3 header
+already records each stream's raw size and a crc32 of its stored bytes:
+
+- `raw`: the bytes as they are.
+- `zlib`: raw DEFLATE (no zlib header/adler trailer), level 9, memLevel 9.
+- `lzma`: one props byte (lc + 9 * (lp + 5 * pb), as in .lzma files) + a raw LZMA1 stream with an
+  end marker, preset 9 | EXTREME. The dictionary size is not stored: both sides derive it from the raw
+  size (`lzma_dict_size`). `compress` tries a few (lc, lp, pb) settings and keeps the smallest (they
+  matter for byte containers and multi-byte elements); pass `lzma_props` to force one.
+- `zstd`: a zstd frame (content size in the frame header, no checksum), level 22, window sized to the
+  data (long-range matching on).
+- `brotli`: quality 11, window 24 bits (only when the `brotli` package is installed).
+
+`decompress(codec, data, raw_size)` never produces (or allocates for) more than `raw_size` (+1 to
+detect overrun) bytes, and raises GolfpackError unless the stream decodes to exactly `raw_size` bytes
+and is fully consumed: a stream that inflates past its declared size (a decompression bomb) is refused.
+"""
+
+from __future__ import annotations
+
+import lzma
+import zlib
+from enum import IntEnum
+
+from golfpack.errors import GolfpackError
+
+
+class Codec(IntEnum):
+    """Codec ids as stored in QGv3 (never renumber: files on disk use them)."""
+
+    RAW = 0
+    ZLIB = 1
+    LZMA = 2
+    ZSTD = 3
+    BROTLI = 4
+
+
+CODECS: dict[str, Codec] = {c.name.lower(): c for c in Codec}  # name -> id for every codec the format knows
+
+# (lc, lp, pb) settings `compress("lzma", ...)` tries: the xz default, then "no literal context"
+# (levels in byte containers are nearly order-0), then more literal context.
+LZMA_PROPS_CANDIDATES: tuple[tuple[int, int, int], ...] = ((3, 0, 2), (0, 0, 0), (4, 0, 0))
+LZMA_PRESET = 9 | lzma.PRESET_EXTREME
+_ZSTD_MAX_WINDOW_LOG = 27  # 128 MiB: both the encoder's window cap and the decoder's memory cap
+
+
+def _load_zstd():
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    return zstandard
+
+
+def _load_brotli():
+    try:
+        import brotli
+    except ImportError:
+        return None
+    return brotli
+
+
+def available_codecs() -> list[str]:
+    """Codec names usable in this environment (raw/zlib/lzma always; zstd/brotli if installed)."""
+    out = ["raw", "zlib", "lzma"]
+    if _load_zstd() is not None:
+        out.append("zstd")
+    if _load_brotli() is not None:
+        out.append("brotli")
+    return out
+
+
+def codec_id(codec: str | int) -> Codec:
+    """Codec from a name or id; GolfpackError for unknown ones."""
+    if isinstance(codec, str):
+        if codec.lower() not in CODECS:
+            raise GolfpackError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
+        return CODECS[codec.lower()]
+    try:
+        return Codec(int(codec))
+    except ValueError:
+        raise GolfpackError(f"unknown codec id {codec!r} (known: {', '.join(f'{c.value}={c.name.lower()}' for c in Codec)})") from None
+
+
+def _need(c: Codec):
+    mod = _load_zstd() if c == Codec.ZSTD else _load_brotli()
+    if mod is None:
+        pkg = "zstandard" if c == Codec.ZSTD else "brotli"
+        raise GolfpackError(f"codec {c.name.lower()} needs the '{pkg}' package: pip install {pkg}")
+    return mod
+
+
+def lzma_dict_size(raw_size: int) -> int:
+    """LZMA dictionary both sides use: the raw size rounded up to a power of two, clamped to [4 KiB, 64 MiB]."""
+    return min(1 << 26, max(1 << 12, 1 << max(0, raw_size - 1).bit_length()))
+
+
+def lzma_props_byte(lc: int, lp: int, pb: int) -> int:
+    return lc + 9 * (lp + 5 * pb)
+
+
+def _lzma_filters(props: int, raw_size: int) -> list[dict]:
+    lc, rest = props % 9, props // 9
+    lp, pb = rest % 5, rest // 5
+    if pb > 4 or lc + lp > 4:  # liblzma's LZMA1 limits (lc + lp <= 4 keeps the literal table small)
+        raise GolfpackError(f"invalid lzma props byte {props}")
+    return [{"id": lzma.FILTER_LZMA1, "lc": lc, "lp": lp, "pb": pb, "dict_size": lzma_dict_size(raw_size)}]
+
+
+def _lzma_compress(data: bytes, props: tuple[int, int, int]) -> bytes:
+    pb_ = lzma_props_byte(*props)
+    f = _lzma_filters(pb_, len(data))
+    f[0]["preset"] = LZMA_PRESET
+    f[0]["nice_len"] = 273
+    return bytes([pb_]) + lzma.compress(data, format=lzma.FORMAT_RAW, filters=f)
+
+
+def compress(codec: str | int, data: bytes, *, lzma_props: tuple[int, int, int] | None = None) -> bytes:
+    """Compress `data` with one codec (see module doc for each codec's settings and framing)."""
+    c = codec_id(codec)
+    data = bytes(data)
+    if c == Codec.RAW:
+        return data
+    if c == Codec.ZLIB:
+        z = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+        return z.compress(data) + z.flush()
+    if c == Codec.LZMA:
+        cands = [lzma_props] if lzma_props is not None else list(LZMA_PROPS_CANDIDATES)
+        return min((_lzma_compress(data, p) for p in cands), key=len)
+    if c == Codec.ZSTD:
+        zstd = _need(c)
+        wlog = min(_ZSTD_MAX_WINDOW_LOG, max(10, max(1, len(data)).bit_length()))
+        params = zstd.ZstdCompressionParameters.from_level(
+            22, source_size=len(data), window_log=wlog, enable_ldm=True, write_checksum=0, write_content_size=1, write_dict_id=0
+        )
+        cctx = zstd.ZstdCompressor(compression_params=params)
+        return cctx.compress(data)
+    brotli = _need(c)
+    return brotli.compress(data, quality=11, lgwin=24)
+
+
+def decompress(codec: str | int, data: bytes, raw_size: int) -> bytes:
+    """Decompress to exactly `raw_size` bytes or raise GolfpackError; output never exceeds raw_size + 1."""
+    c = codec_id(codec)
+    if not isinstance(raw_size, int) or raw_size < 0:
+        raise GolfpackError(f"raw size must be a non-negative int, got {raw_size!r}")
+    name = c.name.lower()
+    data = bytes(data)
+    try:
+        if c == Codec.RAW:
+            if len(data) != raw_size:
+                raise GolfpackError(f"raw stream holds {len(data)} bytes, expected {raw_size}")
+            out, done = data, True
+        elif c == Codec.ZLIB:
+            d = zlib.decompressobj(-15)
+            out = d.decompress(data, raw_size + 1)
+            done = d.eof and not d.unused_data and not d.unconsumed_tail
+        elif c == Codec.LZMA:
+            if not data:
+                raise GolfpackError("lzma stream is empty (no props byte)")
+            dec = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_lzma_filters(data[0], raw_size))
+            out = dec.decompress(data[1:], max_length=raw_size + 1)
+            done = dec.eof and not dec.unused_data
+        elif c == Codec.ZSTD:
+            zstd = _need(c)
+            fp = zstd.get_frame_parameters(data)
+            if fp.content_size != raw_size:  # checked BEFORE decompressing: the frame's size is what gets allocated
+                raise GolfpackError(f"zstd stream declares {fp.content_size} bytes, expected {raw_size}")
+            dctx = zstd.ZstdDecompressor(max_window_size=1 << _ZSTD_MAX_WINDOW_LOG)
+            out = dctx.decompress(data, max_output_size=raw_size) if raw_size else b""
+            done = True
+        else:
+            brotli = _need(c)
+            dec = brotli.Decompressor()
+            out = dec.process(data, output_buffer_limit=raw_size + 1)
+            done = dec.is_finished()
+    except GolfpackError:
+        raise
+    except Exception as e:  # corrupt input: each library raises its own error type
+        raise GolfpackError(f"{name} stream is corrupt ({type(e).__name__}: {e})") from None
+    if len(out) > raw_size:
+        raise GolfpackError(f"{name} stream inflates past its declared {raw_size} bytes (refusing a decompression bomb)")
+    if len(out) != raw_size or not done:
+        raise GolfpackError(f"{name} stream decodes to {len(out)} bytes{'' if done else ' and does not end cleanly'}, expected {raw_size}")
+    return out
+
+
+__all__ = ["CODECS", "Codec", "LZMA_PROPS_CANDIDATES", "available_codecs", "codec_id", "compress", "decompress", "lzma_dict_size"]
