@@ -624,6 +624,7 @@ class SearchResult:
             "total_bytes": self.total_bytes,
             "headroom": self.headroom,
             "floor": self.floor,
+            "objective": self.sens.get("objective"),
             "predicted_delta_loss": self.predicted_loss,
             "calib_base_loss": self.sens.get("base_loss"),
             "calib_tokens": self.sens.get("calib_tokens"),

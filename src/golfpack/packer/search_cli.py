@@ -59,6 +59,8 @@ def make_scorer(val: str, tokenizer: str, *, seq_len: int, max_tokens: int | Non
 @click.option("--bits", default="8,7,6,5,4", show_default=True, help="Integer widths offered to every tensor.")
 @click.option("--clips", default="quantile,mse", show_default=True, help="Clip rules offered for every width.")
 @click.option("--sensitivity", "sens_mode", type=click.Choice(["direct", "proxy", "both"]), default="direct", show_default=True, help="Delta-loss estimate the solver uses (both: direct drives, proxy is validated against it).")
+@click.option("--objective", type=click.Choice(["kl", "nll"]), default="kl", show_default=True, help="Damage measure: KL(raw || quantized) predictions, or delta NLL on the calibration tokens.")
+@click.option("--no-select", is_flag=True, help="Take the solver's layout as is (skip the joint comparison with greedy/proxy/preset layouts).")
 @click.option("--calib-batch", type=int, default=8, show_default=True, help="Calibration sequences per forward.")
 @click.option("--calib-seq", type=int, default=256, show_default=True, help="Tokens per calibration sequence.")
 @click.option("--target-headroom", type=int, default=2048, show_default=True, help="Fit until unused budget is below this.")
@@ -77,7 +79,7 @@ def make_scorer(val: str, tokenizer: str, *, seq_len: int, max_tokens: int | Non
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokenizer: str | None, out: str | None, policy_out: str | None,
-               codecs: str, bits: str, clips: str, sens_mode: str, calib_batch: int, calib_seq: int, target_headroom: int, solver: str,
+               codecs: str, bits: str, clips: str, sens_mode: str, objective: str, no_select: bool, calib_batch: int, calib_seq: int, target_headroom: int, solver: str,
                cache_dir: str | None, val: str | None, eval_tokens: int, seq_len: int, frontier_points: int, plot: str | None,
                report: str | None, no_verify: bool, num_heads: int | None, activation: str | None, device: str,
                threads: int | None, as_json: bool) -> None:
@@ -96,7 +98,7 @@ def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokeni
     cfg = SearchConfig(
         budget=budget, code=list(code), calib=calib, tokenizer=tokenizer,
         codecs=tuple(c.strip() for c in codecs.split(",") if c.strip()), bits=_int_list(bits, "bits"), clips=clip_t,
-        calib_batch=calib_batch, calib_seq=calib_seq, sensitivity=sens_mode, target_headroom=target_headroom,
+        calib_batch=calib_batch, calib_seq=calib_seq, sensitivity=sens_mode, objective=objective, select=not no_select, target_headroom=target_headroom,
         solver=solver, cache_dir=cache_dir, device=device, num_heads=num_heads, activation=activation, progress=not as_json,
     )
     res = run_search(ckpt, cfg)
@@ -167,9 +169,13 @@ def human_lines(rep: dict[str, Any]) -> list[str]:
         f"code bytes  {rep['code_bytes']:>12,}",
         f"total       {rep['total_bytes']:>12,}  of budget {rep['budget']:,}",
         f"headroom    {rep['headroom']:>12,}  (floor {rep['floor']:,})",
-        f"predicted delta loss {rep['predicted_delta_loss']:.5f} nats/token on {rep['calib_tokens']:,} calibration tokens"
+        f"predicted damage {rep['predicted_delta_loss']:.5f} nats/token ({rep['objective']}, sum over tensors, {rep['calib_tokens']:,} calibration tokens)"
         + (f" (~{rep['predicted_delta_bpb']:.5f} bpb)" if rep.get("predicted_delta_bpb") is not None else ""),
     ]
+    if rep.get("chosen_from"):
+        lines.append(f"chosen from {rep['chosen_from']} by joint {rep['objective']} {rep['joint_objective']:.5f} on held-out calibration; compared:")
+        for a in rep["alternatives"]:
+            lines.append(f"  {a['source']:<34} {a['model_bytes']:>10,} B  predicted {a['predicted_loss']:.5f}  joint {a['joint']:.5f}")
     ag = rep.get("proxy_vs_direct")
     if ag:
         lines.append(f"proxy vs direct: Spearman {ag['spearman']:.3f} over {ag['pairs']} (tensor, spec) pairs")
