@@ -1,0 +1,215 @@
+"""Text -> challenge token shards, as the challenge's export does it: each document becomes
+[BOS] + sentencepiece ids (no EOS), documents are concatenated in input order, and the stream is
+cut into shards of exactly `shard_tokens` tokens (the last one shorter; a document may span two
+shards, as in the official fineweb shards).
+
+Inputs: `.jsonl`/`.ndjson` files hold one JSON object per line with the text in a field
+(default `text`); any other file is plain text. Plain text is split into documents at blank
+lines (one document per blank-line-separated paragraph, its lines joined with newlines); with
+`per_line=True` every non-empty line is a document instead.
+
+Nothing is half-written: shards go to a hidden temp folder in the output folder and are moved
+into place only after every input was read and encoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from golfpack.errors import GolfpackError
+from golfpack.formats.shards import MAX_TOKEN_ID, write_shard
+
+DEFAULT_SHARD_TOKENS = 100_000_000  # the official fineweb shard size
+ENCODE_BATCH = 512  # documents per sentencepiece call (it encodes a batch with several threads)
+
+
+@dataclass
+class PrepareReport:
+    """What `prepare` wrote."""
+
+    documents: int  # documents encoded
+    tokens: int  # tokens written, BOS included
+    shards: list[dict] = field(default_factory=list)  # [{"path": str, "tokens": int}] in order
+    input_bytes: int = 0  # bytes of input text read
+    seconds: float = 0.0  # wall time
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def input_format(path: Path, fmt: str = "auto") -> str:
+    if fmt != "auto":
+        return fmt
+    return "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "txt"
+
+
+def iter_documents(path: str | os.PathLike[str], *, fmt: str = "auto", per_line: bool = False,
+                   text_field: str = "text", on_bytes=None) -> Iterator[str]:
+    """Yield the documents of one input file in order; `on_bytes(n)` is told how many bytes were read."""
+    p = Path(path)
+    if not p.is_file():
+        raise GolfpackError(f"input {p}: file not found")
+    kind = input_format(p, fmt)
+    with open(p, "rb") as f:
+        if kind == "jsonl":
+            for lineno, raw in enumerate(f, 1):
+                if on_bytes:
+                    on_bytes(len(raw))
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise GolfpackError(f"input {p} line {lineno}: not valid JSON ({e})") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
+                    raise GolfpackError(f"input {p} line {lineno}: expected a JSON object with a string {text_field!r} field")
+                yield obj[text_field]
+            return
+        para: list[str] = []
+        for lineno, raw in enumerate(f, 1):
+            if on_bytes:
+                on_bytes(len(raw))
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise GolfpackError(f"input {p} line {lineno}: not UTF-8 text") from None
+            if per_line:
+                if line.strip():
+                    yield line
+            elif line.strip():
+                para.append(line)
+            elif para:
+                yield "\n".join(para)
+                para = []
+        if para:
+            yield "\n".join(para)
+
+
+def _shard_name(prefix: str, index: int) -> str:
+    return f"{prefix}_{index:06d}.bin"
+
+
+def prepare(
+    inputs: list[str | os.PathLike[str]],
+    tokenizer: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    prefix: str = "tokens",
+    fmt: str = "auto",
+    per_line: bool = False,
+    text_field: str = "text",
+    overwrite: bool = False,
+    progress: bool = False,
+) -> PrepareReport:
+    """Encode `inputs` with the sentencepiece model and write `{prefix}_{i:06d}.bin` shards to `out_dir`."""
+    from tqdm.auto import tqdm
+
+    from golfpack.evaluator.luts import load_sentencepiece
+
+    if shard_tokens <= 0:
+        raise GolfpackError(f"--shard-tokens must be positive, got {shard_tokens}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", prefix):
+        raise GolfpackError(f"--prefix {prefix!r} must be a plain file-name stem (letters, digits, . _ -)")
+    if not inputs:
+        raise GolfpackError("no input files given")
+    paths = [Path(p) for p in inputs]
+    for p in paths:
+        if not p.is_file():
+            raise GolfpackError(f"input {p}: file not found")
+    sp = load_sentencepiece(tokenizer)
+    if sp.vocab_size() - 1 > MAX_TOKEN_ID:
+        raise GolfpackError(f"tokenizer has {sp.vocab_size()} pieces; shards store uint16 ids (at most {MAX_TOKEN_ID + 1})")
+    bos = int(sp.bos_id())
+    if bos < 0:
+        raise GolfpackError(f"tokenizer {tokenizer} has no BOS piece; the challenge shards start every document with BOS")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    old = sorted(out.glob(f"{prefix}_[0-9][0-9][0-9][0-9][0-9][0-9].bin"))
+    if old and not overwrite:
+        raise GolfpackError(f"{out} already has {len(old)} '{prefix}_*.bin' shard(s); pass --overwrite or another --prefix/-o")
+
+    t0 = time.perf_counter()
+    report = PrepareReport(documents=0, tokens=0)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}.partial-", dir=out))
+    written: list[tuple[Path, int]] = []
+    buf: list[np.ndarray] = []
+    buffered = 0
+
+    def flush(final: bool) -> None:
+        nonlocal buf, buffered
+        if not buffered:
+            return
+        stream = np.concatenate(buf)
+        n_full = len(stream) // shard_tokens
+        cut = len(stream) if final else n_full * shard_tokens
+        for lo in range(0, cut, shard_tokens):
+            chunk = stream[lo : min(lo + shard_tokens, cut)]
+            dest = tmp / _shard_name(prefix, len(written))
+            write_shard(dest, chunk)
+            written.append((dest, int(chunk.size)))
+        rest = stream[cut:]
+        buf, buffered = ([rest] if rest.size else []), int(rest.size)
+
+    total = sum(p.stat().st_size for p in paths)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    try:
+        batch: list[str] = []
+
+        def encode(batch: list[str]) -> None:
+            nonlocal buffered
+            for ids in sp.encode(batch, out_type=int):
+                arr = np.empty(len(ids) + 1, dtype=np.uint16)
+                arr[0] = bos
+                arr[1:] = ids
+                buf.append(arr)
+                buffered += arr.size
+                report.tokens += arr.size
+            report.documents += len(batch)
+            bar.set_postfix(docs=report.documents, tokens=report.tokens, refresh=False)
+            if buffered >= shard_tokens:
+                flush(final=False)
+
+        for p in paths:
+            for doc in iter_documents(p, fmt=fmt, per_line=per_line, text_field=text_field, on_bytes=bar.update):
+                batch.append(doc)
+                if len(batch) >= ENCODE_BATCH:
+                    encode(batch)
+                    batch = []
+        if batch:
+            encode(batch)
+        flush(final=True)
+        if not written:
+            raise GolfpackError("the inputs contain no documents; nothing to write")
+        # Everything encoded: move the shards into place, then drop stale shards of an earlier run.
+        for i, (src, n) in enumerate(written):
+            dest = out / _shard_name(prefix, i)
+            os.replace(src, dest)
+            report.shards.append({"path": str(dest), "tokens": n})
+        for stale in old:
+            if stale.name not in {Path(s["path"]).name for s in report.shards}:
+                stale.unlink()
+    finally:
+        bar.close()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+    report.input_bytes = total
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+__all__ = ["DEFAULT_SHARD_TOKENS", "PrepareReport", "iter_documents", "prepare"]
