@@ -1,0 +1,153 @@
+"""`golfpack eval` end to end: JSON output, and one clear error line (no traceback) for every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from golfpack.cli import main
+from golfpack.formats.shards import read_shard, write_shard
+from tests.conftest import shared_file
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(main, ["eval", *map(str, args)])
+
+
+def assert_user_error(res, pattern: str) -> None:
+    assert res.exit_code != 0, res.output
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.fixture()
+def base(taleef_pt, val_shard, sp1024_model):
+    """Common arguments: Taleef7 (tiny, fast) on the official val prefix."""
+    return [taleef_pt, "--val", val_shard, "--tokenizer", sp1024_model, "--seq-len", "128"]
+
+
+def test_json_report(base):
+    res = run_cli(*base, "--max-tokens", "4097", "--json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["tokens"] == 4096 and d["windows"] == 32 and d["mode"] == "non-overlapping"
+    assert 3.5 < d["val_bpb"] < 4.5 and d["bytes"] > 4096
+    for k in ("val_loss", "val_bpb", "tokens", "bytes", "seconds", "tokens_per_s"):
+        assert k in d
+
+
+def test_text_report_and_sliding(base):
+    res = run_cli(*base, "--max-tokens", "4097", "--stride", "32", "--batch-size", "7")
+    assert res.exit_code == 0, res.output
+    assert "val_bpb:" in res.output and "sliding: seq_len 128, stride 32, 125 windows" in res.output
+    assert "tokens: 4,096" in res.output
+
+
+def test_wrong_vocab(taleef_pt, val_shard):
+    sp8192 = shared_file("tokenizers/fineweb_8192_bpe.model")
+    res = run_cli(taleef_pt, "--val", val_shard, "--tokenizer", sp8192)
+    assert_user_error(res, "vocab mismatch: the model has 1024 token embeddings but tokenizer")
+
+
+def test_token_ids_beyond_vocab(base, tmp_path):
+    arr = np.full(300, 7, dtype=np.uint16)
+    arr[100] = 5000
+    write_shard(tmp_path / "v_000000.bin", arr)
+    base[2] = tmp_path / "v_*.bin"
+    assert_user_error(run_cli(*base), "val tokens contain id 5000")
+
+
+def test_missing_shards(base, tmp_path):
+    base[2] = tmp_path / "nothing_*.bin"
+    assert_user_error(run_cli(*base), "no shard files match")
+
+
+def test_truncated_shard(base, tmp_path, val_shard):
+    bad = tmp_path / "val_000000.bin"
+    bad.write_bytes(Path(val_shard).read_bytes()[: 1024 + 2 * 5000 - 3])
+    base[2] = bad
+    assert_user_error(run_cli(*base), "truncated")
+
+
+def test_too_few_tokens(base):
+    assert_user_error(run_cli(*base, "--max-tokens", "100"), "too few val tokens: 100 given")
+
+
+@pytest.mark.parametrize("stride,msg", [("0", "must be positive"), ("200", "must not exceed"), ("48", "must divide --seq-len 128")])
+def test_bad_stride(base, stride, msg):
+    res = run_cli(*base, "--stride", stride)
+    assert_user_error(res, msg)
+    assert "valid strides for --seq-len 128: 1, 2, 4, 8, 16, 32, 64, 128" in res.output
+
+
+def test_foreign_checkpoint_keys(ginferno_pt, val_shard, sp1024_model):
+    res = run_cli(ginferno_pt, "--val", val_shard, "--tokenizer", sp1024_model)
+    assert_user_error(res, "key(s) the baseline GPT family does not have")
+
+
+def test_checkpoint_with_missing_and_misshaped_keys(taleef_pt, base, tmp_path):
+    sd = torch.load(taleef_pt, map_location="cpu", weights_only=True)
+    del sd["blocks.1.mlp_scale"]
+    sd["blocks.0.attn_scale"] = torch.ones(65)
+    bad = tmp_path / "bad.pt"
+    torch.save(sd, bad)
+    base[0] = bad
+    res = run_cli(*base)
+    assert_user_error(res, "does not match")
+    assert "missing blocks.1.mlp_scale" in res.output and "blocks.0.attn_scale has shape [65]" in res.output
+
+
+def test_not_a_checkpoint(base, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"hello, not a model")
+    base[0] = junk
+    res = run_cli(*base)
+    assert res.exit_code != 0 and "Traceback" not in res.output and res.output.startswith("Error: ")
+
+
+def test_missing_checkpoint(base, tmp_path):
+    base[0] = tmp_path / "absent.pt"
+    assert_user_error(run_cli(*base), "not found")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_requested_without_cuda(base):
+    assert_user_error(run_cli(*base, "--device", "cuda"), "no CUDA device is available")
+
+
+def test_module_entry_point_error_line(base):
+    """`python -m golfpack.evaluator` (what torchrun runs): one Error line on stderr, exit 1."""
+    p = subprocess.run([sys.executable, "-m", "golfpack.evaluator", *map(str, base), "--stride", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and p.stderr.startswith("Error: --stride 0 must be positive")
+
+
+def test_torchrun_two_ranks_match_one_process(taleef_pt, val_shard, sp1024_model):
+    """2 gloo ranks (uneven window split with stride 64) give the 1-process val_loss/val_bpb."""
+    from golfpack.evaluator.api import evaluate_path
+
+    args = ["--val", str(val_shard), "--tokenizer", str(sp1024_model), "--seq-len", "256", "--stride", "64",
+            "--max-tokens", "16385", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "golfpack.evaluator", str(taleef_pt), *args],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    two = json.loads(p.stdout)  # only rank 0 prints
+    one = evaluate_path(taleef_pt, val=str(val_shard), tokenizer=sp1024_model, seq_len=256, stride=64, max_tokens=16385)
+    assert two["world_size"] == 2 and two["windows"] == one.windows == 253
+    assert two["tokens"] == one.tokens == 16384 and two["bytes"] == one.bytes
+    assert two["val_loss"] == pytest.approx(one.val_loss, rel=1e-9)
+    assert two["val_bpb"] == pytest.approx(one.val_bpb, rel=1e-9)
