@@ -322,12 +322,16 @@ def encode_qgv3(
     policy: dict | None = None,
     codec: str = "lzma",
     meta: dict | None = None,
+    blocks: str = "auto",
 ) -> bytes:
     """Serialize records (+ model config, policy, free-form meta) to QGv3 bytes.
 
     codec: "raw" | "zlib" | "lzma" | "zstd" | "brotli" | "best" (per stream, the smallest of all available).
+    blocks: "auto" (whichever file is smaller), "separate" (one block per stream) or "solid" (one block).
     Deterministic: the same inputs give the same bytes (for a given set of codec library versions).
     """
+    if blocks not in ("auto", "separate", "solid"):
+        raise ValueError(f"blocks must be 'auto', 'separate' or 'solid', got {blocks!r}")
     records = list(records)
     codecs = _resolve_codecs(codec)
     streams: dict[tuple, _WStream] = {}
@@ -400,7 +404,7 @@ def encode_qgv3(
         sep_streams.append(sdesc(s, i, 0))
         sep_blocks.append(bdesc(s.codec, raw, s.stored))
     best = _assemble({**base, "streams": sep_streams, "blocks": sep_blocks}, [s.stored for s in order], codecs)
-    if len(order) > 1:  # solid: all streams in one block (cross-stream matches; one codec)
+    if len(order) > 1 and blocks != "separate":  # solid: all streams in one block (cross-stream matches; one codec)
         joined = b"".join(_layout_bytes(s.kind, s.layout, s.values(), s.bits) for s in order)
         biggest = max(order, key=lambda s: len(s.stored))
         tried: list[tuple[Codec, bytes]] = []
@@ -415,7 +419,7 @@ def encode_qgv3(
             sol_streams.append(d)
             at += stream_raw_size(s.kind, s.layout, s.count, s.bits, s.dtype)
         solid = _assemble({**base, "streams": sol_streams, "blocks": [bdesc(c, len(joined), z)]}, [z], codecs)
-        if len(solid) < len(best):
+        if len(solid) < len(best) or blocks == "solid":
             best = solid
     return best
 
@@ -555,7 +559,9 @@ def _validate(h: dict, data_len: int, lim: Limits) -> _Plan:
             c = codec_id(_int(b["codec"], f"block {i} codec", 0, 255))
         except GolfpackError as e:
             raise _fail(f"block {i}: {e}") from None
-        raw = _int(b["raw"], f"block {i} raw size", 0, lim.max_raw_bytes)
+        raw = _int(b["raw"], f"block {i} raw size", 0)
+        if raw > lim.max_raw_bytes:
+            raise _fail(f"block {i} declares {raw} raw bytes, over the limit of {lim.max_raw_bytes}")
         stored = _int(b["stored"], f"block {i} stored size", 0, data_len)
         crc = _int(b["crc"], f"block {i} crc", 0, 0xFFFFFFFF)
         if c == Codec.RAW and stored != raw:
@@ -651,7 +657,8 @@ def _validate(h: dict, data_len: int, lim: Limits) -> _Plan:
                 rows = _int(e["rows"], f"{name} rows", 0, lim.max_numel)
                 if (rows == 0 and numel) or (rows and numel % rows):
                     raise _fail(f"{name}: {rows} rows do not divide {numel} elements")
-                t["rows"], t["cols"], nsc, sdt = rows, (numel // rows if rows else 0), rows, "float16"
+                cols = numel // rows if rows else math.prod(shape[1:])  # (0 rows: an empty tensor keeps its row width)
+                t["rows"], t["cols"], nsc, sdt = rows, cols, rows, "float16"
             else:
                 nsc, sdt = 1, "float32"
             si = _int(e["scales"], f"{name} scales", 0, len(streams) - 1)

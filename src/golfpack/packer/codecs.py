@@ -168,9 +168,10 @@ def decompress(codec: str | int, data: bytes, raw_size: int) -> bytes:
             fp = zstd.get_frame_parameters(data)
             if fp.content_size != raw_size:  # checked BEFORE decompressing: the frame's size is what gets allocated
                 raise GolfpackError(f"zstd stream declares {fp.content_size} bytes, expected {raw_size}")
-            dctx = zstd.ZstdDecompressor(max_window_size=1 << _ZSTD_MAX_WINDOW_LOG)
-            out = dctx.decompress(data, max_output_size=raw_size) if raw_size else b""
-            done = True
+            # libzstd enforces the frame's declared size while decoding, so output stays <= raw_size
+            dobj = zstd.ZstdDecompressor(max_window_size=1 << _ZSTD_MAX_WINDOW_LOG).decompressobj()
+            out = dobj.decompress(data)
+            done = dobj.eof and not dobj.unused_data
         else:
             brotli = _need(c)
             dec = brotli.Decompressor()

@@ -1,0 +1,116 @@
+"""Stream codecs: exact round trips, lean framing, and capped, strict decompression."""
+
+from __future__ import annotations
+
+import lzma
+import os
+import tracemalloc
+import zlib
+
+import pytest
+
+from golfpack.errors import GolfpackError
+from golfpack.packer import codecs as C
+from golfpack.packer.codecs import CODECS, Codec, available_codecs, compress, decompress
+
+DATA = os.urandom(3000) + bytes(range(256)) * 200 + b"\0" * 20000
+
+
+def test_registry() -> None:
+    assert {"raw", "zlib", "lzma", "zstd", "brotli"} == set(CODECS)
+    assert [int(CODECS[n]) for n in ("raw", "zlib", "lzma", "zstd", "brotli")] == [0, 1, 2, 3, 4]
+    assert available_codecs()[:3] == ["raw", "zlib", "lzma"]
+    with pytest.raises(GolfpackError, match="unknown codec 'lz4'"):
+        compress("lz4", b"x")
+    with pytest.raises(GolfpackError, match="unknown codec id 9"):
+        decompress(9, b"x", 1)
+
+
+@pytest.mark.parametrize("codec", available_codecs())
+@pytest.mark.parametrize("data", [b"", b"a", DATA])
+def test_round_trip(codec: str, data: bytes) -> None:
+    z = compress(codec, data)
+    assert decompress(codec, z, len(data)) == data
+    assert decompress(CODECS[codec], z, len(data)) == data  # ids work too
+    if codec != "raw" and len(data) > 1000:
+        assert len(z) < len(data) // 2
+
+
+def test_lean_framing() -> None:
+    z = compress("zlib", DATA)
+    assert zlib.decompress(z, -15) == DATA  # raw deflate: no 2-byte header, no adler32
+    assert len(z) == len(zlib.compress(DATA, 9)) - 6
+    lz = compress("lzma", DATA)
+    props = lz[0]
+    assert (props % 9, props // 9 % 5, props // 45) in C.LZMA_PROPS_CANDIDATES
+    # smallest of the candidates, each a props byte + raw LZMA1
+    assert len(lz) == min(len(compress("lzma", DATA, lzma_props=p)) for p in C.LZMA_PROPS_CANDIDATES)
+    forced = compress("lzma", DATA, lzma_props=(0, 2, 2))
+    assert forced[0] == 0 + 9 * (2 + 5 * 2) and decompress("lzma", forced, len(DATA)) == DATA
+    assert C.lzma_dict_size(0) == 4096 and C.lzma_dict_size(5000) == 8192 and C.lzma_dict_size(1 << 40) == 1 << 26
+
+
+@pytest.mark.parametrize("codec", available_codecs())
+def test_wrong_sizes_truncation_and_garbage_refused(codec: str) -> None:
+    z = compress(codec, DATA)
+    for bad in (len(DATA) - 1, len(DATA) + 1, 0):
+        with pytest.raises(GolfpackError, match=codec):
+            decompress(codec, z, bad)
+    if codec != "raw":
+        with pytest.raises(GolfpackError):
+            decompress(codec, z[: len(z) // 2], len(DATA))
+        with pytest.raises(GolfpackError):
+            decompress(codec, b"\xff" * 40 + z[40:], len(DATA))
+        with pytest.raises(GolfpackError):
+            decompress(codec, z + b"trailing", len(DATA))
+    with pytest.raises(GolfpackError, match="non-negative"):
+        decompress(codec, z, -1)
+
+
+@pytest.mark.parametrize("codec", available_codecs())
+def test_decompression_bomb_refused_with_bounded_memory(codec: str) -> None:
+    """A stream that inflates to 8 MiB but declares 1000 bytes: refused, never materialising the 8 MiB."""
+    if codec == "raw":
+        pytest.skip("raw streams cannot inflate")
+    zeros = b"\0" * (8 << 20)
+    bomb = compress(codec, zeros, lzma_props=(3, 0, 2)) if codec == "lzma" else compress(codec, zeros)
+    assert len(bomb) < 20_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(GolfpackError, match="decompression bomb|declares"):
+            decompress(codec, bomb, 1000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_lzma_bad_props_byte_refused() -> None:
+    z = compress("lzma", DATA)
+    with pytest.raises(GolfpackError, match="props"):
+        decompress("lzma", bytes([225]) + z[1:], len(DATA))
+    with pytest.raises(GolfpackError, match="empty"):
+        decompress("lzma", b"", 0)
+
+
+def test_zstd_frame_must_declare_its_size() -> None:
+    zstd = pytest.importorskip("zstandard")
+    frame = zstd.ZstdCompressor(write_content_size=False).compress(DATA)
+    with pytest.raises(GolfpackError, match="declares"):
+        decompress("zstd", frame, len(DATA))
+
+
+def test_missing_optional_package_message(monkeypatch) -> None:
+    monkeypatch.setattr(C, "_load_brotli", lambda: None)
+    assert "brotli" not in available_codecs()
+    with pytest.raises(GolfpackError, match="pip install brotli"):
+        compress("brotli", b"x")
+
+
+def test_lzma_is_standard_raw_lzma1() -> None:
+    """Anyone with liblzma can decode our lzma streams from the documented props byte + dict rule."""
+    z = compress("lzma", DATA)
+    p = z[0]
+    f = [{"id": lzma.FILTER_LZMA1, "lc": p % 9, "lp": p // 9 % 5, "pb": p // 45, "dict_size": C.lzma_dict_size(len(DATA))}]
+    assert lzma.decompress(z[1:], format=lzma.FORMAT_RAW, filters=f) == DATA
+    assert Codec.LZMA == 2
