@@ -175,6 +175,9 @@ class _WStream:
     codec: Codec = Codec.RAW
     props: tuple[int, int, int] | None = None
     stored: bytes = b""
+    trial: bytes = b""  # the measured sample in the chosen layout (the whole stream when small)
+    trial_size: int = 0  # its compressed size with the chosen codec/props
+    sampled: bool = False  # True when choices were measured on a sample, not the whole stream
 
     def add(self, name: str, values: np.ndarray) -> int:
         off = self.count
@@ -268,6 +271,7 @@ def _choose(s: _WStream, codecs: list[Codec]) -> None:
                     best = (z, c, lay, pr)
     assert best is not None
     z, s.codec, s.layout, s.props = best
+    s.trial, s.trial_size, s.sampled = _layout_bytes(s.kind, s.layout, samp, s.bits), len(z), not whole
     if whole:
         s.stored = z
     else:
@@ -404,14 +408,20 @@ def encode_qgv3(
         sep_streams.append(sdesc(s, i, 0))
         sep_blocks.append(bdesc(s.codec, raw, s.stored))
     best = _assemble({**base, "streams": sep_streams, "blocks": sep_blocks}, [s.stored for s in order], codecs)
-    if len(order) > 1 and blocks != "separate":  # solid: all streams in one block (cross-stream matches; one codec)
+    biggest = max(order, key=lambda s: len(s.stored))
+
+    def solid_codec(data: bytes, c: Codec) -> bytes:
+        return compress(c, data, lzma_props=biggest.props if biggest.codec == c else None) if c == Codec.LZMA else compress(c, data)
+
+    solid_codecs = list(dict.fromkeys(s.codec for s in order))
+    try_solid = len(order) > 1 and blocks != "separate"
+    if try_solid and blocks == "auto" and any(s.sampled for s in order):
+        # big streams: compress them solid in full only if it wins on the measured samples
+        joined_trial = b"".join(s.trial for s in order)
+        try_solid = min(len(solid_codec(joined_trial, c)) for c in solid_codecs) < sum(s.trial_size for s in order)
+    if try_solid:  # solid: all streams in one block (cross-stream matches; one codec)
         joined = b"".join(_layout_bytes(s.kind, s.layout, s.values(), s.bits) for s in order)
-        biggest = max(order, key=lambda s: len(s.stored))
-        tried: list[tuple[Codec, bytes]] = []
-        for c in dict.fromkeys(s.codec for s in order):
-            z = compress(c, joined, lzma_props=biggest.props if biggest.codec == c else None) if c == Codec.LZMA else compress(c, joined)
-            tried.append((c, z))
-        c, z = min(tried, key=lambda t: len(t[1]))
+        c, z = min(((c, solid_codec(joined, c)) for c in solid_codecs), key=lambda t: len(t[1]))
         sol_streams, at = [], 0
         for s in order:
             d = sdesc(s, 0, at)
