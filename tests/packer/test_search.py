@@ -143,7 +143,23 @@ def test_impossible_budget_fails_before_measurement(qgv3, nolanvild_pt, sp1024_m
     assert not list((tmp_path / "c").glob("sens-*"))
 
 
-def test_search_end_to_end_fits_and_caches(qgv3, nolanvild_pt, sp1024_model, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    """A small baseline-family GPT with trained-like weight scales (fast to pack and run)."""
+    from golfpack.model import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=1024, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, mlp_hidden=64))
+    with torch.no_grad():
+        for n, prm in model.named_parameters():
+            if prm.ndim == 2:
+                prm.normal_(0, 0.05 if "tok_emb" in n else 0.1)
+    path = tmp_path_factory.mktemp("small") / "small.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_search_end_to_end_fits_and_caches(qgv3, small_ckpt, sp1024_model, tmp_path, monkeypatch):
     from golfpack.cli import main
     from golfpack.formats.checkpoint import load_state_dict
     from golfpack.packer import sensitivity
@@ -153,10 +169,9 @@ def test_search_end_to_end_fits_and_caches(qgv3, nolanvild_pt, sp1024_model, tmp
     code.write_bytes(b"# code bytes count\n" * 200)
     out = tmp_path / "best.qg3"
     cache = tmp_path / "cache"
-    base = [str(nolanvild_pt), "--activation", "relu3", "--tokenizer", str(sp1024_model), "--code", str(code),
-            "--cache", str(cache), "--no-verify", "--json"]
-    # 1) a generous budget, to learn the int8-ish size
-    budget = 200_000
+    base = [str(small_ckpt), "--tokenizer", str(sp1024_model), "--code", str(code), "--cache", str(cache), "--no-verify", "--json"]
+    # 1) a generous budget
+    budget = 1_000_000
     r = CliRunner().invoke(main, ["search", *base, "--budget", str(budget), "-o", str(out), *_fast([])])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
@@ -164,16 +179,28 @@ def test_search_end_to_end_fits_and_caches(qgv3, nolanvild_pt, sp1024_model, tmp
     assert rep["model_bytes"] == size and rep["code_bytes"] == code.stat().st_size
     assert rep["total_bytes"] == size + rep["code_bytes"] <= budget
     assert rep["headroom"] == budget - rep["total_bytes"] >= 0
+    assert rep["floor"] < rep["total_bytes"]
     pol = Policy.load(rep["policy_file"])
-    assert {k: v.label() for k, v in pol.resolve(load_state_dict(nolanvild_pt)).items()} == rep["layout"]
-    # 2) a tighter budget: measurements come from the cache (no forward pass may run)
+    assert {k: v.label() for k, v in pol.resolve(load_state_dict(small_ckpt)).items()} == rep["layout"]
+    sources = {a["source"] for a in rep["alternatives"]}
+    assert "solver:lzma" in sources and "preset:int8" in sources  # compared jointly with the presets that fit
+    assert all(a["joint"] >= -1e-7 for a in rep["alternatives"])
+    # 2) a budget that binds: measurements come from the cache (no forward pass may run); the
+    #    artifact fits, and its unused budget is small
     monkeypatch.setattr(sensitivity, "measure_direct", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-measured")))
-    tight = rep["floor"] + (rep["total_bytes"] - rep["floor"]) // 2
-    r2 = CliRunner().invoke(main, ["search", *base, "--budget", str(tight), "-o", str(tmp_path / "b2.qg3"), *_fast([])])
+    tight = (rep["floor"] + rep["total_bytes"]) // 2
+    out2 = tmp_path / "b2.qg3"
+    r2 = CliRunner().invoke(main, ["search", *base, "--budget", str(tight), "-o", str(out2), *_fast([])])
     assert r2.exit_code == 0, r2.output
     rep2 = json.loads(r2.output)
-    assert rep2["total_bytes"] <= tight and rep2["headroom"] == tight - rep2["total_bytes"]
+    assert rep2["total_bytes"] == out2.stat().st_size + rep2["code_bytes"] <= tight
+    assert rep2["headroom"] == tight - rep2["total_bytes"] < 2048
     assert rep2["predicted_delta_loss"] >= rep["predicted_delta_loss"]
+    # the policy file replays to the same bytes through `golfpack pack`
+    out3 = tmp_path / "replay.qg3"
+    r3 = CliRunner().invoke(main, ["pack", str(small_ckpt), "--policy", rep2["policy_file"], "--codec", rep2["codec"], "-o", str(out3)])
+    assert r3.exit_code == 0, r3.output
+    assert out3.read_bytes() == out2.read_bytes()
 
 
 def test_frontier_table_and_plot(tmp_path):

@@ -52,7 +52,7 @@ class SearchConfig:
     code: list[str] = field(default_factory=list)  # submission code files, counted byte for byte
     calib: str = "pydoc"  # calibration tokens: train-shard glob or 'pydoc' (never val)
     tokenizer: str | None = None  # sentencepiece model (for --calib pydoc)
-    codecs: tuple[str, ...] = ("best",)  # artifact codecs to consider; 'best' = all available
+    codecs: tuple[str, ...] = ("lzma",)  # artifact codecs to consider (each is fitted; the first also prices the cost tables); 'all' = lzma, zstd, brotli as available
     bits: tuple[int, ...] = (8, 7, 6, 5, 4)  # integer widths offered to every float tensor
     clips: tuple[str, ...] = ("quantile", "mse")  # clip rules offered for every width
     passthrough: tuple[str, ...] = ("fp16",)  # lossy passthrough dtypes offered besides the tensor's own
@@ -64,7 +64,8 @@ class SearchConfig:
     select: bool = True  # pick the final layout among solver/proxy/greedy/preset alternatives by JOINT held-out loss
     select_batch: int = 16  # held-out calibration sequences for that joint measurement
     target_headroom: int = DEFAULT_TARGET_HEADROOM  # fit until budget - total < this
-    max_fit_packs: int = 40  # exact packs allowed in the fit phase (per codec)
+    max_fit_packs: int = 12  # exact packs allowed to fit the solver's budget (per codec)
+    max_repair_packs: int = 8  # exact packs allowed to spend the remaining headroom (per codec)
     solver: str = "dp"  # dp | greedy | best
     cache_dir: str | None = None  # where measurements are kept between searches
     device: str = "cpu"  # torch device for sensitivity forwards
@@ -81,11 +82,11 @@ def _codecs(requested: tuple[str, ...]) -> list[str]:
     from golfpack.packer.codecs import available_codecs
 
     avail = list(available_codecs())
-    if not requested or "best" in requested:
-        return avail
-    bad = [c for c in requested if c not in avail]
+    if not requested or "all" in requested:
+        return [c for c in ("lzma", "brotli", "zstd") if c in avail]
+    bad = [c for c in requested if c not in avail and c != "best"]
     if bad:
-        raise GolfpackError(f"unknown or unavailable codec(s) {', '.join(bad)}: use {', '.join(avail)} or best")
+        raise GolfpackError(f"unknown or unavailable codec(s) {', '.join(bad)}: use {', '.join(avail)}, 'best' (per-stream choice inside QGv3) or all")
     return list(dict.fromkeys(requested))
 
 
@@ -485,8 +486,9 @@ class Fitter:
         return solve(self.costs, self.losses, table_budget, method=self.cfg.solver)
 
     def calibrate(self) -> CostModel:
-        pts = [(self.table_cost(ch), self.measure(ch)) for ch in dict.fromkeys([self.cheapest(), self.richest()])]
-        return fit_cost_model(pts)
+        # one exact pack to start (the cheapest layout); the fit loop adds every layout it measures
+        ch = self.cheapest()
+        return fit_cost_model([(self.table_cost(ch), self.measure(ch))])
 
     def fit(self, model_budget: int) -> Fit:
         """Largest-loss-reduction layout whose exact artifact is <= model_budget, headroom minimised."""
@@ -505,6 +507,9 @@ class Fitter:
                 sol = self.solve(tb)
             size = self.measure(sol.choice)
             ok = size <= model_budget
+            pts = {(self.table_cost(c), n) for c, n in self.sizes.items()}
+            if len({x for x, _ in pts}) >= 2:
+                cm = fit_cost_model(sorted(pts))
             trace.append({"solver_budget": tb, "table_cost": sol.cost, "model_bytes": size, "fits": ok, "predicted_loss": sol.loss})
             if ok:
                 cand = (sol.loss, -size, sol.choice)
@@ -537,42 +542,55 @@ class Fitter:
             if size > model_budget:
                 raise InfeasibleBudget(model_budget, size, f"model artifact with codec {self.codec or '?'}")
             best = (self.loss(ch), -size, ch)
-        choice = self.spend_headroom(best[2], model_budget, trace)
+        choice = self.spend_headroom(best[2], model_budget, trace, a=cm.a)
         return Fit(self.codec, choice, self.measure(choice), self.loss(choice), len(self.sizes) - packs0, trace, cm)
 
-    def spend_headroom(self, choice: tuple[int, ...], model_budget: int, trace: list[dict[str, Any]]) -> tuple[int, ...]:
-        """Exact repair: take single-tensor changes that lower the predicted loss and still fit
-        (checked by an exact pack), best loss reduction first, until none is left or packs run out."""
+    def spend_headroom(self, choice: tuple[int, ...], model_budget: int, trace: list[dict[str, Any]], a: float = 1.0) -> tuple[int, ...]:
+        """Exact repair: spend what is left of the budget on upgrades that lower the predicted loss.
+
+        Upgrades are ranked by loss reduction per predicted byte (table cost x the fitted slope `a`);
+        as many as the room allows are applied together and checked by ONE exact pack (packs are the
+        slow part); an overflow halves the batch, a single overflowing upgrade is dropped.
+        """
         choice = tuple(choice)
         size = self.measure(choice)
-        tried: set[tuple[int, ...]] = set()
-        for _ in range(self.cfg.max_fit_packs):
+        bad: set[tuple[int, int]] = set()
+        limit = None  # max upgrades per batch after an overflow
+        for _ in range(self.cfg.max_repair_packs):
             room = model_budget - size
-            if room < 0:
+            if room < 0 or room < self.cfg.target_headroom // 4:
                 break
             opts = []
             for g in range(len(choice)):
                 cur = choice[g]
                 for j in range(len(self.costs[g])):
                     gain = self.losses[g][cur] - self.losses[g][j]
-                    extra = self.costs[g][j] - self.costs[g][cur]
-                    if j == cur or gain <= 0:
+                    extra = a * (self.costs[g][j] - self.costs[g][cur])
+                    if j == cur or gain <= 0 or (g, j) in bad or extra > room:
                         continue
-                    new = choice[:g] + (j,) + choice[g + 1 :]
-                    # one-record costs overstate what a change adds to the grouped artifact, so
-                    # candidates up to twice the room are worth an exact pack
-                    if new in tried or extra > 2 * room + 64:
-                        continue
-                    opts.append((gain, -extra, new))
+                    opts.append((gain / max(extra, 1.0), gain, extra, g, j))
             if not opts:
                 break
             opts.sort(reverse=True)
-            gain, _, new = opts[0]
-            tried.add(new)
+            picked: dict[int, int] = {}
+            spent = 0.0
+            for _, _, extra, g, j in opts:
+                if g in picked or spent + extra > room:
+                    continue
+                picked[g] = j
+                spent += extra
+                if limit is not None and len(picked) >= limit:
+                    break
+            new = tuple(picked.get(g, c) for g, c in enumerate(choice))
             s = self.measure(new)
-            trace.append({"repair": True, "model_bytes": s, "fits": s <= model_budget, "predicted_gain": gain})
-            if s <= model_budget:
-                choice, size = new, s
+            ok = s <= model_budget
+            trace.append({"repair": True, "upgrades": len(picked), "model_bytes": s, "fits": ok})
+            if ok:
+                choice, size, limit = new, s, None
+            elif len(picked) == 1:
+                bad.update(picked.items())
+            else:
+                limit = max(1, len(picked) // 2)
         return choice
 
 
@@ -654,7 +672,9 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, on_phase: Callable[[str],
     if cfg.budget < floor:
         raise InfeasibleBudget(cfg.budget, floor, f"layout (all tensors at their cheapest spec, codec {floor_codec}, code {p.code_bytes:,} bytes)")
     t1 = time.perf_counter()
-    tables = cost_tables(p, codecs, cache, progress=cfg.progress)
+    # one cost table, priced with the first codec; every codec's fit recalibrates it with exact packs
+    table = cost_tables(p, codecs[:1], cache, progress=cfg.progress)[codecs[0]]
+    tables = {c: table for c in codecs}
     t["costs"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     sens = sensitivity(p, cfg, cache)

@@ -55,7 +55,7 @@ def make_scorer(val: str, tokenizer: str, *, seq_len: int, max_tokens: int | Non
 @click.option("--tokenizer", type=click.Path(dir_okay=False), default=None, help="sentencepiece .model (for --calib pydoc and bpb).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the artifact here (.qg3).")
 @click.option("--policy-out", type=click.Path(dir_okay=False), default=None, help="Policy file to write (default: OUT with .policy.json).")
-@click.option("--codec", "codecs", default="best", show_default=True, help="Artifact codec(s) to consider, comma-separated, or 'best' for all.")
+@click.option("--codec", "codecs", default="lzma", show_default=True, help="Artifact codec(s) to fit, comma-separated (lzma, zstd, brotli, best = per-stream choice inside QGv3), or 'all'.")
 @click.option("--bits", default="8,7,6,5,4", show_default=True, help="Integer widths offered to every tensor.")
 @click.option("--clips", default="quantile,mse", show_default=True, help="Clip rules offered for every width.")
 @click.option("--sensitivity", "sens_mode", type=click.Choice(["direct", "proxy", "both"]), default="direct", show_default=True, help="Delta-loss estimate the solver uses (both: direct drives, proxy is validated against it).")

@@ -47,7 +47,7 @@ def frontier(
     from tqdm import tqdm
 
     p = result.problem
-    cfg = SearchConfig(budget=result.budget, max_fit_packs=8, target_headroom=result.budget)  # coarse: any fit will do
+    cfg = SearchConfig(budget=result.budget, max_fit_packs=6, max_repair_packs=0, target_headroom=result.budget)  # coarse: any fit will do
     fitter = Fitter.for_problem(p, result.codec, result.tables[result.codec], result.sens["deltas"], cfg)
     lo = min(fitter.measure(tuple(cheapest_choice(p))), fitter.measure(fitter.cheapest()))
     hi = fitter.measure(fitter.richest())
