@@ -1,7 +1,7 @@
 """Budget search vs fixed presets on real checkpoints: measured val_bpb at the bytes each takes.
 
 For each checkpoint: raw val_bpb, then uniform int8, uniform int6 and int6+tok8 (seed PR #160's
-layout) packed as QGv3 (best codec), then `golfpack search` at budgets that bind (fractions of the
+layout) packed as QGv3 (same codec for all, lzma by default), then `golfpack search` at budgets that bind (fractions of the
 int8 artifact, plus the int6+tok8 size itself). Every artifact is decoded from its bytes and scored on
 the first --eval-tokens official val tokens; calibration uses Python's docs tokenized with sp1024
 (never val). Prints a table and writes bench/results/search_frontier.json.
@@ -62,7 +62,7 @@ def bench_checkpoint(label, path, activation, seq_len, fractions, args, calib="p
     print(f"\n== {label}: {path} ({sum(t.numel() for t in sd.values()):,} params, {config.activation}, eval seq {seq_len}) raw val_bpb {raw_bpb:.5f}", flush=True)
     presets = {}
     for name in ("int8", "int6", "int6+tok8"):
-        res = pack_state_dict(sd, Policy.preset(name), codec="best", config=config)
+        res = pack_state_dict(sd, Policy.preset(name), codec=args.codec, config=config)
         loss, bpb = score(decode_qgv3(res.data).state_dict())
         presets[name] = {"bytes": res.model_bytes, "codec": res.codec, "val_loss": loss, "val_bpb": bpb, "gap": bpb - raw_bpb}
         if score_ho:
@@ -80,7 +80,7 @@ def bench_checkpoint(label, path, activation, seq_len, fractions, args, calib="p
         cfg = SearchConfig(
             budget=budget, calib=calib, tokenizer=str(SP1024), cache_dir=str(cache),
             sensitivity="both" if i == 0 else "direct", calib_batch=args.calib_batch, calib_seq=args.calib_seq,
-            progress=not args.quiet, activation=activation,
+            progress=not args.quiet, activation=activation, codecs=(args.codec,),
         )
         res = run_search(path, cfg)
         data = res.problem.encode(res.choice, res.codec)
@@ -149,6 +149,7 @@ def main(argv=None):
     ap.add_argument("--tiny-calib", default="pydoc", help="calibration for the tiny checkpoint: its TRAIN shard glob, or pydoc")
     ap.add_argument("--tiny-heldout", default=None, help="held-out shard of the tiny checkpoint's own training text (extra, in-domain score)")
     ap.add_argument("--fractions", default="0.55,0.45,0.35")
+    ap.add_argument("--codec", default="lzma", help="artifact codec for presets and search alike")
     ap.add_argument("--eval-tokens", type=int, default=65_537)
     ap.add_argument("--calib-batch", type=int, default=8)
     ap.add_argument("--calib-seq", type=int, default=256)

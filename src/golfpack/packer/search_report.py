@@ -47,15 +47,18 @@ def frontier(
     from tqdm import tqdm
 
     p = result.problem
-    cfg = SearchConfig(budget=result.budget, max_fit_packs=6, max_repair_packs=0, target_headroom=result.budget)  # coarse: any fit will do
+    cfg = SearchConfig(budget=result.budget, max_fit_packs=6, max_repair_packs=0)
     fitter = Fitter.for_problem(p, result.codec, result.tables[result.codec], result.sens["deltas"], cfg)
     lo = min(fitter.measure(tuple(cheapest_choice(p))), fitter.measure(fitter.cheapest()))
-    hi = fitter.measure(fitter.richest())
+    # top of the range: the least-damage layout (cheapest among equally harmless specs), not fp32 everywhere
+    best_loss = tuple(min(range(len(c)), key=lambda j: (round(l[j] / 1e-6), c[j])) for c, l in zip(fitter.costs, fitter.losses))
+    hi = fitter.measure(best_loss)
     budgets = frontier_budgets(lo, hi, points)
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[int, ...], dict[str, Any]] = {}
     done: set[tuple[int, ...]] = set()
     for mb in tqdm(budgets, desc="frontier", unit="pt", leave=False, disable=not progress):
+        cfg.target_headroom = max(2048, mb // 50)  # a frontier point need not be fitted to the byte
         try:
             f = fitter.fit(mb)
         except GolfpackError:
