@@ -128,7 +128,7 @@ def test_cuda_requested_without_cuda(base):
 def test_module_entry_point_error_line(base):
     """`python -m golfpack.evaluator` (what torchrun runs): one Error line on stderr, exit 1."""
     p = subprocess.run([sys.executable, "-m", "golfpack.evaluator", *map(str, base), "--stride", "0"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 1
     assert "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and p.stderr.startswith("Error: --stride 0 must be positive")
@@ -140,7 +140,7 @@ def test_torchrun_two_ranks_match_one_process(taleef_pt, val_shard, sp1024_model
 
     args = ["--val", str(val_shard), "--tokenizer", str(sp1024_model), "--seq-len", "256", "--stride", "64",
             "--max-tokens", "16385", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun sets it too; explicit for clarity
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m", "golfpack.evaluator", str(taleef_pt), *args],
                        capture_output=True, text=True, timeout=300, env=env)
