@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from golfpack.errors import GolfpackError
 from golfpack.packer.search import (
     Cache,
     Fitter,

@@ -7,15 +7,17 @@ Pipeline (each phase has a progress bar and, with a cache dir, is skipped when a
    into the TensorRecord pack would store; the same records feed costs, sensitivity and the packs.
 2. floor: the cheapest candidate of every tensor, packed exactly; a budget below it fails here,
    before any model measurement.
-3. cost tables: bytes of each (tensor, spec) for each codec, measured by encoding that record alone
-   as a QGv3 artifact (same serialization, same codec). Grouped compression is not additive, so two
-   whole layouts (cheapest and richest) are packed exactly and an affine map
-   `artifact = a * sum(costs) + b` is fitted; the solver sees the budget through that map.
+3. cost table: bytes of each (tensor, spec), measured by encoding that record alone as a QGv3
+   artifact (same writer, the first codec). Grouped compression is not additive, so every layout the
+   search packs exactly feeds an affine map `artifact = a * sum(costs) + b` (per codec); the solver
+   sees the budget through that map.
 4. sensitivity: delta loss per (tensor, spec) on calibration tokens (direct forward, or the Taylor
    proxy); the solver minimises their sum.
 5. solve + fit: multiple-choice knapsack, exact pack of the answer, then move the solver's budget
    (secant steps, bisection once bracketed) until the exact artifact fits with < target headroom;
-   finally spend what is left on single-tensor upgrades, each checked by an exact pack.
+   finally spend what is left on upgrades, each batch checked by an exact pack.
+6. select: the solver's answer, the greedy and proxy answers and every preset that fits are scored
+   JOINTLY (all tensors quantized at once) on held-out calibration tokens; the lowest damage wins.
 """
 
 from __future__ import annotations
@@ -658,8 +660,8 @@ class SearchResult:
         }
 
 
-def run_search(ckpt: str | Path, cfg: SearchConfig, *, on_phase: Callable[[str], None] | None = None) -> SearchResult:
-    """Phases 1-5 (see module doc); writes nothing but the cache."""
+def run_search(ckpt: str | Path, cfg: SearchConfig) -> SearchResult:
+    """Phases 1-6 (see module doc); writes nothing but the cache."""
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     if cfg.budget <= 0:

@@ -4,7 +4,6 @@ write it as a reusable policy file, pack the artifact, and report the frontier."
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
