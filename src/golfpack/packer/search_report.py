@@ -132,6 +132,11 @@ def plot_frontier(rows: list[dict[str, Any]], path: str | Path, *, title: str = 
             ax.plot([r["total_bytes"]], [y], "r*", markersize=14, label="chosen")
     if budget is not None:
         ax.axvline(budget, color="grey", linestyle=":", label=f"budget {budget:,}")
+    # the floor layout's damage dwarfs the rest: a log scale (linear near 0) keeps every point readable
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ys = [v for r in rows for v in (r.get(key_pred), r.get("measured_delta_bpb"), r.get("measured_delta_loss")) if v is not None]
+    if ys:
+        ax.set_ylim(bottom=min(0.0, min(ys)) * 1.5, top=max(ys) * 1.5 if max(ys) > 0 else None)
     ax.set_xlabel("artifact + code bytes")
     ax.set_ylabel("delta vs raw checkpoint")
     ax.set_title(title)
