@@ -8,7 +8,7 @@ plus the non-overlapping reference eval (stride = L) for scale. Each is timed be
 after one warm-up window; the two sliding runs must agree on val_bpb (checked, printed).
 
     python bench/eval_speed.py [--ckpt PATH --activation relu3] [--tokens 65537] [--seq-len 256]
-                               [--stride 64] [--batch-size 32] [--device cpu|cuda] [--repeats 2]
+                               [--stride 64] [--batch-size 32] [--device cpu|cuda] [--repeats 2] [--threads N]
 Prints a table and writes bench/results/eval_speed.json (eval_speed_cuda.json on CUDA).
 """
 
@@ -73,9 +73,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = load_model(args.ckpt, activation=args.activation, device=device)
     luts = build_luts(args.tokenizer, model.config.vocab_size)
