@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from golfpack.cli import main
-from golfpack.formats.shards import read_shard, write_shard
+from golfpack.formats.shards import write_shard
 from tests.conftest import shared_file
 
 
