@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
 from golfpack.evaluator.dist import DistContext, all_reduce_sum, resolve_device
 from golfpack.evaluator.luts import ByteLUTs, build_luts
@@ -126,10 +126,7 @@ def evaluate(
     nll_sum = torch.zeros((), dtype=torch.float64, device=dev)
     byte_sum = torch.zeros((), dtype=torch.float64, device=dev)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=local.scored, unit="tok", unit_scale=True, desc="eval", file=sys.stderr,
-               disable=not (progress and ctx.is_main), dynamic_ncols=True, leave=False)
+    bar = progress_bar(total=local.scored, desc="eval", unit="tok", unit_scale=True, enabled=progress and ctx.is_main)
     was_training = model.training
     model.eval()
     if dev.type == "cuda":

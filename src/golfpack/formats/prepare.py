@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
+from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
 from golfpack.formats.shards import MAX_TOKEN_ID, write_shard
 
@@ -115,8 +115,6 @@ def prepare(
     progress: bool = False,
 ) -> PrepareReport:
     """Encode `inputs` with the sentencepiece model and write `{prefix}_{i:06d}.bin` shards to `out_dir`."""
-    from tqdm.auto import tqdm
-
     from golfpack.evaluator.luts import load_sentencepiece
 
     if shard_tokens <= 0:
@@ -165,8 +163,7 @@ def prepare(
         buf, buffered = ([rest] if rest.size else []), int(rest.size)
 
     total = sum(p.stat().st_size for p in paths)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=total, desc="prepare", unit="B", unit_scale=True, enabled=progress)
     try:
         batch: list[str] = []
 

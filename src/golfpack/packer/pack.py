@@ -17,6 +17,7 @@ from torch import Tensor
 
 from golfpack import __version__
 from golfpack._io import write_bytes_atomic
+from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
 from golfpack.formats.records import TensorRecord
 from golfpack.model import ModelConfig
@@ -106,14 +107,8 @@ def quantize_state_dict(
     """One TensorRecord per tensor, in state-dict order."""
     from golfpack.packer.quantize import quantize_tensor
 
-    items = list(state_dict.items())
-    it: Any = items
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(items, desc="quantize", unit="tensor", leave=False)
     out = []
-    for name, t in it:
+    for name, t in progress_bar(list(state_dict.items()), desc="quantize", unit="tensor", enabled=progress):
         try:
             out.append(quantize_tensor(name, t, specs[name], (hessians or {}).get(name)))
         except ValueError as e:

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from golfpack import __version__
 from golfpack._io import write_bytes_atomic
+from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
 from golfpack.formats.records import TensorRecord
 from golfpack.model import ModelConfig
@@ -90,12 +91,6 @@ def _codecs(requested: tuple[str, ...]) -> list[str]:
     if bad:
         raise GolfpackError(f"unknown or unavailable codec(s) {', '.join(bad)}: use {', '.join(avail)}, 'best' (per-stream choice inside QGv3) or all")
     return list(dict.fromkeys(requested))
-
-
-def _bar(total: int, desc: str, unit: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled)
 
 
 def exact_name_pattern(name: str) -> str:
@@ -293,7 +288,7 @@ def cost_tables(p: Problem, codecs: list[str], cache: Cache, *, progress: bool) 
             todo.append((c, key))
     if not todo:
         return out
-    bar = _bar(len(todo) * sum(len(v) for v in p.candidates.values()), "cost tables", "rec", progress)
+    bar = progress_bar(total=len(todo) * sum(len(v) for v in p.candidates.values()), desc="cost tables", unit="rec", enabled=progress)
     for c, key in todo:
         table: dict[str, dict[str, int]] = {}
         for n in p.names:
@@ -684,7 +679,7 @@ def run_search(ckpt: str | Path, cfg: SearchConfig) -> SearchResult:
     t1 = time.perf_counter()
     model_budget = cfg.budget - p.code_bytes
     fits: dict[str, Fit] = {}
-    bar = _bar(len(codecs), "fit", "codec", cfg.progress)
+    bar = progress_bar(total=len(codecs), desc="fit", unit="codec", enabled=cfg.progress)
     for c in codecs:
         try:
             fits[c] = Fitter.for_problem(p, c, tables[c], sens["deltas"], cfg).fit(model_budget)
@@ -796,18 +791,12 @@ def joint_scores(p: Problem, cfg: SearchConfig, alts: list[Alternative]) -> None
     ref = S.reference_logprobs(model, batch, device=cfg.device)
     base, _ = S.batch_scores(model, batch, None, device=cfg.device)
     scored: dict[tuple[int, ...], float] = {}
-    for a in _bar_iter(alts, "select (joint)", "layout", cfg.progress):
+    for a in progress_bar(alts, desc="select (joint)", unit="layout", enabled=cfg.progress):
         if a.choice not in scored:
             sd = {n: p.record(n, p.candidates[n][j]).dequantize() for n, j in zip(p.names, a.choice)}
             nll, kl = S.batch_scores(build_model(p.config, sd, device=cfg.device), batch, ref, device=cfg.device)
             scored[a.choice] = kl if cfg.objective == "kl" else nll - base
         a.joint = scored[a.choice]
-
-
-def _bar_iter(items: list[Any], desc: str, unit: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit=unit, leave=False, disable=not enabled)
 
 
 __all__ = [

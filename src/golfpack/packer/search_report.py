@@ -44,7 +44,7 @@ def frontier(
     """
     from golfpack.formats.qgv3 import decode_qgv3
     from golfpack.packer.search import Fitter, SearchConfig, cheapest_choice
-    from tqdm import tqdm
+    from golfpack._progress import bar as progress_bar
 
     p = result.problem
     cfg = SearchConfig(budget=result.budget, max_fit_packs=6, max_repair_packs=0)
@@ -57,7 +57,7 @@ def frontier(
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[int, ...], dict[str, Any]] = {}
     done: set[tuple[int, ...]] = set()
-    for mb in tqdm(budgets, desc="frontier", unit="pt", leave=False, disable=not progress):
+    for mb in progress_bar(budgets, desc="frontier", unit="pt", enabled=progress):
         cfg.target_headroom = max(2048, mb // 50)  # a frontier point need not be fitted to the byte
         try:
             f = fitter.fit(mb)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
 from golfpack.packer.spec import TensorSpec
 
@@ -210,7 +211,7 @@ def measure_direct(
         return all(label in out[o].get(name, {}) for o in OBJECTIVES)
 
     todo = [(n, s) for n, specs in candidates.items() for s in specs if not have(n, s.label())]
-    bar = _bar(len(todo), "sensitivity (direct)", "fwd", progress)
+    bar = progress_bar(total=len(todo), desc="sensitivity (direct)", unit="fwd", enabled=progress)
     for name, specs in candidates.items():
         missing = [s for s in specs if not have(name, s.label())]
         if not missing:
@@ -263,7 +264,7 @@ def gradient_stats(
     gsum = {n: torch.zeros_like(a) for n, a in acc.items()}
     B, T = batch.inputs.shape
     gen = torch.Generator(device=device).manual_seed(seed)
-    bar = _bar(B, "sensitivity (fisher)", "seq", progress)
+    bar = progress_bar(total=B, desc="sensitivity (fisher)", unit="seq", enabled=progress)
     for b in range(B):
         model.zero_grad(set_to_none=True)
         x = batch.inputs[b : b + 1].to(device)
@@ -387,12 +388,6 @@ def compare(direct: dict[str, dict[str, float]], proxy: dict[str, dict[str, floa
             ys.append(v)
     scale = float(np.dot(xs, ys) / np.dot(xs, xs)) if xs and float(np.dot(xs, xs)) > 0 else math.nan
     return {"pairs": len(xs), "spearman": spearman(xs, ys), "proxy_to_direct_scale": scale}
-
-
-def _bar(total: int, desc: str, unit: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled)
 
 
 __all__ = [

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from golfpack._io import atomic_write
+from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
 from golfpack.model import GPT, ModelConfig, count_params
 from golfpack.trainer.config import MICROBATCH_DIVISOR, TrainConfig
@@ -502,11 +503,7 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
     train_time_ms = 0.0
     stop_after: int | None = None
     step = 0
-    bar = None
-    if progress and d.master:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.iterations, desc="train", unit="step", leave=False)
+    bar = progress_bar(total=cfg.iterations, desc="train", unit="step", enabled=progress and d.master)
     _sync(device)
     t0 = time.perf_counter()
     while True:
@@ -543,8 +540,7 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
                 for k, v in model.state_dict().items():
                     ema[k].mul_(cfg.ema_decay).add_(v.float(), alpha=1.0 - cfg.ema_decay)
         approx_ms = train_time_ms + 1000.0 * (time.perf_counter() - t0)
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         if cfg.train_log_every > 0 and (step <= 10 or step % cfg.train_log_every == 0 or stop_after is not None):
             log(f"step:{step}/{cfg.iterations} train_loss:{loss_buf[step - 1].item():.4f} train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms")
 
@@ -561,8 +557,7 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
             log(f"qat_enabled: step:{step} train_time:{approx_ms:.0f}ms policy:{qat.policy_name} tensors:{len(qat.specs)} (time trigger)")
         if stop_after is None and reached_cap:
             stop_after = step
-    if bar is not None:
-        bar.close()
+    bar.close()
 
     if cuda:
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 1024 // 1024} MiB "

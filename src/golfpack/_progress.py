@@ -1,0 +1,19 @@
+"""One progress bar for every long stage: tqdm on stderr, shown only on an interactive terminal.
+
+Scripts, pipes, CI logs and `--json` consumers read stdout/stderr as text; a bar's carriage-return
+frames would land there as garbage lines, so off a TTY the bar is silent (tqdm's ``disable=None``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterable
+
+
+def bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str, unit: str,
+        enabled: bool = True, unit_scale: bool = False) -> Any:
+    """A tqdm bar (usable as an iterator or with `.update`); a no-op when disabled or off a TTY."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale, file=sys.stderr,
+                leave=False, dynamic_ncols=True, disable=None if enabled else True)
