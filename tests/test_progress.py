@@ -32,3 +32,10 @@ def test_bar_draws_on_a_tty_unless_disabled(monkeypatch) -> None:
     monkeypatch.setattr(sys, "stderr", err2)
     list(bar(range(4), desc="work", unit="it", enabled=False))
     assert err2.getvalue() == ""
+
+
+def test_bar_forced_on_draws_off_a_tty(monkeypatch) -> None:
+    err = io.StringIO()  # `--progress` given explicitly: the user asked for it, pipe or not
+    monkeypatch.setattr(sys, "stderr", err)
+    list(bar(range(2), desc="forced", unit="it", enabled=True))
+    assert "forced:" in err.getvalue()

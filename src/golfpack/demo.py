@@ -13,11 +13,12 @@ from typing import Any
 
 import click
 
+from golfpack._progress import progress_option
 from golfpack.errors import GolfpackError
 
 
 def run_demo(out_dir: str | Path, *, steps: int | None = None, policy_name: str = "int6+tok8", codec: str = "lzma",
-             echo: Any = click.echo, progress: bool = True) -> dict[str, Any]:
+             echo: Any = click.echo, progress: bool | None = None) -> dict[str, Any]:
     """Run every stage under out_dir and return the report (what `--json` prints)."""
     from golfpack.demo_data import make_demo_data
     from golfpack.packer.pack import pack_file
@@ -94,12 +95,13 @@ def run_demo(out_dir: str | Path, *, steps: int | None = None, policy_name: str 
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the tiny preset's 150).")
 @click.option("--policy", "policy_name", default="int6+tok8", show_default=True, help="Packing policy (preset or file).")
 @click.option("--codec", default="lzma", show_default=True, help="Stream codec, or 'best'.")
+@progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report instead of the stage lines.")
-def demo_cmd(out_dir: str, steps: int | None, policy_name: str, codec: str, as_json: bool) -> None:
+def demo_cmd(out_dir: str, steps: int | None, policy_name: str, codec: str, progress: bool | None, as_json: bool) -> None:
     """Train a tiny GPT on built-in text, pack it, and verify + score the artifact in a fresh process."""
     from golfpack.cli import emit
 
     rep = run_demo(out_dir, steps=steps, policy_name=policy_name, codec=codec,
-                   echo=(lambda s: None) if as_json else click.echo, progress=not as_json)
+                   echo=(lambda s: None) if as_json else click.echo, progress=progress)
     if as_json:
         emit(rep, True)

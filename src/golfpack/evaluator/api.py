@@ -91,7 +91,7 @@ def evaluate(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device = "cpu",
     dist: DistContext | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> EvalResult:
     """Score `model` (already on `device`) on a 1-D token stream; see the module docstring.
 
@@ -126,7 +126,7 @@ def evaluate(
     nll_sum = torch.zeros((), dtype=torch.float64, device=dev)
     byte_sum = torch.zeros((), dtype=torch.float64, device=dev)
 
-    bar = progress_bar(total=local.scored, desc="eval", unit="tok", unit_scale=True, enabled=progress and ctx.is_main)
+    bar = progress_bar(total=local.scored, desc="eval", unit="tok", unit_scale=True, enabled=progress if ctx.is_main else False)
     was_training = model.training
     model.eval()
     if dev.type == "cuda":
@@ -207,7 +207,7 @@ def evaluate_path(
     activation: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     dist: DistContext | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> EvalResult:
     """Load a checkpoint/artifact from disk and evaluate it on the val shards matching `val`."""
     from golfpack.formats.shards import load_tokens

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from golfpack._progress import progress_option
 from golfpack.errors import GolfpackError
 from golfpack.model import ACTIVATIONS
 
@@ -26,7 +27,7 @@ from golfpack.model import ACTIVATIONS
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=None,
               help="MLP activation for raw checkpoints (shapes cannot tell; default relu2).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar with tokens/s on stderr (default: when stderr is a terminal).")
+@progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def eval_cmd(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
              progress, as_json):
@@ -56,8 +57,6 @@ def _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, 
         if threads <= 0:
             raise GolfpackError(f"--threads must be positive, got {threads}")
         torch.set_num_threads(threads)
-    if progress is None:
-        progress = sys.stderr.isatty()
     ctx = dist_mod.init(device)
     try:
         r = evaluate_path(path, val=val, tokenizer=tokenizer, seq_len=seq_len, stride=stride, max_tokens=max_tokens,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
+from golfpack._progress import progress_option
 from golfpack.formats.prepare import DEFAULT_SHARD_TOKENS
 
 
@@ -20,15 +20,13 @@ from golfpack.formats.prepare import DEFAULT_SHARD_TOKENS
 @click.option("--per-line", is_flag=True, help="Plain text: one document per non-empty line (default: per blank-line-separated paragraph).")
 @click.option("--text-field", default="text", show_default=True, help="JSON lines: field holding the document text.")
 @click.option("--overwrite", is_flag=True, help="Replace existing PREFIX_*.bin shards in the output folder.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+@progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def prepare_cmd(inputs, tokenizer, out_dir, prefix, shard_tokens, fmt, per_line, text_field, overwrite, progress, as_json):
     """Encode TEXT files (txt or jsonl) into shards: every document is [BOS] + its token ids."""
     from golfpack.cli import emit
     from golfpack.formats.prepare import prepare
 
-    if progress is None:
-        progress = sys.stderr.isatty()
     r = prepare(list(inputs), tokenizer, out_dir, shard_tokens=shard_tokens, prefix=prefix, fmt=fmt, per_line=per_line,
                 text_field=text_field, overwrite=overwrite, progress=progress)
     lines = [

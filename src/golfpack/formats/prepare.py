@@ -112,7 +112,7 @@ def prepare(
     per_line: bool = False,
     text_field: str = "text",
     overwrite: bool = False,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> PrepareReport:
     """Encode `inputs` with the sentencepiece model and write `{prefix}_{i:06d}.bin` shards to `out_dir`."""
     from golfpack.evaluator.luts import load_sentencepiece

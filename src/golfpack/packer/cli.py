@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from golfpack.cli import emit
+from golfpack._progress import progress_option
 from golfpack.errors import GolfpackError
 from golfpack.model import ACTIVATIONS
 from golfpack.packer.pack import DEFAULT_BUDGET, DEFAULT_CODEC
@@ -39,8 +40,9 @@ def _budget_lines(rep: dict[str, Any]) -> list[str]:
 @click.option("--num-heads", type=int, default=None, help="Override the inferred head count.")
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=None, help="MLP activation (not inferable from shapes).")
 @click.option("--no-config", is_flag=True, help="Pack tensors of a foreign schema without a model config.")
+@progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-def pack_cmd(ckpt: str, policy_name: str, codec: str, out: str | None, overrides: tuple[str, ...], dry_run: bool, budget: int, code: tuple[str, ...], num_heads: int | None, activation: str | None, no_config: bool, as_json: bool) -> None:
+def pack_cmd(ckpt: str, policy_name: str, codec: str, out: str | None, overrides: tuple[str, ...], dry_run: bool, budget: int, code: tuple[str, ...], num_heads: int | None, activation: str | None, no_config: bool, progress: bool | None, as_json: bool) -> None:
     """Quantize CKPT (.pt, legacy .ptz or .qg3) with a policy and write a QGv3 artifact."""
     from golfpack.packer.pack import pack_file
     from golfpack.packer.policy import resolve_policy
@@ -52,7 +54,7 @@ def pack_cmd(ckpt: str, policy_name: str, codec: str, out: str | None, overrides
         raise GolfpackError(f"{ckpt}: file not found")
     res = pack_file(
         ckpt, out, policy=policy, codec=codec, budget=budget, code=list(code), dry_run=dry_run,
-        num_heads=num_heads, activation=activation, require_config=not no_config, progress=not as_json,
+        num_heads=num_heads, activation=activation, require_config=not no_config, progress=progress,
     )
     rep = res.report()
     rep.update({"source": ckpt, "out": None if dry_run else out, "dry_run": dry_run, "config": None if res.config is None else res.config.to_dict()})

@@ -102,7 +102,7 @@ def quantize_state_dict(
     specs: dict[str, TensorSpec],
     *,
     hessians: dict[str, Tensor] | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> list[TensorRecord]:
     """One TensorRecord per tensor, in state-dict order."""
     from golfpack.packer.quantize import quantize_tensor
@@ -140,7 +140,7 @@ def pack_state_dict(
     config: ModelConfig | None = None,
     meta: dict[str, Any] | None = None,
     hessians: dict[str, Tensor] | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> PackResult:
     """Quantize and encode in memory. codec="best" tries every available codec and keeps the smallest."""
     records = quantize_state_dict(state_dict, policy.resolve(state_dict), hessians=hessians, progress=progress)
@@ -193,7 +193,7 @@ def pack_file(
     num_heads: int | None = None,
     activation: str | None = None,
     require_config: bool = True,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> PackResult:
     """Load `src`, pack it, check the budget, write `out` atomically (unless dry_run)."""
     if not dry_run and out is None:

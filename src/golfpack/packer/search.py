@@ -74,7 +74,7 @@ class SearchConfig:
     device: str = "cpu"  # torch device for sensitivity forwards
     num_heads: int | None = None  # override the inferred head count
     activation: str | None = None  # MLP activation (not inferable from shapes)
-    progress: bool = True  # tqdm bars on stderr
+    progress: bool | None = None  # progress bars on stderr: None = when it is a terminal
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def floor_bytes(p: Problem, codecs: list[str]) -> tuple[int, str, list[int]]:
 # phase 3: cost tables
 
 
-def cost_tables(p: Problem, codecs: list[str], cache: Cache, *, progress: bool) -> dict[str, dict[str, dict[str, int]]]:
+def cost_tables(p: Problem, codecs: list[str], cache: Cache, *, progress: bool | None) -> dict[str, dict[str, dict[str, int]]]:
     """codec -> tensor -> spec label -> bytes of a one-record QGv3 artifact holding that record."""
     from golfpack.formats.qgv3 import encode_qgv3
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from golfpack._progress import progress_option
 from golfpack.cli import emit
 from golfpack.errors import GolfpackError
 from golfpack.model import ACTIVATIONS
@@ -76,12 +77,13 @@ def make_scorer(val: str, tokenizer: str, *, seq_len: int, max_tokens: int | Non
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=None, help="MLP activation (not inferable from shapes).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokenizer: str | None, out: str | None, policy_out: str | None,
                codecs: str, bits: str, clips: str, sens_mode: str, objective: str, no_select: bool, calib_batch: int, calib_seq: int, target_headroom: int, solver: str,
                cache_dir: str | None, val: str | None, eval_tokens: int, seq_len: int, frontier_points: int, plot: str | None,
                report: str | None, no_verify: bool, num_heads: int | None, activation: str | None, device: str,
-               threads: int | None, as_json: bool) -> None:
+               threads: int | None, progress: bool | None, as_json: bool) -> None:
     """Search per-tensor bit widths / clip rules / passthrough and the codec for the lowest loss under --budget."""
     import torch
 
@@ -98,12 +100,12 @@ def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokeni
         budget=budget, code=list(code), calib=calib, tokenizer=tokenizer,
         codecs=tuple(c.strip() for c in codecs.split(",") if c.strip()), bits=_int_list(bits, "bits"), clips=clip_t,
         calib_batch=calib_batch, calib_seq=calib_seq, sensitivity=sens_mode, objective=objective, select=not no_select, target_headroom=target_headroom,
-        solver=solver, cache_dir=cache_dir, device=device, num_heads=num_heads, activation=activation, progress=not as_json,
+        solver=solver, cache_dir=cache_dir, device=device, num_heads=num_heads, activation=activation, progress=progress,
     )
     res = run_search(ckpt, cfg)
     rep = search_outputs(res, ckpt=ckpt, out=out, policy_out=policy_out, val=val, tokenizer=tokenizer, eval_tokens=eval_tokens,
                          seq_len=seq_len, frontier_points=frontier_points, plot=plot, verify=not no_verify, device=device,
-                         progress=not as_json)
+                         progress=progress)
     if report:
         from golfpack._io import write_bytes_atomic
 
@@ -113,7 +115,7 @@ def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokeni
 
 def search_outputs(res: Any, *, ckpt: str, out: str | None, policy_out: str | None, val: str | None, tokenizer: str | None,
                    eval_tokens: int, seq_len: int, frontier_points: int, plot: str | None, verify: bool, device: str,
-                   progress: bool) -> dict[str, Any]:
+                   progress: bool | None) -> dict[str, Any]:
     """Write policy + artifact, build the frontier, verify; returns the report dict."""
     from golfpack.packer.policy import Policy
     from golfpack.packer.search import write_policy

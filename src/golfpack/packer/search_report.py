@@ -34,7 +34,7 @@ def frontier(
     scorer: Scorer | None = None,
     base: tuple[float, float | None] | None = None,
     bpb_per_nat: float | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Solve + exactly pack the search's layout problem at several budgets (chosen codec).
 

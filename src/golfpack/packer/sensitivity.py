@@ -181,7 +181,7 @@ def measure_direct(
     batch: CalibBatch,
     *,
     device: str = "cpu",
-    progress: bool = False,
+    progress: bool | None = False,
     done: dict[str, dict[str, dict[str, float]]] | None = None,
     on_tensor: Callable[[str, dict[str, dict[str, float]]], None] | None = None,
     values: Callable[[str, TensorSpec], Tensor] | None = None,
@@ -245,7 +245,7 @@ def gradient_stats(
     *,
     names: Iterable[str] | None = None,
     device: str = "cpu",
-    progress: bool = False,
+    progress: bool | None = False,
     sample: bool = False,
     seed: int = 0,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from golfpack._progress import progress_option
 from golfpack.errors import GolfpackError
 
 
@@ -23,7 +24,7 @@ from golfpack.errors import GolfpackError
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any config field; repeatable.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--help-config", is_flag=True, help="List every config field with its default and meaning, then exit.")
-@click.option("--progress/--no-progress", default=False, help="tqdm progress bar on stderr.")
+@progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report at the end instead of a summary.")
 def train_cmd(config, train_files, val_files, tokenizer, out_dir, overrides, print_config, help_config, progress, as_json):
     """Train with the challenge baseline's recipe (Muon + Adam, warmdown, optional QAT/EMA)."""

@@ -341,7 +341,7 @@ class _Logger:
 # the loop
 
 
-def train(cfg: TrainConfig, *, echo: Callable[[str], None] | None = print, progress: bool = False) -> TrainResult:
+def train(cfg: TrainConfig, *, echo: Callable[[str], None] | None = print, progress: bool | None = False) -> TrainResult:
     """Run one training job (call once per process; under torchrun every rank calls it)."""
     t_start = time.perf_counter()
     rank, world_size, local_rank = _world_from_env()
@@ -372,7 +372,7 @@ def train(cfg: TrainConfig, *, echo: Callable[[str], None] | None = print, progr
             dist.destroy_process_group()
 
 
-def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t_start: float, progress: bool) -> TrainResult:
+def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t_start: float, progress: bool | None) -> TrainResult:
     device, cuda = d.device, d.device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -503,7 +503,7 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
     train_time_ms = 0.0
     stop_after: int | None = None
     step = 0
-    bar = progress_bar(total=cfg.iterations, desc="train", unit="step", enabled=progress and d.master)
+    bar = progress_bar(total=cfg.iterations, desc="train", unit="step", enabled=progress if d.master else False)
     _sync(device)
     t0 = time.perf_counter()
     while True:
