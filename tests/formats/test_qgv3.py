@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import tracemalloc
 import zlib
@@ -246,6 +247,17 @@ def _first_int_tensor(h):
     return next(e for e in h["tensors"] if "scales" in e)
 
 
+def _first_matrix(h):
+    return next(e for e in h["tensors"] if "rows" in e)
+
+
+def _empty_tensor_with_huge_dims(h):
+    # numel 0, so every count still tiles; only the dims themselves are absurd
+    pi = next(i for i, s in enumerate(h["streams"]) if s.get("dtype") == "float16" and s["kind"] == 2)
+    h["tensors"].append({"name": "z", "shape": [0, 2**27, 2**27], "dtype": "float32", "spec": "fp16",
+                         "digest": hashlib.sha256(b"").hexdigest(), "group": pi, "offset": h["streams"][pi]["count"]})
+
+
 HOSTILE = {
     "huge shape": lambda h, b: _first_int_tensor(h).update(shape=[2**40, 2**40]),
     "huge dim list": lambda h, b: _first_int_tensor(h).update(shape=[1] * 100),
@@ -275,6 +287,11 @@ HOSTILE = {
     "passthrough into levels": lambda h, b: h["tensors"][-1].update(group=0),
     "scales in wrong stream": lambda h, b: _first_int_tensor(h).update(scales=_first_int_tensor(h)["group"]),
     "rows do not divide": lambda h, b: _first_int_tensor(h).update(rows=7),
+    "rows not shape[0]": lambda h, b: _first_matrix(h).update(shape=_first_matrix(h)["shape"][::-1]),
+    "rows on a 1-D tensor": lambda h, b: _first_matrix(h).update(shape=[math.prod(_first_matrix(h)["shape"])]),
+    "2-D int without rows": lambda h, b: _first_matrix(h).pop("rows"),
+    "empty tensor, huge dims": lambda h, b: _empty_tensor_with_huge_dims(h),
+    "fp16 spec for an int64 tensor": lambda h, b: h["tensors"][-1].update(dtype="int64"),
     "bad spec": lambda h, b: h["tensors"][0].update(spec="int99"),
     "bad dtype": lambda h, b: h["tensors"][0].update(dtype="float8"),
     "int spec for int64": lambda h, b: _first_int_tensor(h).update(dtype="int64"),

@@ -98,8 +98,11 @@ class Limits:
     max_tensors: int = 100_000  # tensor entries
     max_ndim: int = 8  # dimensions per tensor
     max_name_len: int = 1024  # characters per tensor name
-    max_raw_bytes: int = 1 << 30  # sum of all blocks' decompressed sizes
-    max_numel: int = 1 << 31  # sum of all tensors' elements (bounds the state dict built at the end)
+    # A 16 MB artifact holds at most ~64M levels (int2, dense) and legitimately decompresses to well
+    # under 100 MiB; these caps leave room for bigger models yet keep a hostile few-KB file from
+    # costing more than ~1 GiB of memory. Pass larger Limits to read something bigger on purpose.
+    max_raw_bytes: int = 256 << 20  # sum of all blocks' decompressed sizes
+    max_numel: int = 1 << 28  # sum of all tensors' elements (bounds the state dict built at the end)
 
 
 DEFAULT_LIMITS = Limits()
@@ -639,6 +642,8 @@ def _validate(h: dict, data_len: int, lim: Limits) -> _Plan:
             raise _fail(f"{name}: shape must be a list of at most {lim.max_ndim} dims")
         shape = [_int(d, f"{name} shape dim", 0, lim.max_numel) for d in shape]
         numel = math.prod(shape)
+        if math.prod(d for d in shape if d) > lim.max_numel:  # an empty tensor may not smuggle in huge dims
+            raise _fail(f"{name}: shape {shape} is over the limit of {lim.max_numel} elements")
         numel_total += numel
         if numel_total > lim.max_numel:
             raise _fail(f"{name}: tensors hold more than {lim.max_numel} elements in total")
@@ -663,12 +668,13 @@ def _validate(h: dict, data_len: int, lim: Limits) -> _Plan:
                 raise _fail(f"{name}: integer levels for a {e['dtype']} tensor")
             if g["kind"] != StreamKind.LEVELS or g["bits"] != spec.bits:
                 raise _fail(f"{name}: {spec.label()} tensor points at stream {gi}, which is not the int{spec.bits} levels stream")
-            if "rows" in e:
+            if "rows" in e:  # per-row scales: only 2-D tensors, one scale per row (what the writer makes)
                 rows = _int(e["rows"], f"{name} rows", 0, lim.max_numel)
-                if (rows == 0 and numel) or (rows and numel % rows):
-                    raise _fail(f"{name}: {rows} rows do not divide {numel} elements")
-                cols = numel // rows if rows else math.prod(shape[1:])  # (0 rows: an empty tensor keeps its row width)
-                t["rows"], t["cols"], nsc, sdt = rows, cols, rows, "float16"
+                if len(shape) != 2 or rows != shape[0]:
+                    raise _fail(f"{name}: per-row scales need a 2-D tensor with rows == shape[0], got rows {rows} for shape {shape}")
+                t["rows"], t["cols"], nsc, sdt = rows, shape[1], rows, "float16"
+            elif len(shape) == 2:
+                raise _fail(f"{name}: a 2-D int tensor must have per-row scales ('rows')")
             else:
                 nsc, sdt = 1, "float32"
             si = _int(e["scales"], f"{name} scales", 0, len(streams) - 1)
@@ -680,6 +686,8 @@ def _validate(h: dict, data_len: int, lim: Limits) -> _Plan:
         else:
             if TENSOR_KEYS_INT & e.keys() or "rows" in e:
                 raise _fail(f"{name}: passthrough tensor must not have scales/rows")
+            if spec.dtype != "exact" and e["dtype"] not in _FLOAT_DTYPES:
+                raise _fail(f"{name}: a {e['dtype']} tensor can only be stored 'exact', not {spec.label()}")
             want = PASS_STORAGE.get(spec.dtype, e["dtype"])
             if g["kind"] != StreamKind.PASSTHROUGH or g["dtype"] != want:
                 raise _fail(f"{name}: {spec.label()} {e['dtype']} tensor must be in the {want} passthrough stream, stream {gi} is not")
