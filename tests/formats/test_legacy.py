@@ -85,3 +85,40 @@ def test_bad_legacy_files(tmp_path) -> None:
         read_int8_ptz(notsave)
     with pytest.raises(GolfpackError, match="not an int8_clean_per_row_v1"):
         dequantize_int8_ptz({"a": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("codec", ["zlib", "lzma", "zstd"])
+def test_decompression_bomb_is_refused_without_inflating(codec: str) -> None:
+    import lzma
+    import tracemalloc
+    import zlib
+
+    import zstandard
+
+    from golfpack.formats.legacy import decompress_container
+
+    zeros = b"\0" * (48 << 20)
+    data = {"zlib": lambda: zlib.compress(zeros, 9), "lzma": lambda: lzma.compress(zeros),
+            "zstd": lambda: zstandard.ZstdCompressor(level=3).compress(zeros)}[codec]()
+    assert decompress_container(data, "ok.ptz")[0] == zeros  # under the cap: fine
+    tracemalloc.start()
+    try:
+        with pytest.raises(GolfpackError, match="inflates past 1,000,000 bytes"):
+            decompress_container(data, "bomb.ptz", max_raw=1_000_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20  # stopped near the cap (+ lzma's 8 MiB dictionary), never the full 48 MiB
+
+
+@pytest.mark.parametrize("codec", ["zlib", "lzma", "zstd"])
+def test_truncated_container_is_corrupt_not_short(codec: str) -> None:
+    import zstandard
+
+    from golfpack.formats.legacy import decompress_container
+
+    payload = bytes(range(256)) * 400
+    data = {"zlib": zlib.compress, "lzma": lzma.compress, "zstd": zstandard.ZstdCompressor().compress}[codec](payload)
+    assert decompress_container(data, "ok.ptz") == (payload, codec)
+    with pytest.raises(GolfpackError, match="corrupt compressed stream"):
+        decompress_container(data[: len(data) // 2], "half.ptz")

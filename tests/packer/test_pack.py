@@ -43,6 +43,12 @@ def test_bad_set(nolanvild_pt, tmp_path, bad: str) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_set_that_matches_nothing_is_refused(nolanvild_pt, tmp_path) -> None:
+    line = _one_error_line(_run("pack", str(nolanvild_pt), "--set", "block.*.mlp.fc.weight=int5", "--activation", "relu3", "-o", str(tmp_path / "a.qg3")))
+    assert "'block.*.mlp.fc.weight' matches no tensor" in line and "names look like skip_weights, tok_emb.weight, blocks.0.attn_scale, ..." in line
+    assert not list(tmp_path.iterdir())
+
+
 def test_missing_files(tmp_path) -> None:
     line = _one_error_line(_run("pack", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "a.qg3")))
     assert "nope.pt" in line and "not found" in line
@@ -134,7 +140,50 @@ def test_pack_verify_inspect_round_trip(qgv3, nolanvild_pt, tmp_path) -> None:
     assert ins.exit_code == 0, ins.output
     irep = json.loads(ins.output)
     assert irep["params"] == 476_812 and {g["group"] for g in irep["groups"]} == {"embedding", "attn", "mlp", "control"}
-    assert sum(t["stored_bytes"] for t in irep["tensors"]) <= irep["bytes"]
+    # stored shares + header framing account for every byte of the file
+    assert sum(t["stored_bytes"] for t in irep["tensors"]) + irep["overhead_bytes"] == pytest.approx(irep["bytes"], abs=1e-6)
+    # raw bytes follow each stream's layout: int5/int6 levels at 1 byte (byte container) or bits/8 (dense),
+    # plus one fp16 scale per row
+    streams = {st["bits"]: st for st in lm.artifact.streams if st["kind"] == "levels"}
+    per_level = {b: (1.0 if st["layout"] == "byte" else b / 8) for b, st in streams.items()}
+    t = {r["name"]: r for r in irep["tensors"]}
+    fc0, fc1 = t["blocks.0.mlp.fc.weight"], t["blocks.1.mlp.fc.weight"]
+    assert fc0["raw_bytes"] == 256 * 128 * per_level[5] + 2 * 256
+    assert fc1["raw_bytes"] == 256 * 128 * per_level[6] + 2 * 256
+
+
+def test_inspect_plot_writes_a_png(qgv3, taleef_pt, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "t.qg3"
+    assert _run("pack", str(taleef_pt), "-o", str(out)).exit_code == 0
+    png = tmp_path / "bytes.png"
+    res = _run("inspect", str(out), "--plot", str(png))
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_codec_best_keeps_the_per_stream_choice_when_it_wins(qgv3, taleef_pt, tmp_path) -> None:
+    res = _run("pack", str(taleef_pt), "--codec", "best", "--json", "-o", str(tmp_path / "b.qg3"))
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output)
+    sizes = rep["codec_sizes"]
+    assert "best" in sizes and {"lzma", "zlib"} <= set(sizes)
+    assert rep["model_bytes"] == min(sizes.values()) == (tmp_path / "b.qg3").stat().st_size
+
+
+def test_verify_eval_reports_the_fresh_load_gap(qgv3, nolanvild_pt, sp1024_model, val_shard, tmp_path) -> None:
+    """int6+tok8/lzma on nolanvild, first 65,537 official val tokens: raw vs fresh-loaded artifact."""
+    out = tmp_path / "n.qg3"
+    assert _run("pack", str(nolanvild_pt), "--activation", "relu3", "-o", str(out)).exit_code == 0
+    res = _run("verify", str(out), "--against", str(nolanvild_pt), "--eval", "--val", str(val_shard),
+               "--tokenizer", str(sp1024_model), "--seq-len", "256", "--max-tokens", "65537", "--json")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output)
+    pre, post = rep["pre"], rep["post"]
+    assert pre["tokens"] == post["tokens"] == 65_536 and pre["bytes"] == post["bytes"]
+    assert pre["val_bpb"] == pytest.approx(2.634927, abs=2e-6)  # the raw checkpoint, fp32 CPU
+    assert rep["val_bpb_gap"] == pytest.approx(post["val_bpb"] - pre["val_bpb"], abs=1e-12)
+    assert 0.003 < rep["val_bpb_gap"] < 0.008  # int6 with the baseline's quantile rule costs ~0.005 bpb here
 
 
 def test_pack_legacy_ptz_input_and_int8_preset_exactness(qgv3, nolanvild_pt, nolanvild_ptz, tmp_path) -> None:

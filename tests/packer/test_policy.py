@@ -172,3 +172,12 @@ def test_real_nolanvild_plan(nolanvild_pt) -> None:
     assert sum(v == "int6" for v in got.values()) == 18  # 6 matrices x 3 layers
     assert got["tok_emb.weight"] == "int8"
     assert {got[k] for k in got if "scale" in k or "mix" in k or "gain" in k or k == "skip_weights"} == {"fp16"}
+
+
+@pytest.mark.parametrize("bad", ["false", 1, "yes"])
+def test_rule_control_must_be_a_real_bool(bad) -> None:
+    from golfpack.packer.policy import Rule
+
+    with pytest.raises(GolfpackError, match="control must be true or false"):
+        Rule.from_dict({"spec": "int6", "control": bad})
+    assert Rule.from_dict({"spec": "int6", "control": False}).control is False

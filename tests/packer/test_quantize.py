@@ -153,7 +153,7 @@ def test_quantile_rule_generalises_scale_floor_to_one_over_qmax() -> None:
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
 def test_mse_clip_never_worse_than_absmax_on_heavy_tails(bits: int) -> None:
-    g = torch.Generator().manual_seed(100 + bits)
+    torch.manual_seed(100 + bits)  # StudentT.sample takes no generator: seed the global one
     # Student-t(2.5) rows with per-row scales spanning 3 decades: heavy tails make clipping worthwhile.
     w = torch.distributions.StudentT(2.5).sample((64, 512)) * torch.logspace(-3, 0, 64)[:, None]
     errs = {}
@@ -164,7 +164,6 @@ def test_mse_clip_never_worse_than_absmax_on_heavy_tails(bits: int) -> None:
     assert float(errs["mse"].sum()) <= float(errs["absmax"].sum())
     if bits <= 4:  # where the grid is coarse, clipping the tails pays a lot
         assert float(errs["mse"].sum()) < 0.8 * float(errs["absmax"].sum())
-    del g
 
 
 @pytest.mark.parametrize("spec", ["int8", "int6", "int5:mse", "int4:absmax", "fp16", "bf16", "fp32"])

@@ -41,20 +41,48 @@ def looks_like_zlib(head: bytes) -> bool:
     return len(head) >= 2 and (head[0] & 0x0F) == 8 and (head[0] >> 4) <= 7 and ((head[0] << 8) | head[1]) % 31 == 0
 
 
-def decompress_container(data: bytes, source: str = "file") -> tuple[bytes, str]:
-    """Undo the outer compression of a legacy artifact; returns (torch.save bytes, codec name)."""
+# A real .ptz for a 16 MB artifact inflates to well under 100 MB; past this it is a bomb or not ours.
+MAX_LEGACY_RAW = 1 << 30
+
+
+def decompress_container(data: bytes, source: str = "file", max_raw: int = MAX_LEGACY_RAW) -> tuple[bytes, str]:
+    """Undo the outer compression of a legacy artifact; returns (torch.save bytes, codec name).
+
+    Decompression stops at max_raw + 1 bytes, so a decompression bomb is refused, never materialised.
+    """
     try:
+        complete = True
         if data.startswith(_XZ_MAGIC):
-            return lzma.decompress(data), "lzma"
-        if data.startswith(_ZSTD_MAGIC):
+            dx = lzma.LZMADecompressor()
+            raw, codec = dx.decompress(data, max_length=max_raw + 1), "lzma"
+            complete = dx.eof
+        elif data.startswith(_ZSTD_MAGIC):
             import zstandard
 
-            return zstandard.ZstdDecompressor().decompressobj().decompress(data), "zstd"
-        if looks_like_zlib(data[:2]):
-            return zlib.decompress(data), "zlib"
-    except (zlib.error, lzma.LZMAError, Exception) as e:  # zstandard.ZstdError has no stable import path
+            # no max_length here: feed 128 bytes at a time (an RLE block turns 4 bytes into 128 KiB, so one
+            # step inflates to at most ~4 MiB), and stop past the cap
+            dzs, parts, n = zstandard.ZstdDecompressor().decompressobj(), [], 0
+            for i in range(0, len(data), 128):
+                parts.append(dzs.decompress(data[i : i + 128]))
+                n += len(parts[-1])
+                if n > max_raw or dzs.eof:
+                    break
+            raw, codec, complete = b"".join(parts), "zstd", dzs.eof
+        elif looks_like_zlib(data[:2]):
+            dz = zlib.decompressobj()
+            raw, codec = dz.decompress(data, max_raw + 1), "zlib"
+            complete = dz.eof
+        else:
+            raise GolfpackError(f"{source}: not a zlib/lzma/zstd-compressed legacy artifact")
+    except GolfpackError:
+        raise
+    except Exception as e:  # zlib.error, lzma.LZMAError, zstandard.ZstdError (no stable import path)
         raise GolfpackError(f"{source}: corrupt compressed stream ({e})") from None
-    raise GolfpackError(f"{source}: not a zlib/lzma/zstd-compressed legacy artifact")
+    if len(raw) > max_raw:
+        raise GolfpackError(f"{source}: inflates past {max_raw:,} bytes; refusing (decompression bomb or not a golf artifact)")
+    if not complete:
+        raise GolfpackError(f"{source}: corrupt compressed stream (it ends before the {codec} end marker: truncated file?)")
+    return raw, codec
 
 
 def read_int8_ptz(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def pack_cmd(ckpt: str, policy_name: str, codec: str, out: str | None, overrides
         raise GolfpackError(f"{ckpt}: file not found")
     res = pack_file(
         ckpt, out, policy=policy, codec=codec, budget=budget, code=list(code), dry_run=dry_run,
-        num_heads=num_heads, activation=activation, require_config=not no_config, progress=progress,
+        num_heads=num_heads, activation=activation, require_config=not no_config, overrides=list(overrides), progress=progress,
     )
     rep = res.report()
     rep.update({"source": ckpt, "out": None if dry_run else out, "dry_run": dry_run, "config": None if res.config is None else res.config.to_dict()})

@@ -142,13 +142,17 @@ def pack_state_dict(
     hessians: dict[str, Tensor] | None = None,
     progress: bool | None = False,
 ) -> PackResult:
-    """Quantize and encode in memory. codec="best" tries every available codec and keeps the smallest."""
+    """Quantize and encode in memory.
+
+    codec="best" keeps the smallest of: every available codec for the whole file, and QGv3's own
+    per-stream choice (each stream with its best codec; reported as codec "best").
+    """
     records = quantize_state_dict(state_dict, policy.resolve(state_dict), hessians=hessians, progress=progress)
     meta = {"golfpack_version": __version__, **(meta or {})}
     if codec == "best":
         sizes: dict[str, int] = {}
         best: tuple[int, str, bytes] | None = None
-        for c in available_codecs():
+        for c in [*available_codecs(), "best"]:
             data = encode(records, codec=c, config=config, policy=policy, meta=meta)
             sizes[c] = len(data)
             if best is None or len(data) < best[0]:
@@ -193,13 +197,18 @@ def pack_file(
     num_heads: int | None = None,
     activation: str | None = None,
     require_config: bool = True,
+    overrides: list[str] | tuple[str, ...] = (),
     progress: bool | None = False,
 ) -> PackResult:
-    """Load `src`, pack it, check the budget, write `out` atomically (unless dry_run)."""
+    """Load `src`, pack it, check the budget, write `out` atomically (unless dry_run).
+
+    `overrides`: the `--set` texts already folded into `policy`; each must match some tensor of `src`.
+    """
     if not dry_run and out is None:
         raise GolfpackError("no output path: pass -o OUT.qg3 (or --dry-run to only print the plan)")
     code_bytes, code_files = count_code_bytes(list(code))  # before the slow part: fail fast on a typo
     sd, config, kind = load_input(src, num_heads=num_heads, activation=activation)
+    Policy.check_overrides_match(overrides, list(sd))
     if config is None and require_config:
         raise GolfpackError(
             f"{src}: cannot infer a baseline-family model config from its keys/shapes; "
@@ -240,77 +249,46 @@ def tensor_group(name: str) -> str:
     return "other"
 
 
-def _stream_members(stream: Any) -> list[str] | None:
-    for key in ("tensors", "names", "members"):
-        v = stream.get(key) if isinstance(stream, dict) else getattr(stream, key, None)
-        if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
-            return list(v)
-    return None
-
-
-def _stream_size(stream: Any, *keys: str) -> int | None:
-    for key in keys:
-        v = stream.get(key) if isinstance(stream, dict) else getattr(stream, key, None)
-        if isinstance(v, int):
-            return v
-    return None
-
-
 def describe_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Per-tensor byte breakdown of an artifact: payload bytes before compression, and each tensor's share
-    of its compressed stream (streams compress several tensors together, so a tensor's stored bytes are its
-    stream's stored bytes split in proportion to payload; header/framing bytes are reported apart)."""
+    """Per-tensor byte breakdown of an artifact.
+
+    raw_bytes: what the tensor occupies in its streams before compression (levels at the stream's
+    layout width - bits/8 dense, 1 byte in a byte container - plus scales; or passthrough bytes).
+    stored_bytes: its share of the compressed streams, split in proportion to raw bytes (codecs are not
+    additive, so this is an attribution). Preamble + header are `overhead_bytes`, outside every tensor.
+    A legacy .ptz/.pt is described as stored: every tensor at its own dtype, the file spread over them.
+    """
     from golfpack.formats.artifact import load_any
     from golfpack.packer.quantize import quantize_tensor
 
     lm = load_any(path)
     total = Path(path).stat().st_size
     if lm.kind == "qgv3":
-        records = list(lm.artifact.records)
-        codec = None
-        streams = list(getattr(lm.artifact, "streams", []) or [])
-    else:  # legacy/raw: describe the tensors as stored, one pseudo-stream = the whole file
+        art = lm.artifact
+        records = list(art.records)
+        raw, stored = art.raw_sizes(), art.tensor_shares()
+        codecs = sorted({b["codec"] for b in art.blocks})
+        codec: str | None = codecs[0] if len(codecs) == 1 else ("mixed: " + ", ".join(codecs) if codecs else None)
+        overhead: int | None = art.header_bytes
+    else:
         records = [quantize_tensor(n, t, TensorSpec("passthrough", dtype="exact")) for n, t in lm.state_dict.items()]
-        streams = []
-        codec = lm.info.get("codec")
-    raw = {r.name: payload_bytes(r) for r in records}
-    stored: dict[str, float] = {}
-    assigned: set[str] = set()
-    stream_stored_total = 0
-    for st in streams:
-        members = _stream_members(st)
-        size = _stream_size(st, "stored", "stored_bytes", "compressed", "compressed_bytes", "size")
-        c = st.get("codec") if isinstance(st, dict) else getattr(st, "codec", None)
-        codec = codec or c
-        if members is None or size is None:
-            continue
-        stream_stored_total += size
-        denom = sum(raw.get(m, 0.0) for m in members) or 1.0
-        for m in members:
-            if m in raw:
-                stored[m] = stored.get(m, 0.0) + size * raw[m] / denom
-                assigned.add(m)
-    rest = [r.name for r in records if r.name not in assigned]
-    if rest:  # no stream map: spread what the streams (or the file) hold over the remaining tensors
-        pool = total - stream_stored_total if stream_stored_total else total
-        denom = sum(raw[n] for n in rest) or 1.0
-        for n in rest:
-            stored[n] = pool * raw[n] / denom
-    overhead = total - stream_stored_total if stream_stored_total and not rest else None
-    rows = []
-    for r in records:
-        rows.append(
-            {
-                "name": r.name,
-                "group": tensor_group(r.name),
-                "spec": r.spec.label(),
-                "shape": list(r.shape),
-                "params": r.numel,
-                "raw_bytes": raw[r.name],
-                "stored_bytes": stored[r.name],
-                "share": stored[r.name] / total if total else 0.0,
-            }
-        )
+        raw = {r.name: payload_bytes(r) for r in records}
+        denom = sum(raw.values()) or 1.0
+        stored = {n: total * b / denom for n, b in raw.items()}
+        codec, overhead = lm.info.get("codec"), None
+    rows = [
+        {
+            "name": r.name,
+            "group": tensor_group(r.name),
+            "spec": r.spec.label(),
+            "shape": list(r.shape),
+            "params": r.numel,
+            "raw_bytes": raw[r.name],
+            "stored_bytes": stored[r.name],
+            "share": stored[r.name] / total if total else 0.0,
+        }
+        for r in records
+    ]
     groups: dict[str, dict[str, Any]] = {}
     for row in rows:
         g = groups.setdefault(row["group"], {"group": row["group"], "params": 0, "raw_bytes": 0.0, "stored_bytes": 0.0, "share": 0.0})

@@ -102,11 +102,13 @@ class Rule:
                     raise GolfpackError(f"{where}: bad regex {p[3:]!r}: {e}") from None
         ndim = d.get("ndim")
         dtype = d.get("dtype")
+        if d.get("control") is not None and not isinstance(d["control"], bool):
+            raise GolfpackError(f"{where}: control must be true or false, got {d['control']!r}")
         try:
             return cls(
                 spec=spec,
                 match=match_t,
-                control=None if d.get("control") is None else bool(d["control"]),
+                control=d.get("control"),
                 ndim=None if ndim is None else tuple(int(x) for x in ([ndim] if isinstance(ndim, int) else ndim)),
                 min_numel=None if d.get("min_numel") is None else int(d["min_numel"]),
                 max_numel=None if d.get("max_numel") is None else int(d["max_numel"]),
@@ -208,6 +210,15 @@ class Policy:
         return Policy(name=self.name + "".join(f" --set {o}" for o in overrides), rules=tuple(reversed(new)) + self.rules, default=self.default)
 
     # -- use ----------------------------------------------------------------------------------
+    @staticmethod
+    def check_overrides_match(overrides: list[str] | tuple[str, ...], names: list[str]) -> None:
+        """A `--set PATTERN=SPEC` whose pattern matches no tensor is almost always a typo: refuse it."""
+        for text in overrides:
+            pattern = text.partition("=")[0].strip()
+            if not any(_name_matches(pattern, n) for n in names):
+                sample = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+                raise GolfpackError(f"--set {text!r}: pattern {pattern!r} matches no tensor (names look like {sample})")
+
     def spec_for(self, name: str, t: Tensor) -> TensorSpec:
         if not t.is_floating_point():
             return EXACT
