@@ -177,3 +177,17 @@ def test_artifacts_fresh_load_and_score(taleef_pt, taleef_ptz, base, tmp_path):
     for kind, d in scores.items():
         assert d["tokens"] == 8192 and d["bytes"] == scores["raw"]["bytes"]
         assert d["val_bpb"] == pytest.approx(scores["raw"]["val_bpb"], abs=2e-3), kind
+
+
+@pytest.mark.parametrize("heads,msg", [("0", "--num-heads must be positive, got 0"),
+                                       ("3", "model_dim 64 is not divisible by --num-heads 3")])
+def test_bad_num_heads(base, heads, msg):
+    assert_user_error(run_cli(*base, "--num-heads", heads), msg)
+
+
+def test_empty_q_gain(taleef_pt, base, tmp_path):
+    sd = torch.load(taleef_pt, map_location="cpu", weights_only=True)
+    sd["blocks.0.attn.q_gain"] = torch.zeros(0)
+    base[0] = tmp_path / "no_heads.pt"
+    torch.save(sd, base[0])
+    assert_user_error(run_cli(*base), "q_gain is empty")

@@ -54,3 +54,32 @@ def test_garbage_file_is_a_clear_error(tmp_path):
     p.write_bytes(b"not a checkpoint")
     with pytest.raises(GolfpackError, match="cannot be read as a torch.save state dict"):
         load_state_dict(p)
+
+
+def _small_sd():
+    cfg = ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_hidden=64)
+    return GPT(cfg).state_dict()
+
+
+@pytest.mark.parametrize("heads,msg", [
+    (0, "--num-heads must be positive, got 0"),
+    (-2, "--num-heads must be positive, got -2"),
+    (3, "model_dim 32 is not divisible by --num-heads 3"),
+])
+def test_bad_num_heads_override(heads, msg):
+    with pytest.raises(GolfpackError, match=msg):
+        infer_config(_small_sd(), num_heads=heads)
+
+
+def test_empty_q_gain_and_kv_heads_not_dividing_heads():
+    sd = _small_sd()
+    sd["blocks.0.attn.q_gain"] = torch.zeros(0)
+    with pytest.raises(GolfpackError, match="q_gain is empty, so the head count cannot be inferred: pass --num-heads"):
+        infer_config(sd)
+    sd = _small_sd()
+    sd["blocks.0.attn.c_k.weight"] = torch.zeros(24, 32)  # 3 kv heads of head_dim 8 cannot serve 4 query heads
+    with pytest.raises(GolfpackError, match=r"3 kv heads \(c_k rows 24 / head_dim 8\) do not divide num_heads 4"):
+        infer_config(sd)
+    sd["blocks.0.attn.c_k.weight"] = torch.zeros(0, 32)
+    with pytest.raises(GolfpackError, match="c_k rows 0 are not a positive multiple of head_dim 8"):
+        infer_config(sd)

@@ -62,6 +62,8 @@ def load_any(
     """Load a QGv3 / legacy .ptz / raw .pt file. `num_heads`/`activation` override the config."""
     from golfpack.formats.checkpoint import infer_config, normalize_state_dict
 
+    if num_heads is not None and num_heads <= 0:
+        raise GolfpackError(f"--num-heads must be positive, got {num_heads}")
     p = Path(path)
     if not p.is_file():
         raise GolfpackError(f"{p}: file not found")
