@@ -191,3 +191,33 @@ def test_empty_q_gain(taleef_pt, base, tmp_path):
     base[0] = tmp_path / "no_heads.pt"
     torch.save(sd, base[0])
     assert_user_error(run_cli(*base), "q_gain is empty")
+
+
+def test_val_is_a_folder(base, tmp_path):
+    base[2] = tmp_path
+    assert_user_error(run_cli(*base), f"shard {tmp_path}: is a folder, not a shard file")
+
+
+def test_unreadable_shard_is_one_error_line(base, tmp_path, val_shard, monkeypatch):
+    """An OSError while reading (here EACCES) prints `Error: <path>: <reason>`, via the group and via eval_cmd
+    alone (what `python -m golfpack.evaluator` runs)."""
+    import errno
+
+    from golfpack.evaluator.cli import eval_cmd
+
+    shard = tmp_path / "val_000000.bin"
+    shard.write_bytes(Path(val_shard).read_bytes()[: 1024 + 2 * 4097])
+    shard.chmod(0)
+    base[2] = shard
+    if os.geteuid() == 0:  # root reads mode-000 files anyway: make the read fail the way it would for a user
+        import golfpack.formats.shards as shards
+
+        def refuse(path, *a, **k):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+        monkeypatch.setattr(shards.np, "fromfile", refuse)
+    try:
+        for res in (run_cli(*base), CliRunner().invoke(eval_cmd, list(map(str, base)))):
+            assert_user_error(res, f"Error: {shard}: Permission denied")
+    finally:
+        shard.chmod(0o644)

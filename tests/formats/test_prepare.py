@@ -93,3 +93,14 @@ def test_cli_missing_input_and_tokenizer(sp1024_model, tmp_path):
     src.write_text("hello\n")
     res = CliRunner().invoke(main, ["prepare", str(src), "--tokenizer", str(tmp_path / "no.model"), "-o", str(tmp_path / "o")])
     assert res.exit_code != 0 and "Error: tokenizer" in res.output
+
+
+def test_cli_file_used_as_folder_is_one_error_line(sp1024_model, tmp_path):
+    """-o under a regular file: the OS error (ENOTDIR) becomes `Error: <path>: <reason>`, no traceback."""
+    src = tmp_path / "d.txt"
+    src.write_text("hello\n")
+    out = tmp_path / "d.txt" / "sub"
+    res = CliRunner().invoke(main, ["prepare", str(src), "--tokenizer", str(sp1024_model), "-o", str(out)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip().splitlines() == [f"Error: {out}: Not a directory"]
+    assert src.read_text() == "hello\n"

@@ -7,7 +7,7 @@ import sys
 import click
 
 from golfpack._progress import progress_option
-from golfpack.errors import GolfpackError
+from golfpack.errors import GolfpackError, os_error_message
 from golfpack.model import ACTIVATIONS
 
 
@@ -41,6 +41,10 @@ def eval_cmd(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, devi
              progress, as_json)
     except GolfpackError as e:  # also when run outside the `golfpack` group (python -m golfpack.evaluator)
         raise click.ClickException(str(e)) from None
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # same one-line form as the `golfpack` group gives
+        raise click.ClickException(os_error_message(e)) from None
 
 
 def _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
