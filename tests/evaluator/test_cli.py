@@ -44,6 +44,11 @@ def test_json_report(base):
     assert 3.5 < d["val_bpb"] < 4.5 and d["bytes"] > 4096
     for k in ("val_loss", "val_bpb", "tokens", "bytes", "seconds", "tokens_per_s"):
         assert k in d
+    m = d["model"]  # the config actually used, and where it came from
+    c = m["config"]
+    assert (c["num_layers"], c["model_dim"], c["num_heads"], c["num_kv_heads"], c["vocab_size"]) == (2, 64, 4, 2, 1024)
+    assert c["activation"] == "relu2" and m["source"] == "inferred"
+    assert m["overridden"] == {} and m["assumed"] == ["activation"]
 
 
 def test_text_report_and_sliding(base):
@@ -51,6 +56,20 @@ def test_text_report_and_sliding(base):
     assert res.exit_code == 0, res.output
     assert "val_bpb:" in res.output and "sliding: seq_len 128, stride 32, 125 windows" in res.output
     assert "tokens: 4,096" in res.output
+    assert ("model: 2 layers, dim 64, 4 heads / 2 kv, mlp 64, vocab 1024, activation relu2 (assumed default: "
+            "raw weights do not record it; see --activation); config inferred from weight shapes") in res.output
+
+
+def test_report_shows_overrides(nolanvild_pt, val_shard, sp1024_model):
+    """A relu^3 checkpoint: the report says which activation scored it and that it came from the flag."""
+    args = [nolanvild_pt, "--val", val_shard, "--tokenizer", sp1024_model, "--seq-len", "128", "--max-tokens", "1025"]
+    res = run_cli(*args, "--activation", "relu3", "--num-heads", "4")
+    assert res.exit_code == 0, res.output
+    assert ("model: 3 layers, dim 128, 4 heads / 2 kv, mlp 256, vocab 1024, activation relu3 (--activation); "
+            "config inferred from weight shapes, overridden by --num-heads 4, --activation relu3") in res.output
+    d = json.loads(run_cli(*args, "--activation", "relu3", "--json").output)
+    assert d["model"]["config"]["activation"] == "relu3" and d["model"]["overridden"] == {"activation": "relu3"}
+    assert d["model"]["assumed"] == []
 
 
 def test_wrong_vocab(taleef_pt, val_shard):
@@ -176,6 +195,8 @@ def test_artifacts_fresh_load_and_score(taleef_pt, taleef_ptz, base, tmp_path):
         scores[kind] = json.loads(r.output)
     for kind, d in scores.items():
         assert d["tokens"] == 8192 and d["bytes"] == scores["raw"]["bytes"]
+        assert d["model"]["source"] == ("artifact" if kind == "qgv3" else "inferred"), kind
+        assert d["model"]["config"]["num_layers"] == 2 and d["model"]["config"]["activation"] == "relu2"
         assert d["val_bpb"] == pytest.approx(scores["raw"]["val_bpb"], abs=2e-3), kind
 
 
