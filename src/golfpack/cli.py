@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from golfpack import __version__
-from golfpack.errors import GolfpackError
+from golfpack.errors import GolfpackError, os_error_message
 
 # name -> "module:attribute" of a click command.
 COMMANDS: dict[str, str] = {
@@ -51,6 +51,11 @@ class _LazyGroup(click.Group):
         except GolfpackError as e:
             # User errors: one clear line, no traceback.
             raise click.ClickException(str(e)) from None
+        except BrokenPipeError:
+            raise  # stdout closed by the reader (`| head`): click's own handling exits quietly
+        except OSError as e:
+            # A path the OS refused (missing, unreadable, a file used as a folder): `Error: <path>: <reason>`.
+            raise click.ClickException(os_error_message(e)) from None
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

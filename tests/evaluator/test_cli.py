@@ -44,6 +44,11 @@ def test_json_report(base):
     assert 3.5 < d["val_bpb"] < 4.5 and d["bytes"] > 4096
     for k in ("val_loss", "val_bpb", "tokens", "bytes", "seconds", "tokens_per_s"):
         assert k in d
+    m = d["model"]  # the config actually used, and where it came from
+    c = m["config"]
+    assert (c["num_layers"], c["model_dim"], c["num_heads"], c["num_kv_heads"], c["vocab_size"]) == (2, 64, 4, 2, 1024)
+    assert c["activation"] == "relu2" and m["source"] == "inferred"
+    assert m["overridden"] == {} and m["assumed"] == ["activation"]
 
 
 def test_text_report_and_sliding(base):
@@ -51,6 +56,20 @@ def test_text_report_and_sliding(base):
     assert res.exit_code == 0, res.output
     assert "val_bpb:" in res.output and "sliding: seq_len 128, stride 32, 125 windows" in res.output
     assert "tokens: 4,096" in res.output
+    assert ("model: 2 layers, dim 64, 4 heads / 2 kv, mlp 64, vocab 1024, activation relu2 (assumed default: "
+            "raw weights do not record it; see --activation); config inferred from weight shapes") in res.output
+
+
+def test_report_shows_overrides(nolanvild_pt, val_shard, sp1024_model):
+    """A relu^3 checkpoint: the report says which activation scored it and that it came from the flag."""
+    args = [nolanvild_pt, "--val", val_shard, "--tokenizer", sp1024_model, "--seq-len", "128", "--max-tokens", "1025"]
+    res = run_cli(*args, "--activation", "relu3", "--num-heads", "4")
+    assert res.exit_code == 0, res.output
+    assert ("model: 3 layers, dim 128, 4 heads / 2 kv, mlp 256, vocab 1024, activation relu3 (--activation); "
+            "config inferred from weight shapes, overridden by --num-heads 4, --activation relu3") in res.output
+    d = json.loads(run_cli(*args, "--activation", "relu3", "--json").output)
+    assert d["model"]["config"]["activation"] == "relu3" and d["model"]["overridden"] == {"activation": "relu3"}
+    assert d["model"]["assumed"] == []
 
 
 def test_wrong_vocab(taleef_pt, val_shard):
@@ -176,4 +195,50 @@ def test_artifacts_fresh_load_and_score(taleef_pt, taleef_ptz, base, tmp_path):
         scores[kind] = json.loads(r.output)
     for kind, d in scores.items():
         assert d["tokens"] == 8192 and d["bytes"] == scores["raw"]["bytes"]
+        assert d["model"]["source"] == ("artifact" if kind == "qgv3" else "inferred"), kind
+        assert d["model"]["config"]["num_layers"] == 2 and d["model"]["config"]["activation"] == "relu2"
         assert d["val_bpb"] == pytest.approx(scores["raw"]["val_bpb"], abs=2e-3), kind
+
+
+@pytest.mark.parametrize("heads,msg", [("0", "--num-heads must be positive, got 0"),
+                                       ("3", "model_dim 64 is not divisible by --num-heads 3")])
+def test_bad_num_heads(base, heads, msg):
+    assert_user_error(run_cli(*base, "--num-heads", heads), msg)
+
+
+def test_empty_q_gain(taleef_pt, base, tmp_path):
+    sd = torch.load(taleef_pt, map_location="cpu", weights_only=True)
+    sd["blocks.0.attn.q_gain"] = torch.zeros(0)
+    base[0] = tmp_path / "no_heads.pt"
+    torch.save(sd, base[0])
+    assert_user_error(run_cli(*base), "q_gain is empty")
+
+
+def test_val_is_a_folder(base, tmp_path):
+    base[2] = tmp_path
+    assert_user_error(run_cli(*base), f"shard {tmp_path}: is a folder, not a shard file")
+
+
+def test_unreadable_shard_is_one_error_line(base, tmp_path, val_shard, monkeypatch):
+    """An OSError while reading (here EACCES) prints `Error: <path>: <reason>`, via the group and via eval_cmd
+    alone (what `python -m golfpack.evaluator` runs)."""
+    import errno
+
+    from golfpack.evaluator.cli import eval_cmd
+
+    shard = tmp_path / "val_000000.bin"
+    shard.write_bytes(Path(val_shard).read_bytes()[: 1024 + 2 * 4097])
+    shard.chmod(0)
+    base[2] = shard
+    if os.geteuid() == 0:  # root reads mode-000 files anyway: make the read fail the way it would for a user
+        import golfpack.formats.shards as shards
+
+        def refuse(path, *a, **k):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+        monkeypatch.setattr(shards.np, "fromfile", refuse)
+    try:
+        for res in (run_cli(*base), CliRunner().invoke(eval_cmd, list(map(str, base)))):
+            assert_user_error(res, f"Error: {shard}: Permission denied")
+    finally:
+        shard.chmod(0o644)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from golfpack.errors import GolfpackError
-from golfpack.evaluator.windows import check_stride, plan_windows, usable_targets
+from golfpack.evaluator.windows import check_stride, divisors, plan_windows, usable_targets
 
 
 @st.composite
@@ -80,3 +80,21 @@ def test_default_stride_and_too_few_tokens():
     assert check_stride(1024, None) == 1024
     with pytest.raises(GolfpackError, match="too few val tokens: 256 given.*needs 257"):
         usable_targets(256, 256)
+
+
+@given(st.integers(1, 5000))
+@settings(max_examples=200, deadline=None)
+def test_divisors_match_brute_force(n):
+    assert divisors(n) == [d for d in range(1, n + 1) if n % d == 0]
+
+
+def test_huge_seq_len_stride_error_is_fast():
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(GolfpackError) as e:
+        check_stride(100_000_000, 3)  # 10^8 = 2^8 * 5^8: 81 divisors
+    assert time.perf_counter() - t0 < 0.5  # was ~12 s scanning 1..L
+    assert str(e.value) == ("--stride 3 must divide --seq-len 100000000; valid strides for --seq-len 100000000: "
+                            "1, 2, 4, 5, 8, ..., 10000000, 12500000, 20000000, 25000000, 50000000, 100000000")
+    assert len(divisors(100_000_000)) == 81 and divisors(10**12 + 39) == [1, 10**12 + 39]  # a prime: 10^6 steps

@@ -54,3 +54,64 @@ def test_garbage_file_is_a_clear_error(tmp_path):
     p.write_bytes(b"not a checkpoint")
     with pytest.raises(GolfpackError, match="cannot be read as a torch.save state dict"):
         load_state_dict(p)
+
+
+def _small_sd():
+    cfg = ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_hidden=64)
+    return GPT(cfg).state_dict()
+
+
+@pytest.mark.parametrize("heads,msg", [
+    (0, "--num-heads must be positive, got 0"),
+    (-2, "--num-heads must be positive, got -2"),
+    (3, "model_dim 32 is not divisible by --num-heads 3"),
+])
+def test_bad_num_heads_override(heads, msg):
+    with pytest.raises(GolfpackError, match=msg):
+        infer_config(_small_sd(), num_heads=heads)
+
+
+def test_empty_q_gain_and_kv_heads_not_dividing_heads():
+    sd = _small_sd()
+    sd["blocks.0.attn.q_gain"] = torch.zeros(0)
+    with pytest.raises(GolfpackError, match="q_gain is empty, so the head count cannot be inferred: pass --num-heads"):
+        infer_config(sd)
+    sd = _small_sd()
+    sd["blocks.0.attn.c_k.weight"] = torch.zeros(24, 32)  # 3 kv heads of head_dim 8 cannot serve 4 query heads
+    with pytest.raises(GolfpackError, match=r"3 kv heads \(c_k rows 24 / head_dim 8\) do not divide num_heads 4"):
+        infer_config(sd)
+    sd["blocks.0.attn.c_k.weight"] = torch.zeros(0, 32)
+    with pytest.raises(GolfpackError, match="c_k rows 0 are not a positive multiple of head_dim 8"):
+        infer_config(sd)
+
+
+@pytest.mark.parametrize("kind", ["fp16", "mix"])
+def test_half_precision_checkpoint_loads_and_scores(kind, nolanvild_pt, val_shard, sp1024_model, tmp_path):
+    """fp16 (or an fp16/bf16/fp32 mix) on disk: same inferred config, scores within 1e-3 of the fp32 file."""
+    from golfpack.evaluator.api import evaluate_path
+    from golfpack.formats.checkpoint import normalize_state_dict
+
+    sd = load_state_dict(nolanvild_pt)
+    if kind == "fp16":
+        half = {k: v.half() for k, v in sd.items()}
+    else:  # embedding bf16 (as the upstream baseline stores it), matrices fp16, 1-D/control tensors fp32
+        half = {k: v.bfloat16() if k == "tok_emb.weight" else (v.half() if v.ndim == 2 and "resid_mix" not in k else v)
+                for k, v in sd.items()}
+    path = tmp_path / f"{kind}.pt"
+    torch.save(half, path)
+    back = load_state_dict(path)
+    assert back["blocks.0.attn.c_q.weight"].dtype == torch.float16
+    assert back["tok_emb.weight"].dtype == (torch.float16 if kind == "fp16" else torch.bfloat16)
+    assert back["blocks.0.attn.q_gain"].dtype == (torch.float16 if kind == "fp16" else torch.float32)
+    assert infer_config(back, activation="relu3") == infer_config(sd, activation="relu3")
+    assert normalize_state_dict(half).keys() == sd.keys()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared CI box: small model, one thread is faster
+    try:
+        kw = dict(val=str(val_shard), tokenizer=sp1024_model, seq_len=256, max_tokens=16_385, activation="relu3")
+        ref, got = evaluate_path(nolanvild_pt, **kw), evaluate_path(path, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert got.tokens == ref.tokens == 16_384 and got.bytes == ref.bytes
+    assert got.val_bpb != ref.val_bpb  # the rounding really happened...
+    assert abs(got.val_bpb - ref.val_bpb) < 1e-3  # ...and costs almost nothing

@@ -54,7 +54,7 @@ def test_bad_json_leaves_nothing_behind(sp1024_model, tmp_path):
     out = tmp_path / "o"
     with pytest.raises(GolfpackError, match="line 51: not valid JSON"):
         prepare([src], sp1024_model, out, shard_tokens=100)
-    assert list(out.iterdir()) == []  # no shard and no temp folder left
+    assert not out.exists()  # no shard, no temp folder, and not the -o folder this run created
     src.write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(GolfpackError, match="string 'text' field"):
         prepare([src], sp1024_model, out)
@@ -93,3 +93,34 @@ def test_cli_missing_input_and_tokenizer(sp1024_model, tmp_path):
     src.write_text("hello\n")
     res = CliRunner().invoke(main, ["prepare", str(src), "--tokenizer", str(tmp_path / "no.model"), "-o", str(tmp_path / "o")])
     assert res.exit_code != 0 and "Error: tokenizer" in res.output
+
+
+def test_cli_file_used_as_folder_is_one_error_line(sp1024_model, tmp_path):
+    """-o under a regular file: the OS error (ENOTDIR) becomes `Error: <path>: <reason>`, no traceback."""
+    src = tmp_path / "d.txt"
+    src.write_text("hello\n")
+    out = tmp_path / "d.txt" / "sub"
+    res = CliRunner().invoke(main, ["prepare", str(src), "--tokenizer", str(sp1024_model), "-o", str(out)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip().splitlines() == [f"Error: {out}: Not a directory"]
+    assert src.read_text() == "hello\n"
+
+
+def test_failed_run_removes_only_the_folders_it_created(sp1024_model, tmp_path):
+    src = tmp_path / "empty.txt"
+    src.write_text("\n\n")  # no documents: prepare fails after creating -o
+    nested = tmp_path / "a" / "b" / "c"
+    with pytest.raises(GolfpackError, match="no documents"):
+        prepare([src], sp1024_model, nested)
+    assert not (tmp_path / "a").exists()  # all three levels were ours and empty
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    with pytest.raises(GolfpackError, match="no documents"):
+        prepare([src], sp1024_model, kept / "new")
+    assert kept.is_dir() and list(kept.iterdir()) == []  # the user's folder stays, our child of it goes
+    with pytest.raises(GolfpackError, match="no documents"):
+        prepare([src], sp1024_model, kept)
+    assert kept.is_dir()  # existed before the run: never removed, even though empty
+    res = CliRunner().invoke(main, ["prepare", str(src), "--tokenizer", str(sp1024_model), "-o", str(tmp_path / "cli")])
+    assert res.exit_code == 1 and res.output.strip().splitlines() == ["Error: the inputs contain no documents; nothing to write"]
+    assert not (tmp_path / "cli").exists()

@@ -45,6 +45,7 @@ class EvalResult:
     windows: int = 0  # windows run over all ranks
     device: str = "cpu"  # device of rank 0
     world_size: int = 1  # processes that shared the windows
+    model: dict[str, Any] | None = None  # config used and its provenance (evaluate_path; see model_info)
 
     @property
     def mode(self) -> str:
@@ -174,6 +175,24 @@ def evaluate(
 def load_model(path: str | os.PathLike[str], *, num_heads: int | None = None, activation: str | None = None,
                device: str | torch.device = "cpu") -> torch.nn.Module:
     """Fresh-load a raw .pt, legacy .ptz or QGv3 artifact as an fp32 GPT on `device`."""
+    return load_model_with_info(path, num_heads=num_heads, activation=activation, device=device)[0]
+
+
+def model_info(cfg: Any, source: str, num_heads: int | None = None, activation: str | None = None) -> dict[str, Any]:
+    """The config a score was computed with and where it came from, for the report.
+
+    source: "artifact" (QGv3 header) or "inferred" (weight shapes). `overridden` lists the options
+    applied on top; `assumed` the fields a raw checkpoint cannot tell that were left at their default
+    (the activation: a relu^3 model scored as relu2 gives a valid but wrong number, so say so).
+    """
+    overridden = {k: v for k, v in (("num_heads", num_heads), ("activation", activation)) if v is not None}
+    assumed = ["activation"] if source == "inferred" and activation is None else []
+    return {"config": cfg.to_dict(), "source": source, "overridden": overridden, "assumed": assumed}
+
+
+def load_model_with_info(path: str | os.PathLike[str], *, num_heads: int | None = None, activation: str | None = None,
+                         device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """`load_model` plus `model_info` of the config it used."""
     from golfpack.formats.checkpoint import check_state_dict, infer_config
     from golfpack.model import build_model
 
@@ -183,15 +202,15 @@ def load_model(path: str | os.PathLike[str], *, num_heads: int | None = None, ac
         load_any = None
     if load_any is not None:
         lm = load_any(path, num_heads=num_heads, activation=activation)
-        sd, cfg = lm.state_dict, lm.config
+        sd, cfg, source = lm.state_dict, lm.config, lm.config_source
     else:
         from golfpack.formats.checkpoint import load_state_dict
 
-        sd, cfg = load_state_dict(path), None
+        sd, cfg, source = load_state_dict(path), None, ""
     if cfg is None:  # foreign schema or no loader: infer_config raises the precise key/shape error
-        cfg = infer_config(sd, num_heads=num_heads, activation=activation)
+        cfg, source = infer_config(sd, num_heads=num_heads, activation=activation), "inferred"
     check_state_dict(sd, cfg)
-    return build_model(cfg, sd, device=device)
+    return build_model(cfg, sd, device=device), model_info(cfg, source, num_heads, activation)
 
 
 def evaluate_path(
@@ -216,11 +235,14 @@ def evaluate_path(
     if max_tokens is not None and max_tokens <= 0:
         raise GolfpackError(f"--max-tokens must be positive, got {max_tokens}")
     dev = dist.device if dist is not None else resolve_device(device)
-    model = load_model(path, num_heads=num_heads, activation=activation, device=dev)
+    model, info = load_model_with_info(path, num_heads=num_heads, activation=activation, device=dev)
     luts = build_luts(tokenizer, model.config.vocab_size)
     tokens = load_tokens(val, max_tokens)
-    return evaluate(model, tokens, luts, seq_len=seq_len, stride=stride, batch_size=batch_size, device=dev,
-                    dist=dist, progress=progress)
+    r = evaluate(model, tokens, luts, seq_len=seq_len, stride=stride, batch_size=batch_size, device=dev,
+                 dist=dist, progress=progress)
+    r.model = info
+    return r
 
 
-__all__ = ["ByteLUTs", "DEFAULT_BATCH_SIZE", "EvalResult", "build_luts", "evaluate", "evaluate_path", "load_model"]
+__all__ = ["ByteLUTs", "DEFAULT_BATCH_SIZE", "EvalResult", "build_luts", "evaluate", "evaluate_path", "load_model",
+           "load_model_with_info", "model_info"]

@@ -7,7 +7,7 @@ import sys
 import click
 
 from golfpack._progress import progress_option
-from golfpack.errors import GolfpackError
+from golfpack.errors import GolfpackError, os_error_message
 from golfpack.model import ACTIVATIONS
 
 
@@ -41,6 +41,10 @@ def eval_cmd(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, devi
              progress, as_json)
     except GolfpackError as e:  # also when run outside the `golfpack` group (python -m golfpack.evaluator)
         raise click.ClickException(str(e)) from None
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # same one-line form as the `golfpack` group gives
+        raise click.ClickException(os_error_message(e)) from None
 
 
 def _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
@@ -73,7 +77,24 @@ def _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, 
         + (f" over {r.world_size} ranks" if r.world_size > 1 else "") + ")",
         f"seconds: {r.seconds:.2f}  tokens/s: {r.tokens_per_s:,.0f}  device: {r.device}",
     ]
+    if r.model is not None:
+        lines.append(model_line(r.model))
     emit(report, as_json, lines)
+
+
+def model_line(info: dict) -> str:
+    """One text line naming the config the score used and where each part came from."""
+    c = info["config"]
+    act = c["activation"]
+    if "activation" in info["overridden"]:
+        act += " (--activation)"
+    elif "activation" in info["assumed"]:
+        act += " (assumed default: raw weights do not record it; see --activation)"
+    where = {"artifact": "from the artifact header", "inferred": "inferred from weight shapes"}.get(info["source"], info["source"])
+    if info["overridden"]:
+        where += ", overridden by " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in info["overridden"].items())
+    return (f"model: {c['num_layers']} layers, dim {c['model_dim']}, {c['num_heads']} heads / {c['num_kv_heads']} kv, "
+            f"mlp {c['mlp_hidden']}, vocab {c['vocab_size']}, activation {act}; config {where}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,11 +66,24 @@ def check_stride(seq_len: int, stride: int | None) -> int:
     if stride is None:
         return seq_len
     if stride <= 0 or stride > seq_len or seq_len % stride:
-        divs = [d for d in range(1, seq_len + 1) if seq_len % d == 0]
+        divs = divisors(seq_len)
         shown = divs if len(divs) <= 12 else divs[:5] + ["..."] + divs[-6:]
         why = "must be positive" if stride <= 0 else ("must not exceed --seq-len" if stride > seq_len else f"must divide --seq-len {seq_len}")
         raise GolfpackError(f"--stride {stride} {why}; valid strides for --seq-len {seq_len}: {', '.join(map(str, shown))}")
     return stride
+
+
+def divisors(n: int) -> list[int]:
+    """Divisors of n > 0 in increasing order, in O(sqrt n) (a huge --seq-len must not stall the error)."""
+    small, large = [], []
+    d = 1
+    while d * d <= n:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return small + large[::-1]
 
 
 def usable_targets(num_tokens: int, seq_len: int) -> int:
@@ -101,4 +114,4 @@ def plan_windows(num_targets: int, seq_len: int, stride: int) -> WindowPlan:
     return WindowPlan(L, S, M, starts, score_from)
 
 
-__all__ = ["WindowPlan", "check_stride", "plan_windows", "usable_targets"]
+__all__ = ["WindowPlan", "check_stride", "divisors", "plan_windows", "usable_targets"]

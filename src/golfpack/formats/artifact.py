@@ -29,6 +29,7 @@ class LoadedModel:
     kind: str  # "raw" | "int8ptz" | "qgv3"
     artifact: Any = None  # the decoded QGv3Artifact (kind == "qgv3"), for verify/inspect
     info: dict[str, Any] = field(default_factory=dict)  # e.g. {"codec": "zlib"} for legacy files
+    config_source: str = ""  # "artifact" (QGv3 header) | "inferred" (from shapes) | "" (config is None)
 
 
 def sniff(head: bytes) -> str:
@@ -62,6 +63,8 @@ def load_any(
     """Load a QGv3 / legacy .ptz / raw .pt file. `num_heads`/`activation` override the config."""
     from golfpack.formats.checkpoint import infer_config, normalize_state_dict
 
+    if num_heads is not None and num_heads <= 0:
+        raise GolfpackError(f"--num-heads must be positive, got {num_heads}")
     p = Path(path)
     if not p.is_file():
         raise GolfpackError(f"{p}: file not found")
@@ -106,12 +109,13 @@ def load_any(
         sd = load_state_dict(p)
     else:
         raise GolfpackError(f"{p}: not a QGv3 artifact, legacy .ptz or torch checkpoint (unrecognised first bytes)")
+    source = "artifact" if config is not None else ""
     if config is None:
         try:
-            config = infer_config(sd, num_heads=num_heads, activation=activation)
+            config, source = infer_config(sd, num_heads=num_heads, activation=activation), "inferred"
         except GolfpackError:
             config = None  # foreign schema: still loadable as tensors (pack/inspect), not as our GPT
-    return LoadedModel(state_dict=sd, config=config, kind=kind, artifact=artifact, info=info)
+    return LoadedModel(state_dict=sd, config=config, kind=kind, artifact=artifact, info=info, config_source=source)
 
 
 __all__ = ["LoadedModel", "load_any", "sniff"]

@@ -112,18 +112,32 @@ def infer_config(
         if "blocks.0.attn.q_gain" not in sd:
             raise GolfpackError("cannot infer the head count (no q_gain): pass --num-heads")
         num_heads = int(sd["blocks.0.attn.q_gain"].numel())
+        if num_heads == 0:
+            raise GolfpackError("blocks.0.attn.q_gain is empty, so the head count cannot be inferred: pass --num-heads")
+        given = f"num_heads {num_heads} (from q_gain)"
+    else:
+        if num_heads <= 0:
+            raise GolfpackError(f"--num-heads must be positive, got {num_heads}")
+        given = f"--num-heads {num_heads}"
+    # Checked here, before any division, so a bad count is a clear message rather than a ZeroDivisionError.
     if dim % num_heads:
-        raise GolfpackError(f"model_dim {dim} is not divisible by num_heads {num_heads}")
+        raise GolfpackError(f"model_dim {dim} is not divisible by {given}: pass a --num-heads that divides {dim}")
     head_dim = dim // num_heads
-    if kv_dim % head_dim:
-        raise GolfpackError(f"c_k rows {kv_dim} are not a multiple of head_dim {head_dim}")
+    if kv_dim == 0 or kv_dim % head_dim:
+        raise GolfpackError(f"c_k rows {kv_dim} are not a positive multiple of head_dim {head_dim} ({dim} / {given})")
+    num_kv_heads = kv_dim // head_dim
+    if num_heads % num_kv_heads:
+        raise GolfpackError(
+            f"{num_kv_heads} kv heads (c_k rows {kv_dim} / head_dim {head_dim}) do not divide {given}: "
+            "pass the --num-heads the model was trained with"
+        )
 
     fields: dict[str, Any] = dict(
         vocab_size=vocab,
         num_layers=num_layers,
         model_dim=dim,
         num_heads=num_heads,
-        num_kv_heads=kv_dim // head_dim,
+        num_kv_heads=num_kv_heads,
         mlp_hidden=hidden,
         tie_embeddings="lm_head.weight" not in sd,
         skip_weights="skip_weights" in sd,

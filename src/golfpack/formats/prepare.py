@@ -135,7 +135,34 @@ def prepare(
         raise GolfpackError(f"tokenizer {tokenizer} has no BOS piece; the challenge shards start every document with BOS")
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    made = _missing_dirs(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return _encode_into(out, paths, sp, bos, shard_tokens=shard_tokens, prefix=prefix, fmt=fmt, per_line=per_line,
+                            text_field=text_field, overwrite=overwrite, progress=progress)
+    except BaseException:
+        # A failed run leaves no trace: drop the folders this call created, deepest first, while still empty
+        # (rmdir refuses a non-empty one, so nothing the user put there can go).
+        for d in made:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _missing_dirs(out: Path) -> list[Path]:
+    """`out` and its ancestors that do not exist yet (what mkdir(parents=True) will create), deepest first."""
+    missing: list[Path] = []
+    p = out
+    while not p.exists() and not p.is_symlink() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def _encode_into(out: Path, paths: list[Path], sp, bos: int, *, shard_tokens: int, prefix: str, fmt: str,
+                 per_line: bool, text_field: str, overwrite: bool, progress: bool | None) -> PrepareReport:
     old = sorted(out.glob(f"{prefix}_[0-9][0-9][0-9][0-9][0-9][0-9].bin"))
     if old and not overwrite:
         raise GolfpackError(f"{out} already has {len(old)} '{prefix}_*.bin' shard(s); pass --overwrite or another --prefix/-o")

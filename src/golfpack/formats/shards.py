@@ -27,6 +27,8 @@ MAX_TOKEN_ID = 65535
 def read_shard_header(path: str | os.PathLike[str]) -> int:
     """Validate a shard's header and size; return its token count."""
     path = Path(path)
+    if path.is_dir():  # e.g. --val data/ : name the shards, not their folder
+        raise GolfpackError(f"shard {path}: is a folder, not a shard file: pass a shard path or a quoted glob like '{path}/*.bin'")
     if not path.is_file():
         raise GolfpackError(f"shard {path}: file not found")
     size = path.stat().st_size
