@@ -29,6 +29,8 @@ from torch import Tensor
 from golfpack._io import atomic_write
 from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
+from golfpack.evaluator.api import evaluate
+from golfpack.evaluator.luts import build_luts
 from golfpack.model import GPT, ModelConfig, count_params
 from golfpack.trainer.config import MICROBATCH_DIVISOR, TrainConfig
 from golfpack.trainer.data import DistributedTokenLoader, check_train_shards
@@ -198,7 +200,7 @@ class _Validator:
         lo, hi = nseq * dist_.rank // dist_.world_size, nseq * (dist_.rank + 1) // dist_.world_size
         self.tokens = tokens[lo * seq : hi * seq + 1]
         self.batch_seqs = max(1, cfg.val_batch_tokens // (dist_.world_size * seq))
-        self.luts = _build_luts(cfg.tokenizer_path, cfg.vocab_size)
+        self.luts = build_luts(cfg.tokenizer_path, cfg.vocab_size)
 
     def __call__(self, model: GPT) -> tuple[float, float]:
         model.eval()
@@ -213,73 +215,13 @@ class _Validator:
         return val_loss, nll / math.log(2.0) / max(nbytes, 1.0)
 
 
-def _build_luts(tokenizer_path: str, vocab_size: int) -> Any:
-    try:
-        from golfpack.evaluator.api import build_luts
-    except ImportError:
-        return _fallback_luts(tokenizer_path, vocab_size)
-    return build_luts(tokenizer_path, vocab_size)
-
-
 def _score(model: GPT, tokens: np.ndarray, luts: Any, seq_len: int, batch_seqs: int, device: torch.device) -> tuple[float, float, float]:
-    """(sum of nll in nats, target tokens, target bytes) over this rank's share."""
+    """(sum of nll in nats, target tokens, target bytes) over this rank's share, via the one evaluator."""
     if tokens.size <= 1:
         return 0.0, 0.0, 0.0
-    try:
-        from golfpack.evaluator.api import evaluate
-    except ImportError:
-        return _fallback_score(model, tokens, luts, seq_len, batch_seqs, device)
     r = evaluate(model, torch.from_numpy(tokens.astype(np.int64)), luts, seq_len=seq_len, stride=seq_len,
                  batch_size=batch_seqs, device=device)
     return r.val_loss * r.tokens, float(r.tokens), float(r.bytes)
-
-
-# Private stand-in used only until golfpack.evaluator.api exists (then the evaluator is the one eval path).
-@dataclass
-class _Luts:
-    base_bytes: Tensor
-    has_leading_space: Tensor
-    is_boundary: Tensor
-
-
-def _fallback_luts(tokenizer_path: str, vocab_size: int) -> _Luts:
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
-    n = max(int(sp.vocab_size()), vocab_size)
-    base = torch.zeros(n, dtype=torch.int64)
-    space = torch.zeros(n, dtype=torch.bool)
-    boundary = torch.ones(n, dtype=torch.bool)
-    for i in range(int(sp.vocab_size())):
-        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
-            continue
-        boundary[i] = False
-        if sp.is_byte(i):
-            base[i] = 1
-            continue
-        piece = sp.id_to_piece(i)
-        if piece.startswith("\u2581"):
-            space[i] = True
-            piece = piece[1:]
-        base[i] = len(piece.encode("utf-8"))
-    return _Luts(base, space, boundary)
-
-
-def _fallback_score(model: GPT, tokens: np.ndarray, luts: _Luts, seq_len: int, batch_seqs: int, device: torch.device) -> tuple[float, float, float]:
-    t = torch.from_numpy(tokens.astype(np.int64))
-    nseq = (t.numel() - 1) // seq_len
-    nll = ntok = nbytes = 0.0
-    for s in range(0, nseq, batch_seqs):
-        e = min(s + batch_seqs, nseq)
-        chunk = t[s * seq_len : e * seq_len + 1]
-        x = chunk[:-1].reshape(-1, seq_len).to(device)
-        y = chunk[1:].reshape(-1, seq_len).to(device)
-        nll += float(model.token_nll(x, y).double().sum())
-        ntok += y.numel()
-        xc, yc = x.cpu(), y.cpu()
-        b = luts.base_bytes[yc] + (luts.has_leading_space[yc] & ~luts.is_boundary[xc]).long()
-        nbytes += float(b.sum())
-    return nll, ntok, nbytes
 
 
 # ---------------------------------------------------------------------------------------------
