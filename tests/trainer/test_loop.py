@@ -72,6 +72,29 @@ def test_checkpoint_scores_the_same_after_reload(tiny_run, heldout_path):
     assert vb == pytest.approx(r.val_history[-1]["val_bpb"], abs=1e-5)
 
 
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+def test_val_batch_per_rank_is_the_baselines(world):
+    from golfpack.trainer.loop import val_batch_seqs
+
+    # Baseline: VAL_BATCH_SIZE // (world_size * grad_accum_steps) tokens per rank-forward = 524288 // 8 = 64 x 1024.
+    assert val_batch_seqs(load_config("baseline"), world) == 64
+    assert val_batch_seqs(load_config("tiny"), world) == 16_384 // 8 // 128
+
+
+def test_validator_forwards_one_eighth_of_the_val_batch(tiny_run, heldout_path, monkeypatch):
+    import golfpack.trainer.loop as loop
+    from golfpack.formats.shards import load_tokens
+
+    cfg, _ = tiny_run  # val_batch_tokens 4096, seq 64: 4096 // 8 = 512 tokens = 8 sequences per forward
+    model = GPT(cfg.model_config())
+    toks = load_tokens(heldout_path, cfg.val_max_tokens)  # 4097 tokens = 64 sequences
+    sizes = []
+    real_hidden = model.hidden
+    monkeypatch.setattr(model, "hidden", lambda x: sizes.append(tuple(x.shape)) or real_hidden(x))
+    loop._Validator(cfg, toks, loop._Dist(0, 1, 0, torch.device("cpu")))(model)
+    assert sizes == [(8, 64)] * 8
+
+
 def test_warmup_steps_are_undone_and_ema_is_saved(tmp_path, train_shards):
     runs = {}
     for name, extra in {"plain": {}, "warm": {"warmup_steps": 2}, "ema": {"ema_decay": 0.9}}.items():
@@ -124,7 +147,8 @@ def test_wallclock_cap_stops_training(tmp_path, train_shards):
 # -- bad input: one clear error before any compute -------------------------------------------
 
 
-def test_bad_inputs_fail_before_compute(tmp_path, train_shards, val_path, sp1024_path, monkeypatch):
+def test_bad_inputs_fail_before_compute(tmp_path, train_shards, val_path, heldout_path, sp1024_path, monkeypatch):
+    heldout = heldout_path
     def run(**extra):
         train(load_config("tiny", overrides=tiny_overrides(train_shards, tmp_path / "out", **extra)), echo=None)
 
@@ -138,6 +162,8 @@ def test_bad_inputs_fail_before_compute(tmp_path, train_shards, val_path, sp1024
         run(vocab_size=512)
     with pytest.raises(GolfpackError, match="never train on the val tokens"):
         run(train_files=val_path)
+    with pytest.raises(GolfpackError, match="val_batch_tokens 256 gives each rank less than one sequence.* at least 8 x train_seq_len 64 = 512"):
+        run(val_files=heldout, tokenizer_path=str(sp1024_path), val_batch_tokens=256)
     with pytest.raises(GolfpackError, match="tokenizer .*: file not found"):
         run(tokenizer_path=str(tmp_path / "nope.model"))
     monkeypatch.setenv("WORLD_SIZE", "3")

@@ -54,7 +54,7 @@ class TrainConfig:
     train_batch_tokens: int = 524_288  # GLOBAL tokens per optimizer step (all ranks, all micro-batches)
     train_seq_len: int = 1024  # training sequence length
     val_loss_every: int = 1000  # validate every N steps (0 = only at the end)
-    val_batch_tokens: int = 524_288  # tokens per validation forward batch (global)
+    val_batch_tokens: int = 524_288  # global val batch (baseline VAL_BATCH_SIZE): each rank forwards val_batch_tokens // 8 tokens at a time
     train_log_every: int = 200  # log train_loss every N steps (and each of the first 10)
     # --- optimizers ---------------------------------------------------------------------------
     embed_lr: float = 0.6  # Adam lr of tok_emb when embeddings are untied

@@ -131,6 +131,16 @@ class _Plan:
     qat_policy: Any  # golfpack.packer.policy.Policy | None
 
 
+def val_batch_seqs(cfg: TrainConfig, world_size: int) -> int:
+    """Sequences per validation forward on one rank.
+
+    As the baseline: val_batch_tokens // (world_size * grad_accum_steps) tokens per rank, so one
+    process scores 1/8 of val_batch_tokens per forward, the same per-forward size as each of 8 GPUs.
+    """
+    grad_accum = MICROBATCH_DIVISOR // world_size
+    return cfg.val_batch_tokens // (world_size * grad_accum) // cfg.train_seq_len
+
+
 def check_config(cfg: TrainConfig, world_size: int) -> _Plan:
     """Every user-fixable problem becomes one GolfpackError here, before a model is built."""
     if world_size <= 0 or MICROBATCH_DIVISOR % world_size:
@@ -168,6 +178,13 @@ def check_config(cfg: TrainConfig, world_size: int) -> _Plan:
     if cfg.val_files:
         if not cfg.tokenizer_path:
             raise GolfpackError("validation needs tokenizer_path (val_bpb counts bytes with the tokenizer)")
+        if val_batch_seqs(cfg, world_size) < 1:
+            need = MICROBATCH_DIVISOR * cfg.train_seq_len
+            raise GolfpackError(
+                f"val_batch_tokens {cfg.val_batch_tokens} gives each rank less than one sequence per forward: it is split "
+                f"into {MICROBATCH_DIVISOR} (world_size x grad_accum_steps) parts, so set it to at least "
+                f"{MICROBATCH_DIVISOR} x train_seq_len {cfg.train_seq_len} = {need}"
+            )
         from golfpack.formats.shards import load_tokens
 
         val_tokens = load_tokens(cfg.val_files, cfg.val_max_tokens or None)
@@ -199,7 +216,7 @@ class _Validator:
         nseq = (tokens.size - 1) // seq
         lo, hi = nseq * dist_.rank // dist_.world_size, nseq * (dist_.rank + 1) // dist_.world_size
         self.tokens = tokens[lo * seq : hi * seq + 1]
-        self.batch_seqs = max(1, cfg.val_batch_tokens // (dist_.world_size * seq))
+        self.batch_seqs = val_batch_seqs(cfg, dist_.world_size)
         self.luts = build_luts(cfg.tokenizer_path, cfg.vocab_size)
 
     def __call__(self, model: GPT) -> tuple[float, float]:
@@ -562,4 +579,4 @@ def _metadata(cfg: TrainConfig, mcfg: ModelConfig, r: TrainResult, d: _Dist, pla
     }
 
 
-__all__ = ["CHECKPOINT_NAME", "LOG_NAME", "METADATA_NAME", "TrainResult", "check_config", "git_revision", "train"]
+__all__ = ["CHECKPOINT_NAME", "LOG_NAME", "METADATA_NAME", "TrainResult", "check_config", "git_revision", "train", "val_batch_seqs"]
