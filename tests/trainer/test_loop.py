@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,8 +57,57 @@ def test_outputs_checkpoint_metadata_and_log(tiny_run):
     assert [int(m.group(1)) for m in train_lines] == list(range(1, 21))
     assert [float(m.group(3)) for m in train_lines] == [round(l, 4) for _, l in r.train_losses]
     assert [int(m.group(1)) for m in val_lines] == [0, 10, 20]
-    assert any(l.startswith("Serialized model:") for l in lines)
+    assert any(SERIALIZED_RE.match(l) for l in lines)
     assert isinstance(model, GPT)
+
+
+# The baseline train_gpt.py's own line formats (its log parsers rely on them), in the order it prints the header.
+BASELINE_HEADER = [
+    ("val_bpb", r"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path=(\S+)"),
+    ("train_loader", r"train_loader:dataset:(\S+) train_shards:(\d+)"),
+    ("val_loader", r"val_loader:shards pattern=(\S+) tokens:(\d+)"),
+    ("model_params", r"model_params:(\d+)"),
+    ("world_size", r"world_size:(\d+) grad_accum_steps:(\d+)"),
+    ("sdp_backends", r"sdp_backends:cudnn=(True|False) flash=(True|False) mem_efficient=(True|False) math=(True|False)"),
+    ("attention_mode", r"attention_mode:(gqa|mha) num_heads:(\d+) num_kv_heads:(\d+)"),
+    ("lrs", r"tie_embeddings:(True|False) embed_lr:(\S+) head_lr:(\S+) matrix_lr:(\S+) scalar_lr:(\S+)"),
+    ("batch", r"train_batch_tokens:(\d+) train_seq_len:(\d+) iterations:(\d+) warmup_steps:(\d+) max_wallclock_seconds:(\d+\.\d{3})"),
+    ("seed", r"seed:(\d+)"),
+]
+WARMUP_RE = re.compile(r"^warmup_step:(\d+)/(\d+)$")
+SERIALIZED_RE = re.compile(r"^Serialized model: (\d+) bytes$")
+
+
+def test_log_lines_use_the_baseline_formats(tmp_path, train_shards, heldout_path, sp1024_path):
+    cfg = load_config("tiny", overrides=tiny_overrides(train_shards, tmp_path, heldout_path, str(sp1024_path), iterations=3,
+                                                        warmup_steps=2, val_loss_every=2, train_log_every=1))
+    r = train(cfg, echo=None)
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    found = {}
+    for name, pat in BASELINE_HEADER:
+        hits = [(i, m) for i, m in enumerate(re.fullmatch(pat, l) for l in lines) if m]
+        assert len(hits) == 1, (name, lines)
+        found[name] = hits[0]
+    assert [found[n][0] for n, _ in BASELINE_HEADER] == sorted(found[n][0] for n, _ in BASELINE_HEADER)  # baseline order
+    g = {n: m.groups() for n, (_, m) in found.items()}
+    assert g["val_bpb"] == (str(sp1024_path),)
+    assert g["train_loader"] == (Path(train_shards).parent.name, "2")
+    assert g["val_loader"] == (heldout_path, "4096")  # val_max_tokens 4097 -> 64 sequences of 64
+    assert int(g["model_params"][0]) == sum(p.numel() for p in GPT(cfg.model_config()).parameters())
+    assert g["world_size"] == ("1", "8")
+    assert g["attention_mode"] == ("gqa", "4", "2")
+    assert g["lrs"] == ("True", str(cfg.tied_embed_lr), "0.0", str(cfg.matrix_lr), str(cfg.scalar_lr))
+    assert g["batch"] == ("2048", "64", "3", "2", "0.000")
+    assert g["seed"] == ("1337",)
+    assert [m.groups() for m in map(WARMUP_RE.match, lines) if m] == [("1", "2"), ("2", "2")]
+    assert [m.group(1) for m in map(TRAIN_RE.match, lines) if m] == ["1", "2", "3"]
+    assert [(m.group(1), m.group(2)) for m in map(VAL_RE.match, lines) if m] == [("0", "3"), ("2", "3"), ("3", "3")]
+    ser = [m for m in map(SERIALIZED_RE.match, lines) if m]
+    assert len(ser) == 1 and int(ser[0].group(1)) == r.checkpoint.stat().st_size
+    # Every other line is golfpack's own, on a line of its own.
+    baseline_res = [re.compile(p) for _, p in BASELINE_HEADER] + [WARMUP_RE, TRAIN_RE, VAL_RE, SERIALIZED_RE]
+    rest = [l for l in lines if not any(p.fullmatch(l) for p in baseline_res)]
+    assert rest and all(l.startswith("golfpack_") for l in rest), rest
 
 
 def test_checkpoint_scores_the_same_after_reload(tiny_run, heldout_path):

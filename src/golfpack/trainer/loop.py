@@ -31,7 +31,7 @@ from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
 from golfpack.evaluator.api import evaluate
 from golfpack.evaluator.luts import build_luts
-from golfpack.model import GPT, ModelConfig, count_params
+from golfpack.model import GPT, ModelConfig
 from golfpack.trainer.config import MICROBATCH_DIVISOR, TrainConfig
 from golfpack.trainer.data import DistributedTokenLoader, check_train_shards
 from golfpack.trainer.optim import build_optimizers, lr_multiplier, muon_momentum_at, newton_schulz, set_schedule
@@ -336,6 +336,16 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    # Header lines print in the baseline's exact formats and order (so its log parsers work on our logs);
+    # what only golfpack has goes on separate `golfpack_*:` lines.
+    validator = _Validator(cfg, plan.val_tokens, d) if plan.val_tokens is not None else None
+    if validator is not None:
+        log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={cfg.tokenizer_path}")
+    else:
+        log("golfpack_val:disabled (val_files is empty: no val_loss/val_bpb lines)")
+    log(f"train_loader:dataset:{plan.train_files[0].parent.name} train_shards:{len(plan.train_files)}")
+    if validator is not None:
+        log(f"val_loader:shards pattern={cfg.val_files} tokens:{plan.val_tokens.size - 1}")
     _seed_all(cfg.seed)
     mcfg = cfg.model_config()
     model = GPT(mcfg).to(device)
@@ -360,17 +370,24 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
     params = [p for p in model.parameters()]
 
     accum = plan.grad_accum_steps
-    validator = _Validator(cfg, plan.val_tokens, d) if plan.val_tokens is not None else None
-
-    log(f"model_params:{count_params(mcfg)} layers:{mcfg.num_layers} dim:{mcfg.model_dim} heads:{mcfg.num_heads} "
-        f"kv_heads:{mcfg.num_kv_heads} mlp_hidden:{mcfg.mlp_hidden} vocab:{mcfg.vocab_size}")
-    log(f"world_size:{d.world_size} grad_accum_steps:{accum} device:{device.type} compile:{use_compile} "
-        f"bf16:{cuda and cfg.bf16}")
+    untied = model.lm_head is not None
+    log(f"model_params:{sum(p.numel() for p in model.parameters())}")
+    log(f"world_size:{d.world_size} grad_accum_steps:{accum}")
+    # golfpack leaves torch's SDPA backend choice alone: report what is actually enabled.
+    log(f"sdp_backends:cudnn={torch.backends.cuda.cudnn_sdp_enabled()} flash={torch.backends.cuda.flash_sdp_enabled()} "
+        f"mem_efficient={torch.backends.cuda.mem_efficient_sdp_enabled()} math={torch.backends.cuda.math_sdp_enabled()}")
+    log(f"attention_mode:{'gqa' if mcfg.num_kv_heads != mcfg.num_heads else 'mha'} num_heads:{mcfg.num_heads} "
+        f"num_kv_heads:{mcfg.num_kv_heads}")
+    log(f"tie_embeddings:{mcfg.tie_embeddings} embed_lr:{cfg.embed_lr if untied else cfg.tied_embed_lr} "
+        f"head_lr:{cfg.head_lr if untied else 0.0} matrix_lr:{cfg.matrix_lr} scalar_lr:{cfg.scalar_lr}")
     log(f"train_batch_tokens:{cfg.train_batch_tokens} train_seq_len:{cfg.train_seq_len} iterations:{cfg.iterations} "
-        f"warmup_steps:{cfg.warmup_steps} warmdown_iters:{cfg.warmdown_iters} max_wallclock_seconds:{cfg.max_wallclock_seconds:.3f}")
-    log(f"tied_embed_lr:{cfg.tied_embed_lr} matrix_lr:{cfg.matrix_lr} scalar_lr:{cfg.scalar_lr} "
-        f"muon_momentum:{cfg.muon_momentum} qat_policy:{cfg.qat_policy or 'off'} ema_decay:{cfg.ema_decay} seed:{cfg.seed}")
-    log(f"train_shards:{len(plan.train_files)} val_tokens:{0 if plan.val_tokens is None else plan.val_tokens.size - 1}")
+        f"warmup_steps:{cfg.warmup_steps} max_wallclock_seconds:{cfg.max_wallclock_seconds:.3f}")
+    log(f"seed:{cfg.seed}")
+    log(f"golfpack_model:layers:{mcfg.num_layers} dim:{mcfg.model_dim} mlp_hidden:{mcfg.mlp_hidden} "
+        f"vocab:{mcfg.vocab_size} activation:{mcfg.activation}")
+    log(f"golfpack_runtime:device:{device.type} compile:{use_compile} bf16:{cuda and cfg.bf16} threads:{torch.get_num_threads()}")
+    log(f"golfpack_schedule:warmdown_iters:{cfg.warmdown_iters} muon_momentum:{cfg.muon_momentum} "
+        f"qat_policy:{cfg.qat_policy or 'off'} ema_decay:{cfg.ema_decay} val_batch_tokens:{cfg.val_batch_tokens}")
 
     def new_loader() -> DistributedTokenLoader:
         return DistributedTokenLoader(plan.train_files, d.rank, d.world_size, device, cfg.vocab_size)
@@ -544,7 +561,8 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
         with atomic_write(meta, "w") as f:
             json.dump(_metadata(cfg, mcfg, result, d, plan), f, indent=2)
             f.write("\n")
-        log(f"Serialized model: {ckpt} {ckpt.stat().st_size} bytes")
+        log(f"Serialized model: {ckpt.stat().st_size} bytes")
+        log(f"golfpack_checkpoint:{ckpt} metadata:{meta}")
         result.checkpoint, result.metadata, result.log_path = ckpt, meta, out_dir / LOG_NAME
     if d.enabled:
         dist.barrier()
