@@ -452,6 +452,10 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
     ema: dict[str, Tensor] | None = None
     if cfg.ema_decay > 0:
         ema = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        # state_dict tensors share storage with the live weights, which are only ever updated in place,
+        # so these two lists stay valid for the whole run and each update is two fused foreach kernels.
+        ema_list = list(ema.values())
+        live_list = list(model.state_dict().values())
 
     def eval_weights() -> contextlib.AbstractContextManager:
         """Validate the EMA weights when EMA is on (swapped in, then the live weights restored)."""
@@ -513,8 +517,9 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
         step += 1
         if ema is not None:
             with torch.no_grad():
-                for k, v in model.state_dict().items():
-                    ema[k].mul_(cfg.ema_decay).add_(v.float(), alpha=1.0 - cfg.ema_decay)
+                live = [v if v.dtype == torch.float32 else v.float() for v in live_list]  # bf16 tok_emb on CUDA
+                torch._foreach_mul_(ema_list, cfg.ema_decay)
+                torch._foreach_add_(ema_list, live, alpha=1.0 - cfg.ema_decay)
         approx_ms = train_time_ms + 1000.0 * (time.perf_counter() - t0)
         bar.update(1)
         if cfg.train_log_every > 0 and (step <= 10 or step % cfg.train_log_every == 0 or stop_after is not None):
