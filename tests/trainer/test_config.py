@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -62,6 +63,56 @@ def test_json_file_and_bare_preset_name(tmp_path):
 def test_bad_values_are_user_errors(sets, msg):
     with pytest.raises(GolfpackError, match=msg):
         load_config("tiny", overrides=sets)
+
+
+@pytest.mark.parametrize(
+    "key, value, rule",
+    [
+        ("beta1", "1.0", "in \\[0, 1\\)"),
+        ("beta1", "-0.1", "in \\[0, 1\\)"),
+        ("beta2", "1.5", "in \\[0, 1\\)"),
+        ("beta2", "nan", "in \\[0, 1\\)"),
+        ("muon_momentum", "1.0", "in \\[0, 1\\)"),
+        ("muon_momentum_warmup_start", "-1", "in \\[0, 1\\)"),
+        ("muon_backend_steps", "0", ">= 1"),
+        ("matrix_lr", "-0.01", "a finite number >= 0"),
+        ("scalar_lr", "inf", "a finite number >= 0"),
+        ("tied_embed_lr", "-1", "a finite number >= 0"),
+        ("embed_lr", "-0.6", "a finite number >= 0"),
+        ("head_lr", "nan", "a finite number >= 0"),
+        ("adam_eps", "-1e-8", "a finite number >= 0"),
+        ("grad_clip_norm", "-1", "a finite number >= 0"),
+        ("qat_start_frac", "1.5", "in \\[0, 1\\]"),
+        ("qat_start_frac", "-0.1", "in \\[0, 1\\]"),
+        ("qat_start_time_frac", "2", "in \\[0, 1\\]"),
+        ("ema_decay", "1.0", "in \\[0, 1\\)"),
+        ("ema_decay", "-0.5", "in \\[0, 1\\)"),
+        ("train_seq_len", "0", ">= 1"),
+        ("train_batch_tokens", "-8", ">= 1"),
+        ("iterations", "0", ">= 1"),
+        ("val_batch_tokens", "0", ">= 1"),
+        ("warmup_steps", "-1", ">= 0"),
+        ("muon_momentum_warmup_steps", "-5", ">= 0"),
+        ("max_wallclock_seconds", "-1", "a finite number >= 0"),
+        ("rope_base", "0", "a finite number > 0"),
+        ("logit_softcap", "nan", "a finite number > 0"),
+    ],
+)
+def test_out_of_range_values_are_one_clear_error(key, value, rule):
+    from golfpack.trainer.config import TrainConfig as TC
+
+    default = TC.__dataclass_fields__[key].default
+    with pytest.raises(GolfpackError) as e:
+        load_config("tiny", overrides=[f"{key}={value}"])
+    msg = str(e.value)
+    assert re.fullmatch(f"invalid training config: {key} must be {rule}.*, got .* \\(default {re.escape(repr(default))}\\)", msg), msg
+    assert msg.count(" must be ") == 1  # one problem, one message
+
+
+def test_range_edges_are_accepted():
+    c = load_config("tiny", overrides=["beta1=0", "ema_decay=0.999", "qat_start_frac=1", "qat_start_time_frac=0",
+                                       "grad_clip_norm=0", "matrix_lr=0", "muon_backend_steps=1"])
+    assert (c.beta1, c.ema_decay, c.qat_start_frac, c.muon_backend_steps) == (0.0, 0.999, 1.0, 1)
 
 
 def test_bad_files(tmp_path):

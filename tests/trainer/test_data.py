@@ -6,7 +6,7 @@ import torch
 
 from golfpack.errors import GolfpackError
 from golfpack.formats.shards import write_shard
-from golfpack.trainer.data import DistributedTokenLoader, TokenStream, check_train_shards
+from golfpack.trainer.data import DistributedTokenLoader, TokenStream, check_train_shards, shard_max_token
 
 
 @pytest.fixture()
@@ -68,3 +68,24 @@ def test_later_shard_with_foreign_ids_is_caught_when_reached(tmp_path):
     s = TokenStream(sorted(tmp_path.glob("a_*.bin")), vocab_size=1024)
     with pytest.raises(GolfpackError, match="different tokenizer"):
         s.take(5)
+
+
+def test_every_shard_is_checked_at_startup_not_only_the_first(tmp_path):
+    write_shard(tmp_path / "t_000.bin", [1, 2, 3])
+    write_shard(tmp_path / "t_001.bin", [4, 5, 6])
+    write_shard(tmp_path / "t_002.bin", [7] * 50 + [1500] + [8] * 9)  # a bad id deep inside the last shard
+    with pytest.raises(GolfpackError) as e:
+        check_train_shards(str(tmp_path / "t_*.bin"), 1024)
+    msg = str(e.value)
+    assert "t_002.bin" in msg and "token id 1500 >= vocab_size 1024" in msg
+    assert check_train_shards(str(tmp_path / "t_*.bin"), 1501)[-1].name == "t_002.bin"
+
+
+def test_shard_max_is_the_same_read_in_chunks(tmp_path):
+    ids = np.random.default_rng(0).integers(0, 900, 1000)
+    ids[777] = 1023
+    write_shard(tmp_path / "m.bin", ids)
+    write_shard(tmp_path / "empty.bin", [])
+    for chunk in (1, 7, 100, 1000, 1 << 24):
+        assert shard_max_token(tmp_path / "m.bin", chunk) == 1023
+    assert shard_max_token(tmp_path / "empty.bin") == -1

@@ -92,16 +92,48 @@ def test_refresh_tracks_weight_updates_and_disable_restores_plain_forward():
 
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_compiled_forward_changes_once_enabled(backend):
-    """The challenge-record failure: a flag captured at trace time keeps QAT dead under torch.compile."""
+    """The challenge-record failure: a flag captured at trace time keeps QAT dead under torch.compile.
+
+    Enabling QAT must change the compiled output with the SAME graph: the second call runs under
+    set_stance("fail_on_recompile"), which raises if anything the graph was guarded on changed."""
     torch._dynamo.reset()
     m = _model()
     q = build_qat(m, "int6+tok8")
     x, y = _batch()
     compiled = torch.compile(q, fullgraph=True, dynamic=False, backend=backend)
+    # Two plain calls: the first fills the model's RoPE table cache (a Python attribute), which costs
+    # one recompile on the second call whether or not QAT is ever used (the trainer's warmup absorbs it).
+    compiled(x, y)
     before = compiled(x, y).item()
     assert before == pytest.approx(m(x, y).item(), abs=1e-5)
     q.enable()
-    after = compiled(x, y).item()
+    with torch.compiler.set_stance("fail_on_recompile"):
+        after = compiled(x, y).item()
+        q.disable()  # and back off again, still without a recompile
+        off_again = compiled(x, y).item()
     expected = _fake_quantized_copy(m, q)(x, y).item()
     assert abs(after - before) > 1e-4
     assert after == pytest.approx(expected, abs=1e-4)
+    assert off_again == before
+
+
+def test_fail_on_recompile_does_catch_a_python_flag():
+    """Control for the test above: the stance really fails when a forward branches on a Python flag."""
+    torch._dynamo.reset()
+
+    class Flagged(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.on = False
+
+        def forward(self, x):
+            return self.lin(x).round() if self.on else self.lin(x)
+
+    m = Flagged()
+    compiled = torch.compile(m, fullgraph=True, dynamic=False, backend="aot_eager")
+    x = torch.randn(2, 4)
+    compiled(x)
+    m.on = True
+    with torch.compiler.set_stance("fail_on_recompile"), pytest.raises(Exception, match="(?i)recompil"):
+        compiled(x)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ class TrainConfig:
     train_batch_tokens: int = 524_288  # GLOBAL tokens per optimizer step (all ranks, all micro-batches)
     train_seq_len: int = 1024  # training sequence length
     val_loss_every: int = 1000  # validate every N steps (0 = only at the end)
-    val_batch_tokens: int = 524_288  # tokens per validation forward batch (global)
+    val_batch_tokens: int = 524_288  # global val batch (baseline VAL_BATCH_SIZE): each rank forwards val_batch_tokens // 8 tokens at a time
     train_log_every: int = 200  # log train_loss every N steps (and each of the first 10)
     # --- optimizers ---------------------------------------------------------------------------
     embed_lr: float = 0.6  # Adam lr of tok_emb when embeddings are untied
@@ -72,8 +73,8 @@ class TrainConfig:
     grad_clip_norm: float = 0.0  # global grad-norm clip (0 = off)
     # --- quantization-aware training ----------------------------------------------------------
     qat_policy: str = ""  # packer policy name or file whose fake-quantized weights the forward sees ("" = off)
-    qat_start_frac: float = 0.85  # switch QAT on at this fraction of `iterations` (>= 1 disables this trigger)
-    qat_start_time_frac: float = 0.85  # ... or at this fraction of max_wallclock_seconds, whichever is first
+    qat_start_frac: float = 0.85  # in [0, 1]: switch QAT on at this fraction of `iterations` (1 disables this trigger)
+    qat_start_time_frac: float = 0.85  # in [0, 1]: ... or at this fraction of max_wallclock_seconds, whichever is first (1 = off)
     # --- EMA ----------------------------------------------------------------------------------
     ema_decay: float = 0.0  # EMA of weights, e.g. 0.997; the EMA is what gets saved and validated (0 = off)
     # --- runtime ------------------------------------------------------------------------------
@@ -83,22 +84,43 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0 = torch default)
 
     def __post_init__(self) -> None:
+        # Checks are written as `not (ok)` so NaN fails them too; each names the field, the allowed
+        # range and the default to fall back to. All of this runs before any data or model is touched.
         problems = []
-        for name in ("iterations", "train_batch_tokens", "train_seq_len", "val_batch_tokens"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every", "val_max_tokens", "threads"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_wallclock_seconds < 0:
-            problems.append("max_wallclock_seconds must be >= 0 (0 = no cap)")
+
+        def bad(name: str, rule: str) -> None:
+            problems.append(f"{name} must be {rule}, got {getattr(self, name)!r} (default {_DEFAULTS[name]!r})")
+
+        for name in ("iterations", "train_batch_tokens", "train_seq_len", "val_batch_tokens", "muon_backend_steps"):
+            if not getattr(self, name) >= 1:
+                bad(name, ">= 1")
+        for name in ("warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every", "val_max_tokens", "threads",
+                     "muon_momentum_warmup_steps"):
+            if not getattr(self, name) >= 0:
+                bad(name, ">= 0")
+        for name in ("embed_lr", "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr", "adam_eps", "grad_clip_norm"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                bad(name, "a finite number >= 0")
+        for name in ("rope_base", "logit_softcap"):
+            if not 0.0 < getattr(self, name) < math.inf:
+                bad(name, "a finite number > 0")
+        if not 0.0 <= self.tied_embed_init_std < math.inf:
+            bad("tied_embed_init_std", "a finite number >= 0")
+        if not 0.0 <= self.max_wallclock_seconds < math.inf:
+            bad("max_wallclock_seconds", "a finite number >= 0 (0 = no cap)")
+        for name in ("beta1", "beta2", "muon_momentum", "muon_momentum_warmup_start"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                bad(name, "in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:
-            problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+            bad("ema_decay", "in [0, 1) (0 = off)")
+        for name in ("qat_start_frac", "qat_start_time_frac"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                bad(name, "in [0, 1] (1 = this trigger off)")
         if self.device not in ("auto", "cuda", "cpu"):
             problems.append(f"device must be auto, cuda or cpu, got {self.device!r}")
         if self.compile not in ("auto", "on", "off"):
             problems.append(f"compile must be auto, on or off, got {self.compile!r}")
-        if self.mlp_mult <= 0 or self.mlp_mult * self.model_dim != int(self.mlp_mult * self.model_dim):
+        if not 0.0 < self.mlp_mult < math.inf or self.mlp_mult * self.model_dim != int(self.mlp_mult * self.model_dim):
             problems.append(f"mlp_mult * model_dim must be a positive integer, got {self.mlp_mult} * {self.model_dim}")
         if problems:
             raise GolfpackError("invalid training config: " + "; ".join(problems))
@@ -173,6 +195,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_DEFAULTS = {f.name: f.default for f in _FIELDS.values()}
 
 
 def preset(name: str) -> TrainConfig:

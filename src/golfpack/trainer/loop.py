@@ -29,7 +29,9 @@ from torch import Tensor
 from golfpack._io import atomic_write
 from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
-from golfpack.model import GPT, ModelConfig, count_params
+from golfpack.evaluator.api import evaluate
+from golfpack.evaluator.luts import build_luts
+from golfpack.model import GPT, ModelConfig
 from golfpack.trainer.config import MICROBATCH_DIVISOR, TrainConfig
 from golfpack.trainer.data import DistributedTokenLoader, check_train_shards
 from golfpack.trainer.optim import build_optimizers, lr_multiplier, muon_momentum_at, newton_schulz, set_schedule
@@ -129,6 +131,16 @@ class _Plan:
     qat_policy: Any  # golfpack.packer.policy.Policy | None
 
 
+def val_batch_seqs(cfg: TrainConfig, world_size: int) -> int:
+    """Sequences per validation forward on one rank.
+
+    As the baseline: val_batch_tokens // (world_size * grad_accum_steps) tokens per rank, so one
+    process scores 1/8 of val_batch_tokens per forward, the same per-forward size as each of 8 GPUs.
+    """
+    grad_accum = MICROBATCH_DIVISOR // world_size
+    return cfg.val_batch_tokens // (world_size * grad_accum) // cfg.train_seq_len
+
+
 def check_config(cfg: TrainConfig, world_size: int) -> _Plan:
     """Every user-fixable problem becomes one GolfpackError here, before a model is built."""
     if world_size <= 0 or MICROBATCH_DIVISOR % world_size:
@@ -166,6 +178,13 @@ def check_config(cfg: TrainConfig, world_size: int) -> _Plan:
     if cfg.val_files:
         if not cfg.tokenizer_path:
             raise GolfpackError("validation needs tokenizer_path (val_bpb counts bytes with the tokenizer)")
+        if val_batch_seqs(cfg, world_size) < 1:
+            need = MICROBATCH_DIVISOR * cfg.train_seq_len
+            raise GolfpackError(
+                f"val_batch_tokens {cfg.val_batch_tokens} gives each rank less than one sequence per forward: it is split "
+                f"into {MICROBATCH_DIVISOR} (world_size x grad_accum_steps) parts, so set it to at least "
+                f"{MICROBATCH_DIVISOR} x train_seq_len {cfg.train_seq_len} = {need}"
+            )
         from golfpack.formats.shards import load_tokens
 
         val_tokens = load_tokens(cfg.val_files, cfg.val_max_tokens or None)
@@ -197,8 +216,8 @@ class _Validator:
         nseq = (tokens.size - 1) // seq
         lo, hi = nseq * dist_.rank // dist_.world_size, nseq * (dist_.rank + 1) // dist_.world_size
         self.tokens = tokens[lo * seq : hi * seq + 1]
-        self.batch_seqs = max(1, cfg.val_batch_tokens // (dist_.world_size * seq))
-        self.luts = _build_luts(cfg.tokenizer_path, cfg.vocab_size)
+        self.batch_seqs = val_batch_seqs(cfg, dist_.world_size)
+        self.luts = build_luts(cfg.tokenizer_path, cfg.vocab_size)
 
     def __call__(self, model: GPT) -> tuple[float, float]:
         model.eval()
@@ -213,73 +232,13 @@ class _Validator:
         return val_loss, nll / math.log(2.0) / max(nbytes, 1.0)
 
 
-def _build_luts(tokenizer_path: str, vocab_size: int) -> Any:
-    try:
-        from golfpack.evaluator.api import build_luts
-    except ImportError:
-        return _fallback_luts(tokenizer_path, vocab_size)
-    return build_luts(tokenizer_path, vocab_size)
-
-
 def _score(model: GPT, tokens: np.ndarray, luts: Any, seq_len: int, batch_seqs: int, device: torch.device) -> tuple[float, float, float]:
-    """(sum of nll in nats, target tokens, target bytes) over this rank's share."""
+    """(sum of nll in nats, target tokens, target bytes) over this rank's share, via the one evaluator."""
     if tokens.size <= 1:
         return 0.0, 0.0, 0.0
-    try:
-        from golfpack.evaluator.api import evaluate
-    except ImportError:
-        return _fallback_score(model, tokens, luts, seq_len, batch_seqs, device)
     r = evaluate(model, torch.from_numpy(tokens.astype(np.int64)), luts, seq_len=seq_len, stride=seq_len,
                  batch_size=batch_seqs, device=device)
     return r.val_loss * r.tokens, float(r.tokens), float(r.bytes)
-
-
-# Private stand-in used only until golfpack.evaluator.api exists (then the evaluator is the one eval path).
-@dataclass
-class _Luts:
-    base_bytes: Tensor
-    has_leading_space: Tensor
-    is_boundary: Tensor
-
-
-def _fallback_luts(tokenizer_path: str, vocab_size: int) -> _Luts:
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
-    n = max(int(sp.vocab_size()), vocab_size)
-    base = torch.zeros(n, dtype=torch.int64)
-    space = torch.zeros(n, dtype=torch.bool)
-    boundary = torch.ones(n, dtype=torch.bool)
-    for i in range(int(sp.vocab_size())):
-        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
-            continue
-        boundary[i] = False
-        if sp.is_byte(i):
-            base[i] = 1
-            continue
-        piece = sp.id_to_piece(i)
-        if piece.startswith("\u2581"):
-            space[i] = True
-            piece = piece[1:]
-        base[i] = len(piece.encode("utf-8"))
-    return _Luts(base, space, boundary)
-
-
-def _fallback_score(model: GPT, tokens: np.ndarray, luts: _Luts, seq_len: int, batch_seqs: int, device: torch.device) -> tuple[float, float, float]:
-    t = torch.from_numpy(tokens.astype(np.int64))
-    nseq = (t.numel() - 1) // seq_len
-    nll = ntok = nbytes = 0.0
-    for s in range(0, nseq, batch_seqs):
-        e = min(s + batch_seqs, nseq)
-        chunk = t[s * seq_len : e * seq_len + 1]
-        x = chunk[:-1].reshape(-1, seq_len).to(device)
-        y = chunk[1:].reshape(-1, seq_len).to(device)
-        nll += float(model.token_nll(x, y).double().sum())
-        ntok += y.numel()
-        xc, yc = x.cpu(), y.cpu()
-        b = luts.base_bytes[yc] + (luts.has_leading_space[yc] & ~luts.is_boundary[xc]).long()
-        nbytes += float(b.sum())
-    return nll, ntok, nbytes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,6 +336,16 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    # Header lines print in the baseline's exact formats and order (so its log parsers work on our logs);
+    # what only golfpack has goes on separate `golfpack_*:` lines.
+    validator = _Validator(cfg, plan.val_tokens, d) if plan.val_tokens is not None else None
+    if validator is not None:
+        log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={cfg.tokenizer_path}")
+    else:
+        log("golfpack_val:disabled (val_files is empty: no val_loss/val_bpb lines)")
+    log(f"train_loader:dataset:{plan.train_files[0].parent.name} train_shards:{len(plan.train_files)}")
+    if validator is not None:
+        log(f"val_loader:shards pattern={cfg.val_files} tokens:{plan.val_tokens.size - 1}")
     _seed_all(cfg.seed)
     mcfg = cfg.model_config()
     model = GPT(mcfg).to(device)
@@ -401,17 +370,24 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
     params = [p for p in model.parameters()]
 
     accum = plan.grad_accum_steps
-    validator = _Validator(cfg, plan.val_tokens, d) if plan.val_tokens is not None else None
-
-    log(f"model_params:{count_params(mcfg)} layers:{mcfg.num_layers} dim:{mcfg.model_dim} heads:{mcfg.num_heads} "
-        f"kv_heads:{mcfg.num_kv_heads} mlp_hidden:{mcfg.mlp_hidden} vocab:{mcfg.vocab_size}")
-    log(f"world_size:{d.world_size} grad_accum_steps:{accum} device:{device.type} compile:{use_compile} "
-        f"bf16:{cuda and cfg.bf16}")
+    untied = model.lm_head is not None
+    log(f"model_params:{sum(p.numel() for p in model.parameters())}")
+    log(f"world_size:{d.world_size} grad_accum_steps:{accum}")
+    # golfpack leaves torch's SDPA backend choice alone: report what is actually enabled.
+    log(f"sdp_backends:cudnn={torch.backends.cuda.cudnn_sdp_enabled()} flash={torch.backends.cuda.flash_sdp_enabled()} "
+        f"mem_efficient={torch.backends.cuda.mem_efficient_sdp_enabled()} math={torch.backends.cuda.math_sdp_enabled()}")
+    log(f"attention_mode:{'gqa' if mcfg.num_kv_heads != mcfg.num_heads else 'mha'} num_heads:{mcfg.num_heads} "
+        f"num_kv_heads:{mcfg.num_kv_heads}")
+    log(f"tie_embeddings:{mcfg.tie_embeddings} embed_lr:{cfg.embed_lr if untied else cfg.tied_embed_lr} "
+        f"head_lr:{cfg.head_lr if untied else 0.0} matrix_lr:{cfg.matrix_lr} scalar_lr:{cfg.scalar_lr}")
     log(f"train_batch_tokens:{cfg.train_batch_tokens} train_seq_len:{cfg.train_seq_len} iterations:{cfg.iterations} "
-        f"warmup_steps:{cfg.warmup_steps} warmdown_iters:{cfg.warmdown_iters} max_wallclock_seconds:{cfg.max_wallclock_seconds:.3f}")
-    log(f"tied_embed_lr:{cfg.tied_embed_lr} matrix_lr:{cfg.matrix_lr} scalar_lr:{cfg.scalar_lr} "
-        f"muon_momentum:{cfg.muon_momentum} qat_policy:{cfg.qat_policy or 'off'} ema_decay:{cfg.ema_decay} seed:{cfg.seed}")
-    log(f"train_shards:{len(plan.train_files)} val_tokens:{0 if plan.val_tokens is None else plan.val_tokens.size - 1}")
+        f"warmup_steps:{cfg.warmup_steps} max_wallclock_seconds:{cfg.max_wallclock_seconds:.3f}")
+    log(f"seed:{cfg.seed}")
+    log(f"golfpack_model:layers:{mcfg.num_layers} dim:{mcfg.model_dim} mlp_hidden:{mcfg.mlp_hidden} "
+        f"vocab:{mcfg.vocab_size} activation:{mcfg.activation}")
+    log(f"golfpack_runtime:device:{device.type} compile:{use_compile} bf16:{cuda and cfg.bf16} threads:{torch.get_num_threads()}")
+    log(f"golfpack_schedule:warmdown_iters:{cfg.warmdown_iters} muon_momentum:{cfg.muon_momentum} "
+        f"qat_policy:{cfg.qat_policy or 'off'} ema_decay:{cfg.ema_decay} val_batch_tokens:{cfg.val_batch_tokens}")
 
     def new_loader() -> DistributedTokenLoader:
         return DistributedTokenLoader(plan.train_files, d.rank, d.world_size, device, cfg.vocab_size)
@@ -476,6 +452,10 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
     ema: dict[str, Tensor] | None = None
     if cfg.ema_decay > 0:
         ema = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        # state_dict tensors share storage with the live weights, which are only ever updated in place,
+        # so these two lists stay valid for the whole run and each update is two fused foreach kernels.
+        ema_list = list(ema.values())
+        live_list = list(model.state_dict().values())
 
     def eval_weights() -> contextlib.AbstractContextManager:
         """Validate the EMA weights when EMA is on (swapped in, then the live weights restored)."""
@@ -537,8 +517,9 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
         step += 1
         if ema is not None:
             with torch.no_grad():
-                for k, v in model.state_dict().items():
-                    ema[k].mul_(cfg.ema_decay).add_(v.float(), alpha=1.0 - cfg.ema_decay)
+                live = [v if v.dtype == torch.float32 else v.float() for v in live_list]  # bf16 tok_emb on CUDA
+                torch._foreach_mul_(ema_list, cfg.ema_decay)
+                torch._foreach_add_(ema_list, live, alpha=1.0 - cfg.ema_decay)
         approx_ms = train_time_ms + 1000.0 * (time.perf_counter() - t0)
         bar.update(1)
         if cfg.train_log_every > 0 and (step <= 10 or step % cfg.train_log_every == 0 or stop_after is not None):
@@ -585,7 +566,8 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
         with atomic_write(meta, "w") as f:
             json.dump(_metadata(cfg, mcfg, result, d, plan), f, indent=2)
             f.write("\n")
-        log(f"Serialized model: {ckpt} {ckpt.stat().st_size} bytes")
+        log(f"Serialized model: {ckpt.stat().st_size} bytes")
+        log(f"golfpack_checkpoint:{ckpt} metadata:{meta}")
         result.checkpoint, result.metadata, result.log_path = ckpt, meta, out_dir / LOG_NAME
     if d.enabled:
         dist.barrier()
@@ -620,4 +602,4 @@ def _metadata(cfg: TrainConfig, mcfg: ModelConfig, r: TrainResult, d: _Dist, pla
     }
 
 
-__all__ = ["CHECKPOINT_NAME", "LOG_NAME", "METADATA_NAME", "TrainResult", "check_config", "git_revision", "train"]
+__all__ = ["CHECKPOINT_NAME", "LOG_NAME", "METADATA_NAME", "TrainResult", "check_config", "git_revision", "train", "val_batch_seqs"]
