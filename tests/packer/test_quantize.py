@@ -13,7 +13,6 @@ from golfpack.packer.quantize import (
     fake_quantize,
     gptq_quantize,
     hessian_from_activations,
-    quantize_per_tensor,
     quantize_rows,
     quantize_tensor,
 )
@@ -211,7 +210,17 @@ def test_gptq_beats_plain_rounding_on_correlated_inputs() -> None:
         assert int(qg.abs().max()) <= 2 ** (bits - 1) - 1
         out_err = lambda q, s: float(((x @ (q.float() * s.float()[:, None] - w).T) ** 2).mean())  # noqa: E731
         assert out_err(qg, sg) < 0.9 * out_err(qr, sr)
-    rec = quantize_tensor("w", w, TensorSpec.parse("int4:gptq"), hessian=H)
+    rec = quantize_tensor("w", w, TensorSpec.parse("int4:mse+gptq"), hessian=H)
     assert rec.q is not None and int(np.abs(rec.q).max()) <= 7
-    with pytest.raises(ValueError, match="Hessian"):
-        quantize_tensor("w", w, TensorSpec.parse("int4:gptq"))
+    assert torch.equal(torch.from_numpy(rec.q), gptq_quantize(w, H, 4, clip="mse")[0])
+    # on the baseline's quantile grid too: same scales as plain int6, better outputs
+    qq, sq = gptq_quantize(w, H, 6, clip="quantile")
+    qr, sr = quantize_rows(w, 6, "quantile")
+    assert torch.equal(sq, sr)
+    assert float(((x @ (qq.float() * sq.float()[:, None] - w).T) ** 2).mean()) < float(((x @ (qr.float() * sr.float()[:, None] - w).T) ** 2).mean())
+    with pytest.raises(ValueError, match="needs a Hessian"):
+        quantize_tensor("w", w, TensorSpec.parse("int4+gptq"))
+    # non-2-D tensors have no columns to trade error between: plain rounding, no Hessian needed
+    v = torch.randn(64, generator=g)
+    assert torch.equal(torch.from_numpy(quantize_tensor("v", v, TensorSpec.parse("int6+gptq")).q),
+                       torch.from_numpy(quantize_tensor("v", v, TensorSpec.parse("int6")).q))

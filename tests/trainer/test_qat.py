@@ -137,3 +137,19 @@ def test_fail_on_recompile_does_catch_a_python_flag():
     m.on = True
     with torch.compiler.set_stance("fail_on_recompile"), pytest.raises(Exception, match="(?i)recompil"):
         compiled(x)
+
+
+def test_gptq_specs_train_on_the_plain_rounding_grid() -> None:
+    """QAT has no Hessian: a +gptq policy simulates the same grid with round-to-nearest."""
+    from golfpack.model import ModelConfig, build_model
+    from golfpack.packer.policy import Policy
+    from golfpack.trainer.qat import QATModel
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=64))
+    pol = Policy.preset("int6+tok8").with_overrides(["blocks.*.mlp.*=int5:mse+gptq"])
+    q = QATModel(m, pol)
+    assert q.specs["blocks.0.mlp.fc.weight"].label() == "int5:mse"
+    q.enable()  # would raise "needs a Hessian" if the gptq spec reached fake_quantize
+    x = torch.randint(0, 64, (2, 8))
+    assert torch.isfinite(q(x, x))

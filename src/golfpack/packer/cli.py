@@ -40,9 +40,11 @@ def _budget_lines(rep: dict[str, Any]) -> list[str]:
 @click.option("--num-heads", type=int, default=None, help="Override the inferred head count.")
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=None, help="MLP activation (not inferable from shapes).")
 @click.option("--no-config", is_flag=True, help="Pack tensors of a foreign schema without a model config.")
+@click.option("--calib", default=None, metavar="GLOB|pydoc", help="Calibration tokens for +gptq specs (train shards, never val); a search-written policy names its own.")
+@click.option("--tokenizer", default=None, type=click.Path(dir_okay=False), help="SentencePiece model (for --calib pydoc).")
 @progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-def pack_cmd(ckpt: str, policy_name: str, codec: str, out: str | None, overrides: tuple[str, ...], dry_run: bool, budget: int, code: tuple[str, ...], num_heads: int | None, activation: str | None, no_config: bool, progress: bool | None, as_json: bool) -> None:
+def pack_cmd(ckpt: str, policy_name: str, codec: str, out: str | None, overrides: tuple[str, ...], dry_run: bool, budget: int, code: tuple[str, ...], num_heads: int | None, activation: str | None, no_config: bool, calib: str | None, tokenizer: str | None, progress: bool | None, as_json: bool) -> None:
     """Quantize CKPT (.pt, legacy .ptz or .qg3) with a policy and write a QGv3 artifact."""
     from golfpack.packer.pack import pack_file
     from golfpack.packer.policy import resolve_policy
@@ -54,7 +56,7 @@ def pack_cmd(ckpt: str, policy_name: str, codec: str, out: str | None, overrides
         raise GolfpackError(f"{ckpt}: file not found")
     res = pack_file(
         ckpt, out, policy=policy, codec=codec, budget=budget, code=list(code), dry_run=dry_run,
-        num_heads=num_heads, activation=activation, require_config=not no_config, overrides=list(overrides), progress=progress,
+        num_heads=num_heads, activation=activation, require_config=not no_config, overrides=list(overrides), calib=calib, tokenizer=tokenizer, progress=progress,
     )
     rep = res.report()
     rep.update({"source": ckpt, "out": None if dry_run else out, "dry_run": dry_run, "config": None if res.config is None else res.config.to_dict()})

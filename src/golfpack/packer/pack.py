@@ -166,6 +166,26 @@ def pack_state_dict(
     return PackResult(data=data, records=records, policy=policy, codec=codec, config=config, codec_sizes={codec: len(data)})
 
 
+def gptq_hessians(sd: dict[str, Tensor], config: ModelConfig | None, policy: Policy, *, calib: str | None = None,
+                  tokenizer: str | None = None) -> tuple[dict[str, Tensor] | None, Policy]:
+    """Hessians for the policy's `+gptq` tensors (None if it has none), and the policy with the calibration
+    it used recorded in it (so the artifact header says which tokens the levels were fitted on)."""
+    import dataclasses
+
+    if not policy.uses_gptq:
+        return None, policy
+    from golfpack.packer.hessian import GptqCalibration, hessians_for
+
+    if policy.calibration is not None:
+        cal = GptqCalibration.from_dict(policy.calibration)
+    elif calib is not None:
+        cal = GptqCalibration(source=calib)
+    else:
+        raise GolfpackError("this policy uses +gptq specs, which need calibration tokens: pass --calib 'TRAIN_SHARDS' (or --calib pydoc --tokenizer SP.model)")
+    H, cal = hessians_for(sd, config, policy.resolve(sd), cal, tokenizer=tokenizer, source=calib)
+    return H, dataclasses.replace(policy, calibration=cal.to_dict())
+
+
 def count_code_bytes(paths: list[str] | tuple[str, ...]) -> tuple[int, list[str]]:
     total, files = 0, []
     for p in paths:
@@ -198,11 +218,15 @@ def pack_file(
     activation: str | None = None,
     require_config: bool = True,
     overrides: list[str] | tuple[str, ...] = (),
+    calib: str | None = None,
+    tokenizer: str | None = None,
     progress: bool | None = False,
 ) -> PackResult:
     """Load `src`, pack it, check the budget, write `out` atomically (unless dry_run).
 
     `overrides`: the `--set` texts already folded into `policy`; each must match some tensor of `src`.
+    `calib`/`tokenizer`: calibration tokens for `+gptq` specs (train shards or 'pydoc'); a policy written
+    by the search names its own, and `calib` then only relocates them (the digest must match).
     """
     if not dry_run and out is None:
         raise GolfpackError("no output path: pass -o OUT.qg3 (or --dry-run to only print the plan)")
@@ -216,7 +240,8 @@ def pack_file(
         )
     src_bytes = Path(src).read_bytes()
     meta = {"source": Path(src).name, "source_kind": kind, "source_sha256": hashlib.sha256(src_bytes).hexdigest()}
-    res = pack_state_dict(sd, policy, codec=codec, config=config, meta=meta, progress=progress)
+    hessians, policy = gptq_hessians(sd, config, policy, calib=calib, tokenizer=tokenizer)
+    res = pack_state_dict(sd, policy, codec=codec, config=config, meta=meta, hessians=hessians, progress=progress)
     res.budget, res.code_bytes, res.code_files = budget, code_bytes, code_files
     if dry_run:
         return res

@@ -151,6 +151,11 @@ class Policy:
     name: str  # preset name or file stem, for reports
     rules: tuple[Rule, ...] = ()  # tried in order
     default: TensorSpec = field(default_factory=lambda: TensorSpec("passthrough", dtype="fp16"))  # catch-all
+    calibration: dict[str, Any] | None = None  # GptqCalibration.to_dict(): the tokens `+gptq` specs were fitted on
+
+    @property
+    def uses_gptq(self) -> bool:
+        return self.default.gptq or any(r.spec.gptq for r in self.rules)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -163,9 +168,14 @@ class Policy:
     def from_dict(cls, d: dict[str, Any], name: str | None = None) -> "Policy":
         if not isinstance(d, dict):
             raise GolfpackError(f"policy must be a table/object, got {type(d).__name__}")
-        unknown = sorted(set(d) - {"name", "rules", "default", "base"})
+        unknown = sorted(set(d) - {"name", "rules", "default", "base", "calibration"})
         if unknown:
-            raise GolfpackError(f"policy: unknown key(s) {', '.join(unknown)} (allowed: name, base, rules, default)")
+            raise GolfpackError(f"policy: unknown key(s) {', '.join(unknown)} (allowed: name, base, rules, default, calibration)")
+        calibration = None
+        if d.get("calibration") is not None:
+            from golfpack.packer.hessian import GptqCalibration
+
+            calibration = GptqCalibration.from_dict(d["calibration"]).to_dict()
         rules_in = d.get("rules", [])
         if not isinstance(rules_in, list):
             raise GolfpackError("policy: 'rules' must be a list")
@@ -178,7 +188,7 @@ class Policy:
             default = parent.default if "default" not in d else _parse_spec(d["default"], "policy default")
         else:
             default = _parse_spec(d.get("default", "fp16"), "policy default")
-        return cls(name=str(d.get("name", name or "custom")), rules=rules, default=default)
+        return cls(name=str(d.get("name", name or "custom")), rules=rules, default=default, calibration=calibration)
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
@@ -207,7 +217,8 @@ class Policy:
             new.append(Rule(spec=_parse_spec(spec, f"--set {text!r}"), match=(pattern.strip(),)))
         if not new:
             return self
-        return Policy(name=self.name + "".join(f" --set {o}" for o in overrides), rules=tuple(reversed(new)) + self.rules, default=self.default)
+        return Policy(name=self.name + "".join(f" --set {o}" for o in overrides), rules=tuple(reversed(new)) + self.rules,
+                      default=self.default, calibration=self.calibration)
 
     # -- use ----------------------------------------------------------------------------------
     @staticmethod
@@ -232,7 +243,10 @@ class Policy:
         return {name: self.spec_for(name, t) for name, t in state_dict.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "rules": [r.to_dict() for r in self.rules], "default": self.default.label()}
+        d: dict[str, Any] = {"name": self.name, "rules": [r.to_dict() for r in self.rules], "default": self.default.label()}
+        if self.calibration is not None:
+            d["calibration"] = dict(self.calibration)
+        return d
 
 
 EXACT = TensorSpec("passthrough", dtype="exact")

@@ -19,8 +19,12 @@ Clip rules (how the per-row range is chosen before rounding):
 - `mse`: per-row search over clip = absmax * r, r in 1.00, 0.98, ... 0.12, choosing for each row the r
   with the lowest squared reconstruction error (with the stored fp16 scale). r = 1 is exactly the absmax
   candidate, so `mse` can never be worse than `absmax` on any row.
-- `gptq`: Hessian-aware rounding (`gptq_quantize`); scales come from the `mse` rule, the levels are then
-  chosen column by column, pushing each column's rounding error onto the columns not yet quantized.
+
+GPTQ (`int6+gptq`, `int5:mse+gptq`, ...) is a rounding choice on top of any clip rule: the scales come
+from the clip rule (so the grid, and roughly the compressed size, are the same as plain rounding), the
+levels are then chosen column by column, each column's rounding error pushed onto the columns not yet
+quantized through the input Hessian (`gptq_quantize`; Hessians from `packer/hessian.py`). Non-2-D
+tensors have no columns to trade error between: they keep round-to-nearest.
 
 Everything here is plain torch, device-agnostic and autograd-free, so the trainer's QAT can call
 `fake_quantize` on GPU and get exactly what the packer will store.
@@ -70,8 +74,6 @@ def quantize_rows(w2d: Tensor, bits: int, clip: str = "quantile") -> tuple[Tenso
             return _rows_with_clip(w, w.abs().amax(dim=1), qmax)
         if clip == "mse":
             return _rows_mse(w, qmax)
-        if clip == "gptq":
-            raise ValueError("clip rule 'gptq' needs a Hessian: use gptq_quantize(w, H, bits)")
         raise ValueError(f"unknown clip rule {clip!r}")
 
 
@@ -125,7 +127,7 @@ def quantize_per_tensor(t: Tensor, bits: int, clip: str = "quantile") -> tuple[T
         flat = t.detach().float().reshape(-1)
         if flat.numel() == 0:
             return torch.zeros(0, dtype=torch.int8, device=flat.device), torch.ones(1, dtype=torch.float32, device=flat.device)
-        if clip in ("quantile", "gptq"):  # gptq has no meaning without rows; fall back to the baseline rule
+        if clip == "quantile":
             clip_abs = float(torch.quantile(flat.abs(), BASELINE_CLIP_Q).item())
             return _flat_with_clip(flat, clip_abs, qmax)
         absmax = float(flat.abs().max().item())
@@ -175,6 +177,7 @@ def gptq_quantize(
     fixed first by `clip` (absmax | mse | quantile) and stored fp16; the levels are then chosen one
     column at a time, each column's error being compensated on later columns via the Cholesky factor
     of H^-1 (Frantar et al., 2022). Returns (q int8, scales fp16) like `quantize_rows`.
+    The arithmetic is float64, so the levels do not hinge on the last bits of a float32 sum.
     """
     if w.ndim != 2:
         raise ValueError(f"gptq_quantize needs a 2-D weight, got shape {tuple(w.shape)}")
@@ -183,10 +186,10 @@ def gptq_quantize(
         raise ValueError(f"Hessian shape {tuple(H.shape)} does not match weight columns {cols}")
     qmax = qmax_for(bits)
     with torch.no_grad():
-        W = w.detach().float().clone()
-        _, s16 = quantize_rows(W, bits, clip if clip != "gptq" else "mse")
-        s = s16.float()
-        Hm = H.detach().float().to(W.device).clone()
+        _, s16 = quantize_rows(w.detach().float(), bits, clip)
+        W = w.detach().double().clone()
+        s = s16.double()
+        Hm = H.detach().double().to(W.device).clone()
         dead = torch.diag(Hm) == 0
         Hm[dead, dead] = 1.0
         W[:, dead] = 0.0
@@ -224,10 +227,10 @@ def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None) -> t
     if not t.is_floating_point():
         raise ValueError(f"cannot integer-quantize a {dtype_name(t.dtype)} tensor; use 'exact' passthrough")
     if t.ndim == 2:
-        if spec.clip == "gptq":
+        if spec.gptq:
             if hessian is None:
-                raise ValueError("clip rule 'gptq' needs a Hessian (calibration activations); none was given")
-            return gptq_quantize(t, hessian, spec.bits)
+                raise ValueError(f"{spec.label()} needs a Hessian from calibration tokens (pack --calib TRAIN_SHARDS); none was given")
+            return gptq_quantize(t, hessian, spec.bits, clip=spec.clip)
         return quantize_rows(t, spec.bits, spec.clip)
     return quantize_per_tensor(t, spec.bits, spec.clip)
 

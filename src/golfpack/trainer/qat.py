@@ -31,8 +31,9 @@ class QATModel(nn.Module):
         self.base = model
         params = dict(model.named_parameters())
         specs = policy.resolve({n: p.detach() for n, p in params.items()})
-        # fp32 / exact passthrough store the value unchanged: nothing to simulate.
-        self.specs = {n: s for n, s in specs.items() if not (s.kind == "passthrough" and s.dtype in ("fp32", "exact"))}
+        # fp32 / exact passthrough store the value unchanged: nothing to simulate. `+gptq` levels need a
+        # Hessian from the final weights, so training simulates the same grid with plain rounding.
+        self.specs = {n: s.rounded() for n, s in specs.items() if not (s.kind == "passthrough" and s.dtype in ("fp32", "exact"))}
         self.policy_name = policy.name
         for n in self.specs:
             self.register_buffer(_buffer_name(n), torch.zeros_like(params[n], requires_grad=False), persistent=False)

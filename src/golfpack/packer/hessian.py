@@ -1,0 +1,137 @@
+"""What GPTQ needs: the input second moment H = 2/n X^T X of every linear weight, on calibration tokens.
+
+A weight W used as y = x @ W.T sees inputs x; GPTQ trades rounding error between W's columns through
+H. Every block matrix is a `CastedLinear` (its input is hooked); the tied embedding doubles as the
+output head, whose input is the final-normed hidden state (hooked at `final_norm`). Sums run in
+float64 on the CPU; the forward itself is fp32, so H is bit-for-bit repeatable for the same tokens,
+micro-batch size, thread count and device (what `pack` uses to replay a search), and otherwise equal
+to ~1e-6 relative.
+
+`GptqCalibration` pins WHICH tokens: a policy that uses `+gptq` specs carries one, so `golfpack pack
+--policy FILE` rebuilds the same Hessians (checked by digest) and replays the search's artifact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+from golfpack.errors import GolfpackError
+
+DEFAULT_GPTQ_BATCH = 32  # calibration sequences for the Hessians
+DEFAULT_GPTQ_SEQ = 256  # tokens per sequence
+
+
+@dataclass(frozen=True)
+class GptqCalibration:
+    """Where a layout's GPTQ Hessians come from (stored in the policy; never validation tokens)."""
+
+    source: str  # train-shard glob or 'pydoc' (sensitivity.calib_tokens)
+    batch: int = DEFAULT_GPTQ_BATCH  # sequences, spread over the FIRST half of the calibration tokens
+    seq: int = DEFAULT_GPTQ_SEQ  # tokens per sequence
+    digest: str | None = None  # sha256 of the batch's tokens; pack refuses other tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "policy calibration") -> "GptqCalibration":
+        if not isinstance(d, dict) or not isinstance(d.get("source"), str):
+            raise GolfpackError(f"{where}: expected {{source, batch, seq, digest}}, got {d!r}")
+        unknown = set(d) - {"source", "batch", "seq", "digest"}
+        if unknown:
+            raise GolfpackError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        try:
+            return cls(source=d["source"], batch=int(d.get("batch", DEFAULT_GPTQ_BATCH)), seq=int(d.get("seq", DEFAULT_GPTQ_SEQ)),
+                       digest=None if d.get("digest") is None else str(d["digest"]))
+        except (TypeError, ValueError) as e:
+            raise GolfpackError(f"{where}: {e}") from None
+
+
+def calibration_batch(cal: GptqCalibration, *, tokenizer: str | None = None, vocab_size: int | None = None, source: str | None = None) -> Any:
+    """The CalibBatch that `cal` names (its first-half tokens), digest-checked. `source` overrides the path
+    (the same shards moved elsewhere); the digest still has to match."""
+    from golfpack.packer import sensitivity as S
+
+    toks = S.calib_tokens(source or cal.source, tokenizer=tokenizer)
+    batch = S.make_batch(toks[: len(toks) // 2], cal.batch, cal.seq, vocab_size=vocab_size)
+    if cal.digest is not None and batch.digest != cal.digest:
+        raise GolfpackError(
+            f"calibration tokens from {source or cal.source!r} differ from the ones this layout's GPTQ levels were "
+            f"computed on (digest {batch.digest[:12]} vs {cal.digest[:12]}): pass --calib with the same shards"
+        )
+    return batch
+
+
+def weight_inputs(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """weight name -> the module whose forward INPUT (pre-hook) or OUTPUT (final_norm) feeds it."""
+    from golfpack.model import CastedLinear
+
+    out: dict[str, torch.nn.Module] = {}
+    for path, m in model.named_modules():
+        if isinstance(m, CastedLinear):
+            out[f"{path}.weight"] = m
+    if getattr(model, "lm_head", None) is None and hasattr(model, "final_norm"):
+        out["tok_emb.weight"] = model.final_norm  # tied head: logits = final_norm(x) @ tok_emb.weight.T
+    return out
+
+
+@torch.no_grad()
+def collect_hessians(model: torch.nn.Module, batch: Any, names: Iterable[str] | None = None, *,
+                     device: str = "cpu", micro: int = 8) -> dict[str, Tensor]:
+    """H = 2/n X^T X (float64, CPU) for each requested weight over every token of `batch`."""
+    feeds = weight_inputs(model)
+    want = list(feeds) if names is None else [n for n in names if n in feeds]
+    acc: dict[str, Tensor] = {}
+    count: dict[str, int] = {}
+
+    def add(name: str, x: Tensor) -> None:
+        x2 = x.detach().reshape(-1, x.shape[-1]).to("cpu", torch.float64)
+        acc[name] = acc[name] + x2.T @ x2 if name in acc else x2.T @ x2
+        count[name] = count.get(name, 0) + x2.shape[0]
+
+    hooks = []
+    for name in want:
+        m = feeds[name]
+        if name == "tok_emb.weight" and m is getattr(model, "final_norm", None):
+            hooks.append(m.register_forward_hook(lambda mod, args, out, n=name: add(n, out)))
+        else:
+            hooks.append(m.register_forward_pre_hook(lambda mod, args, n=name: add(n, args[0])))
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, batch.inputs.shape[0], micro):
+            model.logits(batch.inputs[i : i + micro].to(device))  # type: ignore[operator]
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {n: (2.0 / max(1, count[n])) * acc[n] for n in want if n in acc}
+
+
+
+
+
+def hessians_for(state_dict: dict[str, Tensor], config: Any, specs: dict[str, Any], cal: GptqCalibration, *,
+                 tokenizer: str | None = None, source: str | None = None, device: str = "cpu") -> tuple[dict[str, Tensor], GptqCalibration]:
+    """Hessians of the 2-D tensors whose spec asks for GPTQ, and the calibration (digest filled in) they used."""
+    from dataclasses import replace
+
+    from golfpack.model import build_model
+
+    names = [n for n, s in specs.items() if getattr(s, "gptq", False) and state_dict[n].ndim == 2]
+    if not names:
+        return {}, cal
+    if config is None:
+        raise GolfpackError("GPTQ specs need the model itself (calibration forwards), but this checkpoint has no baseline-family config")
+    batch = calibration_batch(cal, tokenizer=tokenizer, vocab_size=config.vocab_size, source=source)
+    model = build_model(config, state_dict, device=device)
+    H = collect_hessians(model, batch, names, device=device)
+    missing = [n for n in names if n not in H]
+    if missing:
+        raise GolfpackError(f"GPTQ needs a linear weight's input; these are not linear weights of the model: {', '.join(missing[:5])}")
+    return H, replace(cal, digest=batch.digest)
+__all__ = ["DEFAULT_GPTQ_BATCH", "DEFAULT_GPTQ_SEQ", "GptqCalibration", "calibration_batch", "collect_hessians", "hessians_for", "weight_inputs"]
