@@ -231,3 +231,63 @@ def test_cli_rejects_bad_options(nolanvild_pt):
     assert r.exit_code == 1 and "--val needs --tokenizer" in r.output
     r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--code", "/nonexistent/train_gpt.py", "--activation", "relu3"])
     assert r.exit_code == 1 and "file not found" in r.output
+    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--clips", "quantile,median"])
+    assert r.exit_code == 1 and "--clips must be a comma-separated list of absmax, quantile, mse" in r.output
+
+
+def test_headroom_is_filled_by_harmless_upgrades():
+    # every option measures harmless (as fp16 vs fp32 often do): the repair still spends the room,
+    # largest upgrade first, and never goes over
+    costs = [[100, 300], [100, 900], [100, 1500]]
+    losses = [[0.0, 0.0]] * 3
+    f = Fitter(costs, losses, lambda ch: sum(costs[g][j] for g, j in enumerate(ch)), SearchConfig(budget=0))
+    ch = f.spend_headroom((0, 0, 0), 1400, [])
+    assert ch == (1, 1, 0) and f.measure(ch) == 1300  # 1500 would overflow; 900 then 300 fill it
+    # a real gain always comes before a zero-gain filler
+    losses2 = [[0.5, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    f2 = Fitter(costs, losses2, lambda ch: sum(costs[g][j] for g, j in enumerate(ch)), SearchConfig(budget=0))
+    assert f2.spend_headroom((0, 0, 0), 1200, [])[0] == 1
+
+
+def test_pick_prefers_more_bytes_within_measurement_noise():
+    from golfpack.packer.search import Alternative, pick
+
+    a = Alternative("solver:lzma", "lzma", (0,), 84_727, 3.9e-8, joint=3.1e-8)
+    b = Alternative("preset:int8", "lzma", (1,), 82_875, 4.9e-8, joint=2.4e-8)
+    c = Alternative("preset:int6", "lzma", (2,), 20_671, 5.9e-3, joint=7.0e-3)
+    assert pick([a, b, c]) is a  # 7e-9 nats/token apart is noise: keep the layout that uses the budget
+    d = Alternative("greedy:lzma", "lzma", (3,), 80_000, 1e-3, joint=1.0e-4)
+    e = Alternative("solver:lzma", "lzma", (4,), 84_000, 1e-3, joint=3.0e-4)
+    assert pick([d, e]) is d  # a real difference wins over bytes
+
+
+def test_floor_is_reachable_and_gptq_layouts_replay(qgv3, small_ckpt, sp1024_model, tmp_path):
+    """The floor the error prints is a budget that works; a +gptq layout's policy names its tokens and
+    `golfpack pack --policy` rebuilds the search's bytes exactly."""
+    import re
+
+    from golfpack.cli import main
+    from golfpack.packer.search import load_problem
+
+    common = [str(small_ckpt), "--tokenizer", str(sp1024_model), "--no-verify", "--no-select", "--sensitivity", "direct", *_fast([])]
+    r = CliRunner().invoke(main, ["search", *common, "--budget", "1000"])
+    floor = int(re.search(r"at least ([\d,]+)", r.output).group(1).replace(",", ""))
+    out = tmp_path / "floor.qg3"
+    r = CliRunner().invoke(main, ["search", *common, "--budget", str(floor), "--json", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size == json.loads(r.output)["model_bytes"] <= floor
+
+    cfg = SearchConfig(budget=10**6, tokenizer=str(sp1024_model), bits=(4,), clips=("quantile",), calib_seq=64, gptq_batch=4, progress=False)
+    p = load_problem(small_ckpt, cfg)
+    assert any(s.gptq for s in p.candidates["blocks.0.mlp.fc.weight"]) and not any(s.gptq for s in p.candidates["blocks.0.attn_scale"])
+    specs = {n: (next(s for s in c if s.gptq) if any(s.gptq for s in c) else c[0]) for n, c in p.candidates.items()}
+    data = p.encode_specs(specs, "lzma")
+    pol = p.policy_of(specs)
+    assert pol.calibration == {"source": "pydoc", "batch": 4, "seq": 64, "digest": p.calibration.digest} and len(p.calibration.digest) == 64
+    from golfpack.packer.search import write_policy
+
+    write_policy(tmp_path / "g.policy.json", pol)
+    r = CliRunner().invoke(main, ["pack", str(small_ckpt), "--policy", str(tmp_path / "g.policy.json"), "--tokenizer", str(sp1024_model),
+                                  "-o", str(tmp_path / "g.qg3")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "g.qg3").read_bytes() == data

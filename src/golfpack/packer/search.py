@@ -58,10 +58,12 @@ class SearchConfig:
     codecs: tuple[str, ...] = ("lzma",)  # artifact codecs to consider (each is fitted; the first also prices the cost tables); 'all' = lzma, zstd, brotli as available
     bits: tuple[int, ...] = (8, 7, 6, 5, 4)  # integer widths offered to every float tensor
     clips: tuple[str, ...] = ("quantile", "mse")  # clip rules offered for every width
+    gptq: bool = True  # also offer every matrix width x clip with GPTQ rounding (Hessians from the calibration tokens)
+    gptq_batch: int = 32  # calibration sequences (of calib_seq tokens) for the GPTQ Hessians
     passthrough: tuple[str, ...] = ("fp16",)  # lossy passthrough dtypes offered besides the tensor's own
     calib_batch: int = 8  # calibration sequences for direct measurement
     calib_seq: int = 256  # tokens per calibration sequence
-    sensitivity: str = "direct"  # direct | proxy (Taylor: gradient + diagonal Fisher) | both (direct drives, proxy reported)
+    sensitivity: str = "both"  # direct | proxy (Taylor: gradient + diagonal Fisher) | both (direct drives, proxy's rank agreement reported)
     proxy_batch: int = 32  # calibration sequences for the proxy's gradient statistics
     objective: str = "kl"  # what a tensor's damage means: kl = KL(raw || quantized) predictions, nll = delta loss on the calibration tokens
     select: bool = True  # pick the final layout among solver/proxy/greedy/preset alternatives by JOINT held-out loss
@@ -98,7 +100,7 @@ def exact_name_pattern(name: str) -> str:
     return name if not any(ch in name for ch in "*?[]") else "re:" + re.escape(name)
 
 
-def layout_policy(specs: dict[str, TensorSpec], name: str = "search") -> Any:
+def layout_policy(specs: dict[str, TensorSpec], name: str = "search", calibration: dict[str, Any] | None = None) -> Any:
     """A Policy that resolves to exactly `specs`: one rule per distinct spec listing exact names."""
     from golfpack.packer.policy import Policy, Rule
 
@@ -106,7 +108,7 @@ def layout_policy(specs: dict[str, TensorSpec], name: str = "search") -> Any:
     for n, s in specs.items():
         by_spec.setdefault(s.label(), []).append(exact_name_pattern(n))
     rules = tuple(Rule(spec=TensorSpec.parse(lbl), match=tuple(names)) for lbl, names in by_spec.items())
-    return Policy(name=name, rules=rules, default=TensorSpec.parse("fp16"))
+    return Policy(name=name, rules=rules, default=TensorSpec.parse("fp16"), calibration=calibration)
 
 
 def write_policy(path: str | Path, policy: Any, *, comment: dict[str, Any] | None = None) -> None:
@@ -173,7 +175,11 @@ class Problem:
     candidates: dict[str, list[TensorSpec]]  # per tensor, in a fixed order
     code_bytes: int
     code_files: list[str]
+    calibration: Any = None  # GptqCalibration of the +gptq candidates (digest filled once Hessians exist)
+    tokenizer: str | None = None  # for a 'pydoc' calibration source
     records: dict[tuple[str, str], TensorRecord] = field(default_factory=dict)  # (name, label) -> record
+    hessians: dict[str, Tensor] | None = None  # GPTQ Hessians, computed on first use
+    alone: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (name, label, codec) -> one-record artifact bytes
 
     @property
     def sha(self) -> str:
@@ -185,9 +191,36 @@ class Problem:
         if rec is None:
             from golfpack.packer.quantize import quantize_tensor
 
-            rec = quantize_tensor(name, self.state_dict[name], spec)
+            h = self.gptq_hessians().get(name) if spec.gptq else None
+            rec = quantize_tensor(name, self.state_dict[name], spec, h)
             self.records[key] = rec
         return rec
+
+    def gptq_hessians(self) -> dict[str, Tensor]:
+        """Hessians of every matrix with a +gptq candidate, from the pinned calibration tokens (the
+        same call `golfpack pack` makes when it replays the policy)."""
+        if self.hessians is None:
+            from golfpack.packer.hessian import hessians_for
+
+            specs = {n: next((s for s in c if s.gptq), c[0]) for n, c in self.candidates.items()}
+            self.hessians, self.calibration = hessians_for(self.state_dict, self.config, specs, self.calibration, tokenizer=self.tokenizer)
+        return self.hessians
+
+    def policy_of(self, specs: dict[str, TensorSpec]) -> Any:
+        """The policy `golfpack pack` replays to exactly these specs (naming the GPTQ tokens if it needs them)."""
+        uses = any(s.gptq for s in specs.values())
+        if uses:
+            self.gptq_hessians()  # fills the calibration digest
+        return layout_policy(specs, calibration=self.calibration.to_dict() if uses else None)
+
+    def alone_bytes(self, name: str, spec: TensorSpec, codec: str) -> int:
+        """Bytes of a QGv3 artifact holding just this record: the cost-table entry."""
+        key = (name, spec.label(), codec)
+        if key not in self.alone:
+            from golfpack.formats.qgv3 import encode_qgv3
+
+            self.alone[key] = len(encode_qgv3([self.record(name, spec)], config=None, policy=None, codec=codec, meta=None))
+        return self.alone[key]
 
     def specs_of(self, choice: tuple[int, ...] | list[int]) -> dict[str, TensorSpec]:
         return {n: self.candidates[n][j] for n, j in zip(self.names, choice)}
@@ -199,7 +232,7 @@ class Problem:
     def encode_specs(self, specs: dict[str, TensorSpec], codec: str) -> bytes:
         from golfpack.formats.qgv3 import encode_qgv3
 
-        policy = layout_policy(specs)
+        policy = self.policy_of(specs)
         recs = [self.record(n, specs[n]) for n in self.names]
         return encode_qgv3(
             recs, config=self.config.to_dict(), policy=policy.to_dict(), codec=codec,
@@ -218,32 +251,41 @@ def load_problem(ckpt: str | Path, cfg: SearchConfig) -> Problem:
     sd, config, kind = load_input(src, num_heads=cfg.num_heads, activation=cfg.activation)
     if config is None:
         raise GolfpackError(f"{src}: not a baseline-family GPT (cannot infer its config); the search needs to run the model")
+    from golfpack.packer.hessian import GptqCalibration, weight_inputs
+    from golfpack.model import build_model
+
+    linear = set(weight_inputs(build_model(config))) if cfg.gptq else set()  # GPTQ needs a linear layer's inputs
     cands = {
-        n: candidate_specs(t, bits=cfg.bits, clips=cfg.clips, passthrough=cfg.passthrough) for n, t in sd.items()
+        n: candidate_specs(t, bits=cfg.bits, clips=cfg.clips, passthrough=cfg.passthrough, gptq=n in linear) for n, t in sd.items()
     }
-    return Problem(src, src.read_bytes(), kind, sd, config, list(sd), cands, code_bytes, code_files)
+    cal = GptqCalibration(source=cfg.calib, batch=cfg.gptq_batch, seq=cfg.calib_seq)
+    if linear:  # pin the tokens now (reading them is cheap; the Hessians wait until a +gptq record is needed)
+        from dataclasses import replace
+
+        from golfpack.packer.hessian import calibration_batch
+
+        cal = replace(cal, digest=calibration_batch(cal, tokenizer=cfg.tokenizer, vocab_size=config.vocab_size).digest)
+    return Problem(src, src.read_bytes(), kind, sd, config, list(sd), cands, code_bytes, code_files, cal, cfg.tokenizer)
 
 
 # ------------------------------------------------------------------------------------------------
 # phase 2: floor
 
 
-def cheapest_choice(p: Problem) -> list[int]:
-    """Per tensor, the candidate with the fewest payload bytes (ties: the first listed)."""
-    from golfpack.packer.pack import payload_bytes
+def cheapest_choice(p: Problem, codec: str) -> list[int]:
+    """Per tensor, the round-to-nearest candidate with the fewest payload bytes; candidates that tie (the
+    narrowest width under several clip rules) are told apart by their size compressed alone.
 
+    GPTQ candidates are left out: same grid, so about the same bytes, but they need Hessians (model
+    forwards) and the floor is checked before any measurement."""
     out = []
     for n in p.names:
         specs = p.candidates[n]
-        # payload bytes need only bits/numel; quantize just the candidates that tie on the minimum
-        est = [_payload_estimate(p.state_dict[n], s) for s in specs]
-        lo = min(est)
-        ties = [j for j, e in enumerate(est) if e == lo]
-        if len(ties) > 1:
-            j = min(ties, key=lambda j: payload_bytes(p.record(n, specs[j])))
-        else:
-            j = ties[0]
-        out.append(j)
+        plain = [j for j, s in enumerate(specs) if not s.gptq]
+        est = {j: _payload_estimate(p.state_dict[n], specs[j]) for j in plain}
+        lo = min(est.values())
+        ties = [j for j in plain if est[j] == lo]
+        out.append(ties[0] if len(ties) == 1 else min(ties, key=lambda j: p.alone_bytes(n, specs[j], codec)))
     return out
 
 
@@ -259,7 +301,7 @@ def _payload_estimate(t: Tensor, s: TensorSpec) -> float:
 
 def floor_bytes(p: Problem, codecs: list[str]) -> tuple[int, str, list[int]]:
     """(exact total bytes incl. code, codec, choice) of the cheapest layout over the codecs."""
-    choice = cheapest_choice(p)
+    choice = cheapest_choice(p, codecs[0])
     best = None
     for c in codecs:
         n = len(p.encode(choice, c)) + p.code_bytes
@@ -275,12 +317,10 @@ def floor_bytes(p: Problem, codecs: list[str]) -> tuple[int, str, list[int]]:
 
 def cost_tables(p: Problem, codecs: list[str], cache: Cache, *, progress: bool | None) -> dict[str, dict[str, dict[str, int]]]:
     """codec -> tensor -> spec label -> bytes of a one-record QGv3 artifact holding that record."""
-    from golfpack.formats.qgv3 import encode_qgv3
-
     out: dict[str, dict[str, dict[str, int]]] = {}
     todo = []
     for c in codecs:
-        key = _key("cost", p.sha, c, __version__, {n: [s.label() for s in v] for n, v in p.candidates.items()})
+        key = _key("cost", p.sha, c, __version__, {n: [s.label() for s in v] for n, v in p.candidates.items()}, p.calibration.digest)
         hit = cache.get("cost", key)
         if hit is not None:
             out[c] = hit["table"]
@@ -294,7 +334,7 @@ def cost_tables(p: Problem, codecs: list[str], cache: Cache, *, progress: bool |
         for n in p.names:
             row = {}
             for s in p.candidates[n]:
-                row[s.label()] = len(encode_qgv3([p.record(n, s)], config=None, policy=None, codec=c, meta=None))
+                row[s.label()] = p.alone_bytes(n, s, c)
                 bar.update(1)
             table[n] = row
         cache.put("cost", key, {"table": table})
@@ -368,7 +408,7 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
     toks = sensitivity_tokens(cfg)
     batch = S.make_batch(toks, cfg.calib_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
     labels = {n: [s.label() for s in v] for n, v in p.candidates.items()}
-    key = _key("sens", p.sha, p.config.to_dict(), batch.digest, cfg.proxy_batch, __version__)
+    key = _key("sens", p.sha, p.config.to_dict(), batch.digest, cfg.proxy_batch, __version__, p.calibration.digest)
     hit = cache.get("sens", key) or {}
     model = build_model(p.config, p.state_dict, device=cfg.device)
     out: dict[str, Any] = {"calib_digest": batch.digest, "calib_tokens": batch.tokens, "cache_key": key, "objective": cfg.objective}
@@ -459,7 +499,7 @@ class Fitter:
     def for_problem(cls, p: Problem, codec: str, table: dict[str, dict[str, int]], deltas: dict[str, dict[str, float]], cfg: SearchConfig) -> "Fitter":
         costs = [[int(table[n][s.label()]) for s in p.candidates[n]] for n in p.names]
         losses = [[float(deltas[n][s.label()]) for s in p.candidates[n]] for n in p.names]
-        return cls(costs, losses, lambda ch: len(p.encode(ch, codec)), cfg, codec=codec, extra_choices=[tuple(cheapest_choice(p))])
+        return cls(costs, losses, lambda ch: len(p.encode(ch, codec)), cfg, codec=codec, extra_choices=[tuple(cheapest_choice(p, codec))])
 
     def measure(self, choice: tuple[int, ...]) -> int:
         choice = tuple(choice)
@@ -543,7 +583,7 @@ class Fitter:
         return Fit(self.codec, choice, self.measure(choice), self.loss(choice), len(self.sizes) - packs0, trace, cm)
 
     def spend_headroom(self, choice: tuple[int, ...], model_budget: int, trace: list[dict[str, Any]], a: float = 1.0) -> tuple[int, ...]:
-        """Exact repair: spend what is left of the budget on upgrades that lower the predicted loss.
+        """Exact repair: spend what is left of the budget on upgrades that lower (or keep) the predicted loss.
 
         Upgrades are ranked by loss reduction per predicted byte (table cost x the fitted slope `a`);
         as many as the room allows are applied together and checked by ONE exact pack (packs are the
@@ -563,7 +603,9 @@ class Fitter:
                 for j in range(len(self.costs[g])):
                     gain = self.losses[g][cur] - self.losses[g][j]
                     extra = a * (self.costs[g][j] - self.costs[g][cur])
-                    if j == cur or gain <= 0 or (g, j) in bad or extra > room:
+                    # a zero-gain upgrade (e.g. fp16 -> fp32 where both measure harmless) only fills room:
+                    # it comes after every real gain, largest first, and never raises the predicted loss
+                    if j == cur or gain < 0 or (gain == 0 and extra <= 0) or (g, j) in bad or extra > room:
                         continue
                     opts.append((gain / max(extra, 1.0), gain, extra, g, j))
             if not opts:
@@ -694,14 +736,24 @@ def run_search(ckpt: str | Path, cfg: SearchConfig) -> SearchResult:
     alts = alternatives(p, cfg, fits, tables, sens, model_budget) if cfg.select else []
     if alts:
         joint_scores(p, cfg, alts)
-        chosen = min(alts, key=lambda a: (a.joint, a.model_bytes))
+        chosen = pick(alts)
+        if model_budget - chosen.model_bytes >= cfg.target_headroom:
+            # a preset (or an answer fitted for another objective) can leave room: spend it like the
+            # solver's own answers, each step checked by an exact pack, then score the result jointly too
+            fitter = Fitter.for_problem(p, chosen.codec, tables[chosen.codec], sens["deltas"], cfg)
+            ch = fitter.spend_headroom(chosen.choice, model_budget, [], a=fits[chosen.codec].cost_model.a if chosen.codec in fits else 1.0)
+            if ch != chosen.choice:
+                rep = Alternative(f"{chosen.source}+repair", chosen.codec, ch, fitter.measure(ch), fitter.loss(ch))
+                joint_scores(p, cfg, [rep])
+                alts.append(rep)
+                chosen = pick(alts)
     else:
         chosen = min((Alternative(f"solver:{f.codec}", f.codec, f.choice, f.model_bytes, f.predicted_loss) for f in fits.values()),
                      key=lambda a: (a.predicted_loss, a.model_bytes))
     t["select"] = time.perf_counter() - t1
     specs = p.specs_of(chosen.choice)
     return SearchResult(
-        codec=chosen.codec, specs=specs, policy=layout_policy(specs), model_bytes=chosen.model_bytes,
+        codec=chosen.codec, specs=specs, policy=p.policy_of(specs), model_bytes=chosen.model_bytes,
         code_bytes=p.code_bytes, budget=cfg.budget, predicted_loss=chosen.predicted_loss, floor=floor, fits=fits,
         sens=sens, tables=tables, problem=p, timings=t, chosen=chosen, alternatives=alts,
     )
@@ -725,6 +777,18 @@ class Alternative:
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "codec": self.codec, "model_bytes": self.model_bytes,
                 "predicted_loss": self.predicted_loss, "joint": self.joint}
+
+
+JOINT_TIE_ABS = 1e-6  # nats/token: joint scores closer than this (or JOINT_TIE_REL of the best) are a tie
+JOINT_TIE_REL = 0.01
+
+
+def pick(alts: list[Alternative]) -> Alternative:
+    """The lowest joint damage; within measurement resolution of it, the layout that stores the most bytes
+    (fewer bytes never buys fidelity, and the budget is there to be spent)."""
+    best = min(a.joint for a in alts)
+    near = [a for a in alts if a.joint <= best + max(JOINT_TIE_ABS, JOINT_TIE_REL * abs(best))]
+    return max(near, key=lambda a: (a.model_bytes, -a.joint))
 
 
 def preset_choice(p: Problem, name: str) -> tuple[int, ...] | None:

@@ -58,7 +58,9 @@ def make_scorer(val: str, tokenizer: str, *, seq_len: int, max_tokens: int | Non
 @click.option("--codec", "codecs", default="lzma", show_default=True, help="Artifact codec(s) to fit, comma-separated (lzma, zstd, brotli, best = per-stream choice inside QGv3), or 'all'.")
 @click.option("--bits", default="8,7,6,5,4", show_default=True, help="Integer widths offered to every tensor.")
 @click.option("--clips", default="quantile,mse", show_default=True, help="Clip rules offered for every width.")
-@click.option("--sensitivity", "sens_mode", type=click.Choice(["direct", "proxy", "both"]), default="direct", show_default=True, help="Delta-loss estimate the solver uses (both: direct drives, proxy is validated against it).")
+@click.option("--gptq/--no-gptq", default=True, show_default=True, help="Also offer every matrix spec with GPTQ rounding (Hessians from --calib).")
+@click.option("--gptq-batch", type=int, default=32, show_default=True, help="Calibration sequences (of --calib-seq tokens) for the GPTQ Hessians.")
+@click.option("--sensitivity", "sens_mode", type=click.Choice(["direct", "proxy", "both"]), default="both", show_default=True, help="Delta-loss estimate the solver uses (both: direct drives, the proxy's rank agreement with it is reported).")
 @click.option("--objective", type=click.Choice(["kl", "nll"]), default="kl", show_default=True, help="Damage measure: KL(raw || quantized) predictions, or delta NLL on the calibration tokens.")
 @click.option("--no-select", is_flag=True, help="Take the solver's layout as is (skip the joint comparison with greedy/proxy/preset layouts).")
 @click.option("--calib-batch", type=int, default=8, show_default=True, help="Calibration sequences per forward.")
@@ -80,7 +82,7 @@ def make_scorer(val: str, tokenizer: str, *, seq_len: int, max_tokens: int | Non
 @progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokenizer: str | None, out: str | None, policy_out: str | None,
-               codecs: str, bits: str, clips: str, sens_mode: str, objective: str, no_select: bool, calib_batch: int, calib_seq: int, target_headroom: int, solver: str,
+               codecs: str, bits: str, clips: str, gptq: bool, gptq_batch: int, sens_mode: str, objective: str, no_select: bool, calib_batch: int, calib_seq: int, target_headroom: int, solver: str,
                cache_dir: str | None, val: str | None, eval_tokens: int, seq_len: int, frontier_points: int, plot: str | None,
                report: str | None, no_verify: bool, num_heads: int | None, activation: str | None, device: str,
                threads: int | None, progress: bool | None, as_json: bool) -> None:
@@ -95,11 +97,22 @@ def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokeni
         raise GolfpackError(f"--budget must be positive, got {budget}")
     if val and not tokenizer:
         raise GolfpackError("--val needs --tokenizer (the byte LUTs for bpb come from it)")
+    if plot:  # fail now, not after a long search
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise GolfpackError("--plot needs matplotlib: pip install 'golfpack[plot]' (or drop --plot)") from None
+    from golfpack.packer.spec import CLIP_RULES
+
     clip_t = tuple(c.strip() for c in clips.split(",") if c.strip())
+    if not clip_t or any(c not in CLIP_RULES for c in clip_t):
+        raise GolfpackError(f"--clips must be a comma-separated list of {', '.join(CLIP_RULES)}, got {clips!r}")
+    if gptq_batch < 1:
+        raise GolfpackError(f"--gptq-batch must be at least 1, got {gptq_batch}")
     cfg = SearchConfig(
         budget=budget, code=list(code), calib=calib, tokenizer=tokenizer,
         codecs=tuple(c.strip() for c in codecs.split(",") if c.strip()), bits=_int_list(bits, "bits"), clips=clip_t,
-        calib_batch=calib_batch, calib_seq=calib_seq, sensitivity=sens_mode, objective=objective, select=not no_select, target_headroom=target_headroom,
+        gptq=gptq, gptq_batch=gptq_batch, calib_batch=calib_batch, calib_seq=calib_seq, sensitivity=sens_mode, objective=objective, select=not no_select, target_headroom=target_headroom,
         solver=solver, cache_dir=cache_dir, device=device, num_heads=num_heads, activation=activation, progress=progress,
     )
     res = run_search(ckpt, cfg)
@@ -128,13 +141,17 @@ def search_outputs(res: Any, *, ckpt: str, out: str | None, policy_out: str | No
     if policy_out:
         write_policy(policy_out, res.policy)
         rep["policy_file"] = policy_out
-        rep["replay"] = f"golfpack pack {ckpt} --policy {policy_out} --codec {res.codec}" + "".join(f" --code {c}" for c in p.code_files)
+        pydoc_gptq = res.policy.uses_gptq and (res.policy.calibration or {}).get("source") == "pydoc"
+        rep["replay"] = (f"golfpack pack {ckpt} --policy {policy_out} --codec {res.codec} --budget {res.budget}"
+                         + "".join(f" --code {c}" for c in p.code_files)
+                         + (f" --activation {p.config.activation}" if p.config.activation != "relu2" else "")
+                         + (f" --tokenizer {tokenizer}" if pydoc_gptq else ""))
     if out:
         from golfpack.packer.pack import pack_file
 
         pol = Policy.load(policy_out) if policy_out else res.policy
         pr = pack_file(ckpt, out, policy=pol, codec=res.codec, budget=res.budget, code=p.code_files,
-                       num_heads=p.config.num_heads, activation=p.config.activation)
+                       num_heads=p.config.num_heads, activation=p.config.activation, tokenizer=tokenizer)
         if pr.model_bytes != res.model_bytes:  # the replay must be what the search measured
             raise GolfpackError(f"internal: packed {pr.model_bytes:,} bytes but the search measured {res.model_bytes:,}")
         rep["out"] = out

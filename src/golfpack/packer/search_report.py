@@ -49,7 +49,7 @@ def frontier(
     p = result.problem
     cfg = SearchConfig(budget=result.budget, max_fit_packs=6, max_repair_packs=0)
     fitter = Fitter.for_problem(p, result.codec, result.tables[result.codec], result.sens["deltas"], cfg)
-    lo = min(fitter.measure(tuple(cheapest_choice(p))), fitter.measure(fitter.cheapest()))
+    lo = min(fitter.measure(tuple(cheapest_choice(p, result.codec))), fitter.measure(fitter.cheapest()))
     # top of the range: the least-damage layout (cheapest among equally harmless specs), not fp32 everywhere
     best_loss = tuple(min(range(len(c)), key=lambda j: (round(l[j] / 1e-6), c[j])) for c, l in zip(fitter.costs, fitter.losses))
     hi = fitter.measure(best_loss)

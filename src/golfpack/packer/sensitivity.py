@@ -113,8 +113,10 @@ def candidate_specs(
     bits: Iterable[int] = DEFAULT_BITS,
     clips: Iterable[str] = DEFAULT_CLIPS,
     passthrough: Iterable[str] = ("fp16",),
+    gptq: bool = False,
 ) -> list[TensorSpec]:
-    """Specs worth trying for one tensor: its lossless store, cheaper passthroughs, and int widths x clips.
+    """Specs worth trying for one tensor: its lossless store, cheaper passthroughs, and int widths x clips
+    (x GPTQ rounding for matrices, when `gptq`).
 
     Non-float tensors only ever get `exact`. The lossless store of a float tensor is its own dtype
     (fp32 -> fp32, bf16 -> bf16, fp16 -> fp16), so "keep it as it is" is always a candidate.
@@ -130,6 +132,8 @@ def candidate_specs(
         for b in sorted(set(bits), reverse=True):
             for c in clips:
                 out.append(TensorSpec("int", bits=int(b), clip=c))
+                if gptq and t.ndim == 2:
+                    out.append(TensorSpec("int", bits=int(b), clip=c, gptq=True))
     return out
 
 
@@ -327,18 +331,18 @@ def regularize(deltas: dict[str, dict[str, float]]) -> dict[str, dict[str, float
     """What the solver should believe: no negative harm, and fewer bits never hurts less.
 
     A one-batch measurement can come out slightly negative (quantization noise that happens to help
-    on these tokens) - that does not generalise, so it is clamped to 0. Within one clip rule the loss
+    on these tokens) - that does not generalise, so it is clamped to 0. Within one clip rule (and rounding) the loss
     is made non-increasing in the bit width (running max from wide to narrow), which removes
     measurement noise without ever hiding a real cost.
     """
     out: dict[str, dict[str, float]] = {}
     for name, row in deltas.items():
         new = {k: max(0.0, float(v)) for k, v in row.items()}
-        by_clip: dict[str, list[tuple[int, str]]] = {}
+        by_clip: dict[tuple[str, bool], list[tuple[int, str]]] = {}
         for label in new:
             spec = TensorSpec.parse(label)
             if spec.kind == "int":
-                by_clip.setdefault(spec.clip, []).append((spec.bits, label))
+                by_clip.setdefault((spec.clip, spec.gptq), []).append((spec.bits, label))
         for items in by_clip.values():
             run = 0.0
             for _, label in sorted(items, reverse=True):
