@@ -52,3 +52,28 @@ def _fsync_dir(folder: Path) -> None:
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_write(path, "wb") as f:
         f.write(data)
+
+
+def load_table(path: str | os.PathLike[str], what: str) -> dict:
+    """A .toml or .json file's top-level table (policy files, training configs); GolfpackError otherwise."""
+    import json
+    import tomllib
+
+    from golfpack.errors import GolfpackError
+
+    p = Path(path)
+    if not p.is_file():
+        raise GolfpackError(f"{what} {p}: not found")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".toml":
+            d = tomllib.loads(text)
+        elif p.suffix.lower() == ".json":
+            d = json.loads(text)
+        else:
+            raise GolfpackError(f"{what} {p}: use a .toml or .json file")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise GolfpackError(f"{what} {p}: cannot parse ({e})") from None
+    if not isinstance(d, dict):
+        raise GolfpackError(f"{what} {p}: expected a table/object at the top level")
+    return d

@@ -3,10 +3,11 @@ so `golfpack --help` stays fast and one stage's import cost is not paid by anoth
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -46,16 +47,36 @@ class _LazyGroup(click.Group):
         return _load(name) if name in COMMANDS else None
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with user_errors():
             return super().invoke(ctx)
-        except GolfpackError as e:
-            # User errors: one clear line, no traceback.
-            raise click.ClickException(str(e)) from None
-        except BrokenPipeError:
-            raise  # stdout closed by the reader (`| head`): click's own handling exits quietly
-        except OSError as e:
-            # A path the OS refused (missing, unreadable, a file used as a folder): `Error: <path>: <reason>`.
-            raise click.ClickException(os_error_message(e)) from None
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """User errors become one `Error:` line (click.ClickException), never a traceback."""
+    try:
+        yield
+    except GolfpackError as e:
+        raise click.ClickException(str(e)) from None
+    except BrokenPipeError:
+        raise  # stdout closed by the reader (`| head`): click's own handling exits quietly
+    except OSError as e:
+        # A path the OS refused (missing, unreadable, a file used as a folder): `Error: <path>: <reason>`.
+        raise click.ClickException(os_error_message(e)) from None
+
+
+def run_module(cmd: click.Command, argv: list[str] | None, prog_name: str) -> int:
+    """Entry point of `python -m golfpack.<stage>` (what torchrun launches): the command's own options,
+    user errors as one `Error:` line on stderr, and an exit status instead of SystemExit."""
+    try:
+        with user_errors():
+            cmd.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        return 1
+    return 0
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,7 +7,7 @@ import sys
 import click
 
 from golfpack._progress import progress_option
-from golfpack.errors import GolfpackError, os_error_message
+from golfpack.errors import GolfpackError
 from golfpack.model import ACTIVATIONS
 
 
@@ -36,15 +36,11 @@ def eval_cmd(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, devi
     Under torchrun the windows are split over ranks and the sums all-reduced (gloo on CPU,
     nccl on CUDA); rank 0 prints the result.
     """
-    try:
+    from golfpack.cli import user_errors
+
+    with user_errors():  # also when run outside the `golfpack` group (python -m golfpack.evaluator)
         _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
              progress, as_json)
-    except GolfpackError as e:  # also when run outside the `golfpack` group (python -m golfpack.evaluator)
-        raise click.ClickException(str(e)) from None
-    except BrokenPipeError:
-        raise
-    except OSError as e:  # same one-line form as the `golfpack` group gives
-        raise click.ClickException(os_error_message(e)) from None
 
 
 def _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
@@ -99,14 +95,9 @@ def model_line(info: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m golfpack.evaluator` / torchrun entry: same options, one `Error:` line on user errors."""
-    try:
-        eval_cmd.main(args=argv, prog_name="golfpack.evaluator", standalone_mode=False)
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
-        return 1
-    return 0
+    from golfpack.cli import run_module
+
+    return run_module(eval_cmd, argv, "golfpack.evaluator")
 
 
 if __name__ == "__main__":  # pragma: no cover

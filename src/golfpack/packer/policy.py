@@ -20,9 +20,7 @@ reads the same dict from a JSON or TOML file. See docs/policies.md.
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,20 +190,9 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
-        p = Path(path)
-        if not p.is_file():
-            raise GolfpackError(f"policy file {p}: not found")
-        text = p.read_text(encoding="utf-8")
-        try:
-            if p.suffix.lower() == ".toml":
-                d = tomllib.loads(text)
-            elif p.suffix.lower() == ".json":
-                d = json.loads(text)
-            else:
-                raise GolfpackError(f"policy file {p}: use a .toml or .json file")
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-            raise GolfpackError(f"policy file {p}: cannot parse ({e})") from None
-        return cls.from_dict(d, name=p.stem)
+        from golfpack._io import load_table
+
+        return cls.from_dict(load_table(path, "policy file"), name=Path(path).stem)
 
     def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> "Policy":
         """Prepend `PATTERN=SPEC` rules (glob or re:regex); later overrides win over earlier ones."""

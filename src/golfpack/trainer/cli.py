@@ -11,7 +11,6 @@ import sys
 import click
 
 from golfpack._progress import progress_option
-from golfpack.errors import GolfpackError
 
 
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,17 +61,9 @@ def train_cmd(config, train_files, val_files, tokenizer, out_dir, overrides, pri
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for `python -m golfpack.trainer` (torchrun): same options, errors as one line."""
-    try:
-        train_cmd.main(args=argv, prog_name="golfpack.trainer", standalone_mode=False)
-    except GolfpackError as e:
-        click.echo(f"Error: {e}", err=True)
-        return 1
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
-        return 1
-    return 0
+    from golfpack.cli import run_module
+
+    return run_module(train_cmd, argv, "golfpack.trainer")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,9 +7,7 @@ file (which may name its own `preset = "..."`) -> `--set key=value` overrides on
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,22 +250,11 @@ def load_config(path: str | Path | None = None, preset_name: str | None = None, 
         preset_name = preset_name or str(path)
         path = None
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise GolfpackError(f"config file {p}: not found (or use a preset name: {', '.join(PRESETS)})")
-        text = p.read_text(encoding="utf-8")
-        try:
-            if p.suffix.lower() == ".toml":
-                file_values = tomllib.loads(text)
-            elif p.suffix.lower() == ".json":
-                file_values = json.loads(text)
-            else:
-                raise GolfpackError(f"config file {p}: use a .toml or .json file")
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-            raise GolfpackError(f"config file {p}: cannot parse ({e})") from None
-        if not isinstance(file_values, dict):
-            raise GolfpackError(f"config file {p}: expected a table/object at the top level")
-        file_values = dict(file_values)
+        from golfpack._io import load_table
+
+        if not Path(path).is_file():
+            raise GolfpackError(f"config file {path}: not found (or use a preset name: {', '.join(PRESETS)})")
+        file_values = dict(load_table(path, "config file"))
         file_preset = file_values.pop("preset", None)
         if preset_name is None and file_preset is not None:
             preset_name = str(file_preset)
