@@ -1,13 +1,23 @@
-"""Budget search vs fixed presets on real checkpoints: measured val_bpb at the bytes each takes.
+"""Budget search vs fixed presets: fresh-load val_bpb of each artifact at the bytes it takes.
 
-For each checkpoint: raw val_bpb, then uniform int8, uniform int6 and int6+tok8 (seed PR #160's
-layout) packed as QGv3 (same codec for all, lzma by default), then `golfpack search` at budgets that bind (fractions of the
-int8 artifact, plus the int6+tok8 size itself). Every artifact is decoded from its bytes and scored on
-the first --eval-tokens official val tokens; calibration uses Python's docs tokenized with sp1024
-(never val). Prints a table and writes bench/results/search_frontier.json.
+Per checkpoint: the raw score, then uniform int8, uniform int6 and int6+tok8 (seed PR #160's layout)
+packed as QGv3 (one codec for all, lzma by default), then `golfpack search` at budgets that BIND:
+fractions of the smaller of the int6 / int6+tok8 artifacts, so every search artifact takes equal or
+fewer bytes than both presets it is compared with. One more search runs at exactly the int6+tok8 size
+(that row is compared with int6+tok8 only). Every artifact is scored in a fresh process by
+`golfpack verify --eval` (the same path a submission's score takes).
 
-    python bench/search_frontier.py                          # nolanvild (+ --tiny runs/tiny/final_model.pt)
-    python bench/search_frontier.py --tiny PATH --fractions 0.55,0.45,0.35
+Checkpoints:
+- nolanvild (real, trained on FineWeb): scored on the first --eval-tokens official val tokens;
+  calibration = `--calib self`, text sampled from the model itself (we hold no FineWeb train text,
+  and never calibrate on val).
+- --trained DIR (made by bench/train_code_model.py with golfpack itself): calibration = its TRAIN
+  shards, scored on its held-out shard (files it never saw), as val_bpb of that domain.
+
+    python bench/train_code_model.py --out runs/code-model
+    python bench/search_frontier.py --trained runs/code-model
+
+Prints a table and writes bench/results/search_frontier.json.
 """
 
 from __future__ import annotations
@@ -19,136 +29,113 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 SP1024 = SHARED / "tokenizers" / "fineweb_1024_bpe.model"
 VAL = SHARED / "text" / "fineweb_val_000000_first1040298tok.bin"
+PRESETS = ("int8", "int6", "int6+tok8")
 
 
-def score_fn(config, val_tokens, luts, seq_len):
-    from golfpack.evaluator.api import evaluate
-    from golfpack.model import build_model
-
-    toks = torch.from_numpy(np.asarray(val_tokens, dtype=np.int64))
-
-    def score(sd):
-        model = build_model(config, sd)
-        r = evaluate(model, toks, luts, seq_len=seq_len, stride=None, batch_size=16, device="cpu")
-        return float(r.val_loss), float(r.val_bpb)
-
-    return score
-
-
-def bench_checkpoint(label, path, activation, seq_len, fractions, args, calib="pydoc", heldout=None):
-    from golfpack.evaluator.api import build_luts
-    from golfpack.formats.qgv3 import decode_qgv3
-    from golfpack.formats.shards import load_tokens
-    from golfpack.packer.pack import load_input, pack_state_dict
+def bench_checkpoint(label: str, path: str, *, activation: str | None, seq_len: int, val: str, calib: str, fractions: list[float],
+                     args: argparse.Namespace, work: Path) -> dict:
+    from golfpack.evaluator.api import evaluate_path
+    from golfpack.packer.pack import pack_file
     from golfpack.packer.policy import Policy
     from golfpack.packer.search import SearchConfig, run_search
+    from golfpack.packer.verify import EvalOptions, verify_artifact
 
-    sd, config, _ = load_input(path, activation=activation)
-    val = load_tokens(str(VAL), args.eval_tokens)
-    score = score_fn(config, val, build_luts(str(SP1024), config.vocab_size), seq_len)
-    raw_loss, raw_bpb = score(sd)
-    # optional second scorer: held-out text of the checkpoint's own training domain (not val)
-    score_ho = None
-    if heldout:
-        score_ho = score_fn(config, load_tokens(heldout), build_luts(str(SP1024), config.vocab_size), seq_len)
-        ho_raw = score_ho(sd)[1]
-    print(f"\n== {label}: {path} ({sum(t.numel() for t in sd.values()):,} params, {config.activation}, eval seq {seq_len}) raw val_bpb {raw_bpb:.5f}", flush=True)
+    ev = EvalOptions(val=val, tokenizer=str(SP1024), seq_len=seq_len, max_tokens=args.eval_tokens)
+
+    def fresh_score(artifact: Path) -> dict:
+        rep = verify_artifact(artifact, eval_options=ev, activation=activation)
+        assert rep["ok"], rep["problems"]
+        return rep["post"]
+
+    raw = evaluate_path(path, val=val, tokenizer=str(SP1024), seq_len=seq_len, max_tokens=args.eval_tokens, activation=activation)
+    print(f"\n== {label}: {path} (eval seq {seq_len}, {raw.tokens:,} tokens of {val}) raw val_bpb {raw.val_bpb:.5f}", flush=True)
     presets = {}
-    for name in ("int8", "int6", "int6+tok8"):
-        res = pack_state_dict(sd, Policy.preset(name), codec=args.codec, config=config)
-        loss, bpb = score(decode_qgv3(res.data).state_dict())
-        presets[name] = {"bytes": res.model_bytes, "codec": res.codec, "val_loss": loss, "val_bpb": bpb, "gap": bpb - raw_bpb}
-        if score_ho:
-            presets[name]["heldout_gap"] = score_ho(decode_qgv3(res.data).state_dict())[1] - ho_raw
-        print(f"  preset {name:<10} {res.model_bytes:>9,} B ({res.codec})  val_bpb {bpb:.5f}  gap {bpb - raw_bpb:+.5f}"
-              + (f"  held-out gap {presets[name]['heldout_gap']:+.5f}" if score_ho else ""), flush=True)
-    int8_bytes = presets["int8"]["bytes"]
+    for name in PRESETS:
+        out = work / f"{label}-{name}.qg3"
+        res = pack_file(path, out, policy=Policy.preset(name), codec=args.codec, activation=activation)
+        post = fresh_score(out)
+        presets[name] = {"bytes": res.model_bytes, "codec": res.codec, "val_loss": post["val_loss"], "val_bpb": post["val_bpb"],
+                         "gap": post["val_bpb"] - raw.val_bpb}
+        print(f"  preset {name:<10} {res.model_bytes:>9,} B  val_bpb {post['val_bpb']:.5f}  gap {presets[name]['gap']:+.5f}", flush=True)
     t6 = presets["int6+tok8"]
-    budgets = [(f"{f:.0%} of int8", int(f * int8_bytes)) for f in fractions]
+    bind = min(presets["int6"]["bytes"], t6["bytes"])
+    which = "int6" if presets["int6"]["bytes"] <= t6["bytes"] else "int6+tok8"
+    budgets = [(f"{f:.0%} of {which} bytes", int(f * bind)) for f in fractions]
     budgets.append(("= int6+tok8 bytes", t6["bytes"]))
     rows = []
-    cache = Path(args.cache) / label
     for i, (blabel, budget) in enumerate(budgets):
         t0 = time.perf_counter()
-        cfg = SearchConfig(
-            budget=budget, calib=calib, tokenizer=str(SP1024), cache_dir=str(cache),
-            sensitivity="both" if i == 0 else "direct", calib_batch=args.calib_batch, calib_seq=args.calib_seq,
-            progress=not args.quiet, activation=activation, codecs=(args.codec,),
-        )
+        cfg = SearchConfig(budget=budget, calib=calib, tokenizer=str(SP1024), cache_dir=str(Path(args.cache) / label),
+                           calib_batch=args.calib_batch, calib_seq=args.calib_seq, progress=None, activation=activation,
+                           codecs=(args.codec,))
         res = run_search(path, cfg)
-        data = res.problem.encode(res.choice, res.codec)
-        assert len(data) == res.model_bytes <= budget
-        qsd = decode_qgv3(data).state_dict()
-        loss, bpb = score(qsd)
-        gap = bpb - raw_bpb
+        out = work / f"{label}-search-{i}.qg3"
+        out.write_bytes(res.problem.encode(res.choice, res.codec))
+        assert out.stat().st_size == res.model_bytes <= budget
+        post = fresh_score(out)
+        bpb = post["val_bpb"]
+        gap = bpb - raw.val_bpb
+        vs = {}
+        for name in ("int6", "int6+tok8"):
+            p = presets[name]
+            vs[name] = {"lower_bpb": bpb < p["val_bpb"], "bytes_le": res.model_bytes <= p["bytes"]}
+            vs[name]["pass"] = vs[name]["lower_bpb"] and vs[name]["bytes_le"]
         row = {
             "budget_label": blabel, "budget": budget, "bytes": res.model_bytes, "headroom": res.headroom, "codec": res.codec,
-            "val_loss": loss, "val_bpb": bpb, "gap": gap, "gap_ratio_vs_int6tok8": gap / t6["gap"] if t6["gap"] else None,
-            "predicted_delta_loss": res.predicted_loss, "seconds": time.perf_counter() - t0,
-            # the issue's test: lower measured val_bpb than the preset, at equal or fewer bytes
-            "lower_bpb_than_int6": bpb < presets["int6"]["val_bpb"],
-            "lower_bpb_than_int6tok8": bpb < t6["val_bpb"],
-            "bytes_le_int6": res.model_bytes <= presets["int6"]["bytes"],
-            "bytes_le_int6tok8": res.model_bytes <= t6["bytes"],
+            "val_loss": post["val_loss"], "val_bpb": bpb, "gap": gap, "gap_ratio_vs_int6tok8": gap / t6["gap"] if t6["gap"] else None,
+            "predicted_delta_loss": res.predicted_loss, "seconds": round(time.perf_counter() - t0, 1), "vs": vs,
             "layout_counts": _counts(res.specs), "chosen_from": res.chosen.source if res.chosen else None,
-            "alternatives": [a.to_dict() for a in res.alternatives],
+            "alternatives": [a.to_dict() for a in res.alternatives], "proxy_vs_direct": res.sens.get("agreement"),
         }
-        if score_ho:
-            row["heldout_gap"] = score_ho(qsd)[1] - ho_raw
-        if res.sens.get("agreement"):
-            row["proxy_vs_direct"] = res.sens["agreement"]
         rows.append(row)
-        print(f"  search @ {blabel:<17} budget {budget:>9,}: {res.model_bytes:>9,} B (headroom {res.headroom:,}, {res.codec}) "
-              f"val_bpb {bpb:.5f} gap {gap:+.5f}  gap/int6+tok8 gap = {row['gap_ratio_vs_int6tok8']:.3f}"
-              + (f"  held-out gap {row['heldout_gap']:+.5f}" if score_ho else "") + f"  [{row['seconds']:.0f}s]", flush=True)
-    return {"label": label, "path": str(path), "activation": config.activation, "eval_seq_len": seq_len, "calib": calib,
-            "heldout": heldout, "heldout_raw_bpb": ho_raw if score_ho else None,
-            "eval_tokens": len(val), "raw_val_loss": raw_loss, "raw_val_bpb": raw_bpb, "presets": presets, "search": rows}
+        print(f"  search @ {blabel:<22} {budget:>9,}: {res.model_bytes:>9,} B (headroom {res.headroom:,}) val_bpb {bpb:.5f} "
+              f"gap {gap:+.5f}  gap/(3) {row['gap_ratio_vs_int6tok8']:.3f}  [{row['seconds']:.0f}s]", flush=True)
+    return {"label": label, "path": str(path), "activation": activation, "eval_seq_len": seq_len, "val": val, "calib": calib,
+            "eval_tokens": raw.tokens, "raw_val_loss": raw.val_loss, "raw_val_bpb": raw.val_bpb, "presets": presets, "search": rows}
 
 
-def _counts(specs):
-    out = {}
+def _counts(specs: dict) -> dict[str, int]:
+    out: dict[str, int] = {}
     for s in specs.values():
         out[s.label()] = out.get(s.label(), 0) + 1
-    return out
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def print_table(results):
-    print("\nmeasured val_bpb (fresh decode of each artifact, first %d official val tokens)" % results[0]["eval_tokens"])
-    hdr = f"{'checkpoint':<14} {'layout':<30} {'bytes':>9} {'val_bpb':>9} {'gap':>9} {'gap/(3)':>8}  {'vs (2) int6':<22} {'vs (3) int6+tok8':<22}"
+def print_table(results: list[dict]) -> None:
+    hdr = f"{'checkpoint':<12} {'layout':<34} {'bytes':>9} {'val_bpb':>9} {'gap':>9} {'gap/(3)':>8}  {'vs (2) int6':<14} {'vs (3) int6+tok8':<16}"
+    print("\nfresh-load val_bpb of every artifact (golfpack verify --eval)")
     print(hdr)
     print("-" * len(hdr))
 
-    def verdict(lower, le_bytes):
-        return ("lower bpb" if lower else "HIGHER bpb") + (", <= bytes" if le_bytes else ", more bytes")
+    def verdict(v: dict | None) -> str:
+        if v is None:
+            return "-"
+        if not v["bytes_le"]:
+            return "(more bytes)"
+        return "PASS" if v["lower_bpb"] else "FAIL"
 
     for r in results:
         t6gap = r["presets"]["int6+tok8"]["gap"]
-        print(f"{r['label']:<14} {'raw':<30} {'':>9} {r['raw_val_bpb']:>9.5f}")
-        for i, name in enumerate(("int8", "int6", "int6+tok8"), 1):
+        print(f"{r['label']:<12} {'raw':<34} {'':>9} {r['raw_val_bpb']:>9.5f}")
+        for i, name in enumerate(PRESETS, 1):
             p = r["presets"][name]
-            print(f"{'':<14} {f'({i}) {name}':<30} {p['bytes']:>9,} {p['val_bpb']:>9.5f} {p['gap']:>+9.5f} {p['gap'] / t6gap if t6gap else float('nan'):>8.3f}")
+            print(f"{'':<12} {f'({i}) {name}':<34} {p['bytes']:>9,} {p['val_bpb']:>9.5f} {p['gap']:>+9.5f} {p['gap'] / t6gap:>8.3f}")
         for x in r["search"]:
-            print(f"{'':<14} {'(4) search @ ' + x['budget_label']:<30} {x['bytes']:>9,} {x['val_bpb']:>9.5f} {x['gap']:>+9.5f} {x['gap_ratio_vs_int6tok8']:>8.3f}  "
-                  f"{verdict(x['lower_bpb_than_int6'], x['bytes_le_int6']):<22} {verdict(x['lower_bpb_than_int6tok8'], x['bytes_le_int6tok8']):<22}")
+            print(f"{'':<12} {'(4) search @ ' + x['budget_label']:<34} {x['bytes']:>9,} {x['val_bpb']:>9.5f} {x['gap']:>+9.5f} "
+                  f"{x['gap_ratio_vs_int6tok8']:>8.3f}  {verdict(x['vs']['int6']):<14} {verdict(x['vs']['int6+tok8']):<16}")
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nolanvild", default=str(SHARED / "checkpoints" / "nolanvild_final_model.pt"))
-    ap.add_argument("--tiny", default=None, help="a checkpoint trained by `golfpack train --config tiny` (final_model.pt)")
-    ap.add_argument("--tiny-activation", default=None)
-    ap.add_argument("--tiny-seq-len", type=int, default=128)
-    ap.add_argument("--tiny-calib", default="pydoc", help="calibration for the tiny checkpoint: its TRAIN shard glob, or pydoc")
-    ap.add_argument("--tiny-heldout", default=None, help="held-out shard of the tiny checkpoint's own training text (extra, in-domain score)")
-    ap.add_argument("--fractions", default="0.55,0.45,0.35")
+    ap.add_argument("--nolanvild", default=str(SHARED / "checkpoints" / "nolanvild_final_model.pt"), help="'' to skip")
+    ap.add_argument("--trained", default=None, help="folder written by bench/train_code_model.py")
+    ap.add_argument("--fractions", default="1.0,0.95,0.9", help="budgets as fractions of the smaller of the int6 / int6+tok8 artifacts")
     ap.add_argument("--codec", default="lzma", help="artifact codec for presets and search alike")
     ap.add_argument("--eval-tokens", type=int, default=65_537)
     ap.add_argument("--calib-batch", type=int, default=8)
@@ -156,21 +143,26 @@ def main(argv=None):
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "golfpack_search_cache"), help="measurement cache (reused across budgets/runs)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "search_frontier.json"))
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     fractions = [float(x) for x in args.fractions.split(",")]
     results = []
-    if args.nolanvild:
-        results.append(bench_checkpoint("nolanvild", args.nolanvild, "relu3", 256, fractions, args))
-    if args.tiny:
-        results.append(bench_checkpoint("golfpack-tiny", args.tiny, args.tiny_activation, args.tiny_seq_len, fractions, args,
-                                        calib=args.tiny_calib, heldout=args.tiny_heldout))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.nolanvild:
+            results.append(bench_checkpoint("nolanvild", args.nolanvild, activation="relu3", seq_len=256, val=str(VAL),
+                                            calib="self", fractions=fractions, args=args, work=work))
+        if args.trained:
+            d = Path(args.trained)
+            results.append(bench_checkpoint("golfpack", str(d / "run" / "final_model.pt"), activation=None, seq_len=256,
+                                            val=str(d / "shards" / "code_heldout_*.bin"), calib=str(d / "shards" / "code_train_*.bin"),
+                                            fractions=fractions, args=args, work=work))
     print_table(results)
     from golfpack._io import write_bytes_atomic
 
-    write_bytes_atomic(args.out, (json.dumps({"results": results}, indent=2) + "\n").encode())
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "codec": args.codec, "fractions": fractions}
+    write_bytes_atomic(args.out, (json.dumps({"meta": meta, "results": results}, indent=2) + "\n").encode())
     print(f"\nwrote {args.out}")
     return 0
 

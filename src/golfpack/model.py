@@ -147,21 +147,43 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init, dtype=torch.float32))
         self.rotary = Rotary(self.head_dim, cfg.rope_base)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, kv: "LayerCache | None" = None) -> Tensor:
         b, t, d = x.shape
         q = self.c_q(x).reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.c_v(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = F.rms_norm(q, (q.size(-1),))
         k = F.rms_norm(k, (k.size(-1),))
-        cos, sin = self.rotary(t, x.device, q.dtype)
+        start = 0 if kv is None else kv.length
+        cos, sin = self.rotary(start + t, x.device, q.dtype)
+        if start:
+            cos, sin = cos[:, :, start:], sin[:, :, start:]
         q = apply_rotary_emb(q, cos, sin)
         k = apply_rotary_emb(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        if kv is not None:
+            k, v = kv.extend(k, v)
+            if start and t != 1:
+                raise ValueError("a KV cache takes a prefix first, then one token per step")
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
+            q, k, v, is_causal=start == 0, enable_gqa=self.num_kv_heads != self.num_heads
         )
         return self.proj(y.transpose(1, 2).contiguous().reshape(b, t, d))
+
+
+@dataclass
+class LayerCache:
+    """One block's keys/values of every token seen so far (incremental decoding only)."""
+
+    k: Tensor | None = None  # (B, kv_heads, T, head_dim), RoPE already applied
+    v: Tensor | None = None
+    length: int = 0  # tokens cached (= position of the next token)
+
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
+        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        self.length = self.k.shape[2]
+        return self.k, self.v
 
 
 class MLP(nn.Module):
@@ -196,10 +218,10 @@ class Block(nn.Module):
         self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
 
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, kv: LayerCache | None = None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-        x = x + self.attn_scale.to(x.dtype)[None, None, :] * self.attn(self.attn_norm(x))
+        x = x + self.attn_scale.to(x.dtype)[None, None, :] * self.attn(self.attn_norm(x), kv)
         x = x + self.mlp_scale.to(x.dtype)[None, None, :] * self.mlp(self.mlp_norm(x))
         return x
 
@@ -229,23 +251,44 @@ class GPT(nn.Module):
             if isinstance(m, nn.Linear) and getattr(m, "_zero_init", False):
                 nn.init.zeros_(m.weight)
 
-    def hidden(self, input_ids: Tensor) -> Tensor:
-        """Final-normed hidden states, shape (B, T, D)."""
+    def hidden(self, input_ids: Tensor, cache: list[LayerCache] | None = None) -> Tensor:
+        """Final-normed hidden states, shape (B, T, D). With `cache` (one LayerCache per block), the
+        tokens continue the cached ones (see `generate`)."""
         x = F.rms_norm(self.tok_emb(input_ids), (self.config.model_dim,))
         x0 = x
+        kv = cache if cache is not None else [None] * len(self.blocks)
         skips: list[Tensor] = []
         for i in range(self.num_encoder_layers):
-            x = self.blocks[i](x, x0)
+            x = self.blocks[i](x, x0, kv[i])
             skips.append(x)
         for i in range(self.num_decoder_layers):
             if skips and self.skip_weights is not None:
                 x = x + self.skip_weights[i].to(x.dtype)[None, None, :] * skips.pop()
-            x = self.blocks[self.num_encoder_layers + i](x, x0)
+            j = self.num_encoder_layers + i
+            x = self.blocks[j](x, x0, kv[j])
         return self.final_norm(x)
 
-    def logits(self, input_ids: Tensor) -> Tensor:
+    def logits(self, input_ids: Tensor, cache: list[LayerCache] | None = None) -> Tensor:
         """Soft-capped logits in fp32, shape (B, T, V)."""
-        return self.logits_from_hidden(self.hidden(input_ids))
+        return self.logits_from_hidden(self.hidden(input_ids, cache))
+
+    @torch.no_grad()
+    def generate(self, prefix: Tensor, steps: int, *, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """Sample `steps` tokens after `prefix` (B, P) with a KV cache; returns (B, P + steps).
+
+        Used to write the model's own calibration text: in-distribution for the model, and never
+        the validation tokens. Same arithmetic as `logits` (tested against full recomputation).
+        """
+        cache = [LayerCache() for _ in self.blocks]
+        out = [prefix]
+        logits = self.logits(prefix, cache)[:, -1]
+        for step in range(steps):
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)
+            out.append(nxt)
+            if step + 1 < steps:
+                logits = self.logits(nxt, cache)[:, -1]
+        return torch.cat(out, dim=1)
 
     def logits_from_hidden(self, h: Tensor) -> Tensor:
         """Soft-capped fp32 logits for hidden states of any leading shape (lets the evaluator skip unscored rows)."""
@@ -285,4 +328,4 @@ def count_params(cfg: ModelConfig) -> int:
     return total
 
 
-__all__ = ["ACTIVATIONS", "CONTROL_TENSOR_NAME_PATTERNS", "GPT", "ModelConfig", "build_model", "count_params"]
+__all__ = ["ACTIVATIONS", "CONTROL_TENSOR_NAME_PATTERNS", "GPT", "LayerCache", "ModelConfig", "build_model", "count_params"]

@@ -183,6 +183,12 @@ def test_search_end_to_end_fits_and_caches(qgv3, small_ckpt, sp1024_model, tmp_p
     assert {k: v.label() for k, v in pol.resolve(load_state_dict(small_ckpt)).items()} == rep["layout"]
     sources = {a["source"] for a in rep["alternatives"]}
     assert "solver:lzma" in sources and "preset:int8" in sources  # compared jointly with the presets that fit
+    # default calibration: the model's own samples, written next to the artifact (64 x [BOS + 64 tokens])
+    from golfpack.formats.shards import read_shard
+
+    cal = read_shard(tmp_path / "best.calib.bin")
+    assert cal.size == 64 * 65 and int((cal[::65] == 1).sum()) == 64
+    assert len(list(cache.glob("selfcal-*_train.bin"))) == 1
     assert all(a["joint"] >= -1e-7 for a in rep["alternatives"])
     # 2) a budget that binds: measurements come from the cache (no forward pass may run); the
     #    artifact fits, and its unused budget is small
@@ -277,8 +283,9 @@ def test_floor_is_reachable_and_gptq_layouts_replay(qgv3, small_ckpt, sp1024_mod
     assert r.exit_code == 0, r.output
     assert out.stat().st_size == json.loads(r.output)["model_bytes"] <= floor
 
-    cfg = SearchConfig(budget=10**6, tokenizer=str(sp1024_model), bits=(4,), clips=("quantile",), calib_seq=64, gptq_batch=4, progress=False)
+    cfg = SearchConfig(budget=10**6, calib="pydoc", tokenizer=str(sp1024_model), bits=(4,), clips=("quantile",), calib_seq=64, gptq_batch=4, progress=False)
     p = load_problem(small_ckpt, cfg)
+    p.pin_calibration("pydoc")
     assert any(s.gptq for s in p.candidates["blocks.0.mlp.fc.weight"]) and not any(s.gptq for s in p.candidates["blocks.0.attn_scale"])
     specs = {n: (next(s for s in c if s.gptq) if any(s.gptq for s in c) else c[0]) for n, c in p.candidates.items()}
     data = p.encode_specs(specs, "lzma")

@@ -102,3 +102,32 @@ def test_direct_vs_proxy_on_real_checkpoint(nolan):
     _, tfisher = gradient_stats(model, make_batch(toks, 8, 128), names=names, sample=True)
     agree = compare(kl, proxy_deltas(sd, tfisher, cands))
     assert agree["spearman"] > 0.9 and 0.3 < agree["proxy_to_direct_scale"] < 3, agree
+
+
+@pytest.mark.parametrize("name,refused", [
+    ("fineweb_val_000000.bin", True), ("fineweb_val_*.bin", True), ("val_*.bin", True), ("x.val.bin", True),
+    ("validation-1.bin", True), ("fineweb_train_*.bin", False), ("interval_train.bin", False), ("eval_run.calib.bin", False),
+])
+def test_calibration_refuses_val_named_files(tmp_path, name: str, refused: bool) -> None:
+    from golfpack.formats.shards import write_shard
+    from golfpack.packer.sensitivity import calib_tokens
+
+    real = name.replace("*", "000000")
+    write_shard(tmp_path / real, np.arange(100, dtype=np.uint16))
+    if refused:
+        with pytest.raises(GolfpackError, match="looks like validation data"):
+            calib_tokens(str(tmp_path / name))
+    else:
+        assert calib_tokens(str(tmp_path / name)).size == 100
+
+
+def test_self_tokens_are_the_models_own_seeded_samples() -> None:
+    from golfpack.model import ModelConfig, build_model
+    from golfpack.packer.sensitivity import self_tokens
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(vocab_size=50, num_layers=1, model_dim=16, num_heads=2, num_kv_heads=1))
+    a = self_tokens(m, sequences=5, length=7, seed=1, chunk=2)
+    assert a.shape == (5 * 8,) and (a[::8] == 1).all() and a.max() < 50
+    assert np.array_equal(a, self_tokens(m, sequences=5, length=7, seed=1, chunk=2))  # seeded: the same text again
+    assert not np.array_equal(a, self_tokens(m, sequences=5, length=7, seed=2))

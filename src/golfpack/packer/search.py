@@ -22,6 +22,7 @@ Pipeline (each phase has a progress bar and, with a cache dir, is skipped when a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -53,8 +54,11 @@ class SearchConfig:
 
     budget: int  # byte cap for model artifact + code files
     code: list[str] = field(default_factory=list)  # submission code files, counted byte for byte
-    calib: str = "pydoc"  # calibration tokens: train-shard glob or 'pydoc' (never val)
-    tokenizer: str | None = None  # sentencepiece model (for --calib pydoc)
+    calib: str = "self"  # calibration tokens: 'self' (the model's own samples), a train-shard glob, or 'pydoc' (never val)
+    tokenizer: str | None = None  # sentencepiece model (for --calib pydoc; its BOS id for 'self')
+    self_sequences: int = 64  # --calib self: sampled sequences (of calib_seq tokens; half measure, half select)
+    self_seed: int = 0  # --calib self: sampling seed
+    calib_out: str | None = None  # --calib self: where the samples are written as a shard (the policy points there)
     codecs: tuple[str, ...] = ("lzma",)  # artifact codecs to consider (each is fitted; the first also prices the cost tables); 'all' = lzma, zstd, brotli as available
     bits: tuple[int, ...] = (8, 7, 6, 5, 4)  # integer widths offered to every float tensor
     clips: tuple[str, ...] = ("quantile", "mse")  # clip rules offered for every width
@@ -202,9 +206,21 @@ class Problem:
         if self.hessians is None:
             from golfpack.packer.hessian import hessians_for
 
+            if self.calibration.digest is None:
+                raise GolfpackError("internal: GPTQ records before the calibration tokens were pinned (Problem.pin_calibration)")
             specs = {n: next((s for s in c if s.gptq), c[0]) for n, c in self.candidates.items()}
             self.hessians, self.calibration = hessians_for(self.state_dict, self.config, specs, self.calibration, tokenizer=self.tokenizer)
         return self.hessians
+
+    def pin_calibration(self, source: str) -> None:
+        """Fix the calibration tokens (`source`: a shard glob or 'pydoc') and record their digest, which
+        keys the caches and lets `pack` check a replay reads the same tokens."""
+        from dataclasses import replace
+
+        from golfpack.packer.hessian import calibration_batch
+
+        cal = replace(self.calibration, source=source, digest=None)
+        self.calibration = replace(cal, digest=calibration_batch(cal, tokenizer=self.tokenizer, vocab_size=self.config.vocab_size).digest)
 
     def policy_of(self, specs: dict[str, TensorSpec]) -> Any:
         """The policy `golfpack pack` replays to exactly these specs (naming the GPTQ tokens if it needs them)."""
@@ -258,14 +274,37 @@ def load_problem(ckpt: str | Path, cfg: SearchConfig) -> Problem:
     cands = {
         n: candidate_specs(t, bits=cfg.bits, clips=cfg.clips, passthrough=cfg.passthrough, gptq=n in linear) for n, t in sd.items()
     }
+    # the tokens are pinned (digest) by `pin_calibration`, after the floor check
     cal = GptqCalibration(source=cfg.calib, batch=cfg.gptq_batch, seq=cfg.calib_seq)
-    if linear:  # pin the tokens now (reading them is cheap; the Hessians wait until a +gptq record is needed)
-        from dataclasses import replace
-
-        from golfpack.packer.hessian import calibration_batch
-
-        cal = replace(cal, digest=calibration_batch(cal, tokenizer=cfg.tokenizer, vocab_size=config.vocab_size).digest)
     return Problem(src, src.read_bytes(), kind, sd, config, list(sd), cands, code_bytes, code_files, cal, cfg.tokenizer)
+
+
+def self_calibration(p: Problem, cfg: SearchConfig) -> Path:
+    """Sample the model's own text (`sensitivity.self_tokens`) and write it as a shard: at `cfg.calib_out`,
+    else in the cache (reused by later searches), else in a temp folder. Returns the shard's path."""
+    import tempfile
+
+    from golfpack.formats.shards import write_shard
+    from golfpack.model import build_model
+    from golfpack.packer import sensitivity as S
+
+    key = _key("selfcal", p.sha, cfg.self_sequences, cfg.calib_seq, cfg.self_seed, __version__)
+    cached = None if cfg.cache_dir is None else Path(cfg.cache_dir) / f"selfcal-{key}_train.bin"
+    dest = Path(cfg.calib_out) if cfg.calib_out else cached or Path(tempfile.mkdtemp(prefix="golfpack-")) / "selfcal_train.bin"
+    if cached is not None and cached.is_file():
+        if dest != cached:
+            write_bytes_atomic(dest, cached.read_bytes())
+        return dest
+    bos = 1  # the challenge shards' BOS; a given tokenizer says its own
+    if cfg.tokenizer:
+        from golfpack.evaluator.luts import load_sentencepiece
+
+        bos = max(0, load_sentencepiece(cfg.tokenizer).bos_id())
+    model = build_model(p.config, p.state_dict, device=cfg.device)
+    write_shard(dest, S.self_tokens(model, sequences=cfg.self_sequences, length=cfg.calib_seq, seed=cfg.self_seed, bos=bos, device=cfg.device))
+    if cached is not None and dest != cached:
+        write_bytes_atomic(cached, dest.read_bytes())
+    return dest
 
 
 # ------------------------------------------------------------------------------------------------
@@ -710,6 +749,11 @@ def run_search(ckpt: str | Path, cfg: SearchConfig) -> SearchResult:
     t["floor"] = time.perf_counter() - t0
     if cfg.budget < floor:
         raise InfeasibleBudget(cfg.budget, floor, f"layout (all tensors at their cheapest spec, codec {floor_codec}, code {p.code_bytes:,} bytes)")
+    t1 = time.perf_counter()
+    if cfg.calib == "self":
+        cfg = dataclasses.replace(cfg, calib=str(self_calibration(p, cfg)))
+    p.pin_calibration(cfg.calib)
+    t["calibration"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     # one cost table, priced with the first codec; every codec's fit recalibrates it with exact packs
     table = cost_tables(p, codecs[:1], cache, progress=cfg.progress)[codecs[0]]

@@ -51,7 +51,7 @@ def make_scorer(val: str, tokenizer: str, *, seq_len: int, max_tokens: int | Non
 @click.argument("ckpt", type=click.Path(dir_okay=False))
 @click.option("--budget", type=int, default=DEFAULT_BUDGET, show_default=True, help="Byte cap for artifact + code bytes.")
 @click.option("--code", "code", multiple=True, type=click.Path(dir_okay=False), metavar="PATH", help="Submission code file counted in the budget (repeatable).")
-@click.option("--calib", default="pydoc", show_default=True, help="Calibration tokens: a TRAIN shard glob, or 'pydoc' (Python docs tokenized with --tokenizer). Never val.")
+@click.option("--calib", default="self", show_default=True, help="Calibration tokens: 'self' (text sampled from the model itself; written to OUT.calib.bin), a TRAIN shard glob, or 'pydoc' (Python docs, needs --tokenizer). Never val.")
 @click.option("--tokenizer", type=click.Path(dir_okay=False), default=None, help="sentencepiece .model (for --calib pydoc and bpb).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the artifact here (.qg3).")
 @click.option("--policy-out", type=click.Path(dir_okay=False), default=None, help="Policy file to write (default: OUT with .policy.json).")
@@ -114,6 +114,7 @@ def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokeni
         codecs=tuple(c.strip() for c in codecs.split(",") if c.strip()), bits=_int_list(bits, "bits"), clips=clip_t,
         gptq=gptq, gptq_batch=gptq_batch, calib_batch=calib_batch, calib_seq=calib_seq, sensitivity=sens_mode, objective=objective, select=not no_select, target_headroom=target_headroom,
         solver=solver, cache_dir=cache_dir, device=device, num_heads=num_heads, activation=activation, progress=progress,
+        calib_out=None if out is None else str(Path(out).with_suffix("")) + ".calib.bin",
     )
     res = run_search(ckpt, cfg)
     rep = search_outputs(res, ckpt=ckpt, out=out, policy_out=policy_out, val=val, tokenizer=tokenizer, eval_tokens=eval_tokens,

@@ -10,13 +10,15 @@ Two estimates of the loss increase (nats/token) a single tensor causes when it a
   backward per calibration sequence and no forward per candidate.
 
 Calibration tokens must never be the validation tokens that get reported: `calib_tokens` reads a
-train-shard glob or tokenizes Python's own documentation (`pydoc`), never val.
+train-shard glob or tokenizes Python's own documentation (`pydoc`), never val; `self_tokens` samples
+the model's own text (the search's default, written to a shard so a replay reads the same tokens).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -29,6 +31,9 @@ from golfpack.errors import GolfpackError
 from golfpack.packer.spec import TensorSpec
 
 DEFAULT_BITS = (8, 7, 6, 5, 4)
+# a file named like validation data: fineweb_val_000000.bin, val_*.bin, x.val.bin, validation-*.bin
+# (a bare substring test would also refuse 'interval_train.bin' or 'eval_run.calib.bin')
+_VAL_NAME = re.compile(r"(^|[_\-.])val(id|idation)?([_\-.\d*?]|$)")
 DEFAULT_CLIPS = ("quantile", "mse")
 
 
@@ -57,6 +62,20 @@ def pydoc_tokens(tokenizer: str) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+def self_tokens(model: torch.nn.Module, *, sequences: int, length: int, seed: int = 0, bos: int = 1,
+                device: str = "cpu", chunk: int = 16) -> np.ndarray:
+    """The model's own text: `sequences` samples of `length` tokens, each after a BOS, as one stream
+    (BOS-separated like documents in a shard). In-distribution calibration with no data at all - and
+    never the validation tokens. Sampled at temperature 1 with a seeded generator."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rows = []
+    for i in range(0, sequences, chunk):
+        n = min(chunk, sequences - i)
+        prefix = torch.full((n, 1), bos, dtype=torch.long, device=device)
+        rows.append(model.generate(prefix, length, generator=gen).cpu())  # type: ignore[operator]
+    return torch.cat(rows).reshape(-1).numpy().astype(np.int64)
+
+
 def calib_tokens(source: str, *, tokenizer: str | None = None, max_tokens: int | None = None) -> np.ndarray:
     """'pydoc' (needs tokenizer) or a shard glob of NON-validation tokens."""
     if source == "pydoc":
@@ -64,7 +83,7 @@ def calib_tokens(source: str, *, tokenizer: str | None = None, max_tokens: int |
             raise GolfpackError("--calib pydoc needs --tokenizer (the sentencepiece .model of the checkpoint)")
         toks = pydoc_tokens(tokenizer)
     else:
-        if "val" in source.rsplit("/", 1)[-1].lower():
+        if _VAL_NAME.search(source.rsplit("/", 1)[-1].lower()):
             raise GolfpackError(
                 f"--calib {source!r} looks like validation data; calibrate on train shards or 'pydoc', never on the tokens you report"
             )
