@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fractions", default="1.0,0.95,0.9", help="budgets as fractions of the smaller of the int6 / int6+tok8 artifacts")
     ap.add_argument("--codec", default="lzma", help="artifact codec for presets and search alike")
     ap.add_argument("--eval-tokens", type=int, default=65_537)
-    ap.add_argument("--calib-batch", type=int, default=8)
+    ap.add_argument("--calib-batch", type=int, default=16)
     ap.add_argument("--calib-seq", type=int, default=256)
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "golfpack_search_cache"), help="measurement cache (reused across budgets/runs)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "search_frontier.json"))

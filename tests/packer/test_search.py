@@ -183,11 +183,11 @@ def test_search_end_to_end_fits_and_caches(qgv3, small_ckpt, sp1024_model, tmp_p
     assert {k: v.label() for k, v in pol.resolve(load_state_dict(small_ckpt)).items()} == rep["layout"]
     sources = {a["source"] for a in rep["alternatives"]}
     assert "solver:lzma" in sources and "preset:int8" in sources  # compared jointly with the presets that fit
-    # default calibration: the model's own samples, written next to the artifact (64 x [BOS + 64 tokens])
+    # default calibration: the model's own samples, written next to the artifact (128 x [BOS + 64 tokens])
     from golfpack.formats.shards import read_shard
 
     cal = read_shard(tmp_path / "best.calib.bin")
-    assert cal.size == 64 * 65 and int((cal[::65] == 1).sum()) == 64
+    assert cal.size == 128 * 65 and int((cal[::65] == 1).sum()) == 128
     assert len(list(cache.glob("selfcal-*_train.bin"))) == 1
     assert all(a["joint"] >= -1e-7 for a in rep["alternatives"])
     # 2) a budget that binds: measurements come from the cache (no forward pass may run); the

@@ -63,7 +63,7 @@ def make_scorer(val: str, tokenizer: str, *, seq_len: int, max_tokens: int | Non
 @click.option("--sensitivity", "sens_mode", type=click.Choice(["direct", "proxy", "both"]), default="both", show_default=True, help="Delta-loss estimate the solver uses (both: direct drives, the proxy's rank agreement with it is reported).")
 @click.option("--objective", type=click.Choice(["kl", "nll"]), default="kl", show_default=True, help="Damage measure: KL(raw || quantized) predictions, or delta NLL on the calibration tokens.")
 @click.option("--no-select", is_flag=True, help="Take the solver's layout as is (skip the joint comparison with greedy/proxy/preset layouts).")
-@click.option("--calib-batch", type=int, default=8, show_default=True, help="Calibration sequences per forward.")
+@click.option("--calib-batch", type=int, default=16, show_default=True, help="Calibration sequences per forward.")
 @click.option("--calib-seq", type=int, default=256, show_default=True, help="Tokens per calibration sequence.")
 @click.option("--target-headroom", type=int, default=2048, show_default=True, help="Fit until unused budget is below this.")
 @click.option("--solver", type=click.Choice(["dp", "greedy", "best"]), default="dp", show_default=True)
