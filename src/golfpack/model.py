@@ -116,14 +116,16 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
 
-    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype, start: int = 0) -> tuple[Tensor, Tensor]:
+        """Tables for positions start .. start+seq_len-1 (a longer cached table is sliced, not rebuilt)."""
+        end = start + seq_len
         c = self._cache
-        if c is None or c[0] != seq_len or c[1] != device:
-            t = torch.arange(seq_len, device=device, dtype=torch.float32)
+        if c is None or c[0] < end or c[1] != device:
+            t = torch.arange(end, device=device, dtype=torch.float32)
             freqs = torch.outer(t, self.inv_freq.to(device=device, dtype=torch.float32))
-            c = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
+            c = (end, device, freqs.cos()[None, None], freqs.sin()[None, None])
             self._cache = c
-        return c[2].to(dtype), c[3].to(dtype)
+        return c[2][:, :, start:end].to(dtype), c[3][:, :, start:end].to(dtype)
 
 
 def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -155,16 +157,12 @@ class CausalSelfAttention(nn.Module):
         q = F.rms_norm(q, (q.size(-1),))
         k = F.rms_norm(k, (k.size(-1),))
         start = 0 if kv is None else kv.length
-        cos, sin = self.rotary(start + t, x.device, q.dtype)
-        if start:
-            cos, sin = cos[:, :, start:], sin[:, :, start:]
+        cos, sin = self.rotary(t, x.device, q.dtype, start)
         q = apply_rotary_emb(q, cos, sin)
         k = apply_rotary_emb(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
         if kv is not None:
             k, v = kv.extend(k, v)
-            if start and t != 1:
-                raise ValueError("a KV cache takes a prefix first, then one token per step")
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=start == 0, enable_gqa=self.num_kv_heads != self.num_heads
         )
@@ -254,6 +252,8 @@ class GPT(nn.Module):
     def hidden(self, input_ids: Tensor, cache: list[LayerCache] | None = None) -> Tensor:
         """Final-normed hidden states, shape (B, T, D). With `cache` (one LayerCache per block), the
         tokens continue the cached ones (see `generate`)."""
+        if cache is not None and cache[0].length and input_ids.shape[1] != 1:
+            raise ValueError("a KV cache takes a prefix first, then one token per step")
         x = F.rms_norm(self.tok_emb(input_ids), (self.config.model_dim,))
         x0 = x
         kv = cache if cache is not None else [None] * len(self.blocks)

@@ -100,3 +100,17 @@ def test_pack_gptq_needs_calibration_then_records_it(nolanvild_pt, calib_shard, 
     again = tmp_path / "again.qg3"
     assert run("pack", str(nolanvild_pt), "--activation", "relu3", "--policy", str(pol), "-o", str(again)).exit_code == 0
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_gptq_on_tensors_that_are_not_linear_weights_rounds_them(nolanvild_pt, calib_shard, tmp_path) -> None:
+    """A glob like 'blocks.*' also catches gains and resid_mix: GPTQ applies to linear weights only,
+    the rest keep round-to-nearest on the same grid (2-D resid_mix included), no error."""
+    from golfpack.formats.artifact import load_any
+
+    out = tmp_path / "b.qg3"
+    res = CliRunner().invoke(main, ["pack", str(nolanvild_pt), "--activation", "relu3", "--policy", "int6",
+                                    "--set", "blocks.*=int6+gptq", "--calib", calib_shard, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    specs = {e["name"]: e["spec"] for e in load_any(out).artifact.header["tensors"]}
+    assert specs["blocks.0.attn.c_q.weight"] == "int6+gptq" and specs["blocks.2.mlp.proj.weight"] == "int6+gptq"
+    assert specs["blocks.0.resid_mix"] == "int6" and specs["blocks.0.attn_scale"] == "int6"

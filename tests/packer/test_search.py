@@ -290,7 +290,7 @@ def test_floor_is_reachable_and_gptq_layouts_replay(qgv3, small_ckpt, sp1024_mod
     specs = {n: (next(s for s in c if s.gptq) if any(s.gptq for s in c) else c[0]) for n, c in p.candidates.items()}
     data = p.encode_specs(specs, "lzma")
     pol = p.policy_of(specs)
-    assert pol.calibration == {"source": "pydoc", "batch": 4, "seq": 64, "digest": p.calibration.digest} and len(p.calibration.digest) == 64
+    assert pol.calibration.to_dict() == {"source": "pydoc", "batch": 4, "seq": 64, "digest": p.calibration.digest} and len(p.calibration.digest) == 64
     from golfpack.packer.search import write_policy
 
     write_policy(tmp_path / "g.policy.json", pol)

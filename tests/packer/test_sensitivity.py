@@ -107,6 +107,7 @@ def test_direct_vs_proxy_on_real_checkpoint(nolan):
 @pytest.mark.parametrize("name,refused", [
     ("fineweb_val_000000.bin", True), ("fineweb_val_*.bin", True), ("val_*.bin", True), ("x.val.bin", True),
     ("validation-1.bin", True), ("fineweb_train_*.bin", False), ("interval_train.bin", False), ("eval_run.calib.bin", False),
+    ("val_best.calib.bin", False),  # the search's own file of model samples, named after OUT
 ])
 def test_calibration_refuses_val_named_files(tmp_path, name: str, refused: bool) -> None:
     from golfpack.formats.shards import write_shard

@@ -56,8 +56,7 @@ def calibration_batch(cal: GptqCalibration, *, tokenizer: str | None = None, voc
     (the same shards moved elsewhere); the digest still has to match."""
     from golfpack.packer import sensitivity as S
 
-    toks = S.calib_tokens(source or cal.source, tokenizer=tokenizer)
-    batch = S.make_batch(toks[: len(toks) // 2], cal.batch, cal.seq, vocab_size=vocab_size)
+    batch = S.make_batch(S.calib_halves(source or cal.source, tokenizer=tokenizer)[0], cal.batch, cal.seq, vocab_size=vocab_size)
     if cal.digest is not None and batch.digest != cal.digest:
         raise GolfpackError(
             f"calibration tokens from {source or cal.source!r} differ from the ones this layout's GPTQ levels were "
@@ -82,16 +81,26 @@ def weight_inputs(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 @torch.no_grad()
 def collect_hessians(model: torch.nn.Module, batch: Any, names: Iterable[str] | None = None, *,
                      device: str = "cpu", micro: int = 8) -> dict[str, Tensor]:
-    """H = 2/n X^T X (float64, CPU) for each requested weight over every token of `batch`."""
+    """H = 2/n X^T X (float64, CPU) for each requested linear weight over every token of `batch`.
+
+    Weights fed by the same tensor (c_q, c_k and c_v all read the normed block input) share one
+    X^T X per forward instead of computing it three times."""
     feeds = weight_inputs(model)
     want = list(feeds) if names is None else [n for n in names if n in feeds]
     acc: dict[str, Tensor] = {}
     count: dict[str, int] = {}
+    last: list[Any] = [None, None]  # (input tensor, its Gram): hooks of one input fire back to back
 
     def add(name: str, x: Tensor) -> None:
-        x2 = x.detach().reshape(-1, x.shape[-1]).to("cpu", torch.float64)
-        acc[name] = acc[name] + x2.T @ x2 if name in acc else x2.T @ x2
-        count[name] = count.get(name, 0) + x2.shape[0]
+        if last[0] is not x:
+            x2 = x.detach().reshape(-1, x.shape[-1]).to("cpu", torch.float64)
+            last[0], last[1] = x, (x2.T @ x2, x2.shape[0])
+        gram, n = last[1]
+        if name in acc:
+            acc[name] += gram
+        else:
+            acc[name] = gram.clone()
+        count[name] = count.get(name, 0) + n
 
     hooks = []
     for name in want:
@@ -112,26 +121,22 @@ def collect_hessians(model: torch.nn.Module, batch: Any, names: Iterable[str] | 
     return {n: (2.0 / max(1, count[n])) * acc[n] for n in want if n in acc}
 
 
-
-
-
-def hessians_for(state_dict: dict[str, Tensor], config: Any, specs: dict[str, Any], cal: GptqCalibration, *,
+def hessians_for(state_dict: dict[str, Tensor], config: Any, names: Iterable[str], cal: GptqCalibration, *,
                  tokenizer: str | None = None, source: str | None = None, device: str = "cpu") -> tuple[dict[str, Tensor], GptqCalibration]:
-    """Hessians of the 2-D tensors whose spec asks for GPTQ, and the calibration (digest filled in) they used."""
+    """Hessians of the named tensors that are linear weights of the model (GPTQ has no meaning for the
+    others: they keep round-to-nearest), and the calibration (digest filled in) they came from."""
     from dataclasses import replace
 
     from golfpack.model import build_model
 
-    names = [n for n, s in specs.items() if getattr(s, "gptq", False) and state_dict[n].ndim == 2]
+    names = list(names)
     if not names:
         return {}, cal
     if config is None:
         raise GolfpackError("GPTQ specs need the model itself (calibration forwards), but this checkpoint has no baseline-family config")
     batch = calibration_batch(cal, tokenizer=tokenizer, vocab_size=config.vocab_size, source=source)
     model = build_model(config, state_dict, device=device)
-    H = collect_hessians(model, batch, names, device=device)
-    missing = [n for n in names if n not in H]
-    if missing:
-        raise GolfpackError(f"GPTQ needs a linear weight's input; these are not linear weights of the model: {', '.join(missing[:5])}")
-    return H, replace(cal, digest=batch.digest)
+    return collect_hessians(model, batch, names, device=device), replace(cal, digest=batch.digest)
+
+
 __all__ = ["DEFAULT_GPTQ_BATCH", "DEFAULT_GPTQ_SEQ", "GptqCalibration", "calibration_batch", "collect_hessians", "hessians_for", "weight_inputs"]

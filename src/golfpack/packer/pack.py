@@ -104,13 +104,17 @@ def quantize_state_dict(
     hessians: dict[str, Tensor] | None = None,
     progress: bool | None = False,
 ) -> list[TensorRecord]:
-    """One TensorRecord per tensor, in state-dict order."""
+    """One TensorRecord per tensor, in state-dict order. With `hessians`, a `+gptq` spec on a tensor that
+    has none (not a linear weight: a 1-D gain, resid_mix) is stored with round-to-nearest on its grid."""
     from golfpack.packer.quantize import quantize_tensor
 
     out = []
     for name, t in progress_bar(list(state_dict.items()), desc="quantize", unit="tensor", enabled=progress):
+        spec, h = specs[name], (hessians or {}).get(name)
+        if spec.gptq and h is None and hessians is not None:
+            spec = spec.rounded()  # not a linear layer's weight: GPTQ has no input to trade error through
         try:
-            out.append(quantize_tensor(name, t, specs[name], (hessians or {}).get(name)))
+            out.append(quantize_tensor(name, t, spec, h))
         except ValueError as e:
             raise GolfpackError(f"{name}: {e}") from None
     return out
@@ -176,14 +180,12 @@ def gptq_hessians(sd: dict[str, Tensor], config: ModelConfig | None, policy: Pol
         return None, policy
     from golfpack.packer.hessian import GptqCalibration, hessians_for
 
-    if policy.calibration is not None:
-        cal = GptqCalibration.from_dict(policy.calibration)
-    elif calib is not None:
-        cal = GptqCalibration(source=calib)
-    else:
+    if policy.calibration is None and calib is None:
         raise GolfpackError("this policy uses +gptq specs, which need calibration tokens: pass --calib 'TRAIN_SHARDS' (or --calib pydoc --tokenizer SP.model)")
-    H, cal = hessians_for(sd, config, policy.resolve(sd), cal, tokenizer=tokenizer, source=calib)
-    return H, dataclasses.replace(policy, calibration=cal.to_dict())
+    cal = policy.calibration or GptqCalibration(source=calib)
+    names = [n for n, s in policy.resolve(sd).items() if s.gptq]
+    H, cal = hessians_for(sd, config, names, cal, tokenizer=tokenizer, source=calib)
+    return H, dataclasses.replace(policy, calibration=cal)
 
 
 def count_code_bytes(paths: list[str] | tuple[str, ...]) -> tuple[int, list[str]]:

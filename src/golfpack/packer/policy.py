@@ -149,7 +149,7 @@ class Policy:
     name: str  # preset name or file stem, for reports
     rules: tuple[Rule, ...] = ()  # tried in order
     default: TensorSpec = field(default_factory=lambda: TensorSpec("passthrough", dtype="fp16"))  # catch-all
-    calibration: dict[str, Any] | None = None  # GptqCalibration.to_dict(): the tokens `+gptq` specs were fitted on
+    calibration: Any = None  # packer.hessian.GptqCalibration: the tokens `+gptq` specs were fitted on
 
     @property
     def uses_gptq(self) -> bool:
@@ -173,7 +173,7 @@ class Policy:
         if d.get("calibration") is not None:
             from golfpack.packer.hessian import GptqCalibration
 
-            calibration = GptqCalibration.from_dict(d["calibration"]).to_dict()
+            calibration = GptqCalibration.from_dict(d["calibration"])
         rules_in = d.get("rules", [])
         if not isinstance(rules_in, list):
             raise GolfpackError("policy: 'rules' must be a list")
@@ -232,7 +232,7 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "rules": [r.to_dict() for r in self.rules], "default": self.default.label()}
         if self.calibration is not None:
-            d["calibration"] = dict(self.calibration)
+            d["calibration"] = self.calibration.to_dict()
         return d
 
 

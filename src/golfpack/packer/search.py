@@ -104,7 +104,7 @@ def exact_name_pattern(name: str) -> str:
     return name if not any(ch in name for ch in "*?[]") else "re:" + re.escape(name)
 
 
-def layout_policy(specs: dict[str, TensorSpec], name: str = "search", calibration: dict[str, Any] | None = None) -> Any:
+def layout_policy(specs: dict[str, TensorSpec], name: str = "search", calibration: Any = None) -> Any:
     """A Policy that resolves to exactly `specs`: one rule per distinct spec listing exact names."""
     from golfpack.packer.policy import Policy, Rule
 
@@ -208,8 +208,8 @@ class Problem:
 
             if self.calibration.digest is None:
                 raise GolfpackError("internal: GPTQ records before the calibration tokens were pinned (Problem.pin_calibration)")
-            specs = {n: next((s for s in c if s.gptq), c[0]) for n, c in self.candidates.items()}
-            self.hessians, self.calibration = hessians_for(self.state_dict, self.config, specs, self.calibration, tokenizer=self.tokenizer)
+            names = [n for n, c in self.candidates.items() if any(s.gptq for s in c)]
+            self.hessians, self.calibration = hessians_for(self.state_dict, self.config, names, self.calibration, tokenizer=self.tokenizer)
         return self.hessians
 
     def pin_calibration(self, source: str) -> None:
@@ -220,14 +220,13 @@ class Problem:
         from golfpack.packer.hessian import calibration_batch
 
         cal = replace(self.calibration, source=source, digest=None)
-        self.calibration = replace(cal, digest=calibration_batch(cal, tokenizer=self.tokenizer, vocab_size=self.config.vocab_size).digest)
+        if any(s.gptq for c in self.candidates.values() for s in c):  # only GPTQ reads these tokens
+            cal = replace(cal, digest=calibration_batch(cal, tokenizer=self.tokenizer, vocab_size=self.config.vocab_size).digest)
+        self.calibration = cal
 
     def policy_of(self, specs: dict[str, TensorSpec]) -> Any:
         """The policy `golfpack pack` replays to exactly these specs (naming the GPTQ tokens if it needs them)."""
-        uses = any(s.gptq for s in specs.values())
-        if uses:
-            self.gptq_hessians()  # fills the calibration digest
-        return layout_policy(specs, calibration=self.calibration.to_dict() if uses else None)
+        return layout_policy(specs, calibration=self.calibration if any(s.gptq for s in specs.values()) else None)
 
     def alone_bytes(self, name: str, spec: TensorSpec, codec: str) -> int:
         """Bytes of a QGv3 artifact holding just this record: the cost-table entry."""
@@ -267,10 +266,14 @@ def load_problem(ckpt: str | Path, cfg: SearchConfig) -> Problem:
     sd, config, kind = load_input(src, num_heads=cfg.num_heads, activation=cfg.activation)
     if config is None:
         raise GolfpackError(f"{src}: not a baseline-family GPT (cannot infer its config); the search needs to run the model")
+    from golfpack.model import GPT
     from golfpack.packer.hessian import GptqCalibration, weight_inputs
-    from golfpack.model import build_model
 
-    linear = set(weight_inputs(build_model(config))) if cfg.gptq else set()  # GPTQ needs a linear layer's inputs
+    if cfg.gptq:  # GPTQ needs a linear layer's inputs; the module tree says which (no weights needed)
+        with torch.device("meta"):
+            linear = set(weight_inputs(GPT(config)))
+    else:
+        linear = set()
     cands = {
         n: candidate_specs(t, bits=cfg.bits, clips=cfg.clips, passthrough=cfg.passthrough, gptq=n in linear) for n, t in sd.items()
     }
@@ -290,7 +293,8 @@ def self_calibration(p: Problem, cfg: SearchConfig) -> Path:
 
     key = _key("selfcal", p.sha, cfg.self_sequences, cfg.calib_seq, cfg.self_seed, __version__)
     cached = None if cfg.cache_dir is None else Path(cfg.cache_dir) / f"selfcal-{key}_train.bin"
-    dest = Path(cfg.calib_out) if cfg.calib_out else cached or Path(tempfile.mkdtemp(prefix="golfpack-")) / "selfcal_train.bin"
+    # no cache, no output: the temp folder under a content key (a rerun reuses it instead of piling up)
+    dest = Path(cfg.calib_out) if cfg.calib_out else cached or Path(tempfile.gettempdir()) / f"golfpack-selfcal-{key}_train.bin"
     if cached is not None and cached.is_file():
         if dest != cached:
             write_bytes_atomic(dest, cached.read_bytes())
@@ -413,23 +417,6 @@ def fit_cost_model(points: list[tuple[int, int]]) -> CostModel:
 # phase 4: sensitivity
 
 
-def _calib_split(cfg: SearchConfig) -> tuple[Any, Any]:
-    """Calibration tokens split in two halves: per-tensor measurement | joint held-out selection."""
-    from golfpack.packer import sensitivity as S
-
-    toks = S.calib_tokens(cfg.calib, tokenizer=cfg.tokenizer)
-    half = len(toks) // 2
-    return toks[:half], toks[half:]
-
-
-def sensitivity_tokens(cfg: SearchConfig) -> Any:
-    return _calib_split(cfg)[0]
-
-
-def selection_tokens(cfg: SearchConfig) -> Any:
-    return _calib_split(cfg)[1]
-
-
 def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
     """{'base_loss', 'direct' (maybe), 'proxy' (maybe), 'deltas' (what the solver uses), 'agreement', ...}.
 
@@ -444,7 +431,7 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
         raise GolfpackError(f"sensitivity must be direct, proxy or both, got {cfg.sensitivity!r}")
     if cfg.objective not in S.OBJECTIVES:
         raise GolfpackError(f"objective must be one of {', '.join(S.OBJECTIVES)}, got {cfg.objective!r}")
-    toks = sensitivity_tokens(cfg)
+    toks = S.calib_halves(cfg.calib, tokenizer=cfg.tokenizer)[0]
     batch = S.make_batch(toks, cfg.calib_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
     labels = {n: [s.label() for s in v] for n, v in p.candidates.items()}
     key = _key("sens", p.sha, p.config.to_dict(), batch.digest, cfg.proxy_batch, __version__, p.calibration.digest)
@@ -779,7 +766,8 @@ def run_search(ckpt: str | Path, cfg: SearchConfig) -> SearchResult:
     t1 = time.perf_counter()
     alts = alternatives(p, cfg, fits, tables, sens, model_budget) if cfg.select else []
     if alts:
-        joint_scores(p, cfg, alts)
+        score = joint_scorer(p, cfg)
+        score(alts)
         chosen = pick(alts)
         if model_budget - chosen.model_bytes >= cfg.target_headroom:
             # a preset (or an answer fitted for another objective) can leave room: spend it like the
@@ -788,7 +776,7 @@ def run_search(ckpt: str | Path, cfg: SearchConfig) -> SearchResult:
             ch = fitter.spend_headroom(chosen.choice, model_budget, [], a=fits[chosen.codec].cost_model.a if chosen.codec in fits else 1.0)
             if ch != chosen.choice:
                 rep = Alternative(f"{chosen.source}+repair", chosen.codec, ch, fitter.measure(ch), fitter.loss(ch))
-                joint_scores(p, cfg, [rep])
+                score([rep])
                 alts.append(rep)
                 chosen = pick(alts)
     else:
@@ -889,22 +877,27 @@ def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: di
     return list(uniq.values())
 
 
-def joint_scores(p: Problem, cfg: SearchConfig, alts: list[Alternative]) -> None:
-    """Fill `joint`: the objective with every tensor of the layout quantized, on held-out calibration."""
+def joint_scorer(p: Problem, cfg: SearchConfig) -> Callable[[list[Alternative]], None]:
+    """A function that fills `joint` for layouts: the objective with every tensor of the layout quantized,
+    on held-out calibration. The batch and the raw model's predictions are set up once."""
     from golfpack.model import build_model
     from golfpack.packer import sensitivity as S
 
-    batch = S.make_batch(selection_tokens(cfg), cfg.select_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
+    batch = S.make_batch(S.calib_halves(cfg.calib, tokenizer=cfg.tokenizer)[1], cfg.select_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
     model = build_model(p.config, p.state_dict, device=cfg.device)
     ref = S.reference_logprobs(model, batch, device=cfg.device)
     base, _ = S.batch_scores(model, batch, None, device=cfg.device)
     scored: dict[tuple[int, ...], float] = {}
-    for a in progress_bar(alts, desc="select (joint)", unit="layout", enabled=cfg.progress):
-        if a.choice not in scored:
-            sd = {n: p.record(n, p.candidates[n][j]).dequantize() for n, j in zip(p.names, a.choice)}
-            nll, kl = S.batch_scores(build_model(p.config, sd, device=cfg.device), batch, ref, device=cfg.device)
-            scored[a.choice] = kl if cfg.objective == "kl" else nll - base
-        a.joint = scored[a.choice]
+
+    def score(alts: list[Alternative]) -> None:
+        for a in progress_bar(alts, desc="select (joint)", unit="layout", enabled=cfg.progress):
+            if a.choice not in scored:
+                sd = {n: p.record(n, p.candidates[n][j]).dequantize() for n, j in zip(p.names, a.choice)}
+                nll, kl = S.batch_scores(build_model(p.config, sd, device=cfg.device), batch, ref, device=cfg.device)
+                scored[a.choice] = kl if cfg.objective == "kl" else nll - base
+            a.joint = scored[a.choice]
+
+    return score
 
 
 __all__ = [

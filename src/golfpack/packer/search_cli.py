@@ -109,12 +109,16 @@ def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokeni
         raise GolfpackError(f"--clips must be a comma-separated list of {', '.join(CLIP_RULES)}, got {clips!r}")
     if gptq_batch < 1:
         raise GolfpackError(f"--gptq-batch must be at least 1, got {gptq_batch}")
+    if policy_out is None and out is not None:
+        policy_out = str(Path(out).with_suffix("")) + ".policy.json"
+    # --calib self: the samples live next to the policy that names them, so a replay finds them
+    stem = None if policy_out is None else str(Path(policy_out).with_suffix("")).removesuffix(".policy")
     cfg = SearchConfig(
         budget=budget, code=list(code), calib=calib, tokenizer=tokenizer,
         codecs=tuple(c.strip() for c in codecs.split(",") if c.strip()), bits=_int_list(bits, "bits"), clips=clip_t,
         gptq=gptq, gptq_batch=gptq_batch, calib_batch=calib_batch, calib_seq=calib_seq, sensitivity=sens_mode, objective=objective, select=not no_select, target_headroom=target_headroom,
         solver=solver, cache_dir=cache_dir, device=device, num_heads=num_heads, activation=activation, progress=progress,
-        calib_out=None if out is None else str(Path(out).with_suffix("")) + ".calib.bin",
+        calib_out=None if stem is None else stem + ".calib.bin",
     )
     res = run_search(ckpt, cfg)
     rep = search_outputs(res, ckpt=ckpt, out=out, policy_out=policy_out, val=val, tokenizer=tokenizer, eval_tokens=eval_tokens,
@@ -142,7 +146,7 @@ def search_outputs(res: Any, *, ckpt: str, out: str | None, policy_out: str | No
     if policy_out:
         write_policy(policy_out, res.policy)
         rep["policy_file"] = policy_out
-        pydoc_gptq = res.policy.uses_gptq and (res.policy.calibration or {}).get("source") == "pydoc"
+        pydoc_gptq = res.policy.uses_gptq and res.policy.calibration.source == "pydoc"
         rep["replay"] = (f"golfpack pack {ckpt} --policy {policy_out} --codec {res.codec} --budget {res.budget}"
                          + "".join(f" --code {c}" for c in p.code_files)
                          + (f" --activation {p.config.activation}" if p.config.activation != "relu2" else "")

@@ -76,14 +76,19 @@ def self_tokens(model: torch.nn.Module, *, sequences: int, length: int, seed: in
     return torch.cat(rows).reshape(-1).numpy().astype(np.int64)
 
 
-def calib_tokens(source: str, *, tokenizer: str | None = None, max_tokens: int | None = None) -> np.ndarray:
-    """'pydoc' (needs tokenizer) or a shard glob of NON-validation tokens."""
+CALIB_MAX_TOKENS = 1 << 20  # calibration reads at most this many tokens (a glob may match GBs of train shards)
+
+
+def calib_tokens(source: str, *, tokenizer: str | None = None, max_tokens: int | None = CALIB_MAX_TOKENS) -> np.ndarray:
+    """'pydoc' (needs tokenizer) or a shard glob of NON-validation tokens (the first `max_tokens`)."""
     if source == "pydoc":
         if not tokenizer:
             raise GolfpackError("--calib pydoc needs --tokenizer (the sentencepiece .model of the checkpoint)")
         toks = pydoc_tokens(tokenizer)
     else:
-        if _VAL_NAME.search(source.rsplit("/", 1)[-1].lower()):
+        name = source.rsplit("/", 1)[-1].lower()
+        # OUT.calib.bin is the search's own file of model samples (`--calib self`): never val, whatever OUT is
+        if _VAL_NAME.search(name) and not name.endswith(".calib.bin"):
             raise GolfpackError(
                 f"--calib {source!r} looks like validation data; calibrate on train shards or 'pydoc', never on the tokens you report"
             )
@@ -93,6 +98,14 @@ def calib_tokens(source: str, *, tokenizer: str | None = None, max_tokens: int |
     if max_tokens is not None:
         toks = toks[:max_tokens]
     return toks
+
+
+def calib_halves(source: str, *, tokenizer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Calibration tokens split in two: the first half is measured on (per-tensor sensitivity, GPTQ
+    Hessians), the second half is held out to judge whole layouts (the search's joint selection)."""
+    toks = calib_tokens(source, tokenizer=tokenizer)
+    half = len(toks) // 2
+    return toks[:half], toks[half:]
 
 
 @dataclass(frozen=True)
