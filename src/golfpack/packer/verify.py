@@ -14,7 +14,6 @@ and prints one JSON report; the parent relays it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from golfpack.errors import GolfpackError
 
@@ -40,30 +38,6 @@ class EvalOptions:
     stride: int | None = None  # sliding-window stride (None: non-overlapping, as the baseline)
     max_tokens: int | None = None  # evaluate only the first N val tokens
     device: str = "cpu"  # torch device for the evaluation
-
-
-def tensor_digest(t: Tensor) -> str:
-    """sha256 hex of a tensor's raw bytes (the QGv3 per-tensor `digest`), via the format module if present."""
-    try:
-        from golfpack.formats.qgv3 import tensor_digest as fmt_digest  # type: ignore[attr-defined]
-    except ImportError:
-        fmt_digest = None
-    if fmt_digest is not None:
-        return str(fmt_digest(t))
-    flat = t.detach().contiguous().reshape(-1)
-    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
-
-
-def header_digests(header: dict[str, Any]) -> dict[str, str]:
-    """name -> digest from a QGv3 header (per-tensor entries under 'tensors')."""
-    out: dict[str, str] = {}
-    entries = header.get("tensors", [])
-    if isinstance(entries, dict):
-        entries = [dict(v, name=k) for k, v in entries.items()]
-    for e in entries:
-        if isinstance(e, dict) and "name" in e and "digest" in e:
-            out[str(e["name"])] = str(e["digest"])
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -88,15 +62,10 @@ def _child(path: str, against: str | None, ev: EvalOptions | None, num_heads: in
     rows: dict[str, dict[str, Any]] = {n: {"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for n, t in lm.state_dict.items()}
     problems: list[str] = []
     if lm.kind == "qgv3":
-        want = header_digests(lm.artifact.header)
-        mism = []
+        mism = lm.artifact.check_digests()  # the format's own check: rebuilt tensor vs the packer's sha256
         for rec in lm.artifact.records:
-            got = tensor_digest(rec.dequantize())
-            ok = want.get(rec.name) == got
             rows[rec.name]["spec"] = rec.spec.label()
-            rows[rec.name]["digest_ok"] = ok
-            if not ok:
-                mism.append(rec.name)
+            rows[rec.name]["digest_ok"] = rec.name not in mism
         rep["digests_checked"] = len(lm.artifact.records)
         rep["digest_mismatches"] = mism
         if mism:
