@@ -154,7 +154,7 @@ def legacy_sizes(records: list[TensorRecord]) -> dict[str, int]:
 def qgv3_sizes(records: list[TensorRecord], policy_dict: dict, config: dict | None) -> dict[str, int]:
     """QGv3 bytes with each codec for the whole file, and 'best' (each stream with its own best codec)."""
     from golfpack.formats.qgv3 import decode_qgv3, encode_qgv3
-    from golfpack.packer.codecs import available_codecs
+    from golfpack.formats.codecs import available_codecs
 
     out: dict[str, int] = {}
     for codec in [*available_codecs(), "best"]:
@@ -167,7 +167,7 @@ def qgv3_sizes(records: list[TensorRecord], policy_dict: dict, config: dict | No
 
 
 def measure(name: str, sd: dict[str, torch.Tensor], policy_name: str, source: str) -> dict:
-    from golfpack.formats.checkpoint import infer_config
+    from golfpack.loading import infer_config
     from golfpack.errors import GolfpackError
 
     t0 = time.perf_counter()

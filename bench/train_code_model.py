@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from golfpack.formats.prepare import prepare
+    from golfpack.prepare import prepare
     from golfpack.trainer.config import load_config
     from golfpack.trainer.loop import train
 

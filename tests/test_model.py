@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from golfpack.formats.checkpoint import expected_shapes, infer_config, load_state_dict
+from golfpack.formats.checkpoint import load_state_dict
+from golfpack.loading import expected_shapes, infer_config
 from golfpack.model import GPT, ModelConfig, build_model, count_params
 
 SMALL = ModelConfig(vocab_size=64, num_layers=3, model_dim=32, num_heads=4, num_kv_heads=2, mlp_hidden=64)

@@ -199,7 +199,7 @@ def test_sliding_equals_plain_per_window_loop():
 
 
 def _uniform_luts(v: int):
-    from golfpack.evaluator.luts import ByteLUTs
+    from golfpack.tokenizer import ByteLUTs
 
     return ByteLUTs(torch.ones(v, dtype=torch.int16), torch.zeros(v, dtype=torch.bool), torch.zeros(v, dtype=torch.bool))
 

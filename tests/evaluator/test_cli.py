@@ -177,7 +177,8 @@ def test_artifacts_fresh_load_and_score(taleef_pt, taleef_ptz, base, tmp_path):
     scores = {}
     paths = {"raw": taleef_pt, "ptz": taleef_ptz}
     try:
-        from golfpack.formats.checkpoint import infer_config, load_state_dict
+        from golfpack.formats.checkpoint import load_state_dict
+        from golfpack.loading import infer_config
         from golfpack.packer.pack import pack_state_dict
         from golfpack.packer.policy import Policy
 
@@ -224,7 +225,7 @@ def test_unreadable_shard_is_one_error_line(base, tmp_path, val_shard, monkeypat
     alone (what `python -m golfpack.evaluator` runs)."""
     import errno
 
-    from golfpack.evaluator.cli import eval_cmd
+    from golfpack.cli.eval import eval_cmd
 
     shard = tmp_path / "val_000000.bin"
     shard.write_bytes(Path(val_shard).read_bytes()[: 1024 + 2 * 4097])

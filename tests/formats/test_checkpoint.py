@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from golfpack.errors import GolfpackError
-from golfpack.formats.checkpoint import infer_config, load_state_dict
+from golfpack.formats.checkpoint import load_state_dict
+from golfpack.loading import infer_config
 from golfpack.model import GPT, ModelConfig, count_params
 
 

@@ -18,9 +18,9 @@ from golfpack.errors import GolfpackError
 from golfpack.formats import qgv3 as Q
 from golfpack.formats.qgv3 import MAGIC, PREAMBLE, VERSION, Limits, decode_qgv3, encode_qgv3, read_qgv3, tensor_digest, write_qgv3
 from golfpack.formats.records import TensorRecord
-from golfpack.packer.codecs import available_codecs, compress
+from golfpack.formats.codecs import available_codecs, compress
 from golfpack.packer.quantize import quantize_tensor
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 DATA_DIR = Path(__file__).parent / "data"
 GOLDEN = DATA_DIR / "qgv3_golden.bin"

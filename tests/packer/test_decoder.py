@@ -13,10 +13,10 @@ import torch
 
 from golfpack.formats.qgv3 import encode_qgv3, tensor_digest
 from golfpack.formats.records import TensorRecord
-from golfpack.packer.codecs import available_codecs
+from golfpack.formats.codecs import available_codecs
 from golfpack.packer.decoder import decoder_source, export_decoder
 from golfpack.packer.quantize import quantize_tensor
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 # The child runs isolated (-I: no PYTHONPATH, no user site, cwd outside the repo) and cannot import golfpack.
 CHILD = textwrap.dedent(

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from golfpack.cli import main
 from golfpack.errors import GolfpackError
-from golfpack.formats.checkpoint import infer_config, load_state_dict
+from golfpack.formats.checkpoint import load_state_dict
+from golfpack.loading import infer_config
 from golfpack.formats.shards import write_shard
 from golfpack.model import build_model
 from golfpack.packer import sensitivity as S
@@ -74,7 +75,7 @@ def test_calibration_refuses_val_and_other_tokens(calib_shard, tmp_path) -> None
 
 
 def test_pack_gptq_needs_calibration_then_records_it(nolanvild_pt, calib_shard, tmp_path) -> None:
-    from golfpack.formats.artifact import load_any
+    from golfpack.loading import load_any
 
     run = lambda *a: CliRunner().invoke(main, list(a))  # noqa: E731
     out = tmp_path / "g.qg3"
@@ -105,7 +106,7 @@ def test_pack_gptq_needs_calibration_then_records_it(nolanvild_pt, calib_shard, 
 def test_gptq_on_tensors_that_are_not_linear_weights_rounds_them(nolanvild_pt, calib_shard, tmp_path) -> None:
     """A glob like 'blocks.*' also catches gains and resid_mix: GPTQ applies to linear weights only,
     the rest keep round-to-nearest on the same grid (2-D resid_mix included), no error."""
-    from golfpack.formats.artifact import load_any
+    from golfpack.loading import load_any
 
     out = tmp_path / "b.qg3"
     res = CliRunner().invoke(main, ["pack", str(nolanvild_pt), "--activation", "relu3", "--policy", "int6",

@@ -112,7 +112,7 @@ def test_pack_dry_run_and_budget_accounting(qgv3, nolanvild_pt, tmp_path) -> Non
 
 
 def test_pack_verify_inspect_round_trip(qgv3, nolanvild_pt, tmp_path) -> None:
-    from golfpack.formats.artifact import load_any
+    from golfpack.loading import load_any
     from golfpack.packer.policy import Policy
     from golfpack.packer.quantize import fake_quantize
 
@@ -187,7 +187,7 @@ def test_verify_eval_reports_the_fresh_load_gap(qgv3, nolanvild_pt, sp1024_model
 
 
 def test_pack_legacy_ptz_input_and_int8_preset_exactness(qgv3, nolanvild_pt, nolanvild_ptz, tmp_path) -> None:
-    from golfpack.formats.artifact import load_any
+    from golfpack.loading import load_any
     from golfpack.formats.legacy import dequantize_int8_ptz, read_int8_ptz
 
     out = tmp_path / "int8.qg3"
@@ -206,7 +206,7 @@ def test_pack_legacy_ptz_input_and_int8_preset_exactness(qgv3, nolanvild_pt, nol
 
 
 def test_corrupted_artifact_fails_verify(qgv3, taleef_pt, tmp_path) -> None:
-    from golfpack.packer.verify import verify_artifact
+    from golfpack.evaluator.verify import verify_artifact
 
     out = tmp_path / "t.qg3"
     assert _run("pack", str(taleef_pt), "-o", str(out)).exit_code == 0

@@ -10,7 +10,7 @@ import torch
 from golfpack.errors import GolfpackError
 from golfpack.formats.checkpoint import load_state_dict
 from golfpack.packer.policy import PRESETS, Policy, Rule, resolve_policy
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 
 def _sd() -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from golfpack.packer.quantize import (
     quantize_rows,
     quantize_tensor,
 )
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 # ------------------------------------------------------------------------------------------------
 # An independent re-implementation of the challenge baseline's quantize_state_dict_int8 +

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from golfpack.errors import GolfpackError
-from golfpack.formats.checkpoint import infer_config, load_state_dict
+from golfpack.formats.checkpoint import load_state_dict
+from golfpack.loading import infer_config
 from golfpack.model import GPT, ModelConfig, build_model
 from golfpack.trainer.config import load_config
 from golfpack.trainer.loop import train

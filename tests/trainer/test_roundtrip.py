@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from golfpack.formats.checkpoint import infer_config, load_state_dict
+from golfpack.formats.checkpoint import load_state_dict
+from golfpack.loading import infer_config
 from golfpack.formats.shards import load_tokens
 from golfpack.model import build_model
 from golfpack.trainer.loop import _Dist, _Validator
@@ -46,9 +47,9 @@ def test_checkpoint_quantizes_and_qat_forward_equals_the_packed_model(tiny_run, 
 
 
 def test_pack_and_eval_cli_roundtrip(tiny_run, tmp_path, heldout_path, sp1024_path):
-    pytest.importorskip("golfpack.packer.codecs")
+    pytest.importorskip("golfpack.formats.codecs")
     pytest.importorskip("golfpack.formats.qgv3")
-    pytest.importorskip("golfpack.evaluator.cli")
+    pytest.importorskip("golfpack.cli.eval")
     from click.testing import CliRunner
 
     from golfpack.cli import main

@@ -2,6 +2,6 @@
 
 import sys
 
-from golfpack.evaluator.cli import main
+from golfpack.cli.eval import main
 
 sys.exit(main())

@@ -24,7 +24,7 @@ from torch import Tensor
 from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
 from golfpack.evaluator.dist import DistContext, all_reduce_sum, resolve_device
-from golfpack.evaluator.luts import ByteLUTs, build_luts
+from golfpack.tokenizer import ByteLUTs, build_luts
 from golfpack.evaluator.windows import WindowPlan, check_stride, plan_windows, usable_targets
 
 DEFAULT_BATCH_SIZE = 32
@@ -193,11 +193,11 @@ def model_info(cfg: Any, source: str, num_heads: int | None = None, activation: 
 def load_model_with_info(path: str | os.PathLike[str], *, num_heads: int | None = None, activation: str | None = None,
                          device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """`load_model` plus `model_info` of the config it used."""
-    from golfpack.formats.checkpoint import check_state_dict, infer_config
+    from golfpack.loading import check_state_dict, infer_config
     from golfpack.model import build_model
 
     try:
-        from golfpack.formats.artifact import load_any
+        from golfpack.loading import load_any
     except ImportError:  # artifact loader not in this build: raw checkpoints still work
         load_any = None
     if load_any is not None:

@@ -37,9 +37,9 @@ import torch
 from golfpack._io import write_bytes_atomic
 from golfpack.errors import GolfpackError
 from golfpack.formats.records import TORCH_DTYPES, TensorRecord
-from golfpack.packer.bitpack import pack_bits, packed_size, qmax_of, shuffle_bytes, unpack_bits, unshuffle_bytes
-from golfpack.packer.codecs import CODECS, LZMA_PROPS_CANDIDATES, Codec, available_codecs, codec_id, compress, decompress
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.bitpack import pack_bits, packed_size, qmax_of, shuffle_bytes, unpack_bits, unshuffle_bytes
+from golfpack.formats.codecs import CODECS, LZMA_PROPS_CANDIDATES, Codec, available_codecs, codec_id, compress, decompress
+from golfpack.formats.spec import TensorSpec
 
 MAGIC = b"QGv3\r\n\x1a\n"  # CR LF / ^Z / LF catch text-mode and truncating transfers, as PNG's signature does
 VERSION = 3

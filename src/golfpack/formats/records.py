@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 # torch dtype name (as in str(dtype) without "torch.") <-> torch dtype, for the dtypes we store.
 TORCH_DTYPES: dict[str, torch.dtype] = {

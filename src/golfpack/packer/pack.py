@@ -15,14 +15,14 @@ from typing import Any
 
 from torch import Tensor
 
-from golfpack import __version__
+from golfpack._version import __version__
 from golfpack._io import write_bytes_atomic
 from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
 from golfpack.formats.records import TensorRecord
 from golfpack.model import ModelConfig
 from golfpack.packer.policy import Policy
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 DEFAULT_BUDGET = 16_000_000  # the challenge cap: code bytes + compressed model bytes
 DEFAULT_CODEC = "lzma"
@@ -30,8 +30,11 @@ _PASS_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 
 @dataclass
-class PackResult:
-    """Everything a pack produced, before or after writing."""
+class Artifact:
+    """A packed artifact in memory: the QGv3 bytes plus everything that went into them.
+
+    `save(path)` writes the bytes atomically; `data` is exactly what a fresh process will read.
+    """
 
     data: bytes  # the QGv3 artifact bytes
     records: list[TensorRecord]  # what was stored, in state-dict order
@@ -54,6 +57,11 @@ class PackResult:
     @property
     def headroom(self) -> int:
         return self.budget - self.total_bytes
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the artifact bytes to `path` atomically (the target is never left half-written)."""
+        write_bytes_atomic(path, self.data)
+        return Path(path)
 
     def tensor_rows(self) -> list[dict[str, Any]]:
         return [plan_row(r) for r in self.records]
@@ -130,7 +138,7 @@ def encode(records: list[TensorRecord], *, codec: str, config: ModelConfig | Non
 
 def available_codecs() -> list[str]:
     try:
-        from golfpack.packer.codecs import available_codecs as avail
+        from golfpack.formats.codecs import available_codecs as avail
     except ImportError as e:
         raise GolfpackError(f"the QGv3 codecs are not available in this build ({e})") from None
     return list(avail())
@@ -145,7 +153,7 @@ def pack_state_dict(
     meta: dict[str, Any] | None = None,
     hessians: dict[str, Tensor] | None = None,
     progress: bool | None = False,
-) -> PackResult:
+) -> Artifact:
     """Quantize and encode in memory.
 
     codec="best" keeps the smallest of: every available codec for the whole file, and QGv3's own
@@ -162,12 +170,12 @@ def pack_state_dict(
             if best is None or len(data) < best[0]:
                 best = (len(data), c, data)
         assert best is not None
-        return PackResult(data=best[2], records=records, policy=policy, codec=best[1], config=config, codec_sizes=sizes)
+        return Artifact(data=best[2], records=records, policy=policy, codec=best[1], config=config, codec_sizes=sizes)
     codecs = available_codecs()
     if codec not in codecs:
         raise GolfpackError(f"unknown or unavailable codec {codec!r}: use one of {', '.join(codecs)} or 'best'")
     data = encode(records, codec=codec, config=config, policy=policy, meta=meta)
-    return PackResult(data=data, records=records, policy=policy, codec=codec, config=config, codec_sizes={codec: len(data)})
+    return Artifact(data=data, records=records, policy=policy, codec=codec, config=config, codec_sizes={codec: len(data)})
 
 
 def gptq_hessians(sd: dict[str, Tensor], config: ModelConfig | None, policy: Policy, *, calib: str | None = None,
@@ -201,7 +209,7 @@ def count_code_bytes(paths: list[str] | tuple[str, ...]) -> tuple[int, list[str]
 
 def load_input(src: str | os.PathLike[str], *, num_heads: int | None = None, activation: str | None = None) -> tuple[dict[str, Tensor], ModelConfig | None, str]:
     """Any .pt / .ptz / .qg3 -> (float state dict, config or None, kind)."""
-    from golfpack.formats.artifact import load_any
+    from golfpack.loading import load_any
 
     lm = load_any(src, num_heads=num_heads, activation=activation)
     return lm.state_dict, lm.config, lm.kind
@@ -223,7 +231,7 @@ def pack_file(
     calib: str | None = None,
     tokenizer: str | None = None,
     progress: bool | None = False,
-) -> PackResult:
+) -> Artifact:
     """Load `src`, pack it, check the budget, write `out` atomically (unless dry_run).
 
     `overrides`: the `--set` texts already folded into `policy`; each must match some tensor of `src`.
@@ -285,7 +293,7 @@ def describe_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
     additive, so this is an attribution). Preamble + header are `overhead_bytes`, outside every tensor.
     A legacy .ptz/.pt is described as stored: every tensor at its own dtype, the file spread over them.
     """
-    from golfpack.formats.artifact import load_any
+    from golfpack.loading import load_any
     from golfpack.packer.quantize import quantize_tensor
 
     lm = load_any(path)
@@ -366,6 +374,7 @@ __all__ = [
     "tensor_group",
     "DEFAULT_BUDGET",
     "DEFAULT_CODEC",
+    "Artifact",
     "PackResult",
     "count_code_bytes",
     "pack_file",
@@ -373,3 +382,6 @@ __all__ = [
     "payload_bytes",
     "quantize_state_dict",
 ]
+
+
+PackResult = Artifact  # the name before the public API; kept for scripts that import it

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from golfpack.errors import GolfpackError
 from golfpack.model import CONTROL_TENSOR_NAME_PATTERNS
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 # The baseline keeps every float tensor with at most this many elements unquantized.
 BASELINE_KEEP_FLOAT_MAX_NUMEL = 65_536

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from golfpack.formats.records import TensorRecord, dtype_name
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 # The baseline's clip quantile (INT8_CLIP_PERCENTILE = 99.99984 in train_gpt.py).
 BASELINE_CLIP_Q = 99.99984 / 100.0

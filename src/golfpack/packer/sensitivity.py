@@ -28,7 +28,7 @@ from torch import Tensor
 
 from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 DEFAULT_BITS = (8, 7, 6, 5, 4)
 # a file named like validation data: fineweb_val_000000.bin, val_*.bin, x.val.bin, validation-*.bin

@@ -2,6 +2,6 @@
 
 import sys
 
-from golfpack.trainer.cli import main
+from golfpack.cli.train import main
 
 sys.exit(main())

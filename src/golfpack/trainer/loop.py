@@ -30,7 +30,7 @@ from golfpack._io import atomic_write
 from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
 from golfpack.evaluator.api import evaluate
-from golfpack.evaluator.luts import build_luts
+from golfpack.tokenizer import build_luts
 from golfpack.model import GPT, ModelConfig
 from golfpack.trainer.config import MICROBATCH_DIVISOR, TrainConfig
 from golfpack.trainer.data import DistributedTokenLoader, check_train_shards

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from golfpack.errors import GolfpackError
-from golfpack.packer.bitpack import pack_bits, packed_size, qmax_of, shuffle_bytes, unpack_bits, unshuffle_bytes
+from golfpack.formats.bitpack import pack_bits, packed_size, qmax_of, shuffle_bytes, unpack_bits, unshuffle_bytes
 
 
 @pytest.mark.parametrize("bits", range(2, 9))

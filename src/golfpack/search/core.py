@@ -35,14 +35,14 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from golfpack import __version__
+from golfpack._version import __version__
 from golfpack._io import write_bytes_atomic
 from golfpack._progress import bar as progress_bar
 from golfpack.errors import GolfpackError
 from golfpack.formats.records import TensorRecord
 from golfpack.model import ModelConfig
 from golfpack.packer.solver import InfeasibleBudget, Solution, solve
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 DEFAULT_TARGET_HEADROOM = 2048  # stop fitting once the unused budget is below this many bytes
 CACHE_VERSION = 2  # bump when what a cache file means changes
@@ -88,7 +88,7 @@ class SearchConfig:
 
 
 def _codecs(requested: tuple[str, ...]) -> list[str]:
-    from golfpack.packer.codecs import available_codecs
+    from golfpack.formats.codecs import available_codecs
 
     avail = list(available_codecs())
     if not requested or "all" in requested:
@@ -301,7 +301,7 @@ def self_calibration(p: Problem, cfg: SearchConfig) -> Path:
         return dest
     bos = 1  # the challenge shards' BOS; a given tokenizer says its own
     if cfg.tokenizer:
-        from golfpack.evaluator.luts import load_sentencepiece
+        from golfpack.tokenizer import load_sentencepiece
 
         bos = max(0, load_sentencepiece(cfg.tokenizer).bos_id())
     model = build_model(p.config, p.state_dict, device=cfg.device)

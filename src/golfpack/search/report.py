@@ -43,7 +43,7 @@ def frontier(
     loss/bpb of the decoded artifact and its delta to `base` (the raw model's score).
     """
     from golfpack.formats.qgv3 import decode_qgv3
-    from golfpack.packer.search import Fitter, SearchConfig, cheapest_choice
+    from golfpack.search.core import Fitter, SearchConfig, cheapest_choice
     from golfpack._progress import bar as progress_bar
 
     p = result.problem

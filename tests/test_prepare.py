@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from golfpack.cli import main
 from golfpack.errors import GolfpackError
-from golfpack.formats.prepare import iter_documents, prepare
+from golfpack.prepare import iter_documents, prepare
 from golfpack.formats.shards import load_tokens, read_shard
 
 

@@ -115,7 +115,7 @@ def prepare(
     progress: bool | None = False,
 ) -> PrepareReport:
     """Encode `inputs` with the sentencepiece model and write `{prefix}_{i:06d}.bin` shards to `out_dir`."""
-    from golfpack.evaluator.luts import load_sentencepiece
+    from golfpack.tokenizer import load_sentencepiece
 
     if shard_tokens <= 0:
         raise GolfpackError(f"--shard-tokens must be positive, got {shard_tokens}")

@@ -20,7 +20,7 @@ from golfpack.packer.sensitivity import (
     regularize,
     spearman,
 )
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 
 def test_candidates_by_dtype():
@@ -65,7 +65,8 @@ def test_pydoc_calibration_tokens(sp1024_model):
 
 @pytest.fixture(scope="module")
 def nolan(nolanvild_pt, sp1024_model):
-    from golfpack.formats.checkpoint import infer_config, load_state_dict
+    from golfpack.formats.checkpoint import load_state_dict
+    from golfpack.loading import infer_config
     from golfpack.model import build_model
 
     sd = load_state_dict(nolanvild_pt)

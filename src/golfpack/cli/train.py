@@ -27,7 +27,7 @@ from golfpack._progress import progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report at the end instead of a summary.")
 def train_cmd(config, train_files, val_files, tokenizer, out_dir, overrides, print_config, help_config, progress, as_json):
     """Train with the challenge baseline's recipe (Muon + Adam, warmdown, optional QAT/EMA)."""
-    from golfpack.cli import emit
+    from golfpack.cli._common import emit
     from golfpack.trainer.config import config_help, load_config
 
     if help_config:
@@ -61,7 +61,7 @@ def train_cmd(config, train_files, val_files, tokenizer, out_dir, overrides, pri
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for `python -m golfpack.trainer` (torchrun): same options, errors as one line."""
-    from golfpack.cli import run_module
+    from golfpack.cli._common import run_module
 
     return run_module(train_cmd, argv, "golfpack.trainer")
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from golfpack.packer.search import (
+from golfpack.search.core import (
     Cache,
     Fitter,
     SearchConfig,
@@ -21,7 +21,7 @@ from golfpack.packer.search import (
     write_policy,
 )
 from golfpack.packer.solver import InfeasibleBudget
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 
 def _nonadditive(costs):
@@ -209,7 +209,7 @@ def test_search_end_to_end_fits_and_caches(qgv3, small_ckpt, sp1024_model, tmp_p
 
 
 def test_frontier_table_and_plot(tmp_path):
-    from golfpack.packer.search_report import frontier_budgets, frontier_table, plot_frontier
+    from golfpack.search.report import frontier_budgets, frontier_table, plot_frontier
 
     assert frontier_budgets(100, 400, 3) == [100, 200, 400]
     assert frontier_budgets(100, 200, 1, extra=[150]) == [150, 200]
@@ -256,7 +256,7 @@ def test_headroom_is_filled_by_harmless_upgrades():
 
 
 def test_pick_prefers_more_bytes_within_measurement_noise():
-    from golfpack.packer.search import Alternative, pick
+    from golfpack.search.core import Alternative, pick
 
     a = Alternative("solver:lzma", "lzma", (0,), 84_727, 3.9e-8, joint=3.1e-8)
     b = Alternative("preset:int8", "lzma", (1,), 82_875, 4.9e-8, joint=2.4e-8)
@@ -273,7 +273,7 @@ def test_floor_is_reachable_and_gptq_layouts_replay(qgv3, small_ckpt, sp1024_mod
     import re
 
     from golfpack.cli import main
-    from golfpack.packer.search import load_problem
+    from golfpack.search.core import load_problem
 
     common = [str(small_ckpt), "--tokenizer", str(sp1024_model), "--no-verify", "--no-select", "--sensitivity", "direct", *_fast([])]
     r = CliRunner().invoke(main, ["search", *common, "--budget", "1000"])
@@ -291,7 +291,7 @@ def test_floor_is_reachable_and_gptq_layouts_replay(qgv3, small_ckpt, sp1024_mod
     data = p.encode_specs(specs, "lzma")
     pol = p.policy_of(specs)
     assert pol.calibration.to_dict() == {"source": "pydoc", "batch": 4, "seq": 64, "digest": p.calibration.digest} and len(p.calibration.digest) == 64
-    from golfpack.packer.search import write_policy
+    from golfpack.search.core import write_policy
 
     write_policy(tmp_path / "g.policy.json", pol)
     r = CliRunner().invoke(main, ["pack", str(small_ckpt), "--policy", str(tmp_path / "g.policy.json"), "--tokenizer", str(sp1024_model),

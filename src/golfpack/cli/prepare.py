@@ -1,4 +1,4 @@
-"""`golfpack prepare`: text -> challenge token shards (see golfpack.formats.prepare)."""
+"""`golfpack prepare`: text -> challenge token shards (see golfpack.prepare)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from golfpack._progress import progress_option
-from golfpack.formats.prepare import DEFAULT_SHARD_TOKENS
+from golfpack.prepare import DEFAULT_SHARD_TOKENS
 
 
 @click.command("prepare", context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,8 +24,8 @@ from golfpack.formats.prepare import DEFAULT_SHARD_TOKENS
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def prepare_cmd(inputs, tokenizer, out_dir, prefix, shard_tokens, fmt, per_line, text_field, overwrite, progress, as_json):
     """Encode TEXT files (txt or jsonl) into shards: every document is [BOS] + its token ids."""
-    from golfpack.cli import emit
-    from golfpack.formats.prepare import prepare
+    from golfpack.cli._common import emit
+    from golfpack.prepare import prepare
 
     r = prepare(list(inputs), tokenizer, out_dir, shard_tokens=shard_tokens, prefix=prefix, fmt=fmt, per_line=per_line,
                 text_field=text_field, overwrite=overwrite, progress=progress)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from golfpack.errors import GolfpackError
-from golfpack.evaluator.luts import build_luts, load_sentencepiece
+from golfpack.tokenizer import build_luts, load_sentencepiece
 
 
 def test_lut_classes(sp1024_model):

@@ -36,7 +36,7 @@ def eval_cmd(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, devi
     Under torchrun the windows are split over ranks and the sums all-reduced (gloo on CPU,
     nccl on CUDA); rank 0 prints the result.
     """
-    from golfpack.cli import user_errors
+    from golfpack.cli._common import user_errors
 
     with user_errors():  # also when run outside the `golfpack` group (python -m golfpack.evaluator)
         _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
@@ -47,7 +47,7 @@ def _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, 
          progress, as_json) -> None:
     import torch
 
-    from golfpack.cli import emit
+    from golfpack.cli._common import emit
     from golfpack.evaluator import dist as dist_mod
     from golfpack.evaluator.api import evaluate_path
     from golfpack.evaluator.windows import check_stride
@@ -95,7 +95,7 @@ def model_line(info: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m golfpack.evaluator` / torchrun entry: same options, one `Error:` line on user errors."""
-    from golfpack.cli import run_module
+    from golfpack.cli._common import run_module
 
     return run_module(eval_cmd, argv, "golfpack.evaluator")
 

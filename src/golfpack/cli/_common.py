@@ -1,54 +1,14 @@
-"""`golfpack` command line. Each subcommand lives beside the code it drives and is imported lazily,
-so `golfpack --help` stays fast and one stage's import cost is not paid by another."""
+"""What every command line shares: user errors as one `Error:` line, `python -m` entry points, reports."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
-import sys
 from typing import Any, Iterator
 
 import click
 
-from golfpack import __version__
 from golfpack.errors import GolfpackError, os_error_message
-
-# name -> "module:attribute" of a click command.
-COMMANDS: dict[str, str] = {
-    "demo": "golfpack.demo:demo_cmd",
-    "prepare": "golfpack.formats.cli:prepare_cmd",
-    "train": "golfpack.trainer.cli:train_cmd",
-    "pack": "golfpack.packer.cli:pack_cmd",
-    "search": "golfpack.packer.search_cli:search_cmd",
-    "verify": "golfpack.packer.cli:verify_cmd",
-    "inspect": "golfpack.packer.cli:inspect_cmd",
-    "export-decoder": "golfpack.packer.cli:export_decoder_cmd",
-    "eval": "golfpack.evaluator.cli:eval_cmd",
-}
-
-
-def _load(name: str) -> click.Command | None:
-    module, _, attr = COMMANDS[name].partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:  # the command's own module is absent from this build
-            return None
-        raise
-    return getattr(mod, attr, None)
-
-
-class _LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return [n for n in COMMANDS if _load(n) is not None]
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        return _load(name) if name in COMMANDS else None
-
-    def invoke(self, ctx: click.Context) -> Any:
-        with user_errors():
-            return super().invoke(ctx)
 
 
 @contextlib.contextmanager
@@ -79,12 +39,6 @@ def run_module(cmd: click.Command, argv: list[str] | None, prog_name: str) -> in
     return 0
 
 
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="golfpack")
-def main() -> None:
-    """Pack a trained small GPT into the best-scoring artifact under a byte cap."""
-
-
 def emit(report: dict[str, Any], as_json: bool, lines: list[str] | None = None) -> None:
     """Print a report: JSON (one object on stdout) for scripts, or human lines."""
     if as_json:
@@ -100,7 +54,3 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "to_dict"):
         return o.to_dict()
     return str(o)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -23,7 +23,7 @@ def run_demo(out_dir: str | Path, *, steps: int | None = None, policy_name: str 
     from golfpack.demo_data import make_demo_data
     from golfpack.packer.pack import pack_file
     from golfpack.packer.policy import resolve_policy
-    from golfpack.packer.verify import EvalOptions, verify_artifact
+    from golfpack.evaluator.verify import EvalOptions, verify_artifact
     from golfpack.trainer.config import load_config
     from golfpack.trainer.loop import train
 
@@ -99,7 +99,7 @@ def run_demo(out_dir: str | Path, *, steps: int | None = None, policy_name: str 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report instead of the stage lines.")
 def demo_cmd(out_dir: str, steps: int | None, policy_name: str, codec: str, progress: bool | None, as_json: bool) -> None:
     """Train a tiny GPT on built-in text, pack it, and verify + score the artifact in a fresh process."""
-    from golfpack.cli import emit
+    from golfpack.cli._common import emit
 
     rep = run_demo(out_dir, steps=steps, policy_name=policy_name, codec=codec,
                    echo=(lambda s: None) if as_json else click.echo, progress=progress)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from golfpack._progress import progress_option
-from golfpack.cli import emit
+from golfpack.cli._common import emit
 from golfpack.errors import GolfpackError
 from golfpack.model import ACTIVATIONS
 from golfpack.packer.pack import DEFAULT_BUDGET
@@ -89,7 +89,7 @@ def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokeni
     """Search per-tensor bit widths / clip rules / passthrough and the codec for the lowest loss under --budget."""
     import torch
 
-    from golfpack.packer.search import SearchConfig, run_search
+    from golfpack.search.core import SearchConfig, run_search
 
     if threads:
         torch.set_num_threads(threads)
@@ -102,7 +102,7 @@ def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokeni
             import matplotlib  # noqa: F401
         except ImportError:
             raise GolfpackError("--plot needs matplotlib: pip install 'golfpack[plot]' (or drop --plot)") from None
-    from golfpack.packer.spec import CLIP_RULES
+    from golfpack.formats.spec import CLIP_RULES
 
     clip_t = tuple(c.strip() for c in clips.split(",") if c.strip())
     if not clip_t or any(c not in CLIP_RULES for c in clip_t):
@@ -136,8 +136,8 @@ def search_outputs(res: Any, *, ckpt: str, out: str | None, policy_out: str | No
                    progress: bool | None) -> dict[str, Any]:
     """Write policy + artifact, build the frontier, verify; returns the report dict."""
     from golfpack.packer.policy import Policy
-    from golfpack.packer.search import write_policy
-    from golfpack.packer.search_report import frontier, frontier_table, plot_frontier
+    from golfpack.search.core import write_policy
+    from golfpack.search.report import frontier, frontier_table, plot_frontier
 
     rep = res.report()
     p = res.problem
@@ -177,7 +177,7 @@ def search_outputs(res: Any, *, ckpt: str, out: str | None, policy_out: str | No
             plot_frontier(rows, plot, budget=res.budget, title=f"search frontier: {Path(ckpt).name}")
             rep["plot"] = plot
     if out and verify:
-        from golfpack.packer.verify import EvalOptions, verify_artifact
+        from golfpack.evaluator.verify import EvalOptions, verify_artifact
 
         ev = EvalOptions(val=val, tokenizer=tokenizer, seq_len=seq_len, max_tokens=eval_tokens, device=device) if (val and tokenizer) else None
         v = verify_artifact(out, against=ckpt, eval_options=ev, num_heads=p.config.num_heads, activation=p.config.activation)

@@ -10,8 +10,8 @@ import zlib
 import pytest
 
 from golfpack.errors import GolfpackError
-from golfpack.packer import codecs as C
-from golfpack.packer.codecs import CODECS, Codec, available_codecs, compress, decompress
+from golfpack.formats import codecs as C
+from golfpack.formats.codecs import CODECS, Codec, available_codecs, compress, decompress
 
 DATA = os.urandom(3000) + bytes(range(256)) * 200 + b"\0" * 20000
 

@@ -45,7 +45,7 @@ class EvalOptions:
 
 
 def _child(path: str, against: str | None, ev: EvalOptions | None, num_heads: int | None, activation: str | None) -> dict[str, Any]:
-    from golfpack.formats.artifact import load_any
+    from golfpack.loading import load_any
 
     t0 = time.perf_counter()
     lm = load_any(path, num_heads=num_heads, activation=activation)
@@ -164,7 +164,7 @@ def verify_artifact(
     src_root = str(Path(__file__).resolve().parents[2])  # make the child import this same golfpack
     env["PYTHONPATH"] = src_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run(
-        [sys.executable, "-m", "golfpack.packer.verify", json.dumps(args)],
+        [sys.executable, "-m", "golfpack.evaluator.verify", json.dumps(args)],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from golfpack.errors import GolfpackError
-from golfpack.formats.artifact import load_any, sniff
+from golfpack.loading import load_any, sniff
 from golfpack.formats.checkpoint import load_state_dict
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from golfpack.cli import emit
+from golfpack.cli._common import emit
 from golfpack._progress import progress_option
 from golfpack.errors import GolfpackError
 from golfpack.model import ACTIVATIONS
@@ -94,7 +94,7 @@ def _plan_table(rows: list[dict[str, Any]]) -> list[str]:
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(artifact: str, against: str | None, do_eval: bool, val: str | None, tokenizer: str | None, seq_len: int, stride: int | None, max_tokens: int | None, device: str, num_heads: int | None, activation: str | None, as_json: bool) -> None:
     """Fresh-process load of ARTIFACT: checksums, exact tensors, errors vs a checkpoint, optional eval."""
-    from golfpack.packer.verify import EvalOptions, verify_artifact
+    from golfpack.evaluator.verify import EvalOptions, verify_artifact
 
     ev = None
     if do_eval or val or tokenizer:

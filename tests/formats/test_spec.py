@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from golfpack.packer.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec
 
 
 @pytest.mark.parametrize("text,bits,clip,gptq", [
