@@ -28,6 +28,7 @@ CODECS = ("lzma", "zstd", "brotli")
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
+    ap.add_argument("--check", type=Path, default=None, help="compare with this JSON; exit 1 on any difference")
     args = ap.parse_args()
     import golfpack.packer.policy as P
     from golfpack.packer.pack import pack_file
@@ -46,6 +47,12 @@ def main() -> int:
                     key = f"{src.name} {preset} {codec}"
                     rows[key] = h
                     print(f"{key:<60} {out.stat().st_size:>10,} {h}", flush=True)
+    if args.check:
+        want = json.loads(args.check.read_text())
+        diff = sorted(k for k in set(want) | set(rows) if want.get(k) != rows.get(k))
+        print(f"{len(rows) - len(diff)} of {len(rows)} identical to {args.check}" + (f"; differ: {diff}" if diff else ""))
+        if diff:
+            return 1
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
