@@ -63,3 +63,37 @@ def test_self_tokens_are_the_models_own_seeded_samples() -> None:
     assert a.shape == (5 * 8,) and (a[::8] == 1).all() and a.max() < 50
     assert np.array_equal(a, self_tokens(m, sequences=5, length=7, seed=1, chunk=2))  # seeded: the same text again
     assert not np.array_equal(a, self_tokens(m, sequences=5, length=7, seed=2))
+
+
+# ------------------------------------------------------------------------------------------------
+# pins: the held-out split and where the windows come from
+
+
+def test_halves_are_disjoint_and_cover_the_stream(tmp_path):
+    toks = np.arange(10_001, dtype=np.uint16)  # every token distinct: overlap would show
+    write_shard(tmp_path / "c_train_000000.bin", toks)
+    measure, held_out = calib_halves(str(tmp_path / "c_train_000000.bin"))
+    assert len(measure) == 5000 and len(held_out) == 5001
+    assert np.array_equal(np.concatenate([measure, held_out]), toks)  # first half measured, the rest held out
+    assert not set(measure.tolist()) & set(held_out.tolist())
+
+
+def test_gptq_calibration_reads_the_measurement_half_only(tmp_path):
+    toks = np.arange(20_000, dtype=np.uint16)
+    write_shard(tmp_path / "c_train_000000.bin", toks)
+    src = str(tmp_path / "c_train_000000.bin")
+    b = calibration_batch(GptqCalibration(source=src, batch=4, seq=64))
+    measure, held_out = calib_halves(src)
+    assert b.digest == make_batch(measure, 4, 64).digest != make_batch(held_out, 4, 64).digest
+    assert int(b.inputs.max()) == 9_996  # the last window ends inside the measurement half (the first 10,000 of 20,000)
+
+
+def test_windows_spread_over_the_whole_stream():
+    toks = np.arange(10_000)
+    b = make_batch(toks, 4, 64)
+    starts = b.inputs[:, 0].tolist()
+    # evenly spaced from the first token to the last window (not 4 windows packed at the start)
+    assert starts == [0, 3311, 6622, 9933] and int(b.targets[-1, -1]) == 9_997  # within a stride-rounding of the end (9,999)
+    assert torch.equal(b.targets[0], torch.arange(1, 65))
+    one = make_batch(toks, 1, 64)
+    assert one.inputs[0, 0] == 0 and one.tokens == 64

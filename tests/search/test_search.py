@@ -109,19 +109,14 @@ def test_cache_round_trip(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# end to end (needs the QGv3 format)
-
-
-@pytest.fixture
-def qgv3():
-    return pytest.importorskip("golfpack.formats.qgv3")
+# end to end
 
 
 def _fast(extra):
     return ["--bits", "8,6,4", "--clips", "quantile", "--calib-batch", "2", "--calib-seq", "64", "--frontier", "0", "--threads", "1", *extra]
 
 
-def test_impossible_budget_fails_before_measurement(qgv3, nolanvild_pt, sp1024_model, tmp_path, monkeypatch):
+def test_impossible_budget_fails_before_measurement(nolanvild_pt, sp1024_model, tmp_path, monkeypatch):
     from golfpack.cli import main
     from golfpack.search import sensitivity
 
@@ -138,23 +133,7 @@ def test_impossible_budget_fails_before_measurement(qgv3, nolanvild_pt, sp1024_m
     assert not list((tmp_path / "c").glob("sens-*"))
 
 
-@pytest.fixture(scope="module")
-def small_ckpt(tmp_path_factory):
-    """A small baseline-family GPT with trained-like weight scales (fast to pack and run)."""
-    from golfpack.model import GPT, ModelConfig
-
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=1024, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, mlp_hidden=64))
-    with torch.no_grad():
-        for n, prm in model.named_parameters():
-            if prm.ndim == 2:
-                prm.normal_(0, 0.05 if "tok_emb" in n else 0.1)
-    path = tmp_path_factory.mktemp("small") / "small.pt"
-    torch.save(model.state_dict(), path)
-    return path
-
-
-def test_search_end_to_end_fits_and_caches(qgv3, small_ckpt, sp1024_model, tmp_path, monkeypatch):
+def test_search_end_to_end_fits_and_caches(small_ckpt, sp1024_model, tmp_path, monkeypatch):
     from golfpack.cli import main
     from golfpack.formats.checkpoint import load_state_dict
     from golfpack.search import sensitivity
@@ -263,7 +242,7 @@ def test_pick_prefers_more_bytes_within_measurement_noise():
     assert pick([d, e]) is d  # a real difference wins over bytes
 
 
-def test_floor_is_reachable_and_gptq_layouts_replay(qgv3, small_ckpt, sp1024_model, tmp_path):
+def test_floor_is_reachable_and_gptq_layouts_replay(small_ckpt, sp1024_model, tmp_path):
     """The floor the error prints is a budget that works; a +gptq layout's policy names its tokens and
     `golfpack pack --policy` rebuilds the search's bytes exactly."""
     import re

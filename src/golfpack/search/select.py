@@ -58,12 +58,14 @@ def preset_choice(p: Problem, name: str) -> tuple[int, ...] | None:
     return tuple(out)
 
 
-def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: dict[str, Any], sens: dict[str, Any], model_budget: int) -> list[Alternative]:
+def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: dict[str, Any], sens: dict[str, Any], model_budget: int,
+                 *, unique: bool = True) -> list[Alternative]:
     """Fitting layouts worth a joint measurement: the solver's answer per codec, the answers under the
     proxy estimate and the greedy solver (best codec), and every preset that fits.
 
     Summed single-tensor deltas ignore interactions (quantizing many tensors at once usually hurts
-    more than the sum), so these are compared on what actually matters: the joint effect."""
+    more than the sum), so these are compared on what actually matters: the joint effect. A layout found
+    twice (same choice and codec) is kept once, under its first source (`unique=False`: every one found)."""
     from golfpack.packer.policy import PRESETS
     from golfpack.search.sensitivity import regularize
 
@@ -92,6 +94,8 @@ def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: di
         c = min(sizes, key=sizes.__getitem__)
         if sizes[c] <= model_budget:
             out.append(Alternative(f"preset:{name}", c, ch, sizes[c], pred(ch)))
+    if not unique:
+        return out
     uniq: dict[tuple[tuple[int, ...], str], Alternative] = {}
     for a in out:
         uniq.setdefault((a.choice, a.codec), a)
