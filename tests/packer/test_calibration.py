@@ -55,7 +55,6 @@ def test_calibration_refuses_val_named_files(tmp_path, name: str, refused: bool)
 
 
 def test_self_tokens_are_the_models_own_seeded_samples() -> None:
-    from golfpack.model import ModelConfig, build_model
 
     torch.manual_seed(0)
     m = build_model(ModelConfig(vocab_size=50, num_layers=1, model_dim=16, num_heads=2, num_kv_heads=1))

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from golfpack.cli import main
 from golfpack.errors import GolfpackError
 from golfpack.formats.checkpoint import load_state_dict
-from golfpack.loading import infer_config
 from golfpack.formats.shards import write_shard
+from golfpack.loading import infer_config
 from golfpack.model import build_model
 from golfpack.packer import calibration as S
 from golfpack.packer.calibration import GptqCalibration, calibration_batch

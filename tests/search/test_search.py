@@ -11,13 +11,13 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from golfpack.formats.spec import TensorSpec
 from golfpack.search import SearchConfig, write_policy
 from golfpack.search.cache import Cache
 from golfpack.search.costs import fit_cost_model
 from golfpack.search.fit import Fitter
 from golfpack.search.problem import exact_name_pattern, layout_policy
 from golfpack.search.solver import InfeasibleBudget
-from golfpack.formats.spec import TensorSpec
 
 
 def _nonadditive(costs):
@@ -136,8 +136,8 @@ def test_impossible_budget_fails_before_measurement(nolanvild_pt, sp1024_model, 
 def test_search_end_to_end_fits_and_caches(small_ckpt, sp1024_model, tmp_path, monkeypatch):
     from golfpack.cli import main
     from golfpack.formats.checkpoint import load_state_dict
-    from golfpack.search import sensitivity
     from golfpack.packer.policy import Policy
+    from golfpack.search import sensitivity
 
     code = tmp_path / "train_gpt.py"
     code.write_bytes(b"# code bytes count\n" * 200)

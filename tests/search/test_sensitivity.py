@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
+from golfpack.formats.spec import TensorSpec
 from golfpack.packer.calibration import calib_tokens, make_batch
 from golfpack.search.sensitivity import (
     candidate_specs,
@@ -18,7 +18,6 @@ from golfpack.search.sensitivity import (
     regularize,
     spearman,
 )
-from golfpack.formats.spec import TensorSpec
 
 
 def test_candidates_by_dtype():

@@ -43,8 +43,9 @@ def pydoc_tokens(tokenizer: str) -> np.ndarray:
 
     Each page is one document, prefixed with the tokenizer's BOS id (as the challenge's shards are).
     """
-    import sentencepiece as spm
     from pydoc_data.topics import topics
+
+    import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
     bos = sp.bos_id()

@@ -19,8 +19,10 @@ import torch
 from torch import Tensor
 
 from golfpack.errors import UsageError
+
 # the calibration record lives with the token sources; `pack` and `policy` reach it through here too
 from golfpack.packer.calibration import GptqCalibration, calibration_batch
+
 
 def weight_inputs(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """weight name -> the module whose forward INPUT (pre-hook) or OUTPUT (final_norm) feeds it."""

@@ -42,11 +42,11 @@ def frontier(
     `bpb_per_nat` = raw bpb / raw loss on the measurement set), and - with a scorer - the measured
     loss/bpb of the decoded artifact and its delta to `base` (the raw model's score).
     """
+    from golfpack._progress import bar as progress_bar
     from golfpack.formats.qgv3 import decode_qgv3
     from golfpack.search.config import SearchConfig
     from golfpack.search.costs import cheapest_choice
     from golfpack.search.fit import Fitter
-    from golfpack._progress import bar as progress_bar
 
     p = result.problem
     cfg = SearchConfig(budget=result.budget, max_fit_packs=6, max_repair_packs=0)
