@@ -43,7 +43,7 @@ def bench_checkpoint(label: str, path: str, *, activation: str | None, seq_len: 
     from golfpack.evaluator.api import evaluate_path
     from golfpack.packer.pack import pack_file
     from golfpack.packer.policy import Policy
-    from golfpack.search.core import SearchConfig, run_search
+    from golfpack.search import SearchConfig, run_search
     from golfpack.evaluator.verify import EvalOptions, verify_artifact
 
     ev = EvalOptions(val=val, tokenizer=str(SP1024), seq_len=seq_len, max_tokens=args.eval_tokens)

@@ -12,11 +12,12 @@ from click.testing import CliRunner
 from golfpack.cli import main
 from golfpack.errors import GolfpackError
 from golfpack.formats.checkpoint import load_state_dict
-from golfpack.loading import infer_config
 from golfpack.formats.shards import write_shard
+from golfpack.loading import infer_config
 from golfpack.model import build_model
-from golfpack.packer import sensitivity as S
-from golfpack.packer.hessian import GptqCalibration, calibration_batch, collect_hessians, weight_inputs
+from golfpack.packer import calibration as S
+from golfpack.packer.calibration import GptqCalibration, calibration_batch
+from golfpack.packer.hessian import collect_hessians, weight_inputs
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,13 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from golfpack.search.core import (
-    Cache,
-    Fitter,
-    SearchConfig,
-    exact_name_pattern,
-    fit_cost_model,
-    layout_policy,
-    write_policy,
-)
-from golfpack.packer.solver import InfeasibleBudget
 from golfpack.formats.spec import TensorSpec
+from golfpack.search import SearchConfig, write_policy
+from golfpack.search.cache import Cache
+from golfpack.search.costs import fit_cost_model
+from golfpack.search.fit import Fitter
+from golfpack.search.problem import exact_name_pattern, layout_policy
+from golfpack.search.solver import InfeasibleBudget
 
 
 def _nonadditive(costs):
@@ -43,7 +39,7 @@ def test_fit_never_over_budget(seed, frac):
     n = rng.randint(1, 12)
     costs = [sorted(rng.sample(range(50, 20_000), 5)) for _ in range(n)]
     losses = [sorted((rng.random() for _ in range(5)), reverse=True) for _ in range(n)]
-    f = Fitter(costs, losses, _nonadditive(costs), SearchConfig(budget=0, max_fit_packs=25))
+    f = Fitter(costs, losses, _nonadditive(costs), SearchConfig(budget=1, max_fit_packs=25))
     lo, hi = f.measure(f.cheapest()), f.measure(f.richest())
     budget = int(lo + frac * (hi - lo + 5000)) - 200
     try:
@@ -60,7 +56,7 @@ def test_fit_reaches_small_headroom():
     # 30 groups with fine-grained options (like many small tensors): the headroom can go below 2 KB
     costs = [sorted(rng.sample(range(200, 6_000), 6)) for _ in range(30)]
     losses = [sorted((rng.random() for _ in range(6)), reverse=True) for _ in range(30)]
-    f = Fitter(costs, losses, _nonadditive(costs), SearchConfig(budget=0))
+    f = Fitter(costs, losses, _nonadditive(costs), SearchConfig(budget=1))
     lo, hi = f.measure(f.cheapest()), f.measure(f.richest())
     for frac in (0.2, 0.5, 0.8):
         budget = int(lo + frac * (hi - lo))
@@ -113,21 +109,16 @@ def test_cache_round_trip(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# end to end (needs the QGv3 format)
-
-
-@pytest.fixture
-def qgv3():
-    return pytest.importorskip("golfpack.formats.qgv3")
+# end to end
 
 
 def _fast(extra):
     return ["--bits", "8,6,4", "--clips", "quantile", "--calib-batch", "2", "--calib-seq", "64", "--frontier", "0", "--threads", "1", *extra]
 
 
-def test_impossible_budget_fails_before_measurement(qgv3, nolanvild_pt, sp1024_model, tmp_path, monkeypatch):
+def test_impossible_budget_fails_before_measurement(nolanvild_pt, sp1024_model, tmp_path, monkeypatch):
     from golfpack.cli import main
-    from golfpack.packer import sensitivity
+    from golfpack.search import sensitivity
 
     def boom(*a, **k):
         raise AssertionError("measured before checking the floor")
@@ -142,27 +133,11 @@ def test_impossible_budget_fails_before_measurement(qgv3, nolanvild_pt, sp1024_m
     assert not list((tmp_path / "c").glob("sens-*"))
 
 
-@pytest.fixture(scope="module")
-def small_ckpt(tmp_path_factory):
-    """A small baseline-family GPT with trained-like weight scales (fast to pack and run)."""
-    from golfpack.model import GPT, ModelConfig
-
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=1024, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, mlp_hidden=64))
-    with torch.no_grad():
-        for n, prm in model.named_parameters():
-            if prm.ndim == 2:
-                prm.normal_(0, 0.05 if "tok_emb" in n else 0.1)
-    path = tmp_path_factory.mktemp("small") / "small.pt"
-    torch.save(model.state_dict(), path)
-    return path
-
-
-def test_search_end_to_end_fits_and_caches(qgv3, small_ckpt, sp1024_model, tmp_path, monkeypatch):
+def test_search_end_to_end_fits_and_caches(small_ckpt, sp1024_model, tmp_path, monkeypatch):
     from golfpack.cli import main
     from golfpack.formats.checkpoint import load_state_dict
-    from golfpack.packer import sensitivity
     from golfpack.packer.policy import Policy
+    from golfpack.search import sensitivity
 
     code = tmp_path / "train_gpt.py"
     code.write_bytes(b"# code bytes count\n" * 200)
@@ -246,17 +221,17 @@ def test_headroom_is_filled_by_harmless_upgrades():
     # largest upgrade first, and never goes over
     costs = [[100, 300], [100, 900], [100, 1500]]
     losses = [[0.0, 0.0]] * 3
-    f = Fitter(costs, losses, lambda ch: sum(costs[g][j] for g, j in enumerate(ch)), SearchConfig(budget=0))
+    f = Fitter(costs, losses, lambda ch: sum(costs[g][j] for g, j in enumerate(ch)), SearchConfig(budget=1))
     ch = f.spend_headroom((0, 0, 0), 1400, [])
     assert ch == (1, 1, 0) and f.measure(ch) == 1300  # 1500 would overflow; 900 then 300 fill it
     # a real gain always comes before a zero-gain filler
     losses2 = [[0.5, 0.0], [0.0, 0.0], [0.0, 0.0]]
-    f2 = Fitter(costs, losses2, lambda ch: sum(costs[g][j] for g, j in enumerate(ch)), SearchConfig(budget=0))
+    f2 = Fitter(costs, losses2, lambda ch: sum(costs[g][j] for g, j in enumerate(ch)), SearchConfig(budget=1))
     assert f2.spend_headroom((0, 0, 0), 1200, [])[0] == 1
 
 
 def test_pick_prefers_more_bytes_within_measurement_noise():
-    from golfpack.search.core import Alternative, pick
+    from golfpack.search.select import Alternative, pick
 
     a = Alternative("solver:lzma", "lzma", (0,), 84_727, 3.9e-8, joint=3.1e-8)
     b = Alternative("preset:int8", "lzma", (1,), 82_875, 4.9e-8, joint=2.4e-8)
@@ -267,13 +242,13 @@ def test_pick_prefers_more_bytes_within_measurement_noise():
     assert pick([d, e]) is d  # a real difference wins over bytes
 
 
-def test_floor_is_reachable_and_gptq_layouts_replay(qgv3, small_ckpt, sp1024_model, tmp_path):
+def test_floor_is_reachable_and_gptq_layouts_replay(small_ckpt, sp1024_model, tmp_path):
     """The floor the error prints is a budget that works; a +gptq layout's policy names its tokens and
     `golfpack pack --policy` rebuilds the search's bytes exactly."""
     import re
 
     from golfpack.cli import main
-    from golfpack.search.core import load_problem
+    from golfpack.search.problem import load_problem
 
     common = [str(small_ckpt), "--tokenizer", str(sp1024_model), "--no-verify", "--no-select", "--sensitivity", "direct", *_fast([])]
     r = CliRunner().invoke(main, ["search", *common, "--budget", "1000"])
@@ -291,8 +266,6 @@ def test_floor_is_reachable_and_gptq_layouts_replay(qgv3, small_ckpt, sp1024_mod
     data = p.encode_specs(specs, "lzma")
     pol = p.policy_of(specs)
     assert pol.calibration.to_dict() == {"source": "pydoc", "batch": 4, "seq": 64, "digest": p.calibration.digest} and len(p.calibration.digest) == 64
-    from golfpack.search.core import write_policy
-
     write_policy(tmp_path / "g.policy.json", pol)
     r = CliRunner().invoke(main, ["pack", str(small_ckpt), "--policy", str(tmp_path / "g.policy.json"), "--tokenizer", str(sp1024_model),
                                   "-o", str(tmp_path / "g.qg3")])

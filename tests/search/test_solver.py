@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from golfpack.errors import GolfpackError
-from golfpack.packer.solver import (
+from golfpack.search.solver import (
     InfeasibleBudget,
     floor_cost,
     solve,

@@ -11,7 +11,7 @@ import click
 
 from golfpack._progress import progress_option
 from golfpack.cli._common import emit
-from golfpack.errors import GolfpackError
+from golfpack.errors import UsageError
 from golfpack.model import ACTIVATIONS
 from golfpack.packer.pack import DEFAULT_BUDGET
 
@@ -20,9 +20,9 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise GolfpackError(f"--{what} must be a comma-separated list of integers, got {text!r}") from None
+        raise UsageError(f"--{what} must be a comma-separated list of integers, got {text!r}") from None
     if not vals or any(not 2 <= v <= 8 for v in vals):
-        raise GolfpackError(f"--{what} values must be 2..8, got {text!r}")
+        raise UsageError(f"--{what} values must be 2..8, got {text!r}")
     return vals
 
 
@@ -89,26 +89,26 @@ def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokeni
     """Search per-tensor bit widths / clip rules / passthrough and the codec for the lowest loss under --budget."""
     import torch
 
-    from golfpack.search.core import SearchConfig, run_search
+    from golfpack.search import InfeasibleBudget, SearchConfig, run_search
 
     if threads:
         torch.set_num_threads(threads)
     if budget <= 0:
-        raise GolfpackError(f"--budget must be positive, got {budget}")
+        raise UsageError(f"--budget must be positive, got {budget}")
     if val and not tokenizer:
-        raise GolfpackError("--val needs --tokenizer (the byte LUTs for bpb come from it)")
+        raise UsageError("--val needs --tokenizer (the byte LUTs for bpb come from it)")
     if plot:  # fail now, not after a long search
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise GolfpackError("--plot needs matplotlib: pip install 'golfpack[plot]' (or drop --plot)") from None
+            raise UsageError("--plot needs matplotlib: pip install 'golfpack[plot]' (or drop --plot)") from None
     from golfpack.formats.spec import CLIP_RULES
 
     clip_t = tuple(c.strip() for c in clips.split(",") if c.strip())
     if not clip_t or any(c not in CLIP_RULES for c in clip_t):
-        raise GolfpackError(f"--clips must be a comma-separated list of {', '.join(CLIP_RULES)}, got {clips!r}")
+        raise UsageError(f"--clips must be a comma-separated list of {', '.join(CLIP_RULES)}, got {clips!r}")
     if gptq_batch < 1:
-        raise GolfpackError(f"--gptq-batch must be at least 1, got {gptq_batch}")
+        raise UsageError(f"--gptq-batch must be at least 1, got {gptq_batch}")
     if policy_out is None and out is not None:
         policy_out = str(Path(out).with_suffix("")) + ".policy.json"
     # --calib self: the samples live next to the policy that names them, so a replay finds them
@@ -120,7 +120,10 @@ def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokeni
         solver=solver, cache_dir=cache_dir, device=device, num_heads=num_heads, activation=activation, progress=progress,
         calib_out=None if stem is None else stem + ".calib.bin",
     )
-    res = run_search(ckpt, cfg)
+    try:
+        res = run_search(ckpt, cfg)
+    except InfeasibleBudget as e:  # the library says what to raise by its parameter name; here it is a flag
+        raise InfeasibleBudget(e.budget, e.floor, e.what, knob="--budget") from None
     rep = search_outputs(res, ckpt=ckpt, out=out, policy_out=policy_out, val=val, tokenizer=tokenizer, eval_tokens=eval_tokens,
                          seq_len=seq_len, frontier_points=frontier_points, plot=plot, verify=not no_verify, device=device,
                          progress=progress)
@@ -135,37 +138,30 @@ def search_outputs(res: Any, *, ckpt: str, out: str | None, policy_out: str | No
                    eval_tokens: int, seq_len: int, frontier_points: int, plot: str | None, verify: bool, device: str,
                    progress: bool | None) -> dict[str, Any]:
     """Write policy + artifact, build the frontier, verify; returns the report dict."""
-    from golfpack.packer.policy import Policy
-    from golfpack.search.core import write_policy
+    from golfpack.search import write_policy
     from golfpack.search.report import frontier, frontier_table, plot_frontier
 
     rep = res.report()
-    p = res.problem
     if policy_out is None and out is not None:
         policy_out = str(Path(out).with_suffix("")) + ".policy.json"
     if policy_out:
-        write_policy(policy_out, res.policy)
+        if not out:  # with an artifact, res.save writes the policy beside it
+            write_policy(policy_out, res.policy)
         rep["policy_file"] = policy_out
         pydoc_gptq = res.policy.uses_gptq and res.policy.calibration.source == "pydoc"
         rep["replay"] = (f"golfpack pack {ckpt} --policy {policy_out} --codec {res.codec} --budget {res.budget}"
-                         + "".join(f" --code {c}" for c in p.code_files)
-                         + (f" --activation {p.config.activation}" if p.config.activation != "relu2" else "")
+                         + "".join(f" --code {c}" for c in res.code_files)
+                         + (f" --activation {res.config.activation}" if res.config.activation != "relu2" else "")
                          + (f" --tokenizer {tokenizer}" if pydoc_gptq else ""))
     if out:
-        from golfpack.packer.pack import pack_file
-
-        pol = Policy.load(policy_out) if policy_out else res.policy
-        pr = pack_file(ckpt, out, policy=pol, codec=res.codec, budget=res.budget, code=p.code_files,
-                       num_heads=p.config.num_heads, activation=p.config.activation, tokenizer=tokenizer)
-        if pr.model_bytes != res.model_bytes:  # the replay must be what the search measured
-            raise GolfpackError(f"internal: packed {pr.model_bytes:,} bytes but the search measured {res.model_bytes:,}")
+        res.save(out, policy_path=policy_out)  # packed as `golfpack pack --policy` replays it (checked against the search's bytes)
         rep["out"] = out
     scorer = base = None
     bpb_per_nat = None
     if val and tokenizer:
-        score, _ = make_scorer(val, tokenizer, seq_len=seq_len, max_tokens=eval_tokens, device=device, config=p.config)
+        score, _ = make_scorer(val, tokenizer, seq_len=seq_len, max_tokens=eval_tokens, device=device, config=res.config)
         scorer = score
-        base = score(p.state_dict)
+        base = score(res.state_dict)
         rep["raw_val_loss"], rep["raw_val_bpb"] = base
         bpb_per_nat = base[1] / base[0] if base[0] else None
         rep["predicted_delta_bpb"] = None if bpb_per_nat is None else res.predicted_loss * bpb_per_nat
@@ -180,7 +176,7 @@ def search_outputs(res: Any, *, ckpt: str, out: str | None, policy_out: str | No
         from golfpack.evaluator.verify import EvalOptions, verify_artifact
 
         ev = EvalOptions(val=val, tokenizer=tokenizer, seq_len=seq_len, max_tokens=eval_tokens, device=device) if (val and tokenizer) else None
-        v = verify_artifact(out, against=ckpt, eval_options=ev, num_heads=p.config.num_heads, activation=p.config.activation)
+        v = verify_artifact(out, against=ckpt, eval_options=ev, num_heads=res.config.num_heads, activation=res.config.activation)
         rep["verify"] = {k: v.get(k) for k in ("ok", "problems", "digests_checked", "post", "pre", "val_bpb_gap", "val_loss_gap", "bytes")}
     return rep
 

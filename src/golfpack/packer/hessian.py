@@ -7,62 +7,21 @@ float64 on the CPU; the forward itself is fp32, so H is bit-for-bit repeatable f
 micro-batch size, thread count and device (what `pack` uses to replay a search), and otherwise equal
 to ~1e-6 relative.
 
-`GptqCalibration` pins WHICH tokens: a policy that uses `+gptq` specs carries one, so `golfpack pack
+`GptqCalibration` (packer/calibration.py) pins WHICH tokens: a policy that uses `+gptq` specs carries one, so `golfpack pack
 --policy FILE` rebuilds the same Hessians (checked by digest) and replays the search's artifact.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 import torch
 from torch import Tensor
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import UsageError
 
-DEFAULT_GPTQ_BATCH = 32  # calibration sequences for the Hessians
-DEFAULT_GPTQ_SEQ = 256  # tokens per sequence
-
-
-@dataclass(frozen=True)
-class GptqCalibration:
-    """Where a layout's GPTQ Hessians come from (stored in the policy; never validation tokens)."""
-
-    source: str  # train-shard glob or 'pydoc' (sensitivity.calib_tokens)
-    batch: int = DEFAULT_GPTQ_BATCH  # sequences, spread over the FIRST half of the calibration tokens
-    seq: int = DEFAULT_GPTQ_SEQ  # tokens per sequence
-    digest: str | None = None  # sha256 of the batch's tokens; pack refuses other tokens
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "policy calibration") -> "GptqCalibration":
-        if not isinstance(d, dict) or not isinstance(d.get("source"), str):
-            raise GolfpackError(f"{where}: expected {{source, batch, seq, digest}}, got {d!r}")
-        unknown = set(d) - {"source", "batch", "seq", "digest"}
-        if unknown:
-            raise GolfpackError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-        try:
-            return cls(source=d["source"], batch=int(d.get("batch", DEFAULT_GPTQ_BATCH)), seq=int(d.get("seq", DEFAULT_GPTQ_SEQ)),
-                       digest=None if d.get("digest") is None else str(d["digest"]))
-        except (TypeError, ValueError) as e:
-            raise GolfpackError(f"{where}: {e}") from None
-
-
-def calibration_batch(cal: GptqCalibration, *, tokenizer: str | None = None, vocab_size: int | None = None, source: str | None = None) -> Any:
-    """The CalibBatch that `cal` names (its first-half tokens), digest-checked. `source` overrides the path
-    (the same shards moved elsewhere); the digest still has to match."""
-    from golfpack.packer import sensitivity as S
-
-    batch = S.make_batch(S.calib_halves(source or cal.source, tokenizer=tokenizer)[0], cal.batch, cal.seq, vocab_size=vocab_size)
-    if cal.digest is not None and batch.digest != cal.digest:
-        raise GolfpackError(
-            f"calibration tokens from {source or cal.source!r} differ from the ones this layout's GPTQ levels were "
-            f"computed on (digest {batch.digest[:12]} vs {cal.digest[:12]}): pass --calib with the same shards"
-        )
-    return batch
+# the calibration record lives with the token sources; `pack` and `policy` reach it through here too
+from golfpack.packer.calibration import GptqCalibration, calibration_batch
 
 
 def weight_inputs(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -133,10 +92,10 @@ def hessians_for(state_dict: dict[str, Tensor], config: Any, names: Iterable[str
     if not names:
         return {}, cal
     if config is None:
-        raise GolfpackError("GPTQ specs need the model itself (calibration forwards), but this checkpoint has no baseline-family config")
+        raise UsageError("GPTQ specs need the model itself (calibration forwards), but this checkpoint has no baseline-family config", param="config")
     batch = calibration_batch(cal, tokenizer=tokenizer, vocab_size=config.vocab_size, source=source)
     model = build_model(config, state_dict, device=device)
     return collect_hessians(model, batch, names, device=device), replace(cal, digest=batch.digest)
 
 
-__all__ = ["DEFAULT_GPTQ_BATCH", "DEFAULT_GPTQ_SEQ", "GptqCalibration", "calibration_batch", "collect_hessians", "hessians_for", "weight_inputs"]
+__all__ = ["GptqCalibration", "calibration_batch", "collect_hessians", "hessians_for", "weight_inputs"]  # the first two: re-exported

@@ -144,6 +144,19 @@ def available_codecs() -> list[str]:
     return list(avail())
 
 
+def artifact_meta(src: str | os.PathLike[str], kind: str, src_bytes: bytes) -> dict[str, Any]:
+    """The header `meta` of an artifact packed from `src` (its bytes `src_bytes`, loaded as `kind`).
+
+    The one definition: `pack_file` and the search's exact packs both use it, so a policy replayed
+    through `golfpack pack` gives the very bytes the search measured."""
+    return {
+        "golfpack_version": __version__,
+        "source": Path(src).name,
+        "source_kind": kind,
+        "source_sha256": hashlib.sha256(src_bytes).hexdigest(),
+    }
+
+
 def pack_state_dict(
     state_dict: dict[str, Tensor],
     policy: Policy,
@@ -248,8 +261,7 @@ def pack_file(
             f"{src}: cannot infer a baseline-family model config from its keys/shapes; "
             "pass --num-heads/--activation if that is the problem, or --no-config to pack the tensors anyway"
         )
-    src_bytes = Path(src).read_bytes()
-    meta = {"source": Path(src).name, "source_kind": kind, "source_sha256": hashlib.sha256(src_bytes).hexdigest()}
+    meta = artifact_meta(src, kind, Path(src).read_bytes())
     hessians, policy = gptq_hessians(sd, config, policy, calib=calib, tokenizer=tokenizer)
     res = pack_state_dict(sd, policy, codec=codec, config=config, meta=meta, hessians=hessians, progress=progress)
     res.budget, res.code_bytes, res.code_files = budget, code_bytes, code_files

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from torch import Tensor
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import BudgetError, GolfpackError
 
 # score(state_dict) -> (loss nats/token, bpb or None) on the held-out measurement tokens
 Scorer = Callable[[dict[str, Tensor]], tuple[float, float | None]]
@@ -42,9 +42,11 @@ def frontier(
     `bpb_per_nat` = raw bpb / raw loss on the measurement set), and - with a scorer - the measured
     loss/bpb of the decoded artifact and its delta to `base` (the raw model's score).
     """
-    from golfpack.formats.qgv3 import decode_qgv3
-    from golfpack.search.core import Fitter, SearchConfig, cheapest_choice
     from golfpack._progress import bar as progress_bar
+    from golfpack.formats.qgv3 import decode_qgv3
+    from golfpack.search.config import SearchConfig
+    from golfpack.search.costs import cheapest_choice
+    from golfpack.search.fit import Fitter
 
     p = result.problem
     cfg = SearchConfig(budget=result.budget, max_fit_packs=6, max_repair_packs=0)
@@ -61,8 +63,8 @@ def frontier(
         cfg.target_headroom = max(2048, mb // 50)  # a frontier point need not be fitted to the byte
         try:
             f = fitter.fit(mb)
-        except GolfpackError:
-            continue
+        except BudgetError:
+            continue  # no layout this small
         if f.choice == result.choice or f.choice in done:
             continue  # the same layout twice (a budget above what any better layout needs)
         done.add(f.choice)
@@ -115,7 +117,7 @@ def plot_frontier(rows: list[dict[str, Any]], path: str | Path, *, title: str = 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise GolfpackError("--plot needs matplotlib: pip install matplotlib (or golfpack[plot])") from None
+        raise GolfpackError("plot_frontier needs matplotlib: pip install matplotlib (or golfpack[plot])") from None
     from golfpack._io import atomic_write
 
     xs = [r["total_bytes"] for r in rows]

@@ -9,17 +9,13 @@ Two estimates of the loss increase (nats/token) a single tensor causes when it a
   per-sequence gradient, scaled to per-token), the second-order Taylor term of the loss; it needs one
   backward per calibration sequence and no forward per candidate.
 
-Calibration tokens must never be the validation tokens that get reported: `calib_tokens` reads a
-train-shard glob or tokenizes Python's own documentation (`pydoc`), never val; `self_tokens` samples
-the model's own text (the search's default, written to a shard so a replay reads the same tokens).
+The calibration tokens and the fixed batches cut from them come from `golfpack.packer.calibration`
+(`pack` needs them too, for `+gptq` specs); this module only measures.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -27,112 +23,12 @@ import torch
 from torch import Tensor
 
 from golfpack._progress import bar as progress_bar
-from golfpack.errors import GolfpackError
+from golfpack.errors import UsageError
 from golfpack.formats.spec import TensorSpec
+from golfpack.packer.calibration import CalibBatch
 
 DEFAULT_BITS = (8, 7, 6, 5, 4)
-# a file named like validation data: fineweb_val_000000.bin, val_*.bin, x.val.bin, validation-*.bin
-# (a bare substring test would also refuse 'interval_train.bin' or 'eval_run.calib.bin')
-_VAL_NAME = re.compile(r"(^|[_\-.])val(id|idation)?([_\-.\d*?]|$)")
 DEFAULT_CLIPS = ("quantile", "mse")
-
-
-# ------------------------------------------------------------------------------------------------
-# calibration tokens
-
-
-def pydoc_tokens(tokenizer: str) -> np.ndarray:
-    """Python's documentation topics (English prose shipped with Python), tokenized with `tokenizer`.
-
-    Each page is one document, prefixed with the tokenizer's BOS id (as the challenge's shards are).
-    """
-    import sentencepiece as spm
-    from pydoc_data.topics import topics
-
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
-    bos = sp.bos_id()
-    out: list[int] = []
-    for key in sorted(topics):
-        text = topics[key].strip()
-        if not text:
-            continue
-        if bos >= 0:
-            out.append(bos)
-        out.extend(sp.encode(text))
-    return np.asarray(out, dtype=np.int64)
-
-
-def self_tokens(model: torch.nn.Module, *, sequences: int, length: int, seed: int = 0, bos: int = 1,
-                device: str = "cpu", chunk: int = 16) -> np.ndarray:
-    """The model's own text: `sequences` samples of `length` tokens, each after a BOS, as one stream
-    (BOS-separated like documents in a shard). In-distribution calibration with no data at all - and
-    never the validation tokens. Sampled at temperature 1 with a seeded generator."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    rows = []
-    for i in range(0, sequences, chunk):
-        n = min(chunk, sequences - i)
-        prefix = torch.full((n, 1), bos, dtype=torch.long, device=device)
-        rows.append(model.generate(prefix, length, generator=gen).cpu())  # type: ignore[operator]
-    return torch.cat(rows).reshape(-1).numpy().astype(np.int64)
-
-
-CALIB_MAX_TOKENS = 1 << 20  # calibration reads at most this many tokens (a glob may match GBs of train shards)
-
-
-def calib_tokens(source: str, *, tokenizer: str | None = None, max_tokens: int | None = CALIB_MAX_TOKENS) -> np.ndarray:
-    """'pydoc' (needs tokenizer) or a shard glob of NON-validation tokens (the first `max_tokens`)."""
-    if source == "pydoc":
-        if not tokenizer:
-            raise GolfpackError("--calib pydoc needs --tokenizer (the sentencepiece .model of the checkpoint)")
-        toks = pydoc_tokens(tokenizer)
-    else:
-        name = source.rsplit("/", 1)[-1].lower()
-        # OUT.calib.bin is the search's own file of model samples (`--calib self`): never val, whatever OUT is
-        if _VAL_NAME.search(name) and not name.endswith(".calib.bin"):
-            raise GolfpackError(
-                f"--calib {source!r} looks like validation data; calibrate on train shards or 'pydoc', never on the tokens you report"
-            )
-        from golfpack.formats.shards import load_tokens
-
-        toks = np.asarray(load_tokens(source, max_tokens), dtype=np.int64)
-    if max_tokens is not None:
-        toks = toks[:max_tokens]
-    return toks
-
-
-def calib_halves(source: str, *, tokenizer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Calibration tokens split in two: the first half is measured on (per-tensor sensitivity, GPTQ
-    Hessians), the second half is held out to judge whole layouts (the search's joint selection)."""
-    toks = calib_tokens(source, tokenizer=tokenizer)
-    half = len(toks) // 2
-    return toks[:half], toks[half:]
-
-
-@dataclass(frozen=True)
-class CalibBatch:
-    """A fixed (B, T) batch of inputs and next-token targets."""
-
-    inputs: Tensor  # (B, T) int64
-    targets: Tensor  # (B, T) int64
-    digest: str  # sha256 of the token bytes: part of every cache key
-
-    @property
-    def tokens(self) -> int:
-        return int(self.targets.numel())
-
-
-def make_batch(tokens: np.ndarray, batch: int, seq_len: int, *, offset: int = 0, vocab_size: int | None = None) -> CalibBatch:
-    """B contiguous windows of T+1 tokens, spread evenly over the token stream (starting at `offset`)."""
-    toks = np.asarray(tokens, dtype=np.int64)[offset:]
-    need = seq_len + 1
-    if len(toks) < batch * need:
-        raise GolfpackError(f"calibration text has {len(toks):,} tokens; need {batch * need:,} for {batch}x{seq_len} (use a smaller --calib-batch/--calib-seq)")
-    if vocab_size is not None and len(toks) and int(toks.max()) >= vocab_size:
-        raise GolfpackError(f"calibration token id {int(toks.max())} >= model vocab {vocab_size}: wrong tokenizer for this checkpoint?")
-    stride = (len(toks) - need) // max(1, batch - 1) if batch > 1 else 0
-    rows = np.stack([toks[i * stride : i * stride + need] for i in range(batch)])
-    t = torch.from_numpy(rows)
-    return CalibBatch(t[:, :-1].contiguous(), t[:, 1:].contiguous(), hashlib.sha256(rows.tobytes()).hexdigest())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,7 +149,7 @@ def measure_direct(
         if not missing:
             continue
         if name not in params:
-            raise GolfpackError(f"{name}: not a parameter of the model built from this checkpoint")
+            raise UsageError(f"{name}: not a parameter of the model built from this checkpoint", param="candidates")
         p = params[name]
         orig = p.data.clone()
         try:
@@ -430,17 +326,13 @@ __all__ = [
     "DEFAULT_BITS",
     "DEFAULT_CLIPS",
     "OBJECTIVES",
-    "CalibBatch",
     "batch_loss",
     "batch_scores",
-    "calib_tokens",
     "candidate_specs",
     "compare",
     "gradient_stats",
-    "make_batch",
     "measure_direct",
     "proxy_deltas",
-    "pydoc_tokens",
     "regularize",
     "spearman",
 ]

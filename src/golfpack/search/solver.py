@@ -20,22 +20,26 @@ from typing import Sequence
 
 import numpy as np
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import BudgetError
 
 # DP table width: (budget - floor) / granularity <= this many cells. 200k cells x a few hundred
 # tensors of int16 back-pointers stays well under 100 MB and runs in about a second in numpy.
 DEFAULT_MAX_BINS = 200_000
 
 
-class InfeasibleBudget(GolfpackError):
-    """The budget is below the cheapest possible layout (`floor`)."""
+class InfeasibleBudget(BudgetError):
+    """The budget is below the cheapest possible layout (`floor`).
 
-    def __init__(self, budget: int, floor: int, what: str = "layout") -> None:
+    `knob` is what the message tells the user to raise: the parameter `budget` in the library; a CLI
+    re-raises with its flag (`InfeasibleBudget(e.budget, e.floor, e.what, knob="--budget")`)."""
+
+    def __init__(self, budget: int, floor: int, what: str = "layout", knob: str = "budget") -> None:
         self.budget = int(budget)
         self.floor = int(floor)
+        self.what = what
         super().__init__(
             f"budget {budget:,} bytes is below the smallest possible {what}: {floor:,} bytes "
-            f"(short by {floor - budget:,}); raise --budget to at least {floor:,} or offer smaller specs"
+            f"(short by {floor - budget:,}); raise {knob} to at least {floor:,} or offer smaller specs"
         )
 
 

@@ -1,0 +1,191 @@
+"""Calibration tokens: where they come from, the fixed batches cut from them, and the record that pins them.
+
+Calibration tokens must never be the validation tokens that get reported: `calib_tokens` reads a
+train-shard glob or tokenizes Python's own documentation (`pydoc`), never val (a file NAMED like val
+data is refused); `self_tokens` samples the model's own text (the search's default, written to a shard
+so a replay reads the same tokens).
+
+The tokens are split in two (`calib_halves`): the first half is MEASURED on (per-tensor sensitivity,
+GPTQ Hessians), the second is held out to judge whole layouts, so the selection never scores a layout
+on the tokens its parts were fitted on. `GptqCalibration` names the first-half batch a `+gptq` policy
+was fitted on, and `calibration_batch` rebuilds it (digest-checked) when `pack` replays the policy.
+
+This sits in the packer (not the search) because `pack` needs it for `+gptq` specs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from golfpack.errors import DataError, FormatError, UsageError
+
+CALIB_MAX_TOKENS = 1 << 20  # calibration reads at most this many tokens (a glob may match GBs of train shards)
+DEFAULT_GPTQ_BATCH = 32  # calibration sequences for the Hessians
+DEFAULT_GPTQ_SEQ = 256  # tokens per sequence
+# a file named like validation data: fineweb_val_000000.bin, val_*.bin, x.val.bin, validation-*.bin
+# (a bare substring test would also refuse 'interval_train.bin' or 'eval_run.calib.bin')
+_VAL_NAME = re.compile(r"(^|[_\-.])val(id|idation)?([_\-.\d*?]|$)")
+
+
+# ------------------------------------------------------------------------------------------------
+# token sources
+
+
+def pydoc_tokens(tokenizer: str) -> np.ndarray:
+    """Python's documentation topics (English prose shipped with Python), tokenized with `tokenizer`.
+
+    Each page is one document, prefixed with the tokenizer's BOS id (as the challenge's shards are).
+    """
+    from pydoc_data.topics import topics
+
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+    bos = sp.bos_id()
+    out: list[int] = []
+    for key in sorted(topics):
+        text = topics[key].strip()
+        if not text:
+            continue
+        if bos >= 0:
+            out.append(bos)
+        out.extend(sp.encode(text))
+    return np.asarray(out, dtype=np.int64)
+
+
+def self_tokens(model: torch.nn.Module, *, sequences: int, length: int, seed: int = 0, bos: int = 1,
+                device: str = "cpu", chunk: int = 16) -> np.ndarray:
+    """The model's own text: `sequences` samples of `length` tokens, each after a BOS, as one stream
+    (BOS-separated like documents in a shard). In-distribution calibration with no data at all - and
+    never the validation tokens. Sampled at temperature 1 with a seeded generator."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rows = []
+    for i in range(0, sequences, chunk):
+        n = min(chunk, sequences - i)
+        prefix = torch.full((n, 1), bos, dtype=torch.long, device=device)
+        rows.append(model.generate(prefix, length, generator=gen).cpu())  # type: ignore[operator]
+    return torch.cat(rows).reshape(-1).numpy().astype(np.int64)
+
+
+def calib_tokens(source: str, *, tokenizer: str | None = None, max_tokens: int | None = CALIB_MAX_TOKENS) -> np.ndarray:
+    """'pydoc' (needs tokenizer) or a shard glob of NON-validation tokens (the first `max_tokens`)."""
+    if source == "pydoc":
+        if not tokenizer:
+            raise UsageError("calibration source 'pydoc' needs tokenizer (the sentencepiece .model of the checkpoint)", param="tokenizer")
+        toks = pydoc_tokens(tokenizer)
+    else:
+        name = source.rsplit("/", 1)[-1].lower()
+        # OUT.calib.bin is the search's own file of model samples (calib 'self'): never val, whatever OUT is
+        if _VAL_NAME.search(name) and not name.endswith(".calib.bin"):
+            raise DataError(
+                f"calibration source {source!r} looks like validation data; calibrate on train shards or 'pydoc', never on the tokens you report"
+            )
+        from golfpack.formats.shards import load_tokens
+
+        toks = np.asarray(load_tokens(source, max_tokens), dtype=np.int64)
+    if max_tokens is not None:
+        toks = toks[:max_tokens]
+    return toks
+
+
+def calib_halves(source: str, *, tokenizer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Calibration tokens split in two: the first half is measured on (per-tensor sensitivity, GPTQ
+    Hessians), the second half is held out to judge whole layouts (the search's joint selection)."""
+    toks = calib_tokens(source, tokenizer=tokenizer)
+    half = len(toks) // 2
+    return toks[:half], toks[half:]
+
+
+# ------------------------------------------------------------------------------------------------
+# batches
+
+
+@dataclass(frozen=True)
+class CalibBatch:
+    """A fixed (B, T) batch of inputs and next-token targets."""
+
+    inputs: Tensor  # (B, T) int64
+    targets: Tensor  # (B, T) int64
+    digest: str  # sha256 of the token bytes: part of every cache key
+
+    @property
+    def tokens(self) -> int:
+        return int(self.targets.numel())
+
+
+def make_batch(tokens: np.ndarray, batch: int, seq_len: int, *, offset: int = 0, vocab_size: int | None = None) -> CalibBatch:
+    """B contiguous windows of T+1 tokens, spread evenly over the token stream (starting at `offset`)."""
+    toks = np.asarray(tokens, dtype=np.int64)[offset:]
+    need = seq_len + 1
+    if len(toks) < batch * need:
+        raise DataError(f"calibration text has {len(toks):,} tokens; need {batch * need:,} for {batch}x{seq_len} (use a smaller batch or seq_len)")
+    if vocab_size is not None and len(toks) and int(toks.max()) >= vocab_size:
+        raise DataError(f"calibration token id {int(toks.max())} >= model vocab {vocab_size}: wrong tokenizer for this checkpoint?")
+    stride = (len(toks) - need) // max(1, batch - 1) if batch > 1 else 0
+    rows = np.stack([toks[i * stride : i * stride + need] for i in range(batch)])
+    t = torch.from_numpy(rows)
+    return CalibBatch(t[:, :-1].contiguous(), t[:, 1:].contiguous(), hashlib.sha256(rows.tobytes()).hexdigest())
+
+
+# ------------------------------------------------------------------------------------------------
+# the pinned GPTQ calibration
+
+
+@dataclass(frozen=True)
+class GptqCalibration:
+    """Where a layout's GPTQ Hessians come from (stored in the policy; never validation tokens)."""
+
+    source: str  # train-shard glob or 'pydoc' (calib_tokens)
+    batch: int = DEFAULT_GPTQ_BATCH  # sequences, spread over the FIRST half of the calibration tokens
+    seq: int = DEFAULT_GPTQ_SEQ  # tokens per sequence
+    digest: str | None = None  # sha256 of the batch's tokens; pack refuses other tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "policy calibration") -> "GptqCalibration":
+        if not isinstance(d, dict) or not isinstance(d.get("source"), str):
+            raise FormatError(f"{where}: expected {{source, batch, seq, digest}}, got {d!r}")
+        unknown = set(d) - {"source", "batch", "seq", "digest"}
+        if unknown:
+            raise FormatError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        try:
+            return cls(source=d["source"], batch=int(d.get("batch", DEFAULT_GPTQ_BATCH)), seq=int(d.get("seq", DEFAULT_GPTQ_SEQ)),
+                       digest=None if d.get("digest") is None else str(d["digest"]))
+        except (TypeError, ValueError) as e:
+            raise FormatError(f"{where}: {e}") from None
+
+
+def calibration_batch(cal: GptqCalibration, *, tokenizer: str | None = None, vocab_size: int | None = None, source: str | None = None) -> CalibBatch:
+    """The CalibBatch that `cal` names (its first-half tokens), digest-checked. `source` overrides the path
+    (the same shards moved elsewhere); the digest still has to match."""
+    batch = make_batch(calib_halves(source or cal.source, tokenizer=tokenizer)[0], cal.batch, cal.seq, vocab_size=vocab_size)
+    if cal.digest is not None and batch.digest != cal.digest:
+        raise DataError(
+            f"calibration tokens from {source or cal.source!r} differ from the ones this layout's GPTQ levels were "
+            f"computed on (digest {batch.digest[:12]} vs {cal.digest[:12]}): calibrate on the same shards"
+        )
+    return batch
+
+
+__all__ = [
+    "CALIB_MAX_TOKENS",
+    "DEFAULT_GPTQ_BATCH",
+    "DEFAULT_GPTQ_SEQ",
+    "CalibBatch",
+    "GptqCalibration",
+    "calib_halves",
+    "calib_tokens",
+    "calibration_batch",
+    "make_batch",
+    "pydoc_tokens",
+    "self_tokens",
+]

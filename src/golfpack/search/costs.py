@@ -1,0 +1,125 @@
+"""Phases 2 and 3, what layouts cost: the floor (the cheapest layout, packed exactly) and the cost tables.
+
+The floor is checked before any model measurement, so a budget below it fails in seconds. A cost-table
+entry is the bytes of a QGv3 artifact holding one record alone (same writer, the first codec). Grouped
+compression is not additive, so every layout the fit packs exactly feeds an affine `CostModel`
+(`artifact = a * sum(costs) + b`, per codec), through which the solver sees the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from golfpack._progress import bar as progress_bar
+from golfpack._version import __version__
+from golfpack.formats.spec import TensorSpec
+from golfpack.search.cache import Cache, cache_key
+from golfpack.search.problem import Problem
+
+# ------------------------------------------------------------------------------------------------
+# phase 2: floor
+
+
+def cheapest_choice(p: Problem, codec: str) -> list[int]:
+    """Per tensor, the round-to-nearest candidate with the fewest payload bytes; candidates that tie (the
+    narrowest width under several clip rules) are told apart by their size compressed alone.
+
+    GPTQ candidates are left out: same grid, so about the same bytes, but they need Hessians (model
+    forwards) and the floor is checked before any measurement."""
+    out = []
+    for n in p.names:
+        specs = p.candidates[n]
+        plain = [j for j, s in enumerate(specs) if not s.gptq]
+        est = {j: _payload_estimate(p.state_dict[n], specs[j]) for j in plain}
+        lo = min(est.values())
+        ties = [j for j in plain if est[j] == lo]
+        out.append(ties[0] if len(ties) == 1 else min(ties, key=lambda j: p.alone_bytes(n, specs[j], codec)))
+    return out
+
+
+def _payload_estimate(t: Tensor, s: TensorSpec) -> float:
+    n = t.numel()
+    if s.kind == "int":
+        rows = t.shape[0] if t.ndim == 2 else 0
+        return n * s.bits / 8 + (2 * rows if t.ndim == 2 else 4)
+    if s.dtype == "exact":
+        return n * t.element_size()
+    return n * {"fp16": 2, "bf16": 2, "fp32": 4}[s.dtype]
+
+
+def floor_bytes(p: Problem, codecs: list[str]) -> tuple[int, str, list[int]]:
+    """(exact total bytes incl. code, codec, choice) of the cheapest layout over the codecs."""
+    choice = cheapest_choice(p, codecs[0])
+    best = None
+    for c in codecs:
+        n = len(p.encode(choice, c)) + p.code_bytes
+        if best is None or n < best[0]:
+            best = (n, c, choice)
+    assert best is not None
+    return best
+
+
+# ------------------------------------------------------------------------------------------------
+# phase 3: cost tables
+
+
+def cost_tables(p: Problem, codecs: list[str], cache: Cache, *, progress: bool | None) -> dict[str, dict[str, dict[str, int]]]:
+    """codec -> tensor -> spec label -> bytes of a one-record QGv3 artifact holding that record."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    todo = []
+    for c in codecs:
+        key = cache_key("cost", p.sha, c, __version__, {n: [s.label() for s in v] for n, v in p.candidates.items()}, p.calibration.digest)
+        hit = cache.get("cost", key)
+        if hit is not None:
+            out[c] = hit["table"]
+        else:
+            todo.append((c, key))
+    if not todo:
+        return out
+    bar = progress_bar(total=len(todo) * sum(len(v) for v in p.candidates.values()), desc="cost tables", unit="rec", enabled=progress)
+    for c, key in todo:
+        table: dict[str, dict[str, int]] = {}
+        for n in p.names:
+            row = {}
+            for s in p.candidates[n]:
+                row[s.label()] = p.alone_bytes(n, s, c)
+                bar.update(1)
+            table[n] = row
+        cache.put("cost", key, {"table": table})
+        out[c] = table
+    bar.close()
+    return out
+
+
+@dataclass
+class CostModel:
+    """artifact bytes ~= a * sum(one-record costs) + b, fitted on exact packs of reference layouts."""
+
+    a: float
+    b: float
+    points: list[tuple[int, int]]  # (sum of table costs, exact artifact bytes) used for the fit
+
+    def predict(self, s: float) -> float:
+        return self.a * s + self.b
+
+    def solver_budget(self, model_budget: int) -> int:
+        """The table-cost budget whose predicted artifact is model_budget."""
+        return int(math.floor((model_budget - self.b) / self.a)) if self.a > 0 else model_budget
+
+
+def fit_cost_model(points: list[tuple[int, int]]) -> CostModel:
+    if len(points) == 1 or len({x for x, _ in points}) == 1:
+        x, y = points[0]
+        return CostModel(1.0, float(y - x), points)
+    xs = torch.tensor([x for x, _ in points], dtype=torch.float64)
+    ys = torch.tensor([y for _, y in points], dtype=torch.float64)
+    xm, ym = xs.mean(), ys.mean()
+    a = float(((xs - xm) * (ys - ym)).sum() / ((xs - xm) ** 2).sum())
+    return CostModel(a, float(ym - a * xm), points)
+
+
+__all__ = ["CostModel", "cheapest_choice", "cost_tables", "fit_cost_model", "floor_bytes"]

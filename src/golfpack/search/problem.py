@@ -1,0 +1,199 @@
+"""Phase 1, the problem: a checkpoint, its candidate specs per tensor and their records, quantized ONCE.
+
+The same records feed the cost tables, the sensitivity measurement and every exact pack, and
+`Problem.encode` writes the very bytes `golfpack pack --policy <layout>` would (same records, same
+header `meta` from `pack.artifact_meta`). Also here: the policy a layout is written as, and the
+calibration tokens the search pins (`self_calibration` for calib 'self').
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from golfpack._io import write_bytes_atomic
+from golfpack._version import __version__
+from golfpack.errors import FormatError, UsageError
+from golfpack.formats.records import TensorRecord
+from golfpack.formats.spec import TensorSpec
+from golfpack.model import ModelConfig
+from golfpack.packer.pack import artifact_meta
+from golfpack.search.cache import cache_key
+from golfpack.search.config import SearchConfig
+
+
+def exact_name_pattern(name: str) -> str:
+    """A policy pattern matching exactly `name` (a glob when it has no glob metacharacters)."""
+    return name if not any(ch in name for ch in "*?[]") else "re:" + re.escape(name)
+
+
+def layout_policy(specs: dict[str, TensorSpec], name: str = "search", calibration: Any = None) -> Any:
+    """A Policy that resolves to exactly `specs`: one rule per distinct spec listing exact names."""
+    from golfpack.packer.policy import Policy, Rule
+
+    by_spec: dict[str, list[str]] = {}
+    for n, s in specs.items():
+        by_spec.setdefault(s.label(), []).append(exact_name_pattern(n))
+    rules = tuple(Rule(spec=TensorSpec.parse(lbl), match=tuple(names)) for lbl, names in by_spec.items())
+    return Policy(name=name, rules=rules, default=TensorSpec.parse("fp16"), calibration=calibration)
+
+
+def write_policy(path: str | Path, policy: Any, *, comment: dict[str, Any] | None = None) -> None:
+    """Policy JSON loadable by `Policy.load` (and `golfpack pack --policy FILE`)."""
+    d = policy.to_dict()
+    write_bytes_atomic(path, (json.dumps(d, indent=2) + "\n").encode())
+
+
+@dataclass
+class Problem:
+    """A checkpoint and its candidate records, shared by every phase."""
+
+    src: Path
+    src_bytes: bytes
+    kind: str
+    state_dict: dict[str, Tensor]
+    config: ModelConfig
+    names: list[str]
+    candidates: dict[str, list[TensorSpec]]  # per tensor, in a fixed order
+    code_bytes: int
+    code_files: list[str]
+    calibration: Any = None  # GptqCalibration of the +gptq candidates (digest filled once Hessians exist)
+    tokenizer: str | None = None  # for a 'pydoc' calibration source
+    records: dict[tuple[str, str], TensorRecord] = field(default_factory=dict)  # (name, label) -> record
+    hessians: dict[str, Tensor] | None = None  # GPTQ Hessians, computed on first use
+    alone: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (name, label, codec) -> one-record artifact bytes
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha256(self.src_bytes).hexdigest()
+
+    def record(self, name: str, spec: TensorSpec) -> TensorRecord:
+        key = (name, spec.label())
+        rec = self.records.get(key)
+        if rec is None:
+            from golfpack.packer.quantize import quantize_tensor
+
+            h = self.gptq_hessians().get(name) if spec.gptq else None
+            rec = quantize_tensor(name, self.state_dict[name], spec, h)
+            self.records[key] = rec
+        return rec
+
+    def gptq_hessians(self) -> dict[str, Tensor]:
+        """Hessians of every matrix with a +gptq candidate, from the pinned calibration tokens (the
+        same call `golfpack pack` makes when it replays the policy)."""
+        if self.hessians is None:
+            from golfpack.packer.hessian import hessians_for
+
+            assert self.calibration.digest is not None, "GPTQ records before the calibration tokens were pinned (Problem.pin_calibration)"
+            names = [n for n, c in self.candidates.items() if any(s.gptq for s in c)]
+            self.hessians, self.calibration = hessians_for(self.state_dict, self.config, names, self.calibration, tokenizer=self.tokenizer)
+        return self.hessians
+
+    def pin_calibration(self, source: str) -> None:
+        """Fix the calibration tokens (`source`: a shard glob or 'pydoc') and record their digest, which
+        keys the caches and lets `pack` check a replay reads the same tokens."""
+        from dataclasses import replace
+
+        from golfpack.packer.calibration import calibration_batch
+
+        cal = replace(self.calibration, source=source, digest=None)
+        if any(s.gptq for c in self.candidates.values() for s in c):  # only GPTQ reads these tokens
+            cal = replace(cal, digest=calibration_batch(cal, tokenizer=self.tokenizer, vocab_size=self.config.vocab_size).digest)
+        self.calibration = cal
+
+    def policy_of(self, specs: dict[str, TensorSpec]) -> Any:
+        """The policy `golfpack pack` replays to exactly these specs (naming the GPTQ tokens if it needs them)."""
+        return layout_policy(specs, calibration=self.calibration if any(s.gptq for s in specs.values()) else None)
+
+    def alone_bytes(self, name: str, spec: TensorSpec, codec: str) -> int:
+        """Bytes of a QGv3 artifact holding just this record: the cost-table entry."""
+        key = (name, spec.label(), codec)
+        if key not in self.alone:
+            from golfpack.formats.qgv3 import encode_qgv3
+
+            self.alone[key] = len(encode_qgv3([self.record(name, spec)], config=None, policy=None, codec=codec, meta=None))
+        return self.alone[key]
+
+    def specs_of(self, choice: tuple[int, ...] | list[int]) -> dict[str, TensorSpec]:
+        return {n: self.candidates[n][j] for n, j in zip(self.names, choice)}
+
+    def encode(self, choice: tuple[int, ...] | list[int], codec: str) -> bytes:
+        """The exact artifact bytes `golfpack pack --policy <layout> --codec codec` writes."""
+        return self.encode_specs(self.specs_of(choice), codec)
+
+    def encode_specs(self, specs: dict[str, TensorSpec], codec: str) -> bytes:
+        from golfpack.formats.qgv3 import encode_qgv3
+
+        policy = self.policy_of(specs)
+        recs = [self.record(n, specs[n]) for n in self.names]
+        return encode_qgv3(
+            recs, config=self.config.to_dict(), policy=policy.to_dict(), codec=codec,
+            meta=artifact_meta(self.src, self.kind, self.src_bytes),
+        )
+
+
+def load_problem(ckpt: str | Path, cfg: SearchConfig) -> Problem:
+    from golfpack.packer.pack import count_code_bytes, load_input
+    from golfpack.search.sensitivity import candidate_specs
+
+    code_bytes, code_files = count_code_bytes(list(cfg.code))  # fail fast on a missing --code file
+    src = Path(ckpt)
+    if not src.is_file():
+        raise UsageError(f"{src}: file not found", param="ckpt")
+    sd, config, kind = load_input(src, num_heads=cfg.num_heads, activation=cfg.activation)
+    if config is None:
+        raise FormatError("not a baseline-family GPT (cannot infer its config); the search needs to run the model", path=src)
+    from golfpack.model import GPT
+    from golfpack.packer.calibration import GptqCalibration
+    from golfpack.packer.hessian import weight_inputs
+
+    if cfg.gptq:  # GPTQ needs a linear layer's inputs; the module tree says which (no weights needed)
+        with torch.device("meta"):
+            linear = set(weight_inputs(GPT(config)))
+    else:
+        linear = set()
+    cands = {
+        n: candidate_specs(t, bits=cfg.bits, clips=cfg.clips, passthrough=cfg.passthrough, gptq=n in linear) for n, t in sd.items()
+    }
+    # the tokens are pinned (digest) by `pin_calibration`, after the floor check
+    cal = GptqCalibration(source=cfg.calib, batch=cfg.gptq_batch, seq=cfg.calib_seq)
+    return Problem(src, src.read_bytes(), kind, sd, config, list(sd), cands, code_bytes, code_files, cal, cfg.tokenizer)
+
+
+def self_calibration(p: Problem, cfg: SearchConfig) -> Path:
+    """Sample the model's own text (`calibration.self_tokens`) and write it as a shard: at `cfg.calib_out`,
+    else in the cache (reused by later searches), else in a temp folder. Returns the shard's path."""
+    import tempfile
+
+    from golfpack.formats.shards import write_shard
+    from golfpack.model import build_model
+    from golfpack.packer.calibration import self_tokens
+
+    key = cache_key("selfcal", p.sha, cfg.self_sequences, cfg.calib_seq, cfg.self_seed, __version__)
+    cached = None if cfg.cache_dir is None else Path(cfg.cache_dir) / f"selfcal-{key}_train.bin"
+    # no cache, no output: the temp folder under a content key (a rerun reuses it instead of piling up)
+    dest = Path(cfg.calib_out) if cfg.calib_out else cached or Path(tempfile.gettempdir()) / f"golfpack-selfcal-{key}_train.bin"
+    if cached is not None and cached.is_file():
+        if dest != cached:
+            write_bytes_atomic(dest, cached.read_bytes())
+        return dest
+    bos = 1  # the challenge shards' BOS; a given tokenizer says its own
+    if cfg.tokenizer:
+        from golfpack.tokenizer import load_sentencepiece
+
+        bos = max(0, load_sentencepiece(cfg.tokenizer).bos_id())
+    model = build_model(p.config, p.state_dict, device=cfg.device)
+    write_shard(dest, self_tokens(model, sequences=cfg.self_sequences, length=cfg.calib_seq, seed=cfg.self_seed, bos=bos, device=cfg.device))
+    if cached is not None and dest != cached:
+        write_bytes_atomic(cached, dest.read_bytes())
+    return dest
+
+
+__all__ = ["Problem", "exact_name_pattern", "layout_policy", "load_problem", "self_calibration", "write_policy"]

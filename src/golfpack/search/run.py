@@ -1,0 +1,193 @@
+"""The whole search: phases 1-6 in order (see the package doc), and what it hands back."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from golfpack._progress import bar as progress_bar
+from golfpack.formats.spec import TensorSpec
+from golfpack.model import ModelConfig
+from golfpack.packer.pack import Artifact
+from golfpack.search.cache import Cache
+from golfpack.search.config import SearchConfig
+from golfpack.search.costs import cost_tables, floor_bytes
+from golfpack.search.fit import Fit, Fitter
+from golfpack.search.measure import sensitivity
+from golfpack.search.problem import Problem, load_problem, self_calibration, write_policy
+from golfpack.search.select import Alternative, alternatives, joint_scorer, pick
+from golfpack.search.solver import InfeasibleBudget
+
+
+@dataclass
+class SearchResult:
+    """What the search chose and why."""
+
+    codec: str
+    specs: dict[str, TensorSpec]  # chosen spec per tensor
+    policy: Any  # golfpack.packer.policy.Policy resolving to specs
+    model_bytes: int
+    code_bytes: int
+    budget: int
+    predicted_loss: float  # nats/token over the calibration batch, summed single-tensor deltas
+    floor: int  # exact bytes of the cheapest layout (incl. code)
+    fits: dict[str, Fit]  # per codec considered
+    sens: dict[str, Any]  # sensitivity phase output
+    tables: dict[str, dict[str, dict[str, int]]]  # cost tables per codec
+    problem: Problem  # the checkpoint, candidates and records every phase shared
+    timings: dict[str, float]  # seconds per phase
+    chosen: Alternative | None = None  # the selected layout (source, joint score)
+    alternatives: list[Alternative] = field(default_factory=list)  # every layout compared jointly
+    _artifact: Artifact | None = field(default=None, repr=False)  # packed on first use of .artifact
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.code_bytes
+
+    @property
+    def headroom(self) -> int:
+        return self.budget - self.total_bytes
+
+    @property
+    def choice(self) -> tuple[int, ...]:
+        """Candidate index per tensor of the chosen layout."""
+        p = self.problem
+        return tuple([s.label() for s in p.candidates[n]].index(self.specs[n].label()) for n in p.names)
+
+    @property
+    def config(self) -> ModelConfig:
+        """The searched model's config (what the artifact header stores)."""
+        return self.problem.config
+
+    @property
+    def code_files(self) -> list[str]:
+        """The submission code files counted in `code_bytes`."""
+        return list(self.problem.code_files)
+
+    @property
+    def state_dict(self) -> dict[str, Tensor]:
+        """The raw checkpoint's tensors (float), before any quantization."""
+        return self.problem.state_dict
+
+    @property
+    def artifact(self) -> Artifact:
+        """The chosen layout packed the way `golfpack pack CKPT --policy <policy> --codec <codec>` packs it
+        (GPTQ Hessians rebuilt from the pinned tokens, the same header meta), so these are the bytes a
+        replay writes; packed once, on first use."""
+        if self._artifact is None:
+            from golfpack.packer.pack import artifact_meta, gptq_hessians, pack_state_dict
+
+            p = self.problem
+            hessians, policy = gptq_hessians(p.state_dict, p.config, self.policy, tokenizer=p.tokenizer)
+            art = pack_state_dict(p.state_dict, policy, codec=self.codec, config=p.config,
+                                  meta=artifact_meta(p.src, p.kind, p.src_bytes), hessians=hessians)
+            art.budget, art.code_bytes, art.code_files = self.budget, p.code_bytes, list(p.code_files)
+            # the search measured these very bytes; a difference is a bug in the replay path
+            assert art.model_bytes == self.model_bytes, f"packed {art.model_bytes:,} bytes but the search measured {self.model_bytes:,}"
+            self._artifact = art
+        return self._artifact
+
+    def save(self, path: str | os.PathLike[str], *, policy_path: str | os.PathLike[str] | None = None) -> Path:
+        """Write the artifact to `path` atomically and, with `policy_path`, the policy file that replays it."""
+        if policy_path is not None:
+            write_policy(policy_path, self.policy)
+        return self.artifact.save(path)
+
+    def report(self) -> dict[str, Any]:
+        agreement = self.sens.get("agreement")
+        return {
+            "codec": self.codec,
+            "budget": self.budget,
+            "model_bytes": self.model_bytes,
+            "code_bytes": self.code_bytes,
+            "total_bytes": self.total_bytes,
+            "headroom": self.headroom,
+            "floor": self.floor,
+            "objective": self.sens.get("objective"),
+            "predicted_delta_loss": self.predicted_loss,
+            "calib_base_loss": self.sens.get("base_loss"),
+            "calib_tokens": self.sens.get("calib_tokens"),
+            "proxy_vs_direct": agreement,
+            "layout": {n: s.label() for n, s in self.specs.items()},
+            "codecs": {c: {"model_bytes": f.model_bytes, "predicted_delta_loss": f.predicted_loss, "packs": f.packs,
+                           "cost_model": {"a": f.cost_model.a, "b": f.cost_model.b, "points": f.cost_model.points}}
+                       for c, f in self.fits.items()},
+            "chosen_from": None if self.chosen is None else self.chosen.source,
+            "joint_objective": None if self.chosen is None else self.chosen.joint,
+            "alternatives": [a.to_dict() for a in self.alternatives],
+            "timings": self.timings,
+        }
+
+
+def run_search(ckpt: str | Path, cfg: SearchConfig) -> SearchResult:
+    """Phases 1-6 (see module doc); writes nothing but the cache."""
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    p = load_problem(ckpt, cfg)  # cfg was validated when it was built
+    codecs = cfg.codec_list()
+    cache = Cache(cfg.cache_dir)
+    floor, floor_codec, _ = floor_bytes(p, codecs)
+    t["floor"] = time.perf_counter() - t0
+    if cfg.budget < floor:
+        raise InfeasibleBudget(cfg.budget, floor, f"layout (all tensors at their cheapest spec, codec {floor_codec}, code {p.code_bytes:,} bytes)")
+    t1 = time.perf_counter()
+    if cfg.calib == "self":
+        cfg = cfg.replace(calib=str(self_calibration(p, cfg)))
+    p.pin_calibration(cfg.calib)
+    t["calibration"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    # one cost table, priced with the first codec; every codec's fit recalibrates it with exact packs
+    table = cost_tables(p, codecs[:1], cache, progress=cfg.progress)[codecs[0]]
+    tables = {c: table for c in codecs}
+    t["costs"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    sens = sensitivity(p, cfg, cache)
+    t["sensitivity"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    model_budget = cfg.budget - p.code_bytes
+    fits: dict[str, Fit] = {}
+    bar = progress_bar(total=len(codecs), desc="fit", unit="codec", enabled=cfg.progress)
+    for c in codecs:
+        try:
+            fits[c] = Fitter.for_problem(p, c, tables[c], sens["deltas"], cfg).fit(model_budget)
+        except InfeasibleBudget:
+            pass  # this codec cannot reach the budget; another one did (the floor check passed)
+        bar.update(1)
+    bar.close()
+    if not fits:
+        raise InfeasibleBudget(cfg.budget, floor)
+    t["fit"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    alts = alternatives(p, cfg, fits, tables, sens, model_budget) if cfg.select else []
+    if alts:
+        score = joint_scorer(p, cfg)
+        score(alts)
+        chosen = pick(alts)
+        if model_budget - chosen.model_bytes >= cfg.target_headroom:
+            # a preset (or an answer fitted for another objective) can leave room: spend it like the
+            # solver's own answers, each step checked by an exact pack, then score the result jointly too
+            fitter = Fitter.for_problem(p, chosen.codec, tables[chosen.codec], sens["deltas"], cfg)
+            ch = fitter.spend_headroom(chosen.choice, model_budget, [], a=fits[chosen.codec].cost_model.a if chosen.codec in fits else 1.0)
+            if ch != chosen.choice:
+                rep = Alternative(f"{chosen.source}+repair", chosen.codec, ch, fitter.measure(ch), fitter.loss(ch))
+                score([rep])
+                alts.append(rep)
+                chosen = pick(alts)
+    else:
+        chosen = min((Alternative(f"solver:{f.codec}", f.codec, f.choice, f.model_bytes, f.predicted_loss) for f in fits.values()),
+                     key=lambda a: (a.predicted_loss, a.model_bytes))
+    t["select"] = time.perf_counter() - t1
+    specs = p.specs_of(chosen.choice)
+    return SearchResult(
+        codec=chosen.codec, specs=specs, policy=p.policy_of(specs), model_bytes=chosen.model_bytes,
+        code_bytes=p.code_bytes, budget=cfg.budget, predicted_loss=chosen.predicted_loss, floor=floor, fits=fits,
+        sens=sens, tables=tables, problem=p, timings=t, chosen=chosen, alternatives=alts,
+    )
+
+
+__all__ = ["SearchResult", "run_search"]

@@ -1,0 +1,130 @@
+"""Phase 6, joint selection: the solver's answer per codec, the greedy and proxy answers and every preset that
+fits are scored JOINTLY (all tensors quantized at once) on the held-out half of the calibration tokens; the
+lowest damage wins (within measurement noise, the layout that stores the most bytes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from golfpack._progress import bar as progress_bar
+from golfpack.search.config import SearchConfig
+from golfpack.search.fit import Fit, Fitter
+from golfpack.search.problem import Problem
+from golfpack.search.solver import InfeasibleBudget
+
+
+@dataclass
+class Alternative:
+    """One complete layout that fits, and how it scores when ALL its tensors are quantized at once."""
+
+    source: str  # where it came from: solver:<codec>, proxy:<codec>, greedy:<codec>, preset:<name>
+    codec: str
+    choice: tuple[int, ...]  # candidate index per tensor
+    model_bytes: int  # exact artifact bytes
+    predicted_loss: float  # sum of single-tensor deltas (what the solver minimised)
+    joint: float = math.nan  # objective measured with every tensor quantized, on held-out calibration tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "codec": self.codec, "model_bytes": self.model_bytes,
+                "predicted_loss": self.predicted_loss, "joint": self.joint}
+
+
+JOINT_TIE_ABS = 1e-6  # nats/token: joint scores closer than this (or JOINT_TIE_REL of the best) are a tie
+JOINT_TIE_REL = 0.01
+
+
+def pick(alts: list[Alternative]) -> Alternative:
+    """The lowest joint damage; within measurement resolution of it, the layout that stores the most bytes
+    (fewer bytes never buys fidelity, and the budget is there to be spent)."""
+    best = min(a.joint for a in alts)
+    near = [a for a in alts if a.joint <= best + max(JOINT_TIE_ABS, JOINT_TIE_REL * abs(best))]
+    return max(near, key=lambda a: (a.model_bytes, -a.joint))
+
+
+def preset_choice(p: Problem, name: str) -> tuple[int, ...] | None:
+    """A policy preset as candidate indices, or None if one of its specs is not a candidate here."""
+    from golfpack.packer.policy import Policy
+
+    specs = Policy.preset(name).resolve(p.state_dict)
+    out = []
+    for n in p.names:
+        labels = [s.label() for s in p.candidates[n]]
+        if specs[n].label() not in labels:
+            return None
+        out.append(labels.index(specs[n].label()))
+    return tuple(out)
+
+
+def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: dict[str, Any], sens: dict[str, Any], model_budget: int,
+                 *, unique: bool = True) -> list[Alternative]:
+    """Fitting layouts worth a joint measurement: the solver's answer per codec, the answers under the
+    proxy estimate and the greedy solver (best codec), and every preset that fits.
+
+    Summed single-tensor deltas ignore interactions (quantizing many tensors at once usually hurts
+    more than the sum), so these are compared on what actually matters: the joint effect. A layout found
+    twice (same choice and codec) is kept once, under its first source (`unique=False`: every one found)."""
+    from golfpack.packer.policy import PRESETS
+    from golfpack.search.sensitivity import regularize
+
+    deltas = sens["deltas"]
+
+    def pred(choice: tuple[int, ...]) -> float:
+        return sum(deltas[n][p.candidates[n][j].label()] for n, j in zip(p.names, choice))
+
+    out = [Alternative(f"solver:{f.codec}", f.codec, tuple(f.choice), f.model_bytes, f.predicted_loss) for f in fits.values()]
+    best = min(fits.values(), key=lambda f: (f.predicted_loss, f.model_bytes))
+    extra: list[tuple[str, dict[str, dict[str, float]], str]] = [(f"greedy:{best.codec}", deltas, "greedy")]
+    if sens.get("proxy") is not None and cfg.sensitivity != "proxy":
+        extra.append((f"proxy:{best.codec}", regularize({n: dict(sens["proxy"][n]) for n in p.names}), cfg.solver))
+    for source, table, method in extra:
+        sub = cfg.replace(solver=method)
+        try:
+            f = Fitter.for_problem(p, best.codec, tables[best.codec], table, sub).fit(model_budget)
+        except InfeasibleBudget:
+            continue
+        out.append(Alternative(source, best.codec, tuple(f.choice), f.model_bytes, pred(tuple(f.choice))))
+    for name in PRESETS:
+        ch = preset_choice(p, name)
+        if ch is None:
+            continue
+        sizes = {c: len(p.encode(ch, c)) for c in fits}
+        c = min(sizes, key=sizes.__getitem__)
+        if sizes[c] <= model_budget:
+            out.append(Alternative(f"preset:{name}", c, ch, sizes[c], pred(ch)))
+    if not unique:
+        return out
+    uniq: dict[tuple[tuple[int, ...], str], Alternative] = {}
+    for a in out:
+        uniq.setdefault((a.choice, a.codec), a)
+    return list(uniq.values())
+
+
+def joint_scorer(p: Problem, cfg: SearchConfig) -> Callable[[list[Alternative]], None]:
+    """A function that fills `joint` for layouts: the objective with every tensor of the layout quantized,
+    on held-out calibration. The batch and the raw model's predictions are set up once."""
+    from golfpack.model import build_model
+    from golfpack.packer.calibration import calib_halves, make_batch
+    from golfpack.search import sensitivity as S
+
+    # the HELD-OUT half: every layout's parts were measured (and GPTQ fitted) on the other one
+    batch = make_batch(calib_halves(cfg.calib, tokenizer=cfg.tokenizer)[1], cfg.select_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
+    model = build_model(p.config, p.state_dict, device=cfg.device)
+    ref = S.reference_logprobs(model, batch, device=cfg.device)
+    base, _ = S.batch_scores(model, batch, None, device=cfg.device)
+    scored: dict[tuple[int, ...], float] = {}
+
+    def score(alts: list[Alternative]) -> None:
+        for a in progress_bar(alts, desc="select (joint)", unit="layout", enabled=cfg.progress):
+            if a.choice not in scored:
+                sd = {n: p.record(n, p.candidates[n][j]).dequantize() for n, j in zip(p.names, a.choice)}
+                nll, kl = S.batch_scores(build_model(p.config, sd, device=cfg.device), batch, ref, device=cfg.device)
+                scored[a.choice] = kl if cfg.objective == "kl" else nll - base
+            a.joint = scored[a.choice]
+
+    return score
+
+
+__all__ = ["JOINT_TIE_ABS", "JOINT_TIE_REL", "Alternative", "alternatives", "joint_scorer", "pick", "preset_choice"]

@@ -1,0 +1,164 @@
+"""Pins of documented search behaviour that a one-line change could silently break: the held-out split,
+halving an overflowing upgrade batch, regularized deltas into the solver, which layouts are compared,
+the frontier every search prints, and SearchResult.artifact/.save replaying the search's bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from golfpack.formats.shards import write_shard
+from golfpack.packer import calibration
+from golfpack.packer.policy import PRESETS
+from golfpack.search import SearchConfig, run_search
+from golfpack.search.fit import Fitter
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    # distinct-ish tokens so the two halves never share a window
+    d = tmp_path_factory.mktemp("cal")
+    write_shard(d / "c_train_000000.bin", (np.arange(8_000) * 7 % 1024).astype(np.uint16))
+    return str(d / "c_train_000000.bin")
+
+
+BUDGET = 60_000  # binds: fp32 everywhere is ~161 KB, the floor ~25 KB
+
+
+def _cfg(shard, **kw):
+    base = dict(budget=10**6, calib=shard, bits=(8, 6, 4), clips=("quantile",), gptq=False, calib_batch=2, calib_seq=64,
+                proxy_batch=2, select_batch=2, progress=False)
+    return SearchConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def result(small_ckpt, shard):
+    return run_search(small_ckpt, _cfg(shard, budget=BUDGET))
+
+
+def _spy_batches(monkeypatch, module):
+    seen = []
+    real = calibration.make_batch
+
+    def spy(tokens, *a, **k):
+        seen.append(np.asarray(tokens).copy())
+        return real(tokens, *a, **k)
+
+    monkeypatch.setattr(module, "make_batch", spy)
+    return seen
+
+
+def test_measurement_and_selection_read_disjoint_halves(result, shard, monkeypatch):
+    from golfpack.search import measure, select, sensitivity
+
+    measure_half, held_out = calibration.calib_halves(shard)
+    zeros = {n: {s.label(): 0.0 for s in c} for n, c in result.problem.candidates.items()}
+    monkeypatch.setattr(sensitivity, "measure_direct", lambda *a, **k: (5.0, {"kl": zeros, "nll": zeros}))  # only the tokens matter here
+    seen = _spy_batches(monkeypatch, measure)
+    cfg = _cfg(shard, sensitivity="direct")
+    measure.sensitivity(result.problem, cfg, measure.Cache(None))
+    assert seen and all(np.array_equal(t, measure_half) for t in seen)
+    seen = _spy_batches(monkeypatch, calibration)  # joint_scorer imports it when called
+    select.joint_scorer(result.problem, cfg)
+    assert len(seen) == 1 and np.array_equal(seen[0], held_out)
+
+
+def test_regularized_deltas_go_to_the_solver(result, shard, monkeypatch):
+    from golfpack.search import measure, sensitivity
+
+    p = result.problem
+    name = "blocks.0.mlp.fc.weight"
+    labels = [s.label() for s in p.candidates[name]]
+    assert labels == ["fp32", "fp16", "int8", "int6", "int4"]
+    raw = {n: {s.label(): 0.0 for s in c} for n, c in p.candidates.items()}
+    raw[name] = {"fp32": 0.0, "fp16": -0.01, "int8": 0.3, "int6": 0.1, "int4": 0.5}  # noisy: negative, non-monotone
+    monkeypatch.setattr(sensitivity, "measure_direct", lambda *a, **k: (5.0, {"kl": raw, "nll": raw}))
+    out = measure.sensitivity(p, _cfg(shard, sensitivity="direct"), measure.Cache(None))
+    assert out["direct"][name] == raw[name]
+    assert out["deltas"][name] == {"fp32": 0.0, "fp16": 0.0, "int8": 0.3, "int6": 0.3, "int4": 0.5}
+
+
+def test_an_overflowing_upgrade_batch_is_halved():
+    # four upgrades of 100 predicted bytes each; applying all four at once costs 300 bytes more than predicted
+    costs, losses = [[100, 200]] * 4, [[1.0, 0.0]] * 4
+
+    def size_of(ch):
+        k = sum(ch)
+        return 400 + 100 * k + (300 if k >= 4 else 0)
+
+    f = Fitter(costs, losses, size_of, SearchConfig(budget=1, target_headroom=4))
+    trace: list[dict] = []
+    ch = f.spend_headroom((0, 0, 0, 0), 800, trace)
+    steps = [(t["upgrades"], t["fits"]) for t in trace]
+    # 4 overflow -> 2 fit -> 2 (all that is left) overflow -> 1 fits -> the last one alone overflows and is dropped
+    assert steps == [(4, False), (2, True), (2, False), (1, True), (1, False)]
+    assert sum(ch) == 3 and f.measure(ch) == 700
+
+
+def test_joint_selection_compares_solver_greedy_proxy_and_every_fitting_preset(result, shard):
+    from golfpack.search.select import alternatives
+
+    cfg = _cfg(shard, budget=BUDGET)
+    found = alternatives(result.problem, cfg, result.fits, result.tables, result.sens, cfg.budget, unique=False)
+    presets = [f"preset:{n}" for n in PRESETS if _preset_fits(result.problem, n, cfg.budget)]
+    assert [a.source for a in found] == ["solver:lzma", "greedy:lzma", "proxy:lzma", *presets]
+    assert "preset:int6" in presets and "preset:int8" not in presets  # int8 everywhere is over this budget
+    assert all(a.model_bytes <= cfg.budget for a in found)
+    # a layout found twice is compared once; the search scored every distinct one jointly
+    distinct = {(a.choice, a.codec) for a in found}
+    assert {(a.choice, a.codec) for a in result.alternatives} >= distinct
+    assert all(a.joint == a.joint for a in result.alternatives)  # scored (not nan)
+    # without a proxy estimate (sensitivity='direct' drives and no proxy exists) it is left out
+    sens = {k: v for k, v in result.sens.items() if k != "proxy"}
+    assert "proxy:lzma" not in [a.source for a in alternatives(result.problem, cfg, result.fits, result.tables, sens, cfg.budget, unique=False)]
+
+
+def _preset_fits(p, name, budget):
+    from golfpack.search.select import preset_choice
+
+    ch = preset_choice(p, name)
+    return ch is not None and len(p.encode(ch, "lzma")) <= budget
+
+
+def test_frontier_in_process(result):
+    from golfpack.formats.qgv3 import decode_qgv3
+    from golfpack.search.report import frontier, frontier_table
+
+    scored = []
+
+    def scorer(sd):  # a real function of the decoded weights: the mean squared error against the raw model
+        err = sum(float(((sd[n].float() - t.float()) ** 2).sum()) for n, t in result.state_dict.items()) / len(sd)
+        scored.append(err)
+        return err, None
+
+    rows = frontier(result, points=3, scorer=scorer, base=(0.0, None), bpb_per_nat=0.5, progress=False)
+    assert [r["model_bytes"] for r in rows] == sorted(r["model_bytes"] for r in rows)
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["model_bytes"] == result.model_bytes == len(result.artifact.data)
+    assert chosen[0]["predicted_delta_loss"] == result.predicted_loss
+    assert chosen[0]["predicted_delta_bpb"] == pytest.approx(0.5 * result.predicted_loss)
+    for r in rows:
+        assert r["total_bytes"] == r["model_bytes"] + result.code_bytes and r["model_bytes"] <= r["model_budget"]
+        assert r["measured_delta_loss"] == r["measured_loss"] >= 0.0
+    # the chosen row is scored on exactly the artifact's decoded tensors
+    assert chosen[0]["measured_loss"] == scorer(decode_qgv3(result.artifact.data).state_dict())[0] > 0
+    # the smallest row is the floor layout: the most damage, measured and predicted
+    assert rows[0]["measured_loss"] == max(r["measured_loss"] for r in rows) > 0
+    assert rows[0]["predicted_delta_loss"] == max(r["predicted_delta_loss"] for r in rows)
+    assert len(rows) >= 2 and len(frontier_table(rows)) == len(rows) + 1
+
+
+def test_result_artifact_and_save_replay_the_search(result, small_ckpt, tmp_path):
+    from golfpack.packer.pack import pack_file
+    from golfpack.packer.policy import Policy
+
+    art = result.artifact
+    assert art is result.artifact  # packed once
+    assert art.model_bytes == result.model_bytes and art.codec == result.codec and art.budget == result.budget
+    assert [r.spec.label() for r in art.records] == [result.specs[n].label() for n in result.problem.names]
+    out = result.save(tmp_path / "a.qg3", policy_path=tmp_path / "a.policy.json")
+    assert out.read_bytes() == art.data
+    replay = pack_file(small_ckpt, tmp_path / "r.qg3", policy=Policy.load(tmp_path / "a.policy.json"), codec=result.codec)
+    assert replay.data == art.data  # what `golfpack pack --policy` writes, byte for byte
+    result.save(tmp_path / "b.qg3")
+    assert (tmp_path / "b.qg3").read_bytes() == art.data and not (tmp_path / "b.policy.json").exists()
