@@ -220,7 +220,7 @@ def search(model: PathLike, config: SearchConfig | None = None, **options: Any) 
         config = SearchConfig(**options)
     elif options:
         raise UsageError("pass either a SearchConfig or keyword options, not both", param="config")
-    return run_search(model, config)
+    return run_search(os.fspath(model), config)
 
 
 def train(config: TrainConfig | PathLike, *, overrides: list[str] | tuple[str, ...] = (),
