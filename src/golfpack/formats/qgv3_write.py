@@ -134,7 +134,7 @@ def serialize_qgv3(contents: Contents, plan: QGv3Plan, *, stored_blocks: Sequenc
         _check(contents, plan)
         want = 1 if plan.solid else len(plan.streams)
         if len(stored_blocks) != want:
-            raise UsageError(f"{len(stored_blocks)} stored blocks for a plan of {want}", param="stored_blocks")
+            raise UsageError(f"{len(stored_blocks)} stored blocks given, the plan has {want}", param="stored_blocks")
     return frame(plan, header_json(contents, plan, stored_blocks), stored_blocks)
 
 
