@@ -7,7 +7,6 @@ stream -> legacy compressed torch.save (the baseline's int8 container, or a plai
 
 from __future__ import annotations
 
-import io
 import re
 import os
 from dataclasses import dataclass, field
@@ -91,15 +90,11 @@ def load_any(
             except (TypeError, ValueError) as e:
                 raise GolfpackError(f"{p}: stored model config is invalid ({e})") from None
     elif kind == "legacy":
-        from golfpack.formats.legacy import decompress_container, dequantize_int8_ptz, is_int8_container
+        from golfpack.formats.legacy import decompress_container, dequantize_int8_ptz, is_int8_container, load_container
 
         raw, codec = decompress_container(data, str(p))
         info["codec"] = codec
-        try:
-            obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
-            raise GolfpackError(f"{p}: decompressed data is not a torch.save object ({first})") from None
+        obj = load_container(raw, p)
         if is_int8_container(obj):
             sd, kind = dequantize_int8_ptz(obj), "int8ptz"
         else:

@@ -116,3 +116,53 @@ def test_half_precision_checkpoint_loads_and_scores(kind, nolanvild_pt, val_shar
     assert got.tokens == ref.tokens == 16_384 and got.bytes == ref.bytes
     assert got.val_bpb != ref.val_bpb  # the rounding really happened...
     assert abs(got.val_bpb - ref.val_bpb) < 1e-3  # ...and costs almost nothing
+
+
+def test_torch_load_helpers_are_bounded_and_weights_only(tmp_path):
+    """One torch.load for golfpack: CPU, weights_only (a pickled object is refused), size-capped before reading."""
+    import io
+    import pickle
+
+    from golfpack.errors import FormatError
+    from golfpack.formats.checkpoint import torch_load_bytes, torch_load_path
+
+    buf = io.BytesIO()
+    torch.save({"a": torch.arange(3)}, buf)
+    good = buf.getvalue()
+    assert torch.equal(torch_load_bytes(good)["a"], torch.arange(3))
+    p = tmp_path / "a.pt"
+    p.write_bytes(good)
+    assert torch.equal(torch_load_path(p)["a"], torch.arange(3))
+    with pytest.raises(FormatError, match="over the 100-byte limit") as e:
+        torch_load_path(p, max_bytes=100)
+    assert e.value.path == str(p)
+    with pytest.raises(FormatError, match="over the 100-byte limit"):
+        torch_load_bytes(good, max_bytes=100)
+
+    class Evil:  # a pickle that would run code on load without weights_only
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    buf = io.BytesIO()
+    torch.save({"x": Evil()}, buf, pickle_module=pickle)
+    with pytest.raises(FormatError, match="not a torch.save object") as e:
+        torch_load_bytes(buf.getvalue(), path="evil.pt")
+    assert e.value.path == "evil.pt" and str(e.value).startswith("evil.pt: not a torch.save object (")
+    with pytest.raises(FormatError, match="file not found"):
+        torch_load_path(tmp_path / "missing.pt")
+
+
+def test_no_torch_load_outside_the_helper():
+    """Every torch.load in golfpack's source goes through formats/checkpoint.py."""
+    import ast
+    from pathlib import Path
+
+    import golfpack
+
+    root = Path(golfpack.__file__).parent
+    calls = []
+    for f in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr == "load" and isinstance(node.value, ast.Name) and node.value.id == "torch":
+                calls.append(f"{f.relative_to(root)}:{node.lineno}")
+    assert calls and all(c.startswith("formats/checkpoint.py:") for c in calls), calls

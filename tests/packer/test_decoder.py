@@ -98,3 +98,24 @@ def test_missing_optional_codec_message(monkeypatch) -> None:
         monkeypatch.setitem(sys.modules, mod, None)  # as if not installed
         with pytest.raises(ImportError, match=f"pip install {mod}"):
             ns["_unz"](cid, b"\x00", 1)
+
+
+def test_decoder_source_agrees_with_the_format_constants() -> None:
+    """The standalone decoder spells the format's numbers out (it may not import golfpack): they must be qgv3_constants'."""
+    import ast
+
+    from golfpack.formats import qgv3_constants as K
+
+    src = decoder_source()
+    tree = ast.parse(src)
+    dt = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "DT")
+    table = ast.literal_eval(dt)
+    assert list(table) == list(K.STORAGE_DTYPES)  # same dtype names, same order
+    assert {k: np.dtype(v).itemsize for k, v in table.items()} == {k: np.dtype(v).itemsize for k, v in K.STORAGE_DTYPES.items()}
+    assert f'struct.unpack_from("{K.PREAMBLE.format}", b)' in src and f"pos = {K.PREAMBLE.size} + hs" in src
+    assert repr(K.MAGIC).replace("'", '"') in src and f"ver != {K.VERSION}" in src
+    ids = {"raw": 0, "raw deflate": 1, "props byte + raw lzma1": 2, "zstd": 3, "brotli": 4}
+    assert {k.name.lower(): int(k) for k in K.Codec} == {"raw": 0, "zlib": 1, "lzma": 2, "zstd": 3, "brotli": 4}
+    assert "codec ids: " + ", ".join(f"{v} {k}" for k, v in ids.items()) in src
+    assert f's["kind"] == {int(K.StreamKind.LEVELS)}' in src and f's["layout"] == {int(K.Layout.DENSE)}' in src
+    assert f's["layout"] == {int(K.Layout.SHUFFLE)}' in src

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import FormatError, UsageError
+from golfpack.formats.qgv3_constants import qmax
 
 _CHUNK_GROUPS = 1 << 18  # groups of 8 values per vectorised step (~16 MiB of uint64 temporaries)
 
 
 def qmax_of(bits: int) -> int:
-    if not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
-    return (1 << (bits - 1)) - 1
+    """qgv3_constants.qmax (THE definition), with a UsageError naming `bits`."""
+    try:
+        return qmax(bits)
+    except ValueError as e:
+        raise UsageError(str(e), param="bits") from None
 
 
 def packed_size(count: int, bits: int) -> int:
@@ -36,7 +39,7 @@ def pack_bits(levels: np.ndarray, bits: int) -> bytes:
     qmax = qmax_of(bits)
     v = np.asarray(levels).reshape(-1)
     if v.size and (int(v.min()) < -qmax or int(v.max()) > qmax):
-        raise ValueError(f"int{bits} levels must lie in [-{qmax}, {qmax}], got [{int(v.min())}, {int(v.max())}]")
+        raise UsageError(f"int{bits} levels must lie in [-{qmax}, {qmax}], got [{int(v.min())}, {int(v.max())}]")
     n = v.size
     u = (v.astype(np.int16) + qmax).astype(np.uint8)
     if bits == 8:
@@ -55,14 +58,14 @@ def pack_bits(levels: np.ndarray, bits: int) -> bytes:
 
 
 def unpack_bits(data: bytes | bytearray | memoryview | np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Inverse of `pack_bits`: `count` int8 levels. Raises GolfpackError on a malformed stream."""
+    """Inverse of `pack_bits`: `count` int8 levels. Raises FormatError on a malformed stream."""
     qmax = qmax_of(bits)
     if not isinstance(count, int) or count < 0:
-        raise ValueError(f"count must be a non-negative int, got {count!r}")
+        raise UsageError(f"count must be a non-negative int, got {count!r}", param="count")
     buf = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
     need = packed_size(count, bits)
     if buf.size != need:
-        raise GolfpackError(f"int{bits} stream holds {buf.size} bytes, {count} values need exactly {need}")
+        raise FormatError(f"int{bits} stream holds {buf.size} bytes, {count} values need exactly {need}")
     if bits == 8:
         u = buf
     else:
@@ -78,10 +81,10 @@ def unpack_bits(data: bytes | bytearray | memoryview | np.ndarray, bits: int, co
             w = padded[s : s + _CHUNK_GROUPS].view("<u8").reshape(-1)
             u[s * 8 : (s + w.size) * 8] = ((w[:, None] >> shifts) & mask).astype(np.uint8).reshape(-1)
         if u[count:].any():
-            raise GolfpackError(f"int{bits} stream has non-zero padding bits after its {count} values")
+            raise FormatError(f"int{bits} stream has non-zero padding bits after its {count} values")
         u = u[:count]
     if u.size and int(u.max()) > 2 * qmax:
-        raise GolfpackError(f"int{bits} stream holds a level outside [-{qmax}, {qmax}]")
+        raise FormatError(f"int{bits} stream holds a level outside [-{qmax}, {qmax}]")
     return (u.astype(np.int16) - qmax).astype(np.int8)
 
 
@@ -90,7 +93,7 @@ def shuffle_bytes(data: bytes, itemsize: int) -> bytes:
     if itemsize == 1 or not data:
         return bytes(data)
     if len(data) % itemsize:
-        raise ValueError(f"{len(data)} bytes is not a whole number of {itemsize}-byte elements")
+        raise UsageError(f"data of {len(data)} bytes is not a whole number of {itemsize}-byte elements", param="data")
     return np.frombuffer(data, np.uint8).reshape(-1, itemsize).T.tobytes()
 
 
@@ -99,7 +102,7 @@ def unshuffle_bytes(data: bytes, itemsize: int) -> bytes:
     if itemsize == 1 or not data:
         return bytes(data)
     if len(data) % itemsize:
-        raise GolfpackError(f"shuffled stream of {len(data)} bytes is not a whole number of {itemsize}-byte elements")
+        raise FormatError(f"shuffled stream of {len(data)} bytes is not a whole number of {itemsize}-byte elements")
     return np.frombuffer(data, np.uint8).reshape(itemsize, -1).T.tobytes()
 
 

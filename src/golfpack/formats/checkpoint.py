@@ -1,11 +1,14 @@
 """Raw checkpoints: `torch.save(model.state_dict())` files such as `final_model.pt`.
 
-Loading is always `weights_only=True` (no pickle code runs). Rebuilding a model config from the
-keys and shapes is the model layer's job (`golfpack.loading.infer_config`).
+Every `torch.load` in golfpack goes through `torch_load_bytes` / `torch_load_path` here: always
+`weights_only=True` (no pickle code runs), always onto the CPU, and bounded (a file or buffer over
+`MAX_TORCH_LOAD_BYTES` is refused before it is read). Rebuilding a model config from the keys and
+shapes is the model layer's job (`golfpack.loading.infer_config`).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,42 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import FormatError
+
+# A golf checkpoint is tens of MB; 4 GiB leaves room for far bigger models and still refuses a
+# device file or a mistaken path to a dataset before it is read into memory.
+MAX_TORCH_LOAD_BYTES = 4 << 30
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def torch_load_bytes(data: bytes | bytearray | memoryview, *, path: str | os.PathLike[str] | None = None,
+                     why: str = "not a torch.save object", max_bytes: int = MAX_TORCH_LOAD_BYTES) -> Any:
+    """`torch.load` of in-memory torch.save bytes: weights_only, CPU, at most `max_bytes`.
+
+    FormatError (naming `path` when given; `why` is its message) when they are not."""
+    if len(data) > max_bytes:
+        raise FormatError(f"{len(data):,} bytes is over the {max_bytes:,}-byte limit of torch_load_bytes", path=path)
+    try:
+        return torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad files
+        raise FormatError(f"{why} ({_first_line(e)})", path=path) from None
+
+
+def torch_load_path(path: str | os.PathLike[str], *, why: str = "not a torch.save object", max_bytes: int = MAX_TORCH_LOAD_BYTES) -> Any:
+    """`torch.load` of a file: weights_only, CPU; refused unread when over `max_bytes` (FormatError)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FormatError("file not found", path=p)
+    size = p.stat().st_size
+    if size > max_bytes:
+        raise FormatError(f"{size:,} bytes is over the {max_bytes:,}-byte limit of torch_load_path", path=p)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad files
+        raise FormatError(f"{why} ({_first_line(e)})", path=p) from None
 
 # Prefixes that wrappers add around the real state dict keys.
 _STRIP_PREFIXES = ("_orig_mod.", "module.")
@@ -24,12 +62,8 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Load a raw checkpoint safely and return a flat {name: tensor} dict on CPU."""
     path = Path(path)
     if not path.is_file():
-        raise GolfpackError(f"checkpoint {path}: file not found")
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for bad files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GolfpackError(f"checkpoint {path}: cannot be read as a torch.save state dict ({first})") from None
+        raise FormatError("checkpoint file not found", path=path)
+    obj = torch_load_path(path, why="cannot be read as a torch.save state dict")
     return normalize_state_dict(obj, source=str(path))
 
 
@@ -41,14 +75,17 @@ def normalize_state_dict(obj: Any, source: str = "state dict") -> dict[str, Tens
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj:
-        raise GolfpackError(f"{source}: expected a non-empty dict of tensors, got {type(obj).__name__}")
+        raise FormatError(f"{source}: expected a non-empty dict of tensors, got {type(obj).__name__}")
     out: dict[str, Tensor] = {}
     for k, v in obj.items():
         if not isinstance(v, Tensor):
-            raise GolfpackError(f"{source}: entry {k!r} is {type(v).__name__}, not a tensor")
+            raise FormatError(f"{source}: entry {k!r} is {type(v).__name__}, not a tensor")
         name = str(k)
         for p in _STRIP_PREFIXES:
             if name.startswith(p):
                 name = name[len(p) :]
         out[name] = v.detach().cpu()
     return out
+
+
+__all__ = ["MAX_TORCH_LOAD_BYTES", "load_state_dict", "normalize_state_dict", "torch_load_bytes", "torch_load_path"]

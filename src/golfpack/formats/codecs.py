@@ -14,7 +14,7 @@ already records each stream's raw size and a crc32 of its stored bytes:
 - `brotli`: quality 11, window 24 bits (only when the `brotli` package is installed).
 
 `decompress(codec, data, raw_size)` never produces (or allocates for) more than `raw_size` (+1 to
-detect overrun) bytes, and raises GolfpackError unless the stream decodes to exactly `raw_size` bytes
+detect overrun) bytes, and raises FormatError unless the stream decodes to exactly `raw_size` bytes
 and is fully consumed: a stream that inflates past its declared size (a decompression bomb) is refused.
 """
 
@@ -22,22 +22,9 @@ from __future__ import annotations
 
 import lzma
 import zlib
-from enum import IntEnum
 
-from golfpack.errors import GolfpackError
-
-
-class Codec(IntEnum):
-    """Codec ids as stored in QGv3 (never renumber: files on disk use them)."""
-
-    RAW = 0
-    ZLIB = 1
-    LZMA = 2
-    ZSTD = 3
-    BROTLI = 4
-
-
-CODECS: dict[str, Codec] = {c.name.lower(): c for c in Codec}  # name -> id for every codec the format knows
+from golfpack.errors import FormatError, GolfpackError, UsageError
+from golfpack.formats.qgv3_constants import CODECS, Codec  # the id table lives with the other format constants
 
 # (lc, lp, pb) settings `compress("lzma", ...)` tries: the xz default, then "no literal context"
 # (levels in byte containers are nearly order-0), then more literal context.
@@ -73,15 +60,15 @@ def available_codecs() -> list[str]:
 
 
 def codec_id(codec: str | int) -> Codec:
-    """Codec from a name or id; GolfpackError for unknown ones."""
+    """Codec from a name (UsageError if unknown: a caller's argument) or a stored id (FormatError if unknown)."""
     if isinstance(codec, str):
         if codec.lower() not in CODECS:
-            raise GolfpackError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
+            raise UsageError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}", param="codec")
         return CODECS[codec.lower()]
     try:
         return Codec(int(codec))
     except ValueError:
-        raise GolfpackError(f"unknown codec id {codec!r} (known: {', '.join(f'{c.value}={c.name.lower()}' for c in Codec)})") from None
+        raise FormatError(f"unknown codec id {codec!r} (known: {', '.join(f'{c.value}={c.name.lower()}' for c in Codec)})") from None
 
 
 def _need(c: Codec):
@@ -105,7 +92,7 @@ def _lzma_filters(props: int, raw_size: int) -> list[dict]:
     lc, rest = props % 9, props // 9
     lp, pb = rest % 5, rest // 5
     if pb > 4 or lc + lp > 4:  # liblzma's LZMA1 limits (lc + lp <= 4 keeps the literal table small)
-        raise GolfpackError(f"invalid lzma props byte {props}")
+        raise FormatError(f"invalid lzma props byte {props}")
     return [{"id": lzma.FILTER_LZMA1, "lc": lc, "lp": lp, "pb": pb, "dict_size": lzma_dict_size(raw_size)}]
 
 
@@ -127,6 +114,9 @@ def compress(codec: str | int, data: bytes, *, lzma_props: tuple[int, int, int] 
         z = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
         return z.compress(data) + z.flush()
     if c == Codec.LZMA:
+        if lzma_props is not None and not (len(lzma_props) == 3 and lzma_props[2] <= 4 and lzma_props[0] + lzma_props[1] <= 4
+                                           and min(lzma_props) >= 0):
+            raise UsageError(f"lzma_props must be (lc, lp, pb) with lc + lp <= 4 and pb <= 4, got {lzma_props!r}", param="lzma_props")
         cands = [lzma_props] if lzma_props is not None else list(LZMA_PROPS_CANDIDATES)
         return min((_lzma_compress(data, p) for p in cands), key=len)
     if c == Codec.ZSTD:
@@ -142,16 +132,16 @@ def compress(codec: str | int, data: bytes, *, lzma_props: tuple[int, int, int] 
 
 
 def decompress(codec: str | int, data: bytes, raw_size: int) -> bytes:
-    """Decompress to exactly `raw_size` bytes or raise GolfpackError; output never exceeds raw_size + 1."""
+    """Decompress to exactly `raw_size` bytes or raise FormatError; output never exceeds raw_size + 1."""
     c = codec_id(codec)
-    if not isinstance(raw_size, int) or raw_size < 0:
-        raise GolfpackError(f"raw size must be a non-negative int, got {raw_size!r}")
+    if isinstance(raw_size, bool) or not isinstance(raw_size, int) or raw_size < 0:
+        raise UsageError(f"raw_size must be a non-negative int, got {raw_size!r}", param="raw_size")
     name = c.name.lower()
     data = bytes(data)
     try:
         if c == Codec.RAW:
             if len(data) != raw_size:
-                raise GolfpackError(f"raw stream holds {len(data)} bytes, expected {raw_size}")
+                raise FormatError(f"raw stream holds {len(data)} bytes, expected {raw_size}")
             out, done = data, True
         elif c == Codec.ZLIB:
             d = zlib.decompressobj(-15)
@@ -159,7 +149,7 @@ def decompress(codec: str | int, data: bytes, raw_size: int) -> bytes:
             done = d.eof and not d.unused_data and not d.unconsumed_tail
         elif c == Codec.LZMA:
             if not data:
-                raise GolfpackError("lzma stream is empty (no props byte)")
+                raise FormatError("lzma stream is empty (no props byte)")
             dec = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_lzma_filters(data[0], raw_size))
             out = dec.decompress(data[1:], max_length=raw_size + 1)
             done = dec.eof and not dec.unused_data
@@ -167,7 +157,7 @@ def decompress(codec: str | int, data: bytes, raw_size: int) -> bytes:
             zstd = _need(c)
             fp = zstd.get_frame_parameters(data)
             if fp.content_size != raw_size:  # checked BEFORE decompressing: the frame's size is what gets allocated
-                raise GolfpackError(f"zstd stream declares {fp.content_size} bytes, expected {raw_size}")
+                raise FormatError(f"zstd stream declares {fp.content_size} bytes, expected {raw_size}")
             # libzstd enforces the frame's declared size while decoding, so output stays <= raw_size
             dobj = zstd.ZstdDecompressor(max_window_size=1 << _ZSTD_MAX_WINDOW_LOG).decompressobj()
             out = dobj.decompress(data)
@@ -180,11 +170,11 @@ def decompress(codec: str | int, data: bytes, raw_size: int) -> bytes:
     except GolfpackError:
         raise
     except Exception as e:  # corrupt input: each library raises its own error type
-        raise GolfpackError(f"{name} stream is corrupt ({type(e).__name__}: {e})") from None
+        raise FormatError(f"{name} stream is corrupt ({type(e).__name__}: {e})") from None
     if len(out) > raw_size:
-        raise GolfpackError(f"{name} stream inflates past its declared {raw_size} bytes (refusing a decompression bomb)")
+        raise FormatError(f"{name} stream inflates past its declared {raw_size} bytes (refusing a decompression bomb)")
     if len(out) != raw_size or not done:
-        raise GolfpackError(f"{name} stream decodes to {len(out)} bytes{'' if done else ' and does not end cleanly'}, expected {raw_size}")
+        raise FormatError(f"{name} stream decodes to {len(out)} bytes{'' if done else ' and does not end cleanly'}, expected {raw_size}")
     return out
 
 

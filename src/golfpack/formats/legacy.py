@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from golfpack._io import write_bytes_atomic
-from golfpack.errors import GolfpackError
+from golfpack.errors import FormatError
+from golfpack.formats.checkpoint import torch_load_bytes
 from golfpack.formats.records import TORCH_DTYPES, TensorRecord
 
 INT8_FORMAT = "int8_clean_per_row_v1"
@@ -73,15 +74,15 @@ def decompress_container(data: bytes, source: str = "file", max_raw: int = MAX_L
             raw, codec = dz.decompress(data, max_raw + 1), "zlib"
             complete = dz.eof
         else:
-            raise GolfpackError(f"{source}: not a zlib/lzma/zstd-compressed legacy artifact")
-    except GolfpackError:
+            raise FormatError("not a zlib/lzma/zstd-compressed legacy artifact", path=source, offset=0)
+    except FormatError:
         raise
     except Exception as e:  # zlib.error, lzma.LZMAError, zstandard.ZstdError (no stable import path)
-        raise GolfpackError(f"{source}: corrupt compressed stream ({e})") from None
+        raise FormatError(f"corrupt compressed stream ({e})", path=source) from None
     if len(raw) > max_raw:
-        raise GolfpackError(f"{source}: inflates past {max_raw:,} bytes; refusing (decompression bomb or not a golf artifact)")
+        raise FormatError(f"inflates past {max_raw:,} bytes; refusing (decompression bomb or not a golf artifact)", path=source)
     if not complete:
-        raise GolfpackError(f"{source}: corrupt compressed stream (it ends before the {codec} end marker: truncated file?)")
+        raise FormatError(f"corrupt compressed stream (it ends before the {codec} end marker: truncated file?)", path=source)
     return raw, codec
 
 
@@ -89,16 +90,17 @@ def read_int8_ptz(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The raw container object of a legacy `.ptz` (weights_only: no pickle code runs)."""
     p = Path(path)
     if not p.is_file():
-        raise GolfpackError(f"{p}: file not found")
+        raise FormatError("file not found", path=p)
     raw, _ = decompress_container(p.read_bytes(), str(p))
-    try:
-        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise GolfpackError(f"{p}: decompressed data is not a torch.save object ({first})") from None
+    obj = load_container(raw, p)
     if not isinstance(obj, dict):
-        raise GolfpackError(f"{p}: expected a dict container, got {type(obj).__name__}")
+        raise FormatError(f"expected a dict container, got {type(obj).__name__}", path=p)
     return obj
+
+
+def load_container(raw: bytes, path: str | os.PathLike[str] | None = None) -> Any:
+    """The object in decompressed legacy bytes (`decompress_container`'s output), weights_only."""
+    return torch_load_bytes(raw, path=path, why="decompressed data is not a torch.save object")
 
 
 def is_int8_container(obj: Any) -> bool:
@@ -111,7 +113,7 @@ def dequantize_int8_ptz(obj: dict[str, Any]) -> dict[str, Tensor]:
     Quantized tensors first, then passthrough ones (the baseline's key order)."""
     if not is_int8_container(obj):
         fmt = obj.get("__quant_format__") if isinstance(obj, dict) else None
-        raise GolfpackError(f"not an {INT8_FORMAT} container (format: {fmt!r})")
+        raise FormatError(f"not an {INT8_FORMAT} container (format: {fmt!r})")
     out: dict[str, Tensor] = {}
     qmeta = obj.get("qmeta", {}) or {}
     orig_dtypes = obj.get("passthrough_orig_dtypes", {}) or {}
@@ -134,7 +136,7 @@ def dequantize_int8_ptz(obj: dict[str, Any]) -> dict[str, Tensor]:
 
 def _torch_dtype(name: str, tensor: str) -> torch.dtype:
     if name not in TORCH_DTYPES:
-        raise GolfpackError(f"legacy container: tensor {tensor!r} has unsupported dtype {name!r}")
+        raise FormatError(f"legacy container: tensor {tensor!r} has unsupported dtype {name!r}")
     return TORCH_DTYPES[name]
 
 
@@ -211,6 +213,7 @@ __all__ = [
     "decompress_container",
     "dequantize_int8_ptz",
     "is_int8_container",
+    "load_container",
     "looks_like_zlib",
     "read_int8_ptz",
     "records_to_int8_container",

@@ -7,33 +7,46 @@ meant" is well defined.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from golfpack.errors import UsageError
+from golfpack.formats.qgv3_constants import PASS_STORAGE, SCALES_PER_ROW, SCALES_PER_TENSOR, STORAGE_DTYPES, TENSOR_DTYPES
 from golfpack.formats.spec import TensorSpec
 
 # torch dtype name (as in str(dtype) without "torch.") <-> torch dtype, for the dtypes we store.
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
+TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in TENSOR_DTYPES}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     name = str(dtype).removeprefix("torch.")
     if name not in TORCH_DTYPES:
-        raise ValueError(f"unsupported tensor dtype {name}")
+        raise UsageError(f"unsupported tensor dtype {name}", param="dtype")
     return name
+
+
+def _itemsize(storage_dtype: str) -> int:
+    return int(STORAGE_DTYPES[storage_dtype][-1])  # "<f2" -> 2, "u1" -> 1
+
+
+def payload_bytes(spec: TensorSpec, shape: Sequence[int], dtype: str) -> float:
+    """Bytes one tensor costs before entropy coding: THE pre-compression size.
+
+    int specs: bit-packed levels (bits/8 per value) + scales (one fp16 per row for a 2-D tensor, else
+    one fp32); passthrough: the values in their storage dtype (`exact`: the original `dtype`).
+    It is the DENSE layout's size; a byte-per-level stream (QGv3Artifact.raw_sizes) can be larger."""
+    numel = math.prod(int(d) for d in shape)
+    if spec.kind == "int":
+        scales = int(shape[0]) * _itemsize(SCALES_PER_ROW) if len(shape) == 2 else _itemsize(SCALES_PER_TENSOR)
+        return numel * spec.bits / 8 + scales
+    storage = PASS_STORAGE.get(spec.dtype, dtype)
+    if storage not in STORAGE_DTYPES:
+        raise UsageError(f"unsupported tensor dtype {dtype!r}", param="dtype")
+    return float(numel * _itemsize(storage))
 
 
 @dataclass
@@ -55,6 +68,10 @@ class TensorRecord:
     @property
     def numel(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
+
+    def payload_bytes(self) -> float:
+        """`payload_bytes(spec, shape, orig_dtype)`: this record's size before entropy coding."""
+        return payload_bytes(self.spec, self.shape, self.orig_dtype)
 
     def dequantize(self) -> torch.Tensor:
         """Rebuild the tensor the model loads: q * scale in fp32, cast to the original dtype."""

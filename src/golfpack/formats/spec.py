@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-INT_BITS = range(2, 9)
+from golfpack.errors import UsageError
+from golfpack.formats.qgv3_constants import LEVEL_BITS, qmax
+
+INT_BITS = LEVEL_BITS
 CLIP_RULES = ("absmax", "quantile", "mse")
 PASSTHROUGH_DTYPES = ("fp16", "bf16", "fp32", "exact")
 
@@ -28,21 +31,21 @@ class TensorSpec:
     def __post_init__(self) -> None:
         if self.kind == "int":
             if self.bits not in INT_BITS:
-                raise ValueError(f"bits must be 2..8, got {self.bits}")
+                raise UsageError(f"bits must be 2..8, got {self.bits}", param="bits")
             if self.clip not in CLIP_RULES:
-                raise ValueError(f"clip rule must be one of {', '.join(CLIP_RULES)}, got {self.clip!r}")
+                raise UsageError(f"clip rule must be one of {', '.join(CLIP_RULES)}, got {self.clip!r}", param="clip")
         elif self.kind == "passthrough":
             if self.gptq:
-                raise ValueError("gptq applies to integer specs only")
+                raise UsageError("gptq applies to integer specs only", param="gptq")
             if self.dtype not in PASSTHROUGH_DTYPES:
-                raise ValueError(f"passthrough dtype must be one of {', '.join(PASSTHROUGH_DTYPES)}, got {self.dtype!r}")
+                raise UsageError(f"passthrough dtype must be one of {', '.join(PASSTHROUGH_DTYPES)}, got {self.dtype!r}", param="dtype")
         else:
-            raise ValueError(f"kind must be 'int' or 'passthrough', got {self.kind!r}")
+            raise UsageError(f"kind must be 'int' or 'passthrough', got {self.kind!r}", param="kind")
 
     @property
     def qmax(self) -> int:
-        """Largest level magnitude: 2^(bits-1) - 1 (127 for int8, 31 for int6)."""
-        return (1 << (self.bits - 1)) - 1
+        """Largest level magnitude: 2^(bits-1) - 1 (127 for int8, 31 for int6); qgv3_constants.qmax."""
+        return qmax(self.bits)
 
     def label(self) -> str:
         if self.kind == "passthrough":
@@ -56,7 +59,7 @@ class TensorSpec:
 
     @classmethod
     def parse(cls, text: str) -> "TensorSpec":
-        """Parse `int6`, `int6:mse`, `int6+gptq`, `fp16`, `exact`, ... (ValueError lists the accepted forms)."""
+        """Parse `int6`, `int6:mse`, `int6+gptq`, `fp16`, `exact`, ... (UsageError lists the accepted forms)."""
         t = text.strip().lower()
         if t in PASSTHROUGH_DTYPES:
             return cls(kind="passthrough", dtype=t)
@@ -64,7 +67,7 @@ class TensorSpec:
         head, _, clip = body.partition(":")
         if head.startswith("int") and head[3:].isdigit() and (not plus or suffix == "gptq"):
             return cls(kind="int", bits=int(head[3:]), clip=clip or "quantile", gptq=bool(plus))
-        raise ValueError(
+        raise UsageError(
             f"cannot parse tensor spec {text!r}: use int2..int8 with an optional ':absmax|quantile|mse' and an "
             f"optional '+gptq', or one of {', '.join(PASSTHROUGH_DTYPES)}"
         )

@@ -5,7 +5,8 @@ those packages, with a clear error if absent). Its bytes count against the 16,00
 is short - but it is the same arithmetic as golfpack's reader (TensorRecord.dequantize): levels are
 multiplied by their scale in fp32, then cast to the original dtype. Bounds checks are left to
 golfpack's full reader (`golfpack verify`); this loader still checks every crc32 and stream size and,
-with check=True, each tensor's sha256 digest.
+with check=True, each tensor's sha256 digest. It cannot import golfpack, so it spells the format's
+numbers out; tests/packer/test_decoder.py checks them against formats/qgv3_constants.py.
 '''
 
 from __future__ import annotations

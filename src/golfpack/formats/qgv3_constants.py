@@ -1,0 +1,153 @@
+"""QGv3 vocabulary: every number and name the file format fixes, in one place (as gguf-py's constants.py).
+
+This module imports nothing of golfpack (tests/formats/test_qgv3_constants.py parses it to make sure),
+and nothing outside the standard library: an independent reader can copy it whole. Ids below are
+written into files: they are never renumbered, only appended to. The full spec is docs/qgv3.md.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+MAGIC = b"QGv3\r\n\x1a\n"  # CR LF / ^Z / LF catch text-mode and truncating transfers, as PNG's signature does
+VERSION = 3
+PREAMBLE = struct.Struct("<8sHBBIII")  # magic, version, header codec, flags, header stored, header raw, header crc32
+assert PREAMBLE.size == 24
+# Byte offset of each preamble field (FormatError names it when the field is wrong).
+PREAMBLE_OFFSETS = {"magic": 0, "version": 8, "header_codec": 10, "flags": 11, "header_stored": 12, "header_raw": 16, "header_crc": 20}
+FLAGS_NONE = 0  # the flags byte is reserved: version 3 defines no flag, so it must be 0
+
+
+class Codec(IntEnum):
+    """Codec ids as stored in QGv3 (never renumber: files on disk use them)."""
+
+    RAW = 0
+    ZLIB = 1
+    LZMA = 2
+    ZSTD = 3
+    BROTLI = 4
+
+
+CODECS: dict[str, Codec] = {c.name.lower(): c for c in Codec}  # name -> id for every codec the format knows
+
+
+class StreamKind(IntEnum):
+    """What a stream holds (stored as the int)."""
+
+    LEVELS = 0  # integer levels of every int-`bits` tensor
+    SCALES = 1  # dequantization scales: float16 (one per row) or float32 (one per tensor)
+    PASSTHROUGH = 2  # passthrough values of one storage dtype
+
+
+class Layout(IntEnum):
+    """How a stream's values are laid out as bytes before compression (stored as the int)."""
+
+    PLAIN = 0  # elements little-endian, one after another
+    SHUFFLE = 1  # byte planes: byte 0 of every element, then byte 1, ... (multi-byte dtypes)
+    DENSE = 2  # levels bit-packed, `bits` bits each, offset by +qmax (formats/bitpack.py)
+    BYTE = 3  # levels one per byte, offset by +qmax (uint8)
+
+
+LEVEL_BITS = range(2, 9)  # integer widths a LEVELS stream may hold
+LEVEL_LAYOUTS = (Layout.DENSE, Layout.BYTE)  # layouts of a LEVELS stream
+VALUE_LAYOUTS = (Layout.PLAIN, Layout.SHUFFLE)  # layouts of SCALES and PASSTHROUGH streams
+
+# Storage dtypes of SCALES/PASSTHROUGH streams: name (torch's) -> numpy dtype string of the stored bytes,
+# in canonical stream order.
+STORAGE_DTYPES: dict[str, str] = {
+    "float16": "<f2",
+    "bfloat16": "<u2",  # raw bf16 bits (numpy has no bf16)
+    "float32": "<f4",
+    "float64": "<f8",
+    "int64": "<i8",
+    "int32": "<i4",
+    "int16": "<i2",
+    "int8": "i1",
+    "uint8": "u1",
+    "bool": "u1",  # 0/1 bytes; anything else is rejected on read
+}
+TENSOR_DTYPES = tuple(STORAGE_DTYPES)  # original dtypes a tensor entry may name (restored on load)
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")  # the only dtypes integer levels may stand for
+SCALES_PER_ROW = "float16"  # scales dtype of a per-row (2-D) int tensor: one per row
+SCALES_PER_TENSOR = "float32"  # scales dtype of any other int tensor: one for the tensor
+SCALES_DTYPES = (SCALES_PER_ROW, SCALES_PER_TENSOR)
+PASS_STORAGE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}  # passthrough spec -> storage dtype ("exact": the original)
+
+# JSON keys: exactly these, no others (readers reject unknown and missing keys).
+HEADER_KEYS = frozenset({"config", "policy", "meta", "tensors", "streams", "blocks"})
+TENSOR_KEYS_REQUIRED = frozenset({"name", "shape", "dtype", "spec", "digest", "group", "offset"})
+TENSOR_KEYS_INT = frozenset({"scales", "scale_offset"})  # int tensors only
+TENSOR_KEYS_OPTIONAL = frozenset({"rows"})  # int tensors with per-row scales
+STREAM_KEYS = frozenset({"kind", "count", "layout", "block", "at"})
+STREAM_KEYS_OPTIONAL = frozenset({"bits", "dtype", "alone"})  # bits: LEVELS; dtype: the others; alone: solid blocks
+BLOCK_KEYS = frozenset({"codec", "raw", "stored", "crc"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sanity limits applied when reading (a file beyond them is refused before anything is allocated)."""
+
+    max_header_bytes: int = 16 << 20  # stored and decompressed header JSON
+    max_tensors: int = 100_000  # tensor entries
+    max_ndim: int = 8  # dimensions per tensor
+    max_name_len: int = 1024  # characters per tensor name
+    # A 16 MB artifact holds at most ~64M levels (int2, dense) and legitimately decompresses to well
+    # under 100 MiB; these caps leave room for bigger models yet keep a hostile few-KB file from
+    # costing more than ~1 GiB of memory. Pass larger Limits to read something bigger on purpose.
+    max_raw_bytes: int = 256 << 20  # sum of all blocks' decompressed sizes
+    max_numel: int = 1 << 28  # sum of all tensors' elements (bounds the state dict built at the end)
+
+    def __post_init__(self) -> None:
+        for name in ("max_header_bytes", "max_tensors", "max_ndim", "max_name_len", "max_raw_bytes", "max_numel"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                # ValueError, not golfpack's UsageError: this module imports nothing of golfpack
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def qmax(bits: int) -> int:
+    """Largest level magnitude of an int-`bits` tensor: 2^(bits-1) - 1 (127 for int8, 31 for int6).
+
+    Levels lie in [-qmax, qmax] and are stored offset by +qmax. THE definition: TensorSpec.qmax and
+    bitpack.qmax_of call it."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in LEVEL_BITS:
+        raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
+    return (1 << (bits - 1)) - 1
+
+
+__all__ = [
+    "BLOCK_KEYS",
+    "CODECS",
+    "Codec",
+    "DEFAULT_LIMITS",
+    "FLAGS_NONE",
+    "FLOAT_DTYPES",
+    "HEADER_KEYS",
+    "LEVEL_BITS",
+    "LEVEL_LAYOUTS",
+    "Layout",
+    "Limits",
+    "MAGIC",
+    "PASS_STORAGE",
+    "PREAMBLE",
+    "PREAMBLE_OFFSETS",
+    "SCALES_DTYPES",
+    "SCALES_PER_ROW",
+    "SCALES_PER_TENSOR",
+    "STORAGE_DTYPES",
+    "STREAM_KEYS",
+    "STREAM_KEYS_OPTIONAL",
+    "StreamKind",
+    "TENSOR_DTYPES",
+    "TENSOR_KEYS_INT",
+    "TENSOR_KEYS_OPTIONAL",
+    "TENSOR_KEYS_REQUIRED",
+    "VALUE_LAYOUTS",
+    "VERSION",
+    "qmax",
+]

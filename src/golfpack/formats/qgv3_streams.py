@@ -1,0 +1,239 @@
+"""QGv3 streams: records -> per-stream values and header tensor entries, and the byte layouts of a stream.
+
+Shared by the planner (qgv3_plan.py), the serializer (qgv3_write.py) and the reader (qgv3_read.py).
+`collect` decides nothing: which tensor goes in which stream, and in what order, is fixed by the format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from golfpack.errors import FormatError, UsageError
+from golfpack.formats import qgv3_constants as K
+from golfpack.formats.bitpack import pack_bits, packed_size, qmax_of, shuffle_bytes, unpack_bits, unshuffle_bytes
+from golfpack.formats.qgv3_constants import Layout, StreamKind
+from golfpack.formats.records import TORCH_DTYPES, TensorRecord
+
+# Storage dtypes of SCALES/PASSTHROUGH streams: name (torch's) -> numpy dtype of the stored bytes.
+STORAGE_DTYPES: dict[str, np.dtype] = {name: np.dtype(code) for name, code in K.STORAGE_DTYPES.items()}
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """sha256 hex of a tensor's raw bytes (C order, native little-endian): the header's per-tensor `digest`."""
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def stream_key(kind: int, bits: int | None, dtype: str | None) -> tuple:
+    """Canonical stream order: levels by bits, then scales (f16, f32), then passthrough by STORAGE_DTYPES order."""
+    order = list(STORAGE_DTYPES)
+    return (int(kind), bits or 0, order.index(dtype) if dtype else 0)
+
+
+def stream_raw_size(kind: int, layout: int, count: int, bits: int | None, dtype: str | None) -> int:
+    """Bytes a stream occupies in its block, from its element count (never stored, always derived)."""
+    if kind == StreamKind.LEVELS:
+        return packed_size(count, bits) if layout == Layout.DENSE else count
+    return count * STORAGE_DTYPES[dtype].itemsize
+
+
+def layout_bytes(kind: int, layout: int, values: np.ndarray, bits: int | None) -> bytes:
+    """A stream's values as the bytes its layout stores (before compression)."""
+    if kind == StreamKind.LEVELS:
+        if layout == Layout.DENSE:
+            return pack_bits(values, bits)
+        return (values.astype(np.int16) + qmax_of(bits)).astype(np.uint8).tobytes()
+    raw = np.ascontiguousarray(values).tobytes()
+    return shuffle_bytes(raw, values.dtype.itemsize) if layout == Layout.SHUFFLE else raw
+
+
+def unlayout(kind: int, layout: int, raw: bytes, count: int, bits: int | None, dtype: str | None) -> np.ndarray:
+    """Inverse of `layout_bytes` (FormatError for a level or bool byte out of range)."""
+    if kind == StreamKind.LEVELS:
+        if layout == Layout.DENSE:
+            return unpack_bits(raw, bits, count)
+        u = np.frombuffer(raw, np.uint8)
+        if u.size and int(u.max()) > 2 * qmax_of(bits):
+            raise FormatError(f"int{bits} byte stream holds a level outside [-{qmax_of(bits)}, {qmax_of(bits)}]")
+        return (u.astype(np.int16) - qmax_of(bits)).astype(np.int8)
+    dt = STORAGE_DTYPES[dtype]
+    if layout == Layout.SHUFFLE:
+        raw = unshuffle_bytes(raw, dt.itemsize)
+    arr = np.frombuffer(raw, dt).copy()  # own, writable memory (torch.from_numpy wants it)
+    if dtype == "bool" and arr.size and int(arr.max()) > 1:
+        raise FormatError("bool stream holds a byte other than 0/1")
+    return arr
+
+
+@dataclass
+class Stream:
+    """One stream's values, gathered from the records (layout and codec are the plan's, not here)."""
+
+    kind: StreamKind  # what it holds
+    bits: int | None  # LEVELS: the integer width; else None
+    dtype: str | None  # SCALES/PASSTHROUGH: the storage dtype name; else None
+    parts: list[np.ndarray] = field(default_factory=list)  # each member tensor's flat values, in order
+    members: list[str] = field(default_factory=list)  # tensor names, in order
+    count: int = 0  # values in the stream
+
+    def add(self, name: str, values: np.ndarray) -> int:
+        off = self.count
+        self.parts.append(values.reshape(-1))
+        self.members.append(name)
+        self.count += int(values.size)
+        return off
+
+    @property
+    def key(self) -> tuple:
+        return stream_key(self.kind, self.bits, self.dtype)
+
+    @property
+    def itemsize(self) -> int:
+        return 1 if self.kind == StreamKind.LEVELS else STORAGE_DTYPES[self.dtype].itemsize
+
+    def values(self) -> np.ndarray:
+        if self.kind == StreamKind.LEVELS:
+            empty = np.zeros(0, np.int8)
+        else:
+            empty = np.zeros(0, STORAGE_DTYPES[self.dtype])
+        return np.concatenate(self.parts) if self.parts else empty
+
+    def layouts(self) -> list[Layout]:
+        """The layouts this stream may take (the planner measures each)."""
+        if self.kind == StreamKind.LEVELS:
+            return [Layout.DENSE] if self.bits == 8 else [Layout.DENSE, Layout.BYTE]  # int8: both are the same bytes
+        return [Layout.PLAIN] if self.itemsize == 1 else [Layout.PLAIN, Layout.SHUFFLE]
+
+    def laid_out(self, layout: int) -> bytes:
+        return layout_bytes(self.kind, layout, self.values(), self.bits)
+
+    def raw_size(self, layout: int) -> int:
+        return stream_raw_size(self.kind, layout, self.count, self.bits, self.dtype)
+
+
+@dataclass
+class Contents:
+    """Everything a QGv3 file holds, gathered and checked, before any layout or codec is chosen."""
+
+    base: dict[str, Any]  # header fields fixed by the content: config, policy, meta, tensors (entries point at stream indices)
+    streams: list[Stream]  # in canonical order (stream_key)
+
+
+def _storage_of(rec: TensorRecord) -> tuple[str, np.ndarray]:
+    """(storage dtype name, values) of a passthrough record, checked against its spec."""
+    assert rec.data is not None
+    arr = np.ascontiguousarray(rec.data).reshape(-1)
+    want = K.PASS_STORAGE.get(rec.spec.dtype, rec.orig_dtype)
+    np_want = STORAGE_DTYPES[want]
+    if want == "bool":
+        if arr.dtype != np.bool_:
+            raise UsageError(f"{rec.name}: exact bool passthrough needs bool data, got {arr.dtype}", param="records")
+        return want, arr.view(np.uint8)
+    if arr.dtype.kind != np_want.kind or arr.dtype.itemsize != np_want.itemsize:
+        raise UsageError(f"{rec.name}: {rec.spec.label()} passthrough of a {rec.orig_dtype} tensor needs {want} data, got {arr.dtype}",
+                         param="records")
+    return want, arr.astype(np_want, copy=False)
+
+
+def _check_record(rec: TensorRecord) -> None:
+    def bad(msg: str) -> UsageError:
+        return UsageError(msg, param="records")
+
+    if not isinstance(rec.name, str) or not rec.name:
+        raise bad(f"tensor name must be a non-empty str, got {rec.name!r}")
+    if rec.orig_dtype not in TORCH_DTYPES:
+        raise bad(f"{rec.name}: unsupported dtype {rec.orig_dtype!r}")
+    if any((not isinstance(d, (int, np.integer))) or d < 0 for d in rec.shape):
+        raise bad(f"{rec.name}: bad shape {rec.shape!r}")
+    if rec.spec.kind == "int":
+        if rec.q is None or rec.scales is None:
+            raise bad(f"{rec.name}: int record without levels/scales")
+        if rec.orig_dtype not in K.FLOAT_DTYPES:
+            raise bad(f"{rec.name}: integer levels for a {rec.orig_dtype} tensor (use 'exact')")
+        if rec.q.size != rec.numel:
+            raise bad(f"{rec.name}: {rec.q.size} levels for {rec.numel} elements")
+        want = rec.q.shape[0] if rec.per_row else 1
+        if rec.scales.size != want:
+            raise bad(f"{rec.name}: {rec.scales.size} scales, expected {want}")
+    elif rec.data is None or rec.data.size != rec.numel:
+        raise bad(f"{rec.name}: passthrough record data does not match its shape {rec.shape}")
+
+
+def _jsonable(obj: Any, what: str) -> Any:
+    if obj is None:
+        return None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{what} must be a dict or None, got {type(obj).__name__}", param=what)
+    try:
+        return json.loads(json.dumps(obj, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{what} is not plain JSON data ({e})", param=what) from None
+
+
+def collect(records: Iterable[TensorRecord], *, config: dict | None = None, policy: dict | None = None,
+            meta: dict | None = None) -> Contents:
+    """Check the records and gather them into streams + header tensor entries (UsageError on bad input)."""
+    streams: dict[tuple, Stream] = {}
+
+    def stream(kind: StreamKind, bits: int | None = None, dtype: str | None = None) -> Stream:
+        k = (kind, bits, dtype)
+        if k not in streams:
+            streams[k] = Stream(kind, bits, dtype)
+        return streams[k]
+
+    entries: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for rec in records:
+        _check_record(rec)
+        if rec.name in seen:
+            raise UsageError(f"duplicate tensor name {rec.name!r}", param="records")
+        seen.add(rec.name)
+        e: dict[str, Any] = {
+            "name": rec.name,
+            "shape": [int(d) for d in rec.shape],
+            "dtype": rec.orig_dtype,
+            "spec": rec.spec.label(),
+            "digest": tensor_digest(rec.dequantize()),
+        }
+        if rec.spec.kind == "int":
+            lv = stream(StreamKind.LEVELS, bits=rec.spec.bits)
+            q = np.ascontiguousarray(rec.q).astype(np.int8, copy=False)
+            qmax = rec.spec.qmax
+            if q.size and (int(q.min()) < -qmax or int(q.max()) > qmax):
+                raise UsageError(f"{rec.name}: int{rec.spec.bits} levels outside [-{qmax}, {qmax}]", param="records")
+            e["group"], e["offset"] = id(lv), lv.add(rec.name, q)
+            sdt = K.SCALES_PER_ROW if rec.per_row else K.SCALES_PER_TENSOR
+            sc = np.asarray(rec.scales).reshape(-1)
+            s_cast = sc.astype(STORAGE_DTYPES[sdt])
+            if not np.array_equal(s_cast.astype(np.float64), sc.astype(np.float64), equal_nan=True):
+                raise UsageError(f"{rec.name}: scales are not exactly representable as {sdt}", param="records")
+            st = stream(StreamKind.SCALES, dtype=sdt)
+            e["scales"], e["scale_offset"] = id(st), st.add(rec.name, s_cast)
+            if rec.per_row:
+                assert rec.q is not None
+                e["rows"] = int(rec.q.shape[0])
+        else:
+            sdt, vals = _storage_of(rec)
+            ps = stream(StreamKind.PASSTHROUGH, dtype=sdt)
+            e["group"], e["offset"] = id(ps), ps.add(rec.name, vals)
+        entries.append(e)
+
+    order = sorted(streams.values(), key=lambda s: s.key)
+    index = {id(s): i for i, s in enumerate(order)}
+    for e in entries:  # python ids -> stream indices
+        e["group"] = index[e["group"]]
+        if "scales" in e:
+            e["scales"] = index[e["scales"]]
+    base = {"config": _jsonable(config, "config"), "policy": _jsonable(policy, "policy"), "meta": _jsonable(meta, "meta"),
+            "tensors": entries}
+    return Contents(base, order)
+
+
+__all__ = ["Contents", "STORAGE_DTYPES", "Stream", "collect", "layout_bytes", "stream_key", "stream_raw_size", "tensor_digest",
+           "unlayout"]

@@ -1,0 +1,157 @@
+"""QGv3 planner and serializer: the plan is explicit and complete, and the serializer writes exactly it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from golfpack.errors import UsageError
+from golfpack.formats import qgv3_plan, qgv3_write
+from golfpack.formats.qgv3 import PREAMBLE, decode_qgv3, encode_qgv3
+from golfpack.formats.qgv3_constants import Codec, Layout, StreamKind
+from golfpack.formats.qgv3_streams import collect
+from golfpack.formats.qgv3_write import QGv3Plan, StreamPlan, serialize_qgv3
+from golfpack.formats.spec import TensorSpec
+from golfpack.packer.quantize import quantize_tensor
+
+
+def records(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        quantize_tensor("w", torch.randn(64, 96, generator=g), TensorSpec.parse("int6")),
+        quantize_tensor("v", torch.randn(40, generator=g), TensorSpec.parse("int4:absmax")),
+        quantize_tensor("b", torch.randn(33, generator=g), TensorSpec.parse("fp16")),
+    ]
+
+
+def header_of(data: bytes) -> tuple[int, dict]:
+    _, _, hcodec, _, hstored, hraw, _ = PREAMBLE.unpack_from(data)
+    from golfpack.formats.codecs import decompress
+
+    return hcodec, json.loads(decompress(hcodec, data[24 : 24 + hstored], hraw))
+
+
+@pytest.mark.parametrize("blocks", ["separate", "solid", "auto"])
+@pytest.mark.parametrize("codec", ["lzma", "zlib", "raw"])
+def test_plan_alone_reproduces_encode(codec: str, blocks: str) -> None:
+    """The plan holds every choice: serializing it afresh (no measured blocks handed over) gives encode's bytes."""
+    recs = records()
+    contents = collect(recs, config={"d": 1}, policy=None, meta={"m": 2})
+    m = qgv3_plan.plan_qgv3(contents, codec=codec, blocks=blocks)
+    fresh = serialize_qgv3(contents, m.plan)
+    assert fresh == serialize_qgv3(contents, m.plan, stored_blocks=m.stored_blocks)
+    assert fresh == encode_qgv3(recs, config={"d": 1}, policy=None, codec=codec, meta={"m": 2}, blocks=blocks)
+    assert len(fresh) == m.total_bytes
+    assert m.plan.solid == (blocks == "solid") or blocks == "auto"
+    if m.plan.solid_codec == Codec.LZMA:
+        assert m.plan.solid_props is not None  # explicit, not "whatever compress picks"
+    for sp in m.plan.streams:
+        assert (sp.lzma_props is not None) == (sp.codec == Codec.LZMA) and sp.alone is not None
+
+
+def test_hand_written_plan_is_written_as_given(monkeypatch) -> None:
+    """A plan chosen by hand (not the smallest) is obeyed, and the serializer measures nothing."""
+    recs = records(1)
+    contents = collect(recs)
+    kinds = [(s.kind, s.bits, s.dtype) for s in contents.streams]
+    assert kinds == [(StreamKind.LEVELS, 4, None), (StreamKind.LEVELS, 6, None), (StreamKind.SCALES, None, "float16"),
+                     (StreamKind.SCALES, None, "float32"), (StreamKind.PASSTHROUGH, None, "float16")]
+    plan = QGv3Plan((
+        StreamPlan(StreamKind.LEVELS, 4, None, Layout.BYTE, Codec.ZLIB),
+        StreamPlan(StreamKind.LEVELS, 6, None, Layout.DENSE, Codec.RAW),
+        StreamPlan(StreamKind.SCALES, None, "float16", Layout.SHUFFLE, Codec.LZMA, (0, 1, 1)),
+        StreamPlan(StreamKind.SCALES, None, "float32", Layout.PLAIN, Codec.RAW),
+        StreamPlan(StreamKind.PASSTHROUGH, None, "float16", Layout.PLAIN, Codec.ZLIB),
+    ), header_codec=Codec.ZLIB)
+    calls = []
+    monkeypatch.setattr(qgv3_plan, "choose_stream", lambda *a: calls.append(a))  # planner entry points must not be reached
+    monkeypatch.setattr(qgv3_plan, "plan_qgv3", lambda *a, **k: calls.append(a))
+    data = serialize_qgv3(contents, plan)
+    assert not calls
+    hcodec, h = header_of(data)
+    assert hcodec == Codec.ZLIB
+    assert [(s["layout"], h["blocks"][s["block"]]["codec"]) for s in h["streams"]] == [(3, 1), (2, 0), (1, 2), (0, 0), (0, 1)]
+    body = data[PREAMBLE.size + PREAMBLE.unpack_from(data)[4] :]
+    assert body[len(body) - sum(b["stored"] for b in h["blocks"]) :] == body  # blocks tile the rest
+    third = h["blocks"][2]
+    at = sum(b["stored"] for b in h["blocks"][:2])
+    assert body[at] == 0 + 9 * (1 + 5 * 1)  # the lzma props byte the plan named
+    assert zlib.crc32(body[at : at + third["stored"]]) == third["crc"]
+    art = decode_qgv3(data)
+    assert art.check_digests() == []
+    assert [s["layout"] for s in art.streams] == ["byte", "dense", "shuffle", "plain", "plain"]
+
+    solid = dataclasses.replace(plan, solid_codec=Codec.ZLIB, header_codec=Codec.RAW)
+    hcodec, h = header_of(serialize_qgv3(contents, solid))
+    assert hcodec == 0 and len(h["blocks"]) == 1 and h["blocks"][0]["codec"] == 1
+    assert [s["at"] for s in h["streams"]] == [0, 40, 40 + (64 * 96 * 6 + 7) // 8, 40 + 4608 + 128, 40 + 4608 + 128 + 4]
+    assert all("alone" not in s for s in h["streams"])  # none measured, none written
+
+
+def test_plan_must_fit_the_contents() -> None:
+    contents = collect(records())
+    plan = qgv3_plan.plan_qgv3(contents, codec="raw", blocks="separate").plan
+    with pytest.raises(UsageError, match="plan has 4 streams, the contents 5") as e:
+        serialize_qgv3(contents, dataclasses.replace(plan, streams=plan.streams[:4]))
+    assert e.value.param == "plan"
+    swapped = (plan.streams[1], plan.streams[0], *plan.streams[2:])
+    with pytest.raises(UsageError, match="plan stream 0 is levels 6, the contents' levels 4"):
+        serialize_qgv3(contents, dataclasses.replace(plan, streams=swapped))
+    with pytest.raises(UsageError, match="2 stored blocks given, the plan has 5"):
+        serialize_qgv3(contents, plan, stored_blocks=[b"", b""])
+
+
+def test_plan_entries_validate_themselves() -> None:
+    with pytest.raises(UsageError, match="layout shuffle is not one of dense, byte for a levels stream") as e:
+        StreamPlan(StreamKind.LEVELS, 6, None, Layout.SHUFFLE, Codec.RAW)
+    assert e.value.param == "layout"
+    with pytest.raises(UsageError, match="lzma_props apply to the lzma codec only"):
+        StreamPlan(StreamKind.SCALES, None, "float16", Layout.PLAIN, Codec.ZLIB, (0, 0, 0))
+    with pytest.raises(UsageError, match="solid_props"):
+        QGv3Plan((), solid_codec=Codec.ZLIB, solid_props=(0, 0, 0))
+    with pytest.raises(UsageError, match="header_props"):
+        QGv3Plan((), header_codec=Codec.RAW, header_props=(3, 0, 2))
+
+
+def test_planner_arguments_are_usage_errors() -> None:
+    contents = collect(records())
+    with pytest.raises(UsageError, match="blocks must be 'auto', 'separate' or 'solid', got 'both'") as e:
+        qgv3_plan.plan_qgv3(contents, blocks="both")
+    assert e.value.param == "blocks"
+    with pytest.raises(UsageError, match="unknown codec 'lz4'") as e:
+        qgv3_plan.plan_qgv3(contents, codec="lz4")
+    assert e.value.param == "codec"
+    with pytest.raises(UsageError, match="codec must be a name"):
+        qgv3_plan.plan_qgv3(contents, codec=2)  # type: ignore[arg-type]
+
+
+def test_no_records_make_an_empty_file() -> None:
+    art = decode_qgv3(encode_qgv3([], codec="lzma"))
+    assert art.records == [] and art.streams == [] and art.blocks == [] and art.total_bytes == art.header_bytes
+
+
+def test_bad_records_are_usage_errors_naming_records() -> None:
+    r = records()[0]
+    bad = dataclasses.replace(r, q=np.full(r.q.shape, 40, np.int8))
+    with pytest.raises(UsageError, match="w: int6 levels outside") as e:
+        encode_qgv3([bad], codec="raw")
+    assert e.value.param == "records"
+    with pytest.raises(UsageError, match="meta must be a dict or None") as e:
+        encode_qgv3([r], codec="raw", meta=[1])  # type: ignore[arg-type]
+    assert e.value.param == "meta"
+
+
+def test_choices_come_from_measuring() -> None:
+    """The planner keeps the smallest candidate: its stream really is smaller than the other layout under its codec."""
+    contents = collect(records(2))
+    m = qgv3_plan.plan_qgv3(contents, codec="lzma", blocks="separate")
+    for s, sp, z in zip(contents.streams, m.plan.streams, m.stored_blocks):
+        assert len(z) == sp.alone
+        for lay in s.layouts():
+            for props in ((3, 0, 2), (0, 0, 0), (4, 0, 0)):
+                assert len(qgv3_write.compress_with(Codec.LZMA, s.laid_out(lay), props)) >= len(z)
