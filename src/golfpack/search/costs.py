@@ -16,6 +16,7 @@ from torch import Tensor
 
 from golfpack._progress import bar as progress_bar
 from golfpack._version import __version__
+from golfpack.formats.records import dtype_name, payload_bytes
 from golfpack.formats.spec import TensorSpec
 from golfpack.search.cache import Cache, cache_key
 from golfpack.search.problem import Problem
@@ -42,13 +43,7 @@ def cheapest_choice(p: Problem, codec: str) -> list[int]:
 
 
 def _payload_estimate(t: Tensor, s: TensorSpec) -> float:
-    n = t.numel()
-    if s.kind == "int":
-        rows = t.shape[0] if t.ndim == 2 else 0
-        return n * s.bits / 8 + (2 * rows if t.ndim == 2 else 4)
-    if s.dtype == "exact":
-        return n * t.element_size()
-    return n * {"fp16": 2, "bf16": 2, "fp32": 4}[s.dtype]
+    return payload_bytes(s, tuple(t.shape), dtype_name(t.dtype))
 
 
 def floor_bytes(p: Problem, codecs: list[str]) -> tuple[int, str, list[int]]:
