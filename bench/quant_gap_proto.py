@@ -5,7 +5,8 @@ on the first N official val tokens (default 32,769, seq_len 1024), and approxima
 
 Methods (block matrices = attn c_q/c_k/c_v/proj + mlp fc/proj at int6 unless said; for the prototypes the
 embedding is int8 per-row absmax round-to-nearest and 1-D/control tensors pass through fp16, identical across
-prototypes so only the block-matrix quantizer differs):
+prototypes so only the block-matrix quantizer differs; a `+recemb` suffix, e.g. gptq4_g128+recemb, stores the
+embedding as the records do instead: int8 SDClip k=20, GPTQ'd through the LM-head-input Hessian):
   preset_int6+tok8   golfpack's preset, packed to a real QGv3 artifact and fresh-loaded with load_any
   records            bench/records_recipe.py (GPTQ act-order + SDClip int6, GPTQ'd int8 k=20 embedding)
   records+lqer       the same + LQER rank 4 on the 3 worst tensors (int8 factors)
@@ -13,6 +14,8 @@ prototypes so only the block-matrix quantizer differs):
   sdclip_row         per-row SDClip (k=12 MLP / 13 attn), round-to-nearest
   rtn_g{32,64,128}   group-wise absmax scales (fp16, one per row per g input columns), round-to-nearest
   mse_g{32,64,128}   group-wise, per-group clip ratio searched over 1.0..0.5 for min squared error
+  gptqsd<b>_row      the records' block quantizer (GPTQ + per-row SDClip) at b bits (rule names take a bit width:
+                     mse4_g128 = int4, groups of 128, MSE clip; no digit = int6)
   gptq_g{64,128}     GPTQ (act-order, damp 0.01, block 128) with group scales (per-group MSE clip) chosen
                      when the column loop first reaches the group
 Hessians/calibration: pydoc pages (golfpack.demo_data.demo_documents) encoded with the sp1024 tokenizer,
@@ -33,6 +36,7 @@ import json
 import lzma
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -146,6 +150,8 @@ def mse_group_scale_fn(qmax: int):
 def quantize_proto(sd: dict[str, torch.Tensor], method: str, hessians: dict[str, torch.Tensor] | None) -> tuple[dict, dict]:
     out: dict[str, torch.Tensor] = {}
     st = Store()
+    rec_emb = method.endswith("+recemb")  # embedding as the records do it (int8 SDClip k=20, GPTQ'd via the head Hessian)
+    method = method.removesuffix("+recemb")
     for name, t in sd.items():
         if not t.is_floating_point():
             out[name] = t
@@ -154,30 +160,42 @@ def quantize_proto(sd: dict[str, torch.Tensor], method: str, hessians: dict[str,
         w = t.float()
         if is_block_matrix(name, t):
             cls = tensor_class(name)
-            if method == "rtn_row_absmax":
-                s = (w.abs().amax(dim=1) / QMAX6).half().float().clamp_min(1e-10)
-                q = torch.clamp(torch.round(w / s[:, None]), -QMAX6, QMAX6)
+            # method names: <rule><bits?>_<g|row>, e.g. mse_g64 (int6), gptq5_g64 (int5), sdclip_row
+            mm = re.match(r"^(rtn|mse|gptqsd|gptq|sdclip)(\d?)_(row_absmax|row|g\d+)$", method)
+            if mm is None:
+                raise ValueError(method)
+            rule, bits = mm.group(1), int(mm.group(2) or 6)
+            qmax = 2 ** (bits - 1) - 1
+            if rule == "rtn" and mm.group(3) == "row_absmax":
+                s = (w.abs().amax(dim=1) / qmax).half().float().clamp_min(1e-10)
+                q = torch.clamp(torch.round(w / s[:, None]), -qmax, qmax)
                 dq = q * s[:, None]
-            elif method == "sdclip_row":
-                s = sdclip_scale(w, ATTN_K if cls == "attn" else MLP_K, QMAX6)
-                q = torch.clamp(torch.round(w / s[:, None]), -QMAX6, QMAX6)
+            elif rule == "gptqsd":  # the records' block-matrix quantizer at another bit width: GPTQ + SDClip row scales
+                s = sdclip_scale(w, ATTN_K if cls == "attn" else MLP_K, qmax)
+                q, s, _ = gptq(w, hessians[name], s, qmax)
                 dq = q * s[:, None]
-            elif method.startswith(("rtn_g", "mse_g")):
-                g = int(method.split("_g")[1])
-                q, s, dq = group_rtn(w, g, QMAX6, MSE_RATIOS if method.startswith("mse") else (1.0,))
-            elif method.startswith("gptq_g"):
-                g = int(method.split("_g")[1])
-                q, s, _ = gptq(w, hessians[name], None, QMAX6, group=g, group_scale_fn=mse_group_scale_fn(QMAX6))
+            elif rule == "sdclip":
+                s = sdclip_scale(w, ATTN_K if cls == "attn" else MLP_K, qmax)
+                q = torch.clamp(torch.round(w / s[:, None]), -qmax, qmax)
+                dq = q * s[:, None]
+            elif rule in ("rtn", "mse"):
+                g = int(mm.group(3)[1:])
+                q, s, dq = group_rtn(w, g, qmax, MSE_RATIOS if rule == "mse" else (1.0,))
+            else:  # gptq with groups
+                g = int(mm.group(3)[1:])
+                q, s, _ = gptq(w, hessians[name], None, qmax, group=g, group_scale_fn=mse_group_scale_fn(qmax))
                 s = s.half().float()
                 rows, cols = w.shape
                 dq = (q.view(rows, cols // g, g) * s[..., None]).view(rows, cols)
-            else:
-                raise ValueError(method)
-            st.levels(q, s, 6)
+            st.levels(q, s, bits)
             out[name] = dq.to(t.dtype)
         elif t.ndim == 2 and tensor_class(name) == "embed":
-            s = (w.abs().amax(dim=1) / 127).half().float().clamp_min(1e-10)
-            q = torch.clamp(torch.round(w / s[:, None]), -127, 127)
+            if rec_emb and hessians is not None and name in hessians:
+                s = sdclip_scale(w, 20.0, 127)
+                q, s, _ = gptq(w, hessians[name], s, 127)
+            else:
+                s = (w.abs().amax(dim=1) / 127).half().float().clamp_min(1e-10)
+                q = torch.clamp(torch.round(w / s[:, None]), -127, 127)
             st.levels(q, s, 8)
             out[name] = (q * s[:, None]).to(t.dtype)
         else:
@@ -218,14 +236,39 @@ def calib_batches(n_seqs: int, seq_len: int, batch: int = 4) -> list[torch.Tenso
 # ------------------------------------------------------------------------------------------------
 
 
+def best_bytes(r: dict) -> int | None:
+    """The smaller of the two lzma estimates (records: int8 containers + lzma, its own accounting)."""
+    c = [r[k] for k in ("bytes_packed_lzma", "bytes_int8_lzma") if r.get(k)]
+    return min(c) if c else None
+
+
+def print_tables() -> None:
+    """Markdown tables of bench/results/quant_gap_proto.json, each model's rows sorted by bytes."""
+    allres = json.loads(RESULTS.read_text())
+    for model, res in allres.items():
+        raw = res["rows"][0]["val_bpb"]
+        print(f"\n### {model} ({res['source']}; {res['val_tokens']:,} val tokens, seq_len {res['seq_len']}; raw val_bpb {raw:.4f})\n")
+        print("| method | val_bpb | gap | bytes (min lzma est.) | packed+lzma | int8+lzma | QGv3 artifact |")
+        print("|---|---|---|---|---|---|---|")
+        for r in sorted(res["rows"][1:], key=lambda r: best_bytes(r) or 0):
+            f = lambda k: f"{r[k]:,}" if r.get(k) else ""  # noqa: E731
+            print(f"| {r['method']} | {r['val_bpb']:.4f} | {r['gap']:+.4f} | {best_bytes(r):,} | {f('bytes_packed_lzma')} | {f('bytes_int8_lzma')} | {f('bytes_artifact_qgv3')} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True, choices=sorted(MODELS))
+    ap.add_argument("--table", action="store_true", help="only print the markdown tables of the results file")
+    ap.add_argument("--model", choices=sorted(MODELS))
     ap.add_argument("--tokens", type=int, default=32_769)
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--calib-seqs", type=int, default=16)
     ap.add_argument("--methods", default="")
     args = ap.parse_args()
+    if args.table:
+        print_tables()
+        return 0
+    if args.model is None:
+        ap.error("--model is required")
     t0 = time.perf_counter()
     path = MODELS[args.model]
     lm = load_any(path)
@@ -274,7 +317,9 @@ def main() -> int:
         add("records+lqer", ev(dq), records_store_sizes(rep), {"lqer_tensors": rep["lqer_tensors"]})
 
     # (c) prototypes
-    for m in ["rtn_row_absmax", "sdclip_row", "rtn_g32", "rtn_g64", "rtn_g128", "mse_g32", "mse_g64", "mse_g128", "gptq_g64", "gptq_g128"]:
+    protos = ["rtn_row_absmax", "sdclip_row", "rtn_g32", "rtn_g64", "rtn_g128", "mse_g32", "mse_g64", "mse_g128", "gptq_g64", "gptq_g128"]
+    protos += [m for m in (wanted or ()) if m not in protos and m not in ("preset", "records")]  # e.g. mse5_g64, gptq5_g64
+    for m in protos:
         if not want(m):
             continue
         tq = time.perf_counter()
