@@ -219,8 +219,12 @@ def preset_bytes(art) -> dict[str, int]:
     return {"bytes_artifact_qgv3": len(art.data), **st.sizes()}
 
 
-def calib_batches(n_seqs: int, seq_len: int, batch: int = 4) -> list[torch.Tensor]:
+def calib_batches(n_seqs: int, seq_len: int, batch: int = 4, shards: str | None = None) -> list[torch.Tensor]:
     import sentencepiece as spm
+
+    if shards:  # a model with its own tokenizer: calibrate on its TRAIN shards
+        a = torch.from_numpy(load_tokens(shards, n_seqs * seq_len).astype(np.int64)).view(-1, seq_len)
+        return [a[i:i + batch] for i in range(0, a.shape[0], batch)]
 
     sp = spm.SentencePieceProcessor(model_file=str(TOK))
     ids: list[int] = []
@@ -258,7 +262,11 @@ def print_tables() -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--table", action="store_true", help="only print the markdown tables of the results file")
-    ap.add_argument("--model", choices=sorted(MODELS))
+    ap.add_argument("--model", help=f"{', '.join(sorted(MODELS))}, or a name for --ckpt")
+    ap.add_argument("--ckpt", help="any other checkpoint (e.g. bench/train_pathological.py's final_model.pt)")
+    ap.add_argument("--val", help="with --ckpt: its held-out val shard pattern")
+    ap.add_argument("--tok", help="with --ckpt: its tokenizer")
+    ap.add_argument("--calib", help="with --ckpt: train shards to calibrate on (never its val)")
     ap.add_argument("--tokens", type=int, default=32_769)
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--calib-seqs", type=int, default=16)
@@ -270,11 +278,11 @@ def main() -> int:
     if args.model is None:
         ap.error("--model is required")
     t0 = time.perf_counter()
-    path = MODELS[args.model]
+    path = Path(args.ckpt) if args.ckpt else MODELS[args.model]
     lm = load_any(path)
     sd, cfg = lm.state_dict, lm.config
-    val = load_tokens(str(VAL), args.tokens)
-    luts = build_luts(str(TOK), cfg.vocab_size)
+    val = load_tokens(args.val or str(VAL), args.tokens)
+    luts = build_luts(args.tok or str(TOK), cfg.vocab_size)
 
     def ev(state: dict[str, torch.Tensor]) -> float:
         m = build_model(cfg, state)
@@ -305,7 +313,7 @@ def main() -> int:
     # Hessians from pydoc text (never val)
     th = time.perf_counter()
     model = build_model(cfg, sd)
-    H = collect_hessians(model, calib_batches(args.calib_seqs, args.seq_len))
+    H = collect_hessians(model, calib_batches(args.calib_seqs, args.seq_len, shards=args.calib))
     del model
     print(f"[{args.model}] hessians: {len(H)} in {time.perf_counter() - th:.0f}s", flush=True)
 
@@ -328,11 +336,11 @@ def main() -> int:
 
     res = {
         "model": args.model,
-        "source": str(path.relative_to(SHARED)),
+        "source": str(path.relative_to(SHARED)) if path.is_relative_to(SHARED) else str(path),
         "config": cfg.to_dict(),
         "val_tokens": int(len(val)),
         "seq_len": args.seq_len,
-        "calibration": f"pydoc pages (demo_documents) via sp1024, {args.calib_seqs} x {args.seq_len} tokens",
+        "calibration": (f"train shards {args.calib}" if args.calib else "pydoc pages (demo_documents) via sp1024") + f", {args.calib_seqs} x {args.seq_len} tokens",
         "rows": rows,
         "seconds": round(time.perf_counter() - t0, 1),
     }
