@@ -68,12 +68,13 @@ def test_counts_for_the_issue_setting():
 
 @pytest.mark.parametrize(
     "stride,msg",
-    [(0, "must be positive"), (-4, "must be positive"), (300, "must not exceed"), (100, "must divide --seq-len 256")],
+    [(0, "must be positive"), (-4, "must be positive"), (300, "must not exceed"), (100, "must divide seq_len 256")],
 )
 def test_bad_strides(stride, msg):
     with pytest.raises(GolfpackError, match=msg) as e:
         check_stride(256, stride)
-    assert "valid strides for --seq-len 256: 1, 2, 4, 8, 16, 32, 64, 128, 256" in str(e.value)
+    assert "valid strides for seq_len 256: 1, 2, 4, 8, 16, 32, 64, 128, 256" in str(e.value)
+    assert e.value.param == "stride" and "--" not in str(e.value)
 
 
 def test_default_stride_and_too_few_tokens():

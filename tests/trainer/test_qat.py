@@ -8,9 +8,6 @@ import torch
 from golfpack.model import GPT, ModelConfig
 from golfpack.trainer.qat import build_qat
 
-pytest.importorskip("golfpack.packer.quantize")
-pytest.importorskip("golfpack.packer.policy")
-
 
 def _model() -> GPT:
     torch.manual_seed(0)
