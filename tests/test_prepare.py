@@ -75,7 +75,7 @@ def test_existing_shards_need_overwrite(sp1024_model, tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--shard-tokens", "0"], "--shard-tokens must be positive"),
+    (["--shard-tokens", "0"], "shard_tokens must be positive, got 0 (--shard-tokens)"),
     (["--prefix", "../x"], "--prefix"),
 ])
 def test_cli_errors(sp1024_model, tmp_path, args, msg):

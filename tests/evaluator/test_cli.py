@@ -154,6 +154,7 @@ def test_module_entry_point_error_line(base):
     assert p.stderr.strip().endswith("(--stride)")
 
 
+@pytest.mark.slow  # ~20 s: torchrun start-up of two processes
 def test_torchrun_two_ranks_match_one_process(taleef_pt, val_shard, sp1024_model):
     """2 gloo ranks (uneven window split with stride 64) give the 1-process val_loss/val_bpb."""
     from golfpack.evaluator.api import evaluate_path

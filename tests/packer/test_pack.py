@@ -173,6 +173,7 @@ def test_codec_best_keeps_the_per_stream_choice_when_it_wins(qgv3, taleef_pt, tm
     assert rep["model_bytes"] == min(sizes.values()) == (tmp_path / "b.qg3").stat().st_size
 
 
+@pytest.mark.slow  # ~45 s on a busy 2-core box: two full evals in a fresh process
 def test_verify_eval_reports_the_fresh_load_gap(qgv3, nolanvild_pt, sp1024_model, val_shard, tmp_path) -> None:
     """int6+tok8/lzma on nolanvild, first 65,537 official val tokens: raw vs fresh-loaded artifact."""
     out = tmp_path / "n.qg3"
@@ -220,6 +221,7 @@ def test_corrupted_artifact_fails_verify(qgv3, taleef_pt, tmp_path) -> None:
         verify_artifact(bad)
 
 
+@pytest.mark.slow  # ~20 s: packs a large foreign checkpoint
 def test_foreign_schema_needs_no_config_flag(qgv3, neo_ptz, tmp_path) -> None:
     res = _run("pack", str(neo_ptz), "-o", str(tmp_path / "n.qg3"))
     assert "--no-config" in _one_error_line(res)

@@ -113,7 +113,7 @@ def test_log_lines_use_the_baseline_formats(tmp_path, train_shards, heldout_path
 
 def test_checkpoint_scores_the_same_after_reload(tiny_run, heldout_path):
     from golfpack.evaluator.dist import DistContext
-from golfpack.trainer.loop import _Validator
+    from golfpack.trainer.loop import _Validator
     from golfpack.formats.shards import load_tokens
 
     cfg, r = tiny_run
@@ -242,6 +242,7 @@ def test_cli_error_is_one_line(tmp_path):
 # -- distributed: torchrun x2 (gloo) == 1 process with grad accumulation ------------------------
 
 
+@pytest.mark.slow  # ~35 s: one run here plus a two-process torchrun
 def test_torchrun_two_processes_match_one_process(tmp_path, train_shards):
     sets = tiny_overrides(train_shards, tmp_path / "one", iterations=6, train_log_every=1)
     one = train(load_config("tiny", overrides=sets), echo=None)

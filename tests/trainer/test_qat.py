@@ -87,6 +87,7 @@ def test_refresh_tracks_weight_updates_and_disable_restores_plain_forward():
     assert torch.equal(q(x, y), m(x, y))
 
 
+@pytest.mark.slow  # ~45 s even with aot_eager: torch.compile tracing on CPU
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_compiled_forward_changes_once_enabled(backend):
     """The challenge-record failure: a flag captured at trace time keeps QAT dead under torch.compile.
