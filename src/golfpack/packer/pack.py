@@ -198,7 +198,7 @@ def count_code_bytes(paths: list[str] | tuple[str, ...]) -> tuple[int, list[str]
     for p in paths:
         path = Path(p)
         if not path.is_file():
-            raise UsageError(f"code file {p}: not found", param="code")
+            raise UsageError(f"{p}: file not found", param="code")
         total += path.stat().st_size
         files.append(str(path))
     return total, files
