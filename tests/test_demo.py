@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from golfpack.cli import main
@@ -27,6 +28,7 @@ def test_demo_data_is_deterministic_and_split_by_document(tmp_path) -> None:
     assert int(tr.max()) < 1024 and int(va.max()) < 1024
 
 
+@pytest.mark.slow  # ~20 s: the whole demo (data, train, pack, verify)
 def test_demo_end_to_end_json(tmp_path) -> None:
     res = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "d"), "--steps", "4", "--json"])
     assert res.exit_code == 0, res.output

@@ -16,6 +16,7 @@ LAYERS: dict[str, int] = {
     "golfpack._version": 0,
     "golfpack._io": 1,
     "golfpack._progress": 1,
+    "golfpack._pydoc_text": 1,  # Python's docs as text (demo data, pydoc calibration)
     "golfpack.formats": 2,  # all on-disk vocabulary: spec labels, codecs, bit-packing, QGv3, legacy, shards
     "golfpack.model": 3,
     "golfpack.tokenizer": 3,

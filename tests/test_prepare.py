@@ -66,7 +66,7 @@ def test_existing_shards_need_overwrite(sp1024_model, tmp_path):
     out = tmp_path / "o"
     first = prepare([src], sp1024_model, out, shard_tokens=100, per_line=True, prefix="p")
     assert len(first.shards) > 3
-    with pytest.raises(GolfpackError, match="--overwrite"):
+    with pytest.raises(GolfpackError, match="overwrite=True"):
         prepare([src], sp1024_model, out, prefix="p")
     second = prepare([src], sp1024_model, out, prefix="p", per_line=True, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["p_000000.bin"]  # stale shards of the first run removed
@@ -75,7 +75,7 @@ def test_existing_shards_need_overwrite(sp1024_model, tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--shard-tokens", "0"], "--shard-tokens must be positive"),
+    (["--shard-tokens", "0"], "shard_tokens must be positive, got 0 (--shard-tokens)"),
     (["--prefix", "../x"], "--prefix"),
 ])
 def test_cli_errors(sp1024_model, tmp_path, args, msg):

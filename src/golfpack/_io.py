@@ -59,11 +59,11 @@ def load_table(path: str | os.PathLike[str], what: str) -> dict:
     import json
     import tomllib
 
-    from golfpack.errors import GolfpackError
+    from golfpack.errors import FormatError, UsageError
 
     p = Path(path)
     if not p.is_file():
-        raise GolfpackError(f"{what} {p}: not found")
+        raise UsageError(f"{what} {p}: not found")
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix.lower() == ".toml":
@@ -71,9 +71,9 @@ def load_table(path: str | os.PathLike[str], what: str) -> dict:
         elif p.suffix.lower() == ".json":
             d = json.loads(text)
         else:
-            raise GolfpackError(f"{what} {p}: use a .toml or .json file")
+            raise UsageError(f"{what} {p}: use a .toml or .json file")
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise GolfpackError(f"{what} {p}: cannot parse ({e})") from None
+        raise FormatError(f"{what}: cannot parse ({e})", path=p) from None
     if not isinstance(d, dict):
-        raise GolfpackError(f"{what} {p}: expected a table/object at the top level")
+        raise FormatError(f"{what}: expected a table/object at the top level", path=p)
     return d

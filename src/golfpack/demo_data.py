@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from golfpack._io import write_bytes_atomic
+from golfpack._pydoc_text import pydoc_documents
 from golfpack.formats.shards import write_shard
+from golfpack.tokenizer import load_sentencepiece
 
 DEMO_VOCAB = 1024
 BOS_ID = 1
@@ -30,10 +32,8 @@ class DemoData:
 
 
 def demo_documents() -> list[str]:
-    """The topic pages, one document each, in a fixed order."""
-    from pydoc_data.topics import topics
-
-    return [topics[k].strip() for k in sorted(topics) if topics[k].strip()]
+    """The topic pages, one document each, in a fixed order (the same text `--calib pydoc` reads)."""
+    return pydoc_documents()
 
 
 def make_demo_data(out_dir: str | Path, val_every: int = 10) -> DemoData:
@@ -62,7 +62,7 @@ def make_demo_data(out_dir: str | Path, val_every: int = 10) -> DemoData:
     )
     tok_path = out / "demo_bpe1024.model"
     write_bytes_atomic(tok_path, buf.getvalue())
-    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    sp = load_sentencepiece(tok_path)
 
     def encode(ds: list[str]) -> np.ndarray:
         ids: list[int] = []

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import FormatError, GolfpackError, UsageError
 from golfpack.model import ModelConfig
 
 
@@ -64,10 +64,10 @@ def load_any(
     from golfpack.formats.checkpoint import normalize_state_dict
 
     if num_heads is not None and num_heads <= 0:
-        raise GolfpackError(f"--num-heads must be positive, got {num_heads}")
+        raise UsageError(f"num_heads must be positive, got {num_heads}", param="num_heads")
     p = Path(path)
     if not p.is_file():
-        raise GolfpackError(f"{p}: file not found")
+        raise UsageError(f"{p}: file not found")
     data = p.read_bytes()
     kind = sniff(data[:16])
     info: dict[str, Any] = {"bytes": len(data)}
@@ -81,14 +81,14 @@ def load_any(
         except GolfpackError:
             raise
         except ValueError as e:
-            raise GolfpackError(f"{p}: invalid QGv3 artifact ({e})") from None
+            raise FormatError(f"invalid QGv3 artifact ({e})", path=p) from None
         sd = artifact.state_dict()
         if artifact.config:
             changes = {k: v for k, v in (("num_heads", num_heads), ("activation", activation)) if v is not None}
             try:
                 config = ModelConfig.from_dict(dict(artifact.config)).replace(**changes)
             except (TypeError, ValueError) as e:
-                raise GolfpackError(f"{p}: stored model config is invalid ({e})") from None
+                raise FormatError(f"stored model config is invalid ({e})", path=p) from None
     elif kind == "legacy":
         from golfpack.formats.legacy import decompress_container, dequantize_int8_ptz, is_int8_container, load_container
 
@@ -104,7 +104,7 @@ def load_any(
 
         sd = load_state_dict(p)
     else:
-        raise GolfpackError(f"{p}: not a QGv3 artifact, legacy .ptz or torch checkpoint (unrecognised first bytes)")
+        raise FormatError("not a QGv3 artifact, legacy .ptz or torch checkpoint (unrecognised first bytes)", path=p, offset=0)
     source = "artifact" if config is not None else ""
     if config is None:
         try:
@@ -139,7 +139,7 @@ def infer_config(
     """Infer the ModelConfig from key names and shapes; raise GolfpackError listing any mismatch."""
     sd = state_dict
     if "tok_emb.weight" not in sd:
-        raise GolfpackError(
+        raise FormatError(
             "state dict has no 'tok_emb.weight': not a baseline-family GPT checkpoint "
             f"(keys start with: {', '.join(sorted(sd)[:6])})"
         )
@@ -154,39 +154,40 @@ def infer_config(
         elif k not in {"tok_emb.weight", "skip_weights", "lm_head.weight"}:
             unknown.append(k)
     if unknown:
-        raise GolfpackError(
+        raise FormatError(
             f"state dict has {len(unknown)} key(s) the baseline GPT family does not have: "
             + ", ".join(sorted(unknown)[:12])
             + (" ..." if len(unknown) > 12 else "")
         )
     num_layers = len(layer_ids)
     if num_layers == 0 or layer_ids != set(range(num_layers)):
-        raise GolfpackError(f"state dict blocks are not numbered 0..N-1 (found {sorted(layer_ids)})")
+        raise FormatError(f"state dict blocks are not numbered 0..N-1 (found {sorted(layer_ids)})")
 
     kv_dim, _ = _shape2(sd, "blocks.0.attn.c_k.weight")
     hidden, _ = _shape2(sd, "blocks.0.mlp.fc.weight")
     if num_heads is None:
         if "blocks.0.attn.q_gain" not in sd:
-            raise GolfpackError("cannot infer the head count (no q_gain): pass --num-heads")
+            raise UsageError("cannot infer the head count (no q_gain): pass num_heads", param="num_heads")
         num_heads = int(sd["blocks.0.attn.q_gain"].numel())
         if num_heads == 0:
-            raise GolfpackError("blocks.0.attn.q_gain is empty, so the head count cannot be inferred: pass --num-heads")
+            raise UsageError("blocks.0.attn.q_gain is empty, so the head count cannot be inferred: pass num_heads", param="num_heads")
         given = f"num_heads {num_heads} (from q_gain)"
     else:
         if num_heads <= 0:
-            raise GolfpackError(f"--num-heads must be positive, got {num_heads}")
-        given = f"--num-heads {num_heads}"
+            raise UsageError(f"num_heads must be positive, got {num_heads}", param="num_heads")
+        given = f"num_heads {num_heads}"
     # Checked here, before any division, so a bad count is a clear message rather than a ZeroDivisionError.
     if dim % num_heads:
-        raise GolfpackError(f"model_dim {dim} is not divisible by {given}: pass a --num-heads that divides {dim}")
+        raise UsageError(f"model_dim {dim} is not divisible by {given}: pass a num_heads that divides {dim}", param="num_heads")
     head_dim = dim // num_heads
     if kv_dim == 0 or kv_dim % head_dim:
-        raise GolfpackError(f"c_k rows {kv_dim} are not a positive multiple of head_dim {head_dim} ({dim} / {given})")
+        raise UsageError(f"c_k rows {kv_dim} are not a positive multiple of head_dim {head_dim} ({dim} / {given})", param="num_heads")
     num_kv_heads = kv_dim // head_dim
     if num_heads % num_kv_heads:
-        raise GolfpackError(
+        raise UsageError(
             f"{num_kv_heads} kv heads (c_k rows {kv_dim} / head_dim {head_dim}) do not divide {given}: "
-            "pass the --num-heads the model was trained with"
+            "pass the num_heads the model was trained with",
+            param="num_heads",
         )
 
     fields: dict[str, Any] = dict(
@@ -205,7 +206,7 @@ def infer_config(
     try:
         cfg = ModelConfig(**fields)
     except (TypeError, ValueError) as e:
-        raise GolfpackError(str(e)) from None
+        raise FormatError(str(e)) from None
     check_state_dict(sd, cfg)
     return cfg
 
@@ -248,7 +249,7 @@ def check_state_dict(sd: dict[str, Tensor], cfg: ModelConfig) -> None:
         if k in sd and tuple(sd[k].shape) != s
     ]
     if problems:
-        raise GolfpackError(
+        raise FormatError(
             f"checkpoint does not match the model config ({len(problems)} problem(s)): "
             + "; ".join(problems[:10])
             + (" ..." if len(problems) > 10 else "")
@@ -257,10 +258,10 @@ def check_state_dict(sd: dict[str, Tensor], cfg: ModelConfig) -> None:
 
 def _shape2(sd: dict[str, Tensor], key: str) -> tuple[int, int]:
     if key not in sd:
-        raise GolfpackError(f"state dict is missing {key!r}")
+        raise FormatError(f"state dict is missing {key!r}")
     t = sd[key]
     if t.ndim != 2:
-        raise GolfpackError(f"{key} should be 2-D, has shape {list(t.shape)}")
+        raise FormatError(f"{key} should be 2-D, has shape {list(t.shape)}")
     return int(t.shape[0]), int(t.shape[1])
 
 

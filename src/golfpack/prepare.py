@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from golfpack._progress import bar as progress_bar
-from golfpack.errors import GolfpackError
+from golfpack.errors import DataError, UsageError
 from golfpack.formats.shards import MAX_TOKEN_ID, write_shard
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # the official fineweb shard size
@@ -60,7 +60,7 @@ def iter_documents(path: str | os.PathLike[str], *, fmt: str = "auto", per_line:
     """Yield the documents of one input file in order; `on_bytes(n)` is told how many bytes were read."""
     p = Path(path)
     if not p.is_file():
-        raise GolfpackError(f"input {p}: file not found")
+        raise UsageError(f"input {p}: file not found", param="inputs")
     kind = input_format(p, fmt)
     with open(p, "rb") as f:
         if kind == "jsonl":
@@ -72,9 +72,9 @@ def iter_documents(path: str | os.PathLike[str], *, fmt: str = "auto", per_line:
                 try:
                     obj = json.loads(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise GolfpackError(f"input {p} line {lineno}: not valid JSON ({e})") from None
+                    raise DataError(f"input {p} line {lineno}: not valid JSON ({e})") from None
                 if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-                    raise GolfpackError(f"input {p} line {lineno}: expected a JSON object with a string {text_field!r} field")
+                    raise DataError(f"input {p} line {lineno}: expected a JSON object with a string {text_field!r} field")
                 yield obj[text_field]
             return
         para: list[str] = []
@@ -84,7 +84,7 @@ def iter_documents(path: str | os.PathLike[str], *, fmt: str = "auto", per_line:
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
-                raise GolfpackError(f"input {p} line {lineno}: not UTF-8 text") from None
+                raise DataError(f"input {p} line {lineno}: not UTF-8 text") from None
             if per_line:
                 if line.strip():
                     yield line
@@ -118,21 +118,21 @@ def prepare(
     from golfpack.tokenizer import load_sentencepiece
 
     if shard_tokens <= 0:
-        raise GolfpackError(f"--shard-tokens must be positive, got {shard_tokens}")
+        raise UsageError(f"shard_tokens must be positive, got {shard_tokens}", param="shard_tokens")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", prefix):
-        raise GolfpackError(f"--prefix {prefix!r} must be a plain file-name stem (letters, digits, . _ -)")
+        raise UsageError(f"prefix {prefix!r} must be a plain file-name stem (letters, digits, . _ -)", param="prefix")
     if not inputs:
-        raise GolfpackError("no input files given")
+        raise UsageError("no input files given", param="inputs")
     paths = [Path(p) for p in inputs]
     for p in paths:
         if not p.is_file():
-            raise GolfpackError(f"input {p}: file not found")
+            raise UsageError(f"input {p}: file not found", param="inputs")
     sp = load_sentencepiece(tokenizer)
     if sp.vocab_size() - 1 > MAX_TOKEN_ID:
-        raise GolfpackError(f"tokenizer has {sp.vocab_size()} pieces; shards store uint16 ids (at most {MAX_TOKEN_ID + 1})")
+        raise DataError(f"tokenizer has {sp.vocab_size()} pieces; shards store uint16 ids (at most {MAX_TOKEN_ID + 1})")
     bos = int(sp.bos_id())
     if bos < 0:
-        raise GolfpackError(f"tokenizer {tokenizer} has no BOS piece; the challenge shards start every document with BOS")
+        raise DataError(f"tokenizer {tokenizer} has no BOS piece; the challenge shards start every document with BOS")
 
     out = Path(out_dir)
     made = _missing_dirs(out)
@@ -165,7 +165,7 @@ def _encode_into(out: Path, paths: list[Path], sp, bos: int, *, shard_tokens: in
                  per_line: bool, text_field: str, overwrite: bool, progress: bool | None) -> PrepareReport:
     old = sorted(out.glob(f"{prefix}_[0-9][0-9][0-9][0-9][0-9][0-9].bin"))
     if old and not overwrite:
-        raise GolfpackError(f"{out} already has {len(old)} '{prefix}_*.bin' shard(s); pass --overwrite or another --prefix/-o")
+        raise UsageError(f"{out} already has {len(old)} '{prefix}_*.bin' shard(s); pass overwrite=True or another prefix/out_dir", param="overwrite")
 
     t0 = time.perf_counter()
     report = PrepareReport(documents=0, tokens=0)
@@ -218,7 +218,7 @@ def _encode_into(out: Path, paths: list[Path], sp, bos: int, *, shard_tokens: in
             encode(batch)
         flush(final=True)
         if not written:
-            raise GolfpackError("the inputs contain no documents; nothing to write")
+            raise DataError("the inputs contain no documents; nothing to write")
         # Everything encoded: move the shards into place, then drop stale shards of an earlier run.
         for i, (src, n) in enumerate(written):
             dest = out / _shard_name(prefix, i)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import DataError
 
 SPACE_MARK = "\u2581"
 
@@ -44,17 +44,18 @@ class ByteLUTs:
 
 
 def load_sentencepiece(path: str | os.PathLike[str]):
-    """Open a sentencepiece model, as a GolfpackError if it is missing or not a model."""
+    """Open a sentencepiece model; DataError if it is missing or not a model. The one place golfpack
+    constructs a SentencePieceProcessor."""
     import sentencepiece as spm
 
     p = Path(path)
     if not p.is_file():
-        raise GolfpackError(f"tokenizer {p}: file not found")
+        raise DataError(f"tokenizer {p}: file not found")
     try:
         return spm.SentencePieceProcessor(model_file=str(p))
     except Exception as e:  # sentencepiece raises OSError/RuntimeError with long messages
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise GolfpackError(f"tokenizer {p}: not a sentencepiece model ({first})") from None
+        raise DataError(f"tokenizer {p}: not a sentencepiece model ({first})") from None
 
 
 def build_luts(sp_model_path: str | os.PathLike[str], vocab_size: int) -> ByteLUTs:
@@ -62,7 +63,7 @@ def build_luts(sp_model_path: str | os.PathLike[str], vocab_size: int) -> ByteLU
     sp = load_sentencepiece(sp_model_path)
     n = int(sp.vocab_size())
     if n != int(vocab_size):
-        raise GolfpackError(
+        raise DataError(
             f"vocab mismatch: the model has {vocab_size} token embeddings but tokenizer {sp_model_path} has "
             f"{n} pieces; pass the tokenizer the model was trained with"
         )

@@ -147,6 +147,7 @@ def reference_result(nolanvild, val_tokens, sp_luts):
     return evaluate(nolanvild, val_tokens, sp_luts, seq_len=256, stride=None, batch_size=64, device="cpu")
 
 
+@pytest.mark.slow  # ~20 s: the full reference eval of a 9-layer model
 def test_nolanvild_matches_independent_reference(nolanvild_pt, val_tokens, sp1024_model, reference_result):
     """golfpack's evaluate == a forward, loop and byte accounting written here from the math (relu^3 MLP)."""
     sd = torch.load(nolanvild_pt, map_location="cpu", weights_only=True)

@@ -102,11 +102,11 @@ def test_too_few_tokens(base):
     assert_user_error(run_cli(*base, "--max-tokens", "100"), "too few val tokens: 100 given")
 
 
-@pytest.mark.parametrize("stride,msg", [("0", "must be positive"), ("200", "must not exceed"), ("48", "must divide --seq-len 128")])
+@pytest.mark.parametrize("stride,msg", [("0", "must be positive"), ("200", "must not exceed"), ("48", "must divide seq_len 128")])
 def test_bad_stride(base, stride, msg):
     res = run_cli(*base, "--stride", stride)
     assert_user_error(res, msg)
-    assert "valid strides for --seq-len 128: 1, 2, 4, 8, 16, 32, 64, 128" in res.output
+    assert "valid strides for seq_len 128: 1, 2, 4, 8, 16, 32, 64, 128 (--stride)" in res.output  # the CLI names the flag
 
 
 def test_foreign_checkpoint_keys(ginferno_pt, val_shard, sp1024_model):
@@ -150,9 +150,11 @@ def test_module_entry_point_error_line(base):
                        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 1
     assert "Traceback" not in p.stderr
-    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and p.stderr.startswith("Error: --stride 0 must be positive")
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and p.stderr.startswith("Error: stride 0 must be positive")
+    assert p.stderr.strip().endswith("(--stride)")
 
 
+@pytest.mark.slow  # ~20 s: torchrun start-up of two processes
 def test_torchrun_two_ranks_match_one_process(taleef_pt, val_shard, sp1024_model):
     """2 gloo ranks (uneven window split with stride 64) give the 1-process val_loss/val_bpb."""
     from golfpack.evaluator.api import evaluate_path
@@ -201,8 +203,8 @@ def test_artifacts_fresh_load_and_score(taleef_pt, taleef_ptz, base, tmp_path):
         assert d["val_bpb"] == pytest.approx(scores["raw"]["val_bpb"], abs=2e-3), kind
 
 
-@pytest.mark.parametrize("heads,msg", [("0", "--num-heads must be positive, got 0"),
-                                       ("3", "model_dim 64 is not divisible by --num-heads 3")])
+@pytest.mark.parametrize("heads,msg", [("0", "num_heads must be positive, got 0 (--num-heads)"),
+                                       ("3", "model_dim 64 is not divisible by num_heads 3: pass a num_heads that divides 64 (--num-heads)")])
 def test_bad_num_heads(base, heads, msg):
     assert_user_error(run_cli(*base, "--num-heads", heads), msg)
 

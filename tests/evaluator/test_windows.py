@@ -68,12 +68,13 @@ def test_counts_for_the_issue_setting():
 
 @pytest.mark.parametrize(
     "stride,msg",
-    [(0, "must be positive"), (-4, "must be positive"), (300, "must not exceed"), (100, "must divide --seq-len 256")],
+    [(0, "must be positive"), (-4, "must be positive"), (300, "must not exceed"), (100, "must divide seq_len 256")],
 )
 def test_bad_strides(stride, msg):
     with pytest.raises(GolfpackError, match=msg) as e:
         check_stride(256, stride)
-    assert "valid strides for --seq-len 256: 1, 2, 4, 8, 16, 32, 64, 128, 256" in str(e.value)
+    assert "valid strides for seq_len 256: 1, 2, 4, 8, 16, 32, 64, 128, 256" in str(e.value)
+    assert e.value.param == "stride" and "--" not in str(e.value)
 
 
 def test_default_stride_and_too_few_tokens():
@@ -95,6 +96,6 @@ def test_huge_seq_len_stride_error_is_fast():
     with pytest.raises(GolfpackError) as e:
         check_stride(100_000_000, 3)  # 10^8 = 2^8 * 5^8: 81 divisors
     assert time.perf_counter() - t0 < 0.5  # was ~12 s scanning 1..L
-    assert str(e.value) == ("--stride 3 must divide --seq-len 100000000; valid strides for --seq-len 100000000: "
+    assert str(e.value) == ("stride 3 must divide seq_len 100000000; valid strides for seq_len 100000000: "
                             "1, 2, 4, 5, 8, ..., 10000000, 12500000, 20000000, 25000000, 50000000, 100000000")
     assert len(divisors(100_000_000)) == 81 and divisors(10**12 + 39) == [1, 10**12 + 39]  # a prime: 10^6 steps

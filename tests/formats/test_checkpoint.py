@@ -63,9 +63,9 @@ def _small_sd():
 
 
 @pytest.mark.parametrize("heads,msg", [
-    (0, "--num-heads must be positive, got 0"),
-    (-2, "--num-heads must be positive, got -2"),
-    (3, "model_dim 32 is not divisible by --num-heads 3"),
+    (0, "num_heads must be positive, got 0"),
+    (-2, "num_heads must be positive, got -2"),
+    (3, "model_dim 32 is not divisible by num_heads 3"),
 ])
 def test_bad_num_heads_override(heads, msg):
     with pytest.raises(GolfpackError, match=msg):
@@ -75,7 +75,7 @@ def test_bad_num_heads_override(heads, msg):
 def test_empty_q_gain_and_kv_heads_not_dividing_heads():
     sd = _small_sd()
     sd["blocks.0.attn.q_gain"] = torch.zeros(0)
-    with pytest.raises(GolfpackError, match="q_gain is empty, so the head count cannot be inferred: pass --num-heads"):
+    with pytest.raises(GolfpackError, match="q_gain is empty, so the head count cannot be inferred: pass num_heads"):
         infer_config(sd)
     sd = _small_sd()
     sd["blocks.0.attn.c_k.weight"] = torch.zeros(24, 32)  # 3 kv heads of head_dim 8 cannot serve 4 query heads

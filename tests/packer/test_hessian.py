@@ -81,7 +81,7 @@ def test_pack_gptq_needs_calibration_then_records_it(nolanvild_pt, calib_shard, 
     run = lambda *a: CliRunner().invoke(main, list(a))  # noqa: E731
     out = tmp_path / "g.qg3"
     res = run("pack", str(nolanvild_pt), "--activation", "relu3", "--set", "blocks.*.mlp.*=int5+gptq", "-o", str(out))
-    assert res.exit_code != 0 and "need calibration tokens: pass --calib" in res.output and not out.exists()
+    assert res.exit_code != 0 and "need calibration tokens: pass calib=" in res.output and res.output.strip().endswith("(--calib)") and not out.exists()
     res = run("pack", str(nolanvild_pt), "--activation", "relu3", "--set", "blocks.*.mlp.*=int5+gptq",
               "--calib", calib_shard, "--json", "-o", str(out))
     assert res.exit_code == 0, res.output

@@ -80,7 +80,9 @@ def test_not_a_checkpoint(tmp_path) -> None:
 
 @pytest.fixture()
 def qgv3():
-    return pytest.importorskip("golfpack.formats.qgv3")
+    import golfpack.formats.qgv3
+
+    return golfpack.formats.qgv3
 
 
 def test_pack_refuses_over_budget_and_writes_nothing(qgv3, nolanvild_pt, tmp_path) -> None:
@@ -171,6 +173,7 @@ def test_codec_best_keeps_the_per_stream_choice_when_it_wins(qgv3, taleef_pt, tm
     assert rep["model_bytes"] == min(sizes.values()) == (tmp_path / "b.qg3").stat().st_size
 
 
+@pytest.mark.slow  # ~45 s on a busy 2-core box: two full evals in a fresh process
 def test_verify_eval_reports_the_fresh_load_gap(qgv3, nolanvild_pt, sp1024_model, val_shard, tmp_path) -> None:
     """int6+tok8/lzma on nolanvild, first 65,537 official val tokens: raw vs fresh-loaded artifact."""
     out = tmp_path / "n.qg3"
@@ -218,6 +221,7 @@ def test_corrupted_artifact_fails_verify(qgv3, taleef_pt, tmp_path) -> None:
         verify_artifact(bad)
 
 
+@pytest.mark.slow  # ~20 s: packs a large foreign checkpoint
 def test_foreign_schema_needs_no_config_flag(qgv3, neo_ptz, tmp_path) -> None:
     res = _run("pack", str(neo_ptz), "-o", str(tmp_path / "n.qg3"))
     assert "--no-config" in _one_error_line(res)
@@ -225,3 +229,50 @@ def test_foreign_schema_needs_no_config_flag(qgv3, neo_ptz, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["config"] is None
     assert os.path.getsize(tmp_path / "n.qg3") < 700_000
+
+
+def test_inspect_shares_follow_each_streams_stored_bytes(tmp_path) -> None:
+    """inspect's per-tensor stored bytes: every stream's stored bytes split over its tensors by their raw
+    bytes in it, so the shares plus the header add up to the file; tensors of very different sizes in
+    one stream get very different shares (an even split, or one by element count of the stream, fails)."""
+    import json
+
+    from golfpack.formats.qgv3 import decode_qgv3
+    from golfpack.packer.pack import describe_artifact, pack_state_dict
+    from golfpack.packer.policy import Policy
+
+    g = torch.Generator().manual_seed(0)
+    sd = {"big": torch.randn(96, 64, generator=g), "small": torch.randn(24, generator=g),
+          "mid": torch.randn(16, 32, generator=g), "q": torch.randn(64, 64, generator=g)}
+    policy = Policy.from_dict({"rules": [{"match": "q", "spec": "int6"}], "default": "fp16"})
+    path = tmp_path / "a.qg3"
+    path.write_bytes(pack_state_dict(sd, policy, codec="lzma").data)
+    art = decode_qgv3(path.read_bytes())
+    rep = describe_artifact(path)
+    rows = {r["name"]: r for r in rep["tensors"]}
+
+    assert rep["bytes"] == path.stat().st_size == art.total_bytes
+    assert sum(r["stored_bytes"] for r in rows.values()) + rep["overhead_bytes"] == pytest.approx(rep["bytes"], abs=1e-6)
+    assert sum(r["share"] for r in rows.values()) == pytest.approx(1 - rep["overhead_bytes"] / rep["bytes"], abs=1e-9)
+
+    (fp16,) = [s for s in art.streams if s["kind"] == "passthrough"]
+    assert sorted(fp16["tensors"]) == ["big", "mid", "small"]
+    for name in fp16["tensors"]:
+        raw = sd[name].numel() * 2  # fp16 values
+        assert rows[name]["raw_bytes"] == raw
+        assert rows[name]["stored_bytes"] == pytest.approx(fp16["stored_bytes"] * raw / fp16["raw_bytes"], rel=1e-12)
+        assert rows[name]["share"] == pytest.approx(rows[name]["stored_bytes"] / rep["bytes"], rel=1e-12)
+    # q alone holds the int6 levels stream and the scales stream: its share is exactly their stored bytes.
+    own = [s for s in art.streams if s["tensors"] == ["q"]]
+    assert {s["kind"] for s in own} == {"levels", "scales"}
+    assert rows["q"]["stored_bytes"] == pytest.approx(sum(s["stored_bytes"] for s in own), abs=1e-9)
+    assert rows["q"]["raw_bytes"] == 64 * 64 + 64 * 2  # one byte per level in a byte container + fp16 row scales
+    groups = {gr["group"]: gr for gr in rep["groups"]}
+    assert sum(gr["stored_bytes"] for gr in groups.values()) == pytest.approx(rep["bytes"] - rep["overhead_bytes"], abs=1e-6)
+
+    res = _run("inspect", str(path), "--json")
+    assert res.exit_code == 0, res.output
+    cli = json.loads(res.output)
+    assert [(r["name"], r["stored_bytes"], r["share"]) for r in cli["tensors"]] == \
+        [(r["name"], r["stored_bytes"], r["share"]) for r in rep["tensors"]]
+    assert cli["overhead_bytes"] == rep["overhead_bytes"]

@@ -110,7 +110,7 @@ def test_overrides_prepend_and_last_wins() -> None:
     assert got["blocks.0.mlp.proj.weight"] == "int6"
     assert base.resolve(_sd())["blocks.0.mlp.fc.weight"].label() == "int6"  # the preset is unchanged
     for bad in ["blocks.*", "=int5", "x=int9", "x=float8", "x="]:
-        with pytest.raises(GolfpackError, match="--set|cannot parse|bits"):
+        with pytest.raises(GolfpackError, match="override|cannot parse|bits"):
             base.with_overrides([bad])
 
 

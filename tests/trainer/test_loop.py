@@ -112,13 +112,14 @@ def test_log_lines_use_the_baseline_formats(tmp_path, train_shards, heldout_path
 
 
 def test_checkpoint_scores_the_same_after_reload(tiny_run, heldout_path):
-    from golfpack.trainer.loop import _Dist, _Validator
+    from golfpack.evaluator.dist import DistContext
+    from golfpack.trainer.loop import _Validator
     from golfpack.formats.shards import load_tokens
 
     cfg, r = tiny_run
     model = build_model(infer_config(load_state_dict(r.checkpoint)), load_state_dict(r.checkpoint))
     toks = load_tokens(heldout_path, cfg.val_max_tokens)
-    vl, vb = _Validator(cfg, toks, _Dist(0, 1, 0, torch.device("cpu")))(model)
+    vl, vb = _Validator(cfg, toks, DistContext())(model)
     assert vl == pytest.approx(r.val_history[-1]["val_loss"], abs=1e-5)
     assert vb == pytest.approx(r.val_history[-1]["val_bpb"], abs=1e-5)
 
@@ -142,7 +143,7 @@ def test_validator_forwards_one_eighth_of_the_val_batch(tiny_run, heldout_path, 
     sizes = []
     real_hidden = model.hidden
     monkeypatch.setattr(model, "hidden", lambda x: sizes.append(tuple(x.shape)) or real_hidden(x))
-    loop._Validator(cfg, toks, loop._Dist(0, 1, 0, torch.device("cpu")))(model)
+    loop._Validator(cfg, toks, loop.DistContext())(model)
     assert sizes == [(8, 64)] * 8
 
 
@@ -177,7 +178,6 @@ def test_warmup_steps_are_undone_and_ema_is_saved(tmp_path, train_shards):
 
 
 def test_qat_switches_on_by_step_fraction_and_by_time(tmp_path, train_shards):
-    pytest.importorskip("golfpack.packer.quantize")
     cfg = load_config("tiny", overrides=tiny_overrides(train_shards, tmp_path / "s", iterations=4, qat_policy="int6+tok8",
                                                         qat_start_frac=0.5, qat_start_time_frac=1.0))
     r = train(cfg, echo=None)
@@ -242,6 +242,7 @@ def test_cli_error_is_one_line(tmp_path):
 # -- distributed: torchrun x2 (gloo) == 1 process with grad accumulation ------------------------
 
 
+@pytest.mark.slow  # ~35 s: one run here plus a two-process torchrun
 def test_torchrun_two_processes_match_one_process(tmp_path, train_shards):
     sets = tiny_overrides(train_shards, tmp_path / "one", iterations=6, train_log_every=1)
     one = train(load_config("tiny", overrides=sets), echo=None)
@@ -260,14 +261,30 @@ def test_torchrun_two_processes_match_one_process(tmp_path, train_shards):
         assert abs(a - b) < 2e-4, (one_losses, two_losses)
     sd1 = load_state_dict(tmp_path / "one" / "final_model.pt")
     sd2 = load_state_dict(tmp_path / "two" / "final_model.pt")
+    # The two runs differ only in the order float32 gradient sums are taken (8 micro-batches in one
+    # process vs 4 per rank + an all-reduce). Adam and Muon normalise the gradient, so an element whose
+    # gradient is mostly that rounding noise can still move by a visible part of its step: compare each
+    # tensor's difference with how far training moved it (from the seeded init), not with a fixed atol.
+    # A missing or wrong all-reduce moves the two runs apart by a sizeable fraction of the update.
+    from golfpack.trainer import loop
+
+    cfg = load_config("tiny", overrides=sets)
+    loop._seed_all(cfg.seed)
+    sd0 = GPT(cfg.model_config()).state_dict()
     for k in sd1:
-        torch.testing.assert_close(sd1[k], sd2[k], rtol=1e-4, atol=1e-5, msg=k)
+        a, b, w0 = sd1[k].double(), sd2[k].double(), sd0[k].double()
+        diff, moved = (a - b).abs(), (a - w0).abs()
+        ratio = float(diff.norm() / moved.norm().clamp_min(1e-12))
+        msg = (f"{k}: max |one - two| {float(diff.max()):.3g}, |one - two| / |one - init| {ratio:.3g} "
+               f"(max move {float(moved.max()):.3g})")
+        assert float(moved.max()) > 0, msg  # every tensor trains: the init is the right reference
+        assert ratio < 1e-3, msg
+        assert float(diff.max()) <= 1e-2 * float(moved.max()), msg
 
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path, train_shards):
     """compile=on (model + Newton-Schulz) with QAT from step 1 follows the eager run (CPU inductor: slow)."""
-    pytest.importorskip("golfpack.packer.quantize")
     losses = {}
     for mode in ("off", "on"):
         cfg = load_config("tiny", overrides=tiny_overrides(train_shards, tmp_path / mode, iterations=4, compile=mode,

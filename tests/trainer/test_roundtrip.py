@@ -11,14 +11,13 @@ from golfpack.formats.checkpoint import load_state_dict
 from golfpack.loading import infer_config
 from golfpack.formats.shards import load_tokens
 from golfpack.model import build_model
-from golfpack.trainer.loop import _Dist, _Validator
-
-pytest.importorskip("golfpack.packer.pack")
+from golfpack.evaluator.dist import DistContext
+from golfpack.trainer.loop import _Validator
 
 
 def _score(cfg, model, heldout_path):
     toks = load_tokens(heldout_path, cfg.val_max_tokens)
-    return _Validator(cfg, toks, _Dist(0, 1, 0, torch.device("cpu")))(model)
+    return _Validator(cfg, toks, DistContext())(model)
 
 
 def test_checkpoint_quantizes_and_qat_forward_equals_the_packed_model(tiny_run, heldout_path):
@@ -47,9 +46,6 @@ def test_checkpoint_quantizes_and_qat_forward_equals_the_packed_model(tiny_run, 
 
 
 def test_pack_and_eval_cli_roundtrip(tiny_run, tmp_path, heldout_path, sp1024_path):
-    pytest.importorskip("golfpack.formats.codecs")
-    pytest.importorskip("golfpack.formats.qgv3")
-    pytest.importorskip("golfpack.cli.eval")
     from click.testing import CliRunner
 
     from golfpack.cli import main

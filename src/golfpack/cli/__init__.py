@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from golfpack._version import __version__
-from golfpack.cli._common import emit, run_module, user_errors
+from golfpack.cli._common import command_flags, emit, run_module, user_errors
 
 # name -> "module:attribute" of a click command.
 COMMANDS: dict[str, str] = {
@@ -46,8 +46,13 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         return _load(name) if name in COMMANDS else None
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        ctx.meta["golfpack.command"] = cmd  # so a UsageError can be told in this subcommand's flags
+        return name, cmd, rest
+
     def invoke(self, ctx: click.Context) -> Any:
-        with user_errors():
+        with user_errors(lambda: command_flags(ctx.meta.get("golfpack.command"))):
             return super().invoke(ctx)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from golfpack._progress import progress_option
-from golfpack.errors import GolfpackError
+from golfpack.errors import DataError, UsageError
 
 
 def run_demo(out_dir: str | Path, *, steps: int | None = None, policy_name: str = "int6+tok8", codec: str = "lzma",
@@ -29,7 +29,7 @@ def run_demo(out_dir: str | Path, *, steps: int | None = None, policy_name: str 
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise GolfpackError(f"--out {out}: exists and is not a folder")
+        raise UsageError(f"{out}: exists and is not a folder", param="out_dir")
     policy = resolve_policy(policy_name, [])  # bad names fail before any work
     t_all = time.perf_counter()
 
@@ -65,7 +65,7 @@ def run_demo(out_dir: str | Path, *, steps: int | None = None, policy_name: str 
          f"packed {post['val_bpb']:.4f} (gap {ver['val_bpb_gap']:+.4f}) over {post['tokens']:,} tokens "
          f"({time.perf_counter() - t0:.1f}s)")
     if not ver["ok"]:
-        raise GolfpackError("verify found problems: " + "; ".join(ver["problems"]))
+        raise DataError("verify found problems: " + "; ".join(ver["problems"]))
 
     replay = [
         f"golfpack train --config tiny --train '{data.train_pattern}' --val '{data.val_pattern}' --tokenizer {data.tokenizer} -o {out / 'run'}",

@@ -7,7 +7,7 @@ import sys
 import click
 
 from golfpack._progress import progress_option
-from golfpack.errors import GolfpackError
+from golfpack.errors import UsageError
 from golfpack.model import ACTIVATIONS
 
 
@@ -36,9 +36,9 @@ def eval_cmd(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, devi
     Under torchrun the windows are split over ranks and the sums all-reduced (gloo on CPU,
     nccl on CUDA); rank 0 prints the result.
     """
-    from golfpack.cli._common import user_errors
+    from golfpack.cli._common import command_flags, user_errors
 
-    with user_errors():  # also when run outside the `golfpack` group (python -m golfpack.evaluator)
+    with user_errors(command_flags(eval_cmd)):  # also when run outside the `golfpack` group (python -m golfpack.evaluator)
         _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
              progress, as_json)
 
@@ -55,7 +55,7 @@ def _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, 
     check_stride(seq_len, stride)
     if threads is not None:
         if threads <= 0:
-            raise GolfpackError(f"--threads must be positive, got {threads}")
+            raise UsageError(f"threads must be positive, got {threads}", param="threads")
         torch.set_num_threads(threads)
     ctx = dist_mod.init(device)
     try:

@@ -9,9 +9,12 @@ import click
 
 from golfpack.cli._common import emit
 from golfpack._progress import progress_option
-from golfpack.errors import GolfpackError
+from golfpack.errors import UsageError
 from golfpack.model import ACTIVATIONS
 from golfpack.packer.pack import DEFAULT_BUDGET, DEFAULT_CODEC
+
+# Library parameters these commands spell differently from their option names.
+PARAM_FLAGS = {"require_config": "--no-config"}
 
 
 def _fmt_bytes(n: float) -> str:
@@ -50,10 +53,10 @@ def pack_cmd(ckpt: str, policy_name: str, codec: str, out: str | None, overrides
     from golfpack.packer.policy import resolve_policy
 
     if budget <= 0:
-        raise GolfpackError(f"--budget must be positive, got {budget}")
+        raise UsageError(f"budget must be positive, got {budget}", param="budget")
     policy = resolve_policy(policy_name, list(overrides))
     if not Path(ckpt).is_file():
-        raise GolfpackError(f"{ckpt}: file not found")
+        raise UsageError(f"{ckpt}: file not found")
     res = pack_file(
         ckpt, out, policy=policy, codec=codec, budget=budget, code=list(code), dry_run=dry_run,
         num_heads=num_heads, activation=activation, require_config=not no_config, overrides=list(overrides), calib=calib, tokenizer=tokenizer, progress=progress,
@@ -99,7 +102,7 @@ def verify_cmd(artifact: str, against: str | None, do_eval: bool, val: str | Non
     ev = None
     if do_eval or val or tokenizer:
         if not (val and tokenizer):
-            raise GolfpackError("--eval needs both --val PATTERN and --tokenizer SP.model")
+            raise UsageError("--eval needs both --val PATTERN and --tokenizer SP.model")
         ev = EvalOptions(val=val, tokenizer=tokenizer, seq_len=seq_len, stride=stride, max_tokens=max_tokens, device=device)
     rep = verify_artifact(artifact, against=against, eval_options=ev, num_heads=num_heads, activation=activation)
     lines = [f"{artifact}: {rep['kind']}, {rep['bytes']:,} bytes, {rep['tensors']} tensors, {rep['params']:,} params (fresh load {rep['load_seconds']}s)"]
@@ -158,10 +161,8 @@ def inspect_cmd(artifact: str, plot: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def export_decoder_cmd(out: str, as_json: bool) -> None:
     """Write the standalone QGv3 decoder (to ship with a submission) and report its size."""
-    try:
-        from golfpack.packer.decoder import export_decoder
-    except ImportError as e:
-        raise GolfpackError(f"the decoder exporter is not available in this build ({e})") from None
+    from golfpack.packer.decoder import export_decoder
+
     res = export_decoder(out)
     size = Path(out).stat().st_size if Path(out).is_file() else None
     rep: dict[str, Any] = {"out": out, "bytes": size}

@@ -12,6 +12,13 @@ import click
 
 from golfpack._progress import progress_option
 
+# Library parameters (TrainConfig fields) as this command spells them; every other field is a `--set`.
+PARAM_FLAGS = {"tokenizer_path": "--tokenizer"}
+
+
+def param_flag(param: str) -> str:
+    return f"--set {param}=..."
+
 
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", default=None, metavar="PRESET|FILE",

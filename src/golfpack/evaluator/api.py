@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from golfpack._progress import bar as progress_bar
-from golfpack.errors import GolfpackError
+from golfpack.errors import DataError, UsageError
 from golfpack.evaluator.dist import DistContext, all_reduce_sum, resolve_device
 from golfpack.tokenizer import ByteLUTs, build_luts
 from golfpack.evaluator.windows import WindowPlan, check_stride, plan_windows, usable_targets
@@ -102,17 +102,17 @@ def evaluate(
     L = int(seq_len)
     S = check_stride(L, stride)
     if batch_size <= 0:
-        raise GolfpackError(f"--batch-size must be positive, got {batch_size}")
+        raise UsageError(f"batch_size must be positive, got {batch_size}", param="batch_size")
     toks = _as_token_tensor(tokens)
     M = usable_targets(int(toks.numel()), L)
     toks = toks[: M + 1]
     vocab = luts.vocab_size
     model_vocab = getattr(getattr(model, "config", None), "vocab_size", vocab)
     if model_vocab != vocab:
-        raise GolfpackError(f"vocab mismatch: the model has {model_vocab} token embeddings but the tokenizer has {vocab} pieces")
+        raise DataError(f"vocab mismatch: the model has {model_vocab} token embeddings but the tokenizer has {vocab} pieces")
     lo, hi = int(toks.min()), int(toks.max())
     if lo < 0 or hi >= vocab:
-        raise GolfpackError(f"val tokens contain id {hi if hi >= vocab else lo}, outside the tokenizer's 0..{vocab - 1}: wrong tokenizer or val shards")
+        raise DataError(f"val tokens contain id {hi if hi >= vocab else lo}, outside the tokenizer's 0..{vocab - 1}: wrong tokenizer or val shards")
 
     ctx = dist if dist is not None else DistContext(device=resolve_device(device))
     dev = ctx.device
@@ -233,7 +233,7 @@ def evaluate_path(
 
     check_stride(seq_len, stride)  # fail on bad options before any loading
     if max_tokens is not None and max_tokens <= 0:
-        raise GolfpackError(f"--max-tokens must be positive, got {max_tokens}")
+        raise UsageError(f"max_tokens must be positive, got {max_tokens}", param="max_tokens")
     dev = dist.device if dist is not None else resolve_device(device)
     model, info = load_model_with_info(path, num_heads=num_heads, activation=activation, device=dev)
     luts = build_luts(tokenizer, model.config.vocab_size)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import BudgetError, DataError, FormatError, GolfpackError, UsageError
 
 
 @dataclass
@@ -124,11 +124,11 @@ def _child_main(argv: list[str]) -> int:
     try:
         ev = EvalOptions(**args["eval"]) if args.get("eval") else None
         rep = _child(args["path"], args.get("against"), ev, args.get("num_heads"), args.get("activation"))
-    except GolfpackError as e:
-        print(json.dumps({"error": str(e)}))
+    except GolfpackError as e:  # the parent raises the same class again
+        print(json.dumps({"error": str(e), "error_type": type(e).__name__, "param": getattr(e, "param", None)}))
         return 1
     except Exception as e:  # a decode failure (bad checksum, truncated file) is a verification result
-        print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+        print(json.dumps({"error": f"{type(e).__name__}: {e}", "error_type": "FormatError"}))
         return 1
     print(json.dumps(rep))
     return 0
@@ -150,9 +150,9 @@ def verify_artifact(
     """Run the checks in a fresh interpreter; returns the child's report (raises GolfpackError on load errors)."""
     p = Path(path)
     if not p.is_file():
-        raise GolfpackError(f"{p}: file not found")
+        raise UsageError(f"{p}: file not found")
     if against is not None and not Path(against).is_file():
-        raise GolfpackError(f"--against {against}: file not found")
+        raise UsageError(f"against {against}: file not found", param="against")
     args = {
         "path": str(p),
         "against": None if against is None else str(against),
@@ -173,11 +173,21 @@ def verify_artifact(
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise GolfpackError(f"verify: the fresh process failed ({tail})")
+        raise FormatError(f"verify: the fresh process failed ({tail})", path=p)
     rep = json.loads(lines[-1])
     if "error" in rep:
-        raise GolfpackError(f"verify {p}: {rep['error']}")
+        raise _child_error(p, rep)
     return rep
+
+
+def _child_error(p: Path, rep: dict[str, Any]) -> GolfpackError:
+    """The fresh process's error as the GolfpackError subclass it raised there (FormatError for a decode failure)."""
+    msg = f"verify {p}: {rep['error']}"  # the child's message already names the file where it knows one
+    kind = rep.get("error_type")
+    if kind == "UsageError":
+        return UsageError(msg, param=rep.get("param"))
+    cls = {"FormatError": FormatError, "BudgetError": BudgetError, "DataError": DataError}.get(kind, GolfpackError)
+    return cls(msg)
 
 
 if __name__ == "__main__":  # the fresh process

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import DataError, UsageError
 
 
 @dataclass(frozen=True)
@@ -62,19 +62,19 @@ class WindowPlan:
 def check_stride(seq_len: int, stride: int | None) -> int:
     """The stride to use (None -> seq_len, the non-overlapping eval); GolfpackError if unusable."""
     if seq_len <= 0:
-        raise GolfpackError(f"--seq-len must be positive, got {seq_len}")
+        raise UsageError(f"seq_len must be positive, got {seq_len}", param="seq_len")
     if stride is None:
         return seq_len
     if stride <= 0 or stride > seq_len or seq_len % stride:
         divs = divisors(seq_len)
         shown = divs if len(divs) <= 12 else divs[:5] + ["..."] + divs[-6:]
-        why = "must be positive" if stride <= 0 else ("must not exceed --seq-len" if stride > seq_len else f"must divide --seq-len {seq_len}")
-        raise GolfpackError(f"--stride {stride} {why}; valid strides for --seq-len {seq_len}: {', '.join(map(str, shown))}")
+        why = "must be positive" if stride <= 0 else ("must not exceed seq_len" if stride > seq_len else f"must divide seq_len {seq_len}")
+        raise UsageError(f"stride {stride} {why}; valid strides for seq_len {seq_len}: {', '.join(map(str, shown))}", param="stride")
     return stride
 
 
 def divisors(n: int) -> list[int]:
-    """Divisors of n > 0 in increasing order, in O(sqrt n) (a huge --seq-len must not stall the error)."""
+    """Divisors of n > 0 in increasing order, in O(sqrt n) (a huge seq_len must not stall the error)."""
     small, large = [], []
     d = 1
     while d * d <= n:
@@ -90,9 +90,9 @@ def usable_targets(num_tokens: int, seq_len: int) -> int:
     """M = ((N - 1) // L) * L, the reference truncation; GolfpackError if not even one window fits."""
     m = ((num_tokens - 1) // seq_len) * seq_len if num_tokens > 0 else 0
     if m < seq_len:
-        raise GolfpackError(
-            f"too few val tokens: {num_tokens} given, one window of --seq-len {seq_len} needs {seq_len + 1}; "
-            "lower --seq-len or raise --max-tokens"
+        raise DataError(
+            f"too few val tokens: {num_tokens} given, one window of seq_len {seq_len} needs {seq_len + 1}; "
+            "lower seq_len or raise max_tokens"
         )
     return m
 

@@ -18,7 +18,7 @@ from torch import Tensor
 from golfpack._version import __version__
 from golfpack._io import write_bytes_atomic
 from golfpack._progress import bar as progress_bar
-from golfpack.errors import GolfpackError
+from golfpack.errors import BudgetError, UsageError
 from golfpack.formats.records import TensorRecord
 from golfpack.model import ModelConfig
 from golfpack.packer.policy import Policy
@@ -124,23 +124,19 @@ def quantize_state_dict(
         try:
             out.append(quantize_tensor(name, t, spec, h))
         except ValueError as e:
-            raise GolfpackError(f"{name}: {e}") from None
+            raise UsageError(f"{name}: {e}") from None
     return out
 
 
 def encode(records: list[TensorRecord], *, codec: str, config: ModelConfig | None, policy: Policy, meta: dict[str, Any]) -> bytes:
-    try:
-        from golfpack.formats.qgv3 import encode_qgv3
-    except ImportError as e:
-        raise GolfpackError(f"the QGv3 writer is not available in this build ({e})") from None
+    from golfpack.formats.qgv3 import encode_qgv3
+
     return encode_qgv3(records, config=None if config is None else config.to_dict(), policy=policy.to_dict(), codec=codec, meta=meta)
 
 
 def available_codecs() -> list[str]:
-    try:
-        from golfpack.formats.codecs import available_codecs as avail
-    except ImportError as e:
-        raise GolfpackError(f"the QGv3 codecs are not available in this build ({e})") from None
+    from golfpack.formats.codecs import available_codecs as avail
+
     return list(avail())
 
 
@@ -186,7 +182,7 @@ def pack_state_dict(
         return Artifact(data=best[2], records=records, policy=policy, codec=best[1], config=config, codec_sizes=sizes)
     codecs = available_codecs()
     if codec not in codecs:
-        raise GolfpackError(f"unknown or unavailable codec {codec!r}: use one of {', '.join(codecs)} or 'best'")
+        raise UsageError(f"unknown or unavailable codec {codec!r}: use one of {', '.join(codecs)} or 'best'", param="codec")
     data = encode(records, codec=codec, config=config, policy=policy, meta=meta)
     return Artifact(data=data, records=records, policy=policy, codec=codec, config=config, codec_sizes={codec: len(data)})
 
@@ -202,7 +198,8 @@ def gptq_hessians(sd: dict[str, Tensor], config: ModelConfig | None, policy: Pol
     from golfpack.packer.hessian import GptqCalibration, hessians_for
 
     if policy.calibration is None and calib is None:
-        raise GolfpackError("this policy uses +gptq specs, which need calibration tokens: pass --calib 'TRAIN_SHARDS' (or --calib pydoc --tokenizer SP.model)")
+        raise UsageError("this policy uses +gptq specs, which need calibration tokens: pass calib='TRAIN_SHARDS' "
+                         "(or calib='pydoc' with a tokenizer)", param="calib")
     cal = policy.calibration or GptqCalibration(source=calib)
     names = [n for n, s in policy.resolve(sd).items() if s.gptq]
     H, cal = hessians_for(sd, config, names, cal, tokenizer=tokenizer, source=calib)
@@ -214,7 +211,7 @@ def count_code_bytes(paths: list[str] | tuple[str, ...]) -> tuple[int, list[str]
     for p in paths:
         path = Path(p)
         if not path.is_file():
-            raise GolfpackError(f"--code {p}: file not found")
+            raise UsageError(f"{p}: file not found", param="code")
         total += path.stat().st_size
         files.append(str(path))
     return total, files
@@ -252,14 +249,15 @@ def pack_file(
     by the search names its own, and `calib` then only relocates them (the digest must match).
     """
     if not dry_run and out is None:
-        raise GolfpackError("no output path: pass -o OUT.qg3 (or --dry-run to only print the plan)")
+        raise UsageError("no output path, and not a dry run: nothing to write to", param="out")
     code_bytes, code_files = count_code_bytes(list(code))  # before the slow part: fail fast on a typo
     sd, config, kind = load_input(src, num_heads=num_heads, activation=activation)
     Policy.check_overrides_match(overrides, list(sd))
     if config is None and require_config:
-        raise GolfpackError(
-            f"{src}: cannot infer a baseline-family model config from its keys/shapes; "
-            "pass --num-heads/--activation if that is the problem, or --no-config to pack the tensors anyway"
+        raise UsageError(
+            f"{src}: cannot infer a baseline-family model config from its keys/shapes; pass num_heads/activation "
+            "if that is the problem, or require_config=False to pack the tensors anyway",
+            param="require_config",
         )
     meta = artifact_meta(src, kind, Path(src).read_bytes())
     hessians, policy = gptq_hessians(sd, config, policy, calib=calib, tokenizer=tokenizer)
@@ -268,9 +266,9 @@ def pack_file(
     if dry_run:
         return res
     if res.total_bytes > budget:
-        raise GolfpackError(
+        raise BudgetError(
             f"over budget: model {res.model_bytes:,} + code {code_bytes:,} = {res.total_bytes:,} bytes "
-            f"> {budget:,} by {-res.headroom:,}; nothing written (use a smaller policy, e.g. --set 'PATTERN=int5')"
+            f"> {budget:,} by {-res.headroom:,}; nothing written (use a smaller policy, e.g. the override 'PATTERN=int5')"
         )
     assert out is not None
     write_bytes_atomic(out, res.data)
@@ -363,7 +361,7 @@ def plot_breakdown(rep: dict[str, Any], out: str | os.PathLike[str]) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise GolfpackError("--plot needs matplotlib: pip install 'golfpack[plot]' (or drop --plot)") from None
+        raise UsageError("plotting needs matplotlib: pip install 'golfpack[plot]'", param="plot") from None
     import io
 
     rows = sorted(rep["tensors"], key=lambda r: -r["stored_bytes"])[:30]

@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import Tensor
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import UsageError
 from golfpack.model import CONTROL_TENSOR_NAME_PATTERNS
 from golfpack.formats.spec import TensorSpec
 
@@ -83,12 +83,12 @@ class Rule:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "rule") -> "Rule":
         if not isinstance(d, dict):
-            raise GolfpackError(f"{where}: a rule must be a table/object, got {type(d).__name__}")
+            raise UsageError(f"{where}: a rule must be a table/object, got {type(d).__name__}")
         unknown = sorted(set(d) - _RULE_KEYS)
         if unknown:
-            raise GolfpackError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_RULE_KEYS))})")
+            raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_RULE_KEYS))})")
         if "spec" not in d:
-            raise GolfpackError(f"{where}: missing 'spec' (e.g. spec = \"int6\")")
+            raise UsageError(f"{where}: missing 'spec' (e.g. spec = \"int6\")")
         spec = _parse_spec(d["spec"], where)
         match = d.get("match", "*")
         match_t = (match,) if isinstance(match, str) else tuple(str(m) for m in match)
@@ -97,11 +97,11 @@ class Rule:
                 try:
                     re.compile(p[3:])
                 except re.error as e:
-                    raise GolfpackError(f"{where}: bad regex {p[3:]!r}: {e}") from None
+                    raise UsageError(f"{where}: bad regex {p[3:]!r}: {e}") from None
         ndim = d.get("ndim")
         dtype = d.get("dtype")
         if d.get("control") is not None and not isinstance(d["control"], bool):
-            raise GolfpackError(f"{where}: control must be true or false, got {d['control']!r}")
+            raise UsageError(f"{where}: control must be true or false, got {d['control']!r}")
         try:
             return cls(
                 spec=spec,
@@ -113,7 +113,7 @@ class Rule:
                 dtype=None if dtype is None else ((dtype,) if isinstance(dtype, str) else tuple(dtype)),
             )
         except (TypeError, ValueError) as e:
-            raise GolfpackError(f"{where}: {e}") from None
+            raise UsageError(f"{where}: {e}") from None
 
 
 def is_control_name(name: str) -> bool:
@@ -139,7 +139,7 @@ def _parse_spec(text: Any, where: str) -> TensorSpec:
     try:
         return TensorSpec.parse(str(text))
     except ValueError as e:
-        raise GolfpackError(f"{where}: {e}") from None
+        raise UsageError(f"{where}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -159,16 +159,16 @@ class Policy:
     @classmethod
     def preset(cls, name: str) -> "Policy":
         if name not in PRESETS:
-            raise GolfpackError(f"unknown policy {name!r}: use one of {', '.join(PRESETS)} or a .toml/.json policy file")
+            raise UsageError(f"unknown policy {name!r}: use one of {', '.join(PRESETS)} or a .toml/.json policy file")
         return PRESETS[name]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], name: str | None = None) -> "Policy":
         if not isinstance(d, dict):
-            raise GolfpackError(f"policy must be a table/object, got {type(d).__name__}")
+            raise UsageError(f"policy must be a table/object, got {type(d).__name__}")
         unknown = sorted(set(d) - {"name", "rules", "default", "base", "calibration"})
         if unknown:
-            raise GolfpackError(f"policy: unknown key(s) {', '.join(unknown)} (allowed: name, base, rules, default, calibration)")
+            raise UsageError(f"policy: unknown key(s) {', '.join(unknown)} (allowed: name, base, rules, default, calibration)")
         calibration = None
         if d.get("calibration") is not None:
             from golfpack.packer.hessian import GptqCalibration
@@ -176,7 +176,7 @@ class Policy:
             calibration = GptqCalibration.from_dict(d["calibration"])
         rules_in = d.get("rules", [])
         if not isinstance(rules_in, list):
-            raise GolfpackError("policy: 'rules' must be a list")
+            raise UsageError("policy: 'rules' must be a list")
         rules = tuple(Rule.from_dict(r, f"policy rule {i + 1}") for i, r in enumerate(rules_in))
         base = d.get("base")
         if base is not None:
@@ -200,8 +200,8 @@ class Policy:
         for text in overrides:
             pattern, sep, spec = text.partition("=")
             if not sep or not pattern.strip() or not spec.strip():
-                raise GolfpackError(f"bad --set {text!r}: expected PATTERN=SPEC, e.g. 'blocks.*.mlp.fc.weight=int5'")
-            new.append(Rule(spec=_parse_spec(spec, f"--set {text!r}"), match=(pattern.strip(),)))
+                raise UsageError(f"bad override {text!r}: expected PATTERN=SPEC, e.g. 'blocks.*.mlp.fc.weight=int5'", param="overrides")
+            new.append(Rule(spec=_parse_spec(spec, f"override {text!r}"), match=(pattern.strip(),)))
         if not new:
             return self
         return Policy(name=self.name + "".join(f" --set {o}" for o in overrides), rules=tuple(reversed(new)) + self.rules,
@@ -210,12 +210,12 @@ class Policy:
     # -- use ----------------------------------------------------------------------------------
     @staticmethod
     def check_overrides_match(overrides: list[str] | tuple[str, ...], names: list[str]) -> None:
-        """A `--set PATTERN=SPEC` whose pattern matches no tensor is almost always a typo: refuse it."""
+        """An override `PATTERN=SPEC` whose pattern matches no tensor is almost always a typo: refuse it."""
         for text in overrides:
             pattern = text.partition("=")[0].strip()
             if not any(_name_matches(pattern, n) for n in names):
                 sample = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-                raise GolfpackError(f"--set {text!r}: pattern {pattern!r} matches no tensor (names look like {sample})")
+                raise UsageError(f"override {text!r}: pattern {pattern!r} matches no tensor (names look like {sample})", param="overrides")
 
     def spec_for(self, name: str, t: Tensor) -> TensorSpec:
         if not t.is_floating_point():
@@ -297,7 +297,7 @@ def resolve_policy(name_or_path: str, overrides: list[str] | tuple[str, ...] = (
     elif name_or_path.lower().endswith((".toml", ".json")) or Path(name_or_path).is_file():
         pol = Policy.load(name_or_path)
     else:
-        raise GolfpackError(
+        raise UsageError(
             f"unknown policy {name_or_path!r}: use one of {', '.join(PRESETS)} or a .toml/.json policy file"
         )
     return pol.with_overrides(list(overrides))

@@ -229,7 +229,7 @@ def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None) -> t
     if t.ndim == 2:
         if spec.gptq:
             if hessian is None:
-                raise ValueError(f"{spec.label()} needs a Hessian from calibration tokens (pack --calib TRAIN_SHARDS); none was given")
+                raise ValueError(f"{spec.label()} needs a Hessian from calibration tokens (pack with calib='TRAIN_SHARDS'); none was given")
             return gptq_quantize(t, hessian, spec.bits, clip=spec.clip)
         return quantize_rows(t, spec.bits, spec.clip)
     return quantize_per_tensor(t, spec.bits, spec.clip)

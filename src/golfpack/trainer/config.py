@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import UsageError
 from golfpack.model import ModelConfig
 
 # The baseline splits every step into this many micro-batches in total (8 GPUs x 1, or 1 GPU x 8),
@@ -121,11 +121,11 @@ class TrainConfig:
         if not 0.0 < self.mlp_mult < math.inf or self.mlp_mult * self.model_dim != int(self.mlp_mult * self.model_dim):
             problems.append(f"mlp_mult * model_dim must be a positive integer, got {self.mlp_mult} * {self.model_dim}")
         if problems:
-            raise GolfpackError("invalid training config: " + "; ".join(problems))
+            raise UsageError("invalid training config: " + "; ".join(problems))
         try:
             self.model_config()
         except ValueError as e:
-            raise GolfpackError(f"invalid training config: {e}") from None
+            raise UsageError(f"invalid training config: {e}") from None
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -198,14 +198,14 @@ _DEFAULTS = {f.name: f.default for f in _FIELDS.values()}
 
 def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
-        raise GolfpackError(f"unknown training preset {name!r}: use one of {', '.join(PRESETS)} or a .toml/.json file")
+        raise UsageError(f"unknown training preset {name!r}: use one of {', '.join(PRESETS)} or a .toml/.json file")
     return TrainConfig(**PRESETS[name])
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
     """Check/convert one value to the field's type (strings from --set are parsed)."""
     if key not in _FIELDS:
-        raise GolfpackError(f"{where}: unknown training option {key!r} (see `golfpack train --help-config`)")
+        raise UsageError(f"{where}: unknown training option {key!r} (see `golfpack train --help-config`)")
     typ = _FIELDS[key].type
     try:
         if typ == "bool":
@@ -235,7 +235,7 @@ def _coerce(key: str, value: Any, where: str) -> Any:
                 raise ValueError(f"expected a string, got {value!r}")
             return value
     except ValueError as e:
-        raise GolfpackError(f"{where}: option {key}: {e}") from None
+        raise UsageError(f"{where}: option {key}: {e}") from None
     raise AssertionError(f"unhandled field type {typ}")  # pragma: no cover
 
 
@@ -253,22 +253,22 @@ def load_config(path: str | Path | None = None, preset_name: str | None = None, 
         from golfpack._io import load_table
 
         if not Path(path).is_file():
-            raise GolfpackError(f"config file {path}: not found (or use a preset name: {', '.join(PRESETS)})")
+            raise UsageError(f"config file {path}: not found (or use a preset name: {', '.join(PRESETS)})")
         file_values = dict(load_table(path, "config file"))
         file_preset = file_values.pop("preset", None)
         if preset_name is None and file_preset is not None:
             preset_name = str(file_preset)
     if preset_name is not None:
         if preset_name not in PRESETS:
-            raise GolfpackError(f"unknown training preset {preset_name!r}: use one of {', '.join(PRESETS)}")
+            raise UsageError(f"unknown training preset {preset_name!r}: use one of {', '.join(PRESETS)}")
         values.update(PRESETS[preset_name])
     for k, v in file_values.items():
         values[k] = _coerce(k, v, f"config file {path}")
     for text in overrides:
         key, sep, val = text.partition("=")
         if not sep or not key.strip():
-            raise GolfpackError(f"bad --set {text!r}: expected KEY=VALUE, e.g. iterations=500")
-        values[key.strip()] = _coerce(key.strip(), val.strip(), f"--set {text!r}")
+            raise UsageError(f"bad override {text!r}: expected KEY=VALUE, e.g. iterations=500", param="overrides")
+        values[key.strip()] = _coerce(key.strip(), val.strip(), f"override {text!r}")
     return TrainConfig(**values)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import DataError, GolfpackError, UsageError
 from golfpack.formats.shards import expand_pattern, read_shard, read_shard_header
 
 
@@ -25,7 +25,7 @@ class TokenStream:
 
     def __init__(self, files: list[Path], vocab_size: int | None = None) -> None:
         if not files:
-            raise GolfpackError("no training shards given")
+            raise DataError("no training shards given")
         self.files = files
         self.vocab_size = vocab_size
         self.file_idx = 0
@@ -35,7 +35,7 @@ class TokenStream:
     def _load(self, idx: int) -> np.ndarray:
         toks = read_shard(self.files[idx])
         if self.vocab_size is not None and toks.size and int(toks.max()) >= self.vocab_size:
-            raise GolfpackError(
+            raise DataError(
                 f"shard {self.files[idx]} has token id {int(toks.max())} >= vocab_size {self.vocab_size}: "
                 "the shards were made with a different tokenizer than the model's vocabulary"
             )
@@ -97,24 +97,24 @@ def check_train_shards(pattern: str, vocab_size: int, val_pattern: str = "") -> 
     Training on val shards is refused.
     """
     if not pattern:
-        raise GolfpackError("no training shards: set train_files (e.g. --train 'data/train_*.bin')")
+        raise UsageError("no training shards: set train_files (e.g. 'data/train_*.bin')", param="train_files")
     files = expand_pattern(pattern)
     val_files = {os.path.realpath(p) for p in expand_pattern(val_pattern)} if val_pattern and _any_match(val_pattern) else set()
     for f in files:
         read_shard_header(f)
         if os.path.realpath(f) in val_files:
-            raise GolfpackError(f"training shard {f} is also a validation shard: never train on the val tokens")
+            raise DataError(f"training shard {f} is also a validation shard: never train on the val tokens")
         if f.name.startswith("fineweb_val_"):
-            raise GolfpackError(
+            raise DataError(
                 f"training shard {f} is an official validation shard (fineweb_val_*): never train on the val tokens"
             )
     total = sum(read_shard_header(f) for f in files)
     if total == 0:
-        raise GolfpackError(f"training shards {pattern!r} hold no tokens")
+        raise DataError(f"training shards {pattern!r} hold no tokens")
     for f in files:
         top = shard_max_token(f)
         if top >= vocab_size:
-            raise GolfpackError(
+            raise DataError(
                 f"shard {f} has token id {top} >= vocab_size {vocab_size}: the shards were made with a different "
                 "tokenizer than the model's vocabulary (set vocab_size or re-run `golfpack prepare`)"
             )

@@ -28,9 +28,11 @@ from torch import Tensor
 
 from golfpack._io import atomic_write
 from golfpack._progress import bar as progress_bar
-from golfpack.errors import GolfpackError
+from golfpack.errors import DataError, UsageError
+from golfpack.evaluator import dist as dist_ctx
 from golfpack.evaluator.api import evaluate
-from golfpack.tokenizer import build_luts
+from golfpack.evaluator.dist import DistContext
+from golfpack.tokenizer import build_luts, load_sentencepiece
 from golfpack.model import GPT, ModelConfig
 from golfpack.trainer.config import MICROBATCH_DIVISOR, TrainConfig
 from golfpack.trainer.data import DistributedTokenLoader, check_train_shards
@@ -85,37 +87,10 @@ class TrainResult:
 # setup and validation (all before any compute)
 
 
-@dataclass
-class _Dist:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def _world_from_env() -> tuple[int, int, int]:
-    def env_int(name: str, default: int) -> int:
-        v = os.environ.get(name)
-        try:
-            return int(v) if v is not None else default
-        except ValueError:
-            raise GolfpackError(f"environment variable {name}={v!r} is not an integer") from None
-
-    return env_int("RANK", 0), env_int("WORLD_SIZE", 1), env_int("LOCAL_RANK", 0)
-
-
 def _pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise GolfpackError("device = 'cuda' but CUDA is not available: use --set device=cpu")
+            raise UsageError("device = 'cuda' but CUDA is not available: use device = 'cpu'", param="device")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -142,34 +117,28 @@ def val_batch_seqs(cfg: TrainConfig, world_size: int) -> int:
 
 
 def check_config(cfg: TrainConfig, world_size: int) -> _Plan:
-    """Every user-fixable problem becomes one GolfpackError here, before a model is built."""
+    """Every user-fixable problem becomes one GolfpackError (UsageError, DataError) here, before a model is built."""
     if world_size <= 0 or MICROBATCH_DIVISOR % world_size:
-        raise GolfpackError(
+        raise UsageError(
             f"world size {world_size} does not divide {MICROBATCH_DIVISOR}: the global batch is split into "
             f"{MICROBATCH_DIVISOR} micro-batches, so use --nproc_per_node 1, 2, 4 or 8"
         )
     accum = MICROBATCH_DIVISOR // world_size
     per_micro = cfg.train_batch_tokens // MICROBATCH_DIVISOR
     if cfg.train_batch_tokens % (MICROBATCH_DIVISOR * cfg.train_seq_len):
-        raise GolfpackError(
+        raise UsageError(
             f"train_batch_tokens {cfg.train_batch_tokens} is not divisible into sequences: it must be a multiple of "
             f"{MICROBATCH_DIVISOR} micro-batches x train_seq_len {cfg.train_seq_len} = "
-            f"{MICROBATCH_DIVISOR * cfg.train_seq_len} (e.g. {max(1, round(cfg.train_batch_tokens / (MICROBATCH_DIVISOR * cfg.train_seq_len))) * MICROBATCH_DIVISOR * cfg.train_seq_len})"
+            f"{MICROBATCH_DIVISOR * cfg.train_seq_len} (e.g. {max(1, round(cfg.train_batch_tokens / (MICROBATCH_DIVISOR * cfg.train_seq_len))) * MICROBATCH_DIVISOR * cfg.train_seq_len})",
+            param="train_batch_tokens",
         )
     files = check_train_shards(cfg.train_files, cfg.vocab_size, cfg.val_files)
 
     if cfg.tokenizer_path:
         tok = Path(cfg.tokenizer_path)
-        if not tok.is_file():
-            raise GolfpackError(f"tokenizer {tok}: file not found (set tokenizer_path, or '' to skip val_bpb)")
-        import sentencepiece as spm
-
-        try:
-            sp = spm.SentencePieceProcessor(model_file=str(tok))
-        except Exception as e:  # sentencepiece raises OSError/RuntimeError for bad files
-            raise GolfpackError(f"tokenizer {tok}: cannot be loaded by sentencepiece ({e})") from None
+        sp = load_sentencepiece(tok)  # DataError if missing or not a model
         if int(sp.vocab_size()) != cfg.vocab_size:
-            raise GolfpackError(
+            raise DataError(
                 f"tokenizer {tok} has vocab {int(sp.vocab_size())} but the model's vocab_size is {cfg.vocab_size}: "
                 "use the tokenizer the shards were made with and set vocab_size to its size"
             )
@@ -177,22 +146,23 @@ def check_config(cfg: TrainConfig, world_size: int) -> _Plan:
     val_tokens = None
     if cfg.val_files:
         if not cfg.tokenizer_path:
-            raise GolfpackError("validation needs tokenizer_path (val_bpb counts bytes with the tokenizer)")
+            raise UsageError("validation needs tokenizer_path (val_bpb counts bytes with the tokenizer)", param="tokenizer_path")
         if val_batch_seqs(cfg, world_size) < 1:
             need = MICROBATCH_DIVISOR * cfg.train_seq_len
-            raise GolfpackError(
+            raise UsageError(
                 f"val_batch_tokens {cfg.val_batch_tokens} gives each rank less than one sequence per forward: it is split "
                 f"into {MICROBATCH_DIVISOR} (world_size x grad_accum_steps) parts, so set it to at least "
-                f"{MICROBATCH_DIVISOR} x train_seq_len {cfg.train_seq_len} = {need}"
+                f"{MICROBATCH_DIVISOR} x train_seq_len {cfg.train_seq_len} = {need}",
+                param="val_batch_tokens",
             )
         from golfpack.formats.shards import load_tokens
 
         val_tokens = load_tokens(cfg.val_files, cfg.val_max_tokens or None)
         usable = ((val_tokens.size - 1) // cfg.train_seq_len) * cfg.train_seq_len
         if usable <= 0:
-            raise GolfpackError(f"val shards {cfg.val_files!r} hold {val_tokens.size} tokens: fewer than one sequence of {cfg.train_seq_len}")
+            raise DataError(f"val shards {cfg.val_files!r} hold {val_tokens.size} tokens: fewer than one sequence of {cfg.train_seq_len}")
         if int(val_tokens.max()) >= cfg.vocab_size:
-            raise GolfpackError(f"val shards have token id {int(val_tokens.max())} >= vocab_size {cfg.vocab_size}: wrong tokenizer")
+            raise DataError(f"val shards have token id {int(val_tokens.max())} >= vocab_size {cfg.vocab_size}: wrong tokenizer")
         val_tokens = np.asarray(val_tokens[: usable + 1])
 
     policy = None
@@ -210,7 +180,7 @@ def check_config(cfg: TrainConfig, world_size: int) -> _Plan:
 class _Validator:
     """Challenge-style (non-overlapping) val_loss / val_bpb, each rank scoring its share of sequences."""
 
-    def __init__(self, cfg: TrainConfig, tokens: np.ndarray, dist_: _Dist) -> None:
+    def __init__(self, cfg: TrainConfig, tokens: np.ndarray, dist_: DistContext) -> None:
         self.cfg, self.dist = cfg, dist_
         seq = cfg.train_seq_len
         nseq = (tokens.size - 1) // seq
@@ -303,35 +273,28 @@ class _Logger:
 def train(cfg: TrainConfig, *, echo: Callable[[str], None] | None = print, progress: bool | None = False) -> TrainResult:
     """Run one training job (call once per process; under torchrun every rank calls it)."""
     t_start = time.perf_counter()
-    rank, world_size, local_rank = _world_from_env()
+    rank, world_size, local_rank = dist_ctx.world_from_env()
     plan = check_config(cfg, world_size)  # raises before any compute
     device = _pick_device(cfg, local_rank)
-    d = _Dist(rank, world_size, local_rank, device)
     out_dir = Path(cfg.out_dir)
-    if d.master:
+    if rank == 0:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise GolfpackError(f"cannot create out_dir {out_dir}: {e}") from None
+            raise UsageError(f"cannot create out_dir {out_dir}: {e}", param="out_dir") from None
 
-    own_group = False
-    if d.enabled and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
-        own_group = True
+    d = dist_ctx.init(device)  # joins the torchrun process group (gloo on CPU, nccl on CUDA) when there is one
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    log = _Logger(out_dir / LOG_NAME if d.master else None, echo if d.master else None)
+    log = _Logger(out_dir / LOG_NAME if d.is_main else None, echo if d.is_main else None)
     try:
         return _run(cfg, plan, d, log, out_dir, t_start, progress)
     finally:
         log.close()
-        if own_group and dist.is_initialized():
-            dist.destroy_process_group()
+        dist_ctx.finish(d)
 
 
-def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t_start: float, progress: bool | None) -> TrainResult:
+def _run(cfg: TrainConfig, plan: _Plan, d: DistContext, log: _Logger, out_dir: Path, t_start: float, progress: bool | None) -> TrainResult:
     device, cuda = d.device, d.device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -483,7 +446,7 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
     train_time_ms = 0.0
     stop_after: int | None = None
     step = 0
-    bar = progress_bar(total=cfg.iterations, desc="train", unit="step", enabled=progress if d.master else False)
+    bar = progress_bar(total=cfg.iterations, desc="train", unit="step", enabled=progress if d.is_main else False)
     _sync(device)
     t0 = time.perf_counter()
     while True:
@@ -555,7 +518,7 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
         train_losses=list(enumerate(loss_buf[:step].tolist(), start=1)),
         val_history=val_history,
     )
-    if d.master:
+    if d.is_main:
         sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if ema is not None:
             sd = {k: ema[k].cpu().to(sd[k].dtype) for k in sd}
@@ -574,7 +537,7 @@ def _run(cfg: TrainConfig, plan: _Plan, d: _Dist, log: _Logger, out_dir: Path, t
     return result
 
 
-def _metadata(cfg: TrainConfig, mcfg: ModelConfig, r: TrainResult, d: _Dist, plan: _Plan) -> dict[str, Any]:
+def _metadata(cfg: TrainConfig, mcfg: ModelConfig, r: TrainResult, d: DistContext, plan: _Plan) -> dict[str, Any]:
     return {
         "format": METADATA_FORMAT,
         "model_config": mcfg.to_dict(),
