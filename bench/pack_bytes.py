@@ -153,8 +153,8 @@ def legacy_sizes(records: list[TensorRecord]) -> dict[str, int]:
 
 def qgv3_sizes(records: list[TensorRecord], policy_dict: dict, config: dict | None) -> dict[str, int]:
     """QGv3 bytes with each codec for the whole file, and 'best' (each stream with its own best codec)."""
-    from golfpack.formats.qgv3 import decode_qgv3, encode_qgv3
     from golfpack.formats.codecs import available_codecs
+    from golfpack.formats.qgv3 import decode_qgv3, encode_qgv3
 
     out: dict[str, int] = {}
     for codec in [*available_codecs(), "best"]:
@@ -167,8 +167,8 @@ def qgv3_sizes(records: list[TensorRecord], policy_dict: dict, config: dict | No
 
 
 def measure(name: str, sd: dict[str, torch.Tensor], policy_name: str, source: str) -> dict:
-    from golfpack.loading import infer_config
     from golfpack.errors import GolfpackError
+    from golfpack.loading import infer_config
 
     t0 = time.perf_counter()
     policy = resolve_policy(policy_name)

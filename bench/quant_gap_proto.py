@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
-import math
 import os
 import re
 import sys
@@ -48,10 +47,6 @@ import torch
 torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records_recipe import (  # noqa: E402
-    ATTN_K, MLP_K, collect_hessians, gptq, quantize_records_recipe, sdclip_scale, tensor_class,
-)
-
 from golfpack.demo_data import demo_documents  # noqa: E402
 from golfpack.evaluator.api import evaluate  # noqa: E402
 from golfpack.formats.shards import load_tokens  # noqa: E402
@@ -60,6 +55,15 @@ from golfpack.model import build_model  # noqa: E402
 from golfpack.packer.pack import pack_state_dict  # noqa: E402
 from golfpack.packer.policy import resolve_policy  # noqa: E402
 from golfpack.tokenizer import build_luts  # noqa: E402
+from records_recipe import (  # noqa: E402
+    ATTN_K,
+    MLP_K,
+    collect_hessians,
+    gptq,
+    quantize_records_recipe,
+    sdclip_scale,
+    tensor_class,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GOLFPACK_SHARED_DATA", "/work/shared/data"))
@@ -255,8 +259,8 @@ def print_tables() -> None:
         print("| method | val_bpb | gap | bytes (min lzma est.) | packed+lzma | int8+lzma | QGv3 artifact |")
         print("|---|---|---|---|---|---|---|")
         for r in sorted(res["rows"][1:], key=lambda r: best_bytes(r) or 0):
-            f = lambda k: f"{r[k]:,}" if r.get(k) else ""  # noqa: E731
-            print(f"| {r['method']} | {r['val_bpb']:.4f} | {r['gap']:+.4f} | {best_bytes(r):,} | {f('bytes_packed_lzma')} | {f('bytes_int8_lzma')} | {f('bytes_artifact_qgv3')} |")
+            cells = [f"{r[k]:,}" if r.get(k) else "" for k in ("bytes_packed_lzma", "bytes_int8_lzma", "bytes_artifact_qgv3")]
+            print(f"| {r['method']} | {r['val_bpb']:.4f} | {r['gap']:+.4f} | {best_bytes(r):,} | " + " | ".join(cells) + " |")
 
 
 def main() -> int:
@@ -340,7 +344,8 @@ def main() -> int:
         "config": cfg.to_dict(),
         "val_tokens": int(len(val)),
         "seq_len": args.seq_len,
-        "calibration": (f"train shards {args.calib}" if args.calib else "pydoc pages (demo_documents) via sp1024") + f", {args.calib_seqs} x {args.seq_len} tokens",
+        "calibration": (f"train shards {args.calib}" if args.calib else "pydoc pages (demo_documents) via sp1024")
+        + f", {args.calib_seqs} x {args.seq_len} tokens",
         "rows": rows,
         "seconds": round(time.perf_counter() - t0, 1),
     }

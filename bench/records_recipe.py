@@ -33,12 +33,10 @@ a fork's `apply_gptq_sdclip_inplace`/`collect_hessians` (act-order by diag H, da
 
 from __future__ import annotations
 
-import io
 import lzma
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 

@@ -29,8 +29,8 @@ import platform
 import re
 import statistics
 import sys
-import time
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +53,9 @@ STEP_LINE = re.compile(r"^step:(\d+)/\d+ train_loss:")
 def make_shards(d: Path, vocab_size: int) -> str:
     """Shards of pydoc text (sp1024), or, without the tokenizer, a fixed-seed random token stream."""
     if TOKENIZER.is_file() and vocab_size == 1024:
-        import sentencepiece as spm
         from pydoc_data.topics import topics
+
+        import sentencepiece as spm
 
         sp = spm.SentencePieceProcessor(model_file=str(TOKENIZER))
         ids: list[int] = []

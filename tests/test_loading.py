@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from golfpack.errors import GolfpackError
-from golfpack.loading import load_any, sniff
 from golfpack.formats.checkpoint import load_state_dict
+from golfpack.loading import load_any, sniff
 
 
 def test_dispatch_by_content_not_name(tmp_path, nolanvild_pt, nolanvild_ptz) -> None:

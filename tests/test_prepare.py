@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from golfpack.cli import main
 from golfpack.errors import GolfpackError
-from golfpack.prepare import iter_documents, prepare
 from golfpack.formats.shards import load_tokens, read_shard
+from golfpack.prepare import iter_documents, prepare
 
 
 def test_roundtrip_equals_official_val_tokens(val_docs_jsonl, val_shard, sp1024_model, tmp_path):

@@ -7,7 +7,8 @@ frames would land there as garbage lines, so off a TTY the bar is silent (tqdm's
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str, unit: str,

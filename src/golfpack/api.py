@@ -130,7 +130,8 @@ def evaluate(
 
 
 def _evaluate_loaded(lm: LoadedModel, **kw: Any) -> EvalResult:
-    from golfpack.evaluator.api import build_luts, evaluate as evaluate_model
+    from golfpack.evaluator.api import build_luts
+    from golfpack.evaluator.api import evaluate as evaluate_model
     from golfpack.evaluator.dist import resolve_device
     from golfpack.formats.shards import load_tokens
     from golfpack.model import build_model

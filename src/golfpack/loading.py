@@ -7,13 +7,12 @@ stream -> legacy compressed torch.save (the baseline's int8 container, or a plai
 
 from __future__ import annotations
 
-import re
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from golfpack.errors import FormatError, GolfpackError, UsageError

@@ -84,14 +84,14 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {', '.join(unknown)}")
         return cls(**d)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -149,7 +149,7 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init, dtype=torch.float32))
         self.rotary = Rotary(self.head_dim, cfg.rope_base)
 
-    def forward(self, x: Tensor, kv: "LayerCache | None" = None) -> Tensor:
+    def forward(self, x: Tensor, kv: LayerCache | None = None) -> Tensor:
         b, t, d = x.shape
         q = self.c_q(x).reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)

@@ -33,7 +33,7 @@ class ByteLUTs:
     def vocab_size(self) -> int:
         return int(self.base_bytes.numel())
 
-    def to(self, device: str | torch.device) -> "ByteLUTs":
+    def to(self, device: str | torch.device) -> ByteLUTs:
         return ByteLUTs(self.base_bytes.to(device), self.has_leading_space.to(device), self.is_boundary.to(device))
 
     def token_bytes(self, prev_ids: Tensor, tgt_ids: Tensor) -> Tensor:

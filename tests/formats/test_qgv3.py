@@ -16,11 +16,21 @@ import torch
 
 from golfpack.errors import GolfpackError
 from golfpack.formats import qgv3 as Q
-from golfpack.formats.qgv3 import MAGIC, PREAMBLE, VERSION, Limits, decode_qgv3, encode_qgv3, read_qgv3, tensor_digest, write_qgv3
-from golfpack.formats.records import TensorRecord
 from golfpack.formats.codecs import available_codecs, compress
-from golfpack.packer.quantize import quantize_tensor
+from golfpack.formats.qgv3 import (
+    MAGIC,
+    PREAMBLE,
+    VERSION,
+    Limits,
+    decode_qgv3,
+    encode_qgv3,
+    read_qgv3,
+    tensor_digest,
+    write_qgv3,
+)
+from golfpack.formats.records import TensorRecord
 from golfpack.formats.spec import TensorSpec
+from golfpack.packer.quantize import quantize_tensor
 
 DATA_DIR = Path(__file__).parent / "data"
 GOLDEN = DATA_DIR / "qgv3_golden.bin"
@@ -345,7 +355,7 @@ def test_preamble_attacks() -> None:
         "empty": (b"", "shorter than"),
         "preamble only": (data[:24], "past the end"),
     }
-    for name, (bad, msg) in cases.items():
+    for _name, (bad, msg) in cases.items():
         with pytest.raises(GolfpackError, match=msg):
             decode_qgv3(bad)
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from golfpack.formats import bitpack, codecs, qgv3, qgv3_constants as K
+from golfpack.formats import bitpack, codecs, qgv3
+from golfpack.formats import qgv3_constants as K
 from golfpack.formats.spec import TensorSpec
 
 SOURCE = Path(K.__file__)

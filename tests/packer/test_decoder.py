@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from golfpack.formats.codecs import available_codecs
 from golfpack.formats.qgv3 import encode_qgv3, tensor_digest
 from golfpack.formats.records import TensorRecord
-from golfpack.formats.codecs import available_codecs
+from golfpack.formats.spec import TensorSpec
 from golfpack.packer.decoder import decoder_source, export_decoder
 from golfpack.packer.quantize import quantize_tensor
-from golfpack.formats.spec import TensorSpec
 
 # The child runs isolated (-I: no PYTHONPATH, no user site, cwd outside the repo) and cannot import golfpack.
 CHILD = textwrap.dedent(
@@ -33,7 +33,8 @@ CHILD = textwrap.dedent(
         except Exception as e:
             out[path] = {"error": f"{type(e).__name__}: {e}"}
             continue
-        out[path] = {n: [str(t.dtype), list(t.shape), hashlib.sha256(t.contiguous().reshape(-1).view(__import__("torch").uint8).numpy().tobytes()).hexdigest()] for n, t in sd.items()}
+        raw = lambda t: t.contiguous().reshape(-1).view(__import__("torch").uint8).numpy().tobytes()
+        out[path] = {n: [str(t.dtype), list(t.shape), hashlib.sha256(raw(t)).hexdigest()] for n, t in sd.items()}
     print(json.dumps(out))
     """
 )
@@ -46,16 +47,38 @@ def _records() -> list[TensorRecord]:
         out.append(quantize_tensor(f"w{bits}", torch.randn(48, 64, generator=g), TensorSpec.parse(f"int{bits}")))
         out.append(quantize_tensor(f"v{bits}", torch.randn(5, 6, generator=g), TensorSpec.parse(f"int{bits}:absmax")))
     out.append(quantize_tensor("bf", torch.randn(32, 16, generator=g).bfloat16(), TensorSpec.parse("int6")))
-    for spec, t in (("fp16", torch.randn(40, generator=g)), ("bf16", torch.randn(8, 8, generator=g)), ("fp32", torch.randn(3, generator=g)),
-                    ("exact", torch.randn(9, generator=g).bfloat16()), ("exact", torch.randn(4, generator=g).double()),
-                    ("exact", torch.arange(-3, 9)), ("exact", torch.tensor([True, False, True])), ("exact", torch.arange(5, dtype=torch.uint8))):
+    for spec, t in (
+        ("fp16", torch.randn(40, generator=g)),
+        ("bf16", torch.randn(8, 8, generator=g)),
+        ("fp32", torch.randn(3, generator=g)),
+        ("exact", torch.randn(9, generator=g).bfloat16()),
+        ("exact", torch.randn(4, generator=g).double()),
+        ("exact", torch.arange(-3, 9)),
+        ("exact", torch.tensor([True, False, True])),
+        ("exact", torch.arange(5, dtype=torch.uint8)),
+    ):
         out.append(quantize_tensor(f"p_{len(out)}", t, TensorSpec.parse(spec)))
-    out.append(TensorRecord("empty", (0, 8), "float32", TensorSpec.parse("int4"), q=np.zeros((0, 8), np.int8), scales=np.zeros(0, np.float16)))
+    out.append(
+        TensorRecord(
+            "empty",
+            (0, 8),
+            "float32",
+            TensorSpec.parse("int4"),
+            q=np.zeros((0, 8), np.int8),
+            scales=np.zeros(0, np.float16),
+        )
+    )
     return out
 
 
 def _run(decoder, paths, cwd) -> dict:
-    proc = subprocess.run([sys.executable, "-I", "-c", CHILD, str(decoder), *map(str, paths)], capture_output=True, text=True, cwd=cwd, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", CHILD, str(decoder), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -111,7 +134,9 @@ def test_decoder_source_agrees_with_the_format_constants() -> None:
     dt = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "DT")
     table = ast.literal_eval(dt)
     assert list(table) == list(K.STORAGE_DTYPES)  # same dtype names, same order
-    assert {k: np.dtype(v).itemsize for k, v in table.items()} == {k: np.dtype(v).itemsize for k, v in K.STORAGE_DTYPES.items()}
+    assert {k: np.dtype(v).itemsize for k, v in table.items()} == {
+        k: np.dtype(v).itemsize for k, v in K.STORAGE_DTYPES.items()
+    }
     assert f'struct.unpack_from("{K.PREAMBLE.format}", b)' in src and f"pos = {K.PREAMBLE.size} + hs" in src
     assert repr(K.MAGIC).replace("'", '"') in src and f"ver != {K.VERSION}" in src
     ids = {"raw": 0, "raw deflate": 1, "props byte + raw lzma1": 2, "zstd": 3, "brotli": 4}

@@ -190,8 +190,8 @@ def test_verify_eval_reports_the_fresh_load_gap(qgv3, nolanvild_pt, sp1024_model
 
 
 def test_pack_legacy_ptz_input_and_int8_preset_exactness(qgv3, nolanvild_pt, nolanvild_ptz, tmp_path) -> None:
-    from golfpack.loading import load_any
     from golfpack.formats.legacy import dequantize_int8_ptz, read_int8_ptz
+    from golfpack.loading import load_any
 
     out = tmp_path / "int8.qg3"
     res = _run("pack", str(nolanvild_pt), "--policy", "int8", "-o", str(out))

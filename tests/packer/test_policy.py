@@ -9,8 +9,8 @@ import torch
 
 from golfpack.errors import GolfpackError
 from golfpack.formats.checkpoint import load_state_dict
-from golfpack.packer.policy import PRESETS, Policy, Rule, resolve_policy
 from golfpack.formats.spec import TensorSpec
+from golfpack.packer.policy import PRESETS, Policy, Rule, resolve_policy
 
 
 def _sd() -> dict[str, torch.Tensor]:
@@ -63,7 +63,11 @@ def test_int5mlp_int6attn_tok8_and_int6_presets() -> None:
 
 
 def test_int8_preset_follows_the_baseline_size_rule() -> None:
-    sd = _sd() | {"big": torch.zeros(300, 300), "big_attn_scale": torch.zeros(70_000), "half": torch.zeros(5, dtype=torch.float16)}
+    sd = _sd() | {
+        "big": torch.zeros(300, 300),
+        "big_attn_scale": torch.zeros(70_000),
+        "half": torch.zeros(5, dtype=torch.float16),
+    }
     got = _labels(Policy.preset("int8"), sd)
     assert got["tok_emb.weight"] == "fp16"  # exactly 65,536 elements: kept (<=)
     assert got["blocks.0.attn_scale"] == "fp32" and got["skip_weights"] == "fp32"
@@ -123,19 +127,23 @@ def test_to_dict_round_trip_replays_the_same_plan() -> None:
 
 def test_policy_files_toml_and_json(tmp_path) -> None:
     toml = tmp_path / "mine.toml"
-    toml.write_text(
-        'base = "int6+tok8"\n'
-        "[[rules]]\n"
-        'match = ["blocks.*.mlp.*"]\n'
-        "ndim = 2\n"
-        'spec = "int5:mse"\n'
-    )
+    toml.write_text('base = "int6+tok8"\n[[rules]]\nmatch = ["blocks.*.mlp.*"]\nndim = 2\nspec = "int5:mse"\n')
     p = resolve_policy(str(toml))
     got = _labels(p, _sd())
     assert p.name == "mine"
     assert got["blocks.0.mlp.fc.weight"] == "int5:mse" and got["tok_emb.weight"] == "int8"
     js = tmp_path / "p.json"
-    js.write_text(json.dumps({"rules": [{"match": "tok_emb.weight", "spec": "int7"}, {"ndim": [2], "control": False, "spec": "int4:absmax"}], "default": "bf16"}))
+    js.write_text(
+        json.dumps(
+            {
+                "rules": [
+                    {"match": "tok_emb.weight", "spec": "int7"},
+                    {"ndim": [2], "control": False, "spec": "int4:absmax"},
+                ],
+                "default": "bf16",
+            }
+        )
+    )
     got = _labels(resolve_policy(str(js), ["lm_head.weight=fp32"]), _sd())
     assert got["tok_emb.weight"] == "int7" and got["blocks.0.attn.c_q.weight"] == "int4:absmax"
     assert got["skip_weights"] == "bf16" and got["norm.bias"] == "bf16" and got["lm_head.weight"] == "fp32"

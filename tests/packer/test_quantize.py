@@ -8,6 +8,7 @@ import torch
 
 from golfpack.formats.checkpoint import load_state_dict
 from golfpack.formats.legacy import dequantize_int8_ptz, read_int8_ptz
+from golfpack.formats.spec import TensorSpec
 from golfpack.packer.policy import Policy
 from golfpack.packer.quantize import (
     fake_quantize,
@@ -16,7 +17,6 @@ from golfpack.packer.quantize import (
     quantize_rows,
     quantize_tensor,
 )
-from golfpack.formats.spec import TensorSpec
 
 # ------------------------------------------------------------------------------------------------
 # An independent re-implementation of the challenge baseline's quantize_state_dict_int8 +

@@ -18,8 +18,9 @@ def sp1024_path() -> Path:
 @pytest.fixture(scope="session")
 def train_shards(tmp_path_factory, sp1024_path) -> str:
     """Two shards of `pydoc_data.topics` tokenized with sp1024 (BOS between topics); returns the glob."""
-    import sentencepiece as spm
     from pydoc_data.topics import topics
+
+    import sentencepiece as spm
 
     from golfpack.formats.shards import write_shard
 

@@ -113,8 +113,8 @@ def test_log_lines_use_the_baseline_formats(tmp_path, train_shards, heldout_path
 
 def test_checkpoint_scores_the_same_after_reload(tiny_run, heldout_path):
     from golfpack.evaluator.dist import DistContext
-    from golfpack.trainer.loop import _Validator
     from golfpack.formats.shards import load_tokens
+    from golfpack.trainer.loop import _Validator
 
     cfg, r = tiny_run
     model = build_model(infer_config(load_state_dict(r.checkpoint)), load_state_dict(r.checkpoint))

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from golfpack.formats.checkpoint import load_state_dict
-from golfpack.loading import infer_config
-from golfpack.formats.shards import load_tokens
-from golfpack.model import build_model
 from golfpack.evaluator.dist import DistContext
+from golfpack.formats.checkpoint import load_state_dict
+from golfpack.formats.shards import load_tokens
+from golfpack.loading import infer_config
+from golfpack.model import build_model
 from golfpack.trainer.loop import _Validator
 
 

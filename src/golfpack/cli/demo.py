@@ -21,9 +21,9 @@ def run_demo(out_dir: str | Path, *, steps: int | None = None, policy_name: str 
              echo: Any = click.echo, progress: bool | None = None) -> dict[str, Any]:
     """Run every stage under out_dir and return the report (what `--json` prints)."""
     from golfpack.demo_data import make_demo_data
+    from golfpack.evaluator.verify import EvalOptions, verify_artifact
     from golfpack.packer.pack import pack_file
     from golfpack.packer.policy import resolve_policy
-    from golfpack.evaluator.verify import EvalOptions, verify_artifact
     from golfpack.trainer.config import load_config
     from golfpack.trainer.loop import train
 

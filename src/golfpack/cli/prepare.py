@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import click
 
 from golfpack._progress import progress_option

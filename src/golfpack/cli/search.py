@@ -26,7 +26,9 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
     return vals
 
 
-def make_scorer(val: str, tokenizer: str, *, seq_len: int, max_tokens: int | None, device: str, config: Any) -> tuple[Any, Any]:
+def make_scorer(
+    val: str, tokenizer: str, *, seq_len: int, max_tokens: int | None, device: str, config: Any
+) -> tuple[Any, Any]:
     """(scorer(state_dict) -> (val_loss, val_bpb), raw-eval function) over the official val tokens."""
     import numpy as np
     import torch
@@ -49,43 +51,152 @@ def make_scorer(val: str, tokenizer: str, *, seq_len: int, max_tokens: int | Non
 
 @click.command("search")
 @click.argument("ckpt", type=click.Path(dir_okay=False))
-@click.option("--budget", type=int, default=DEFAULT_BUDGET, show_default=True, help="Byte cap for artifact + code bytes.")
-@click.option("--code", "code", multiple=True, type=click.Path(dir_okay=False), metavar="PATH", help="Submission code file counted in the budget (repeatable).")
-@click.option("--calib", default="self", show_default=True, help="Calibration tokens: 'self' (text sampled from the model itself; written to OUT.calib.bin), a TRAIN shard glob, or 'pydoc' (Python docs, needs --tokenizer). Never val.")
-@click.option("--tokenizer", type=click.Path(dir_okay=False), default=None, help="sentencepiece .model (for --calib pydoc and bpb).")
+@click.option(
+    "--budget", type=int, default=DEFAULT_BUDGET, show_default=True, help="Byte cap for artifact + code bytes."
+)
+@click.option(
+    "--code",
+    "code",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="Submission code file counted in the budget (repeatable).",
+)
+@click.option(
+    "--calib",
+    default="self",
+    show_default=True,
+    help="Calibration tokens: 'self' (text sampled from the model itself; written to OUT.calib.bin), "
+    "a TRAIN shard glob, or 'pydoc' (Python docs, needs --tokenizer). Never val.",
+)
+@click.option(
+    "--tokenizer",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="sentencepiece .model (for --calib pydoc and bpb).",
+)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the artifact here (.qg3).")
-@click.option("--policy-out", type=click.Path(dir_okay=False), default=None, help="Policy file to write (default: OUT with .policy.json).")
-@click.option("--codec", "codecs", default="lzma", show_default=True, help="Artifact codec(s) to fit, comma-separated (lzma, zstd, brotli, best = per-stream choice inside QGv3), or 'all'.")
+@click.option(
+    "--policy-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Policy file to write (default: OUT with .policy.json).",
+)
+@click.option(
+    "--codec",
+    "codecs",
+    default="lzma",
+    show_default=True,
+    help="Artifact codec(s) to fit, comma-separated (lzma, zstd, brotli, "
+    "best = per-stream choice inside QGv3), or 'all'.",
+)
 @click.option("--bits", default="8,7,6,5,4", show_default=True, help="Integer widths offered to every tensor.")
 @click.option("--clips", default="quantile,mse", show_default=True, help="Clip rules offered for every width.")
-@click.option("--gptq/--no-gptq", default=True, show_default=True, help="Also offer every matrix spec with GPTQ rounding (Hessians from --calib).")
-@click.option("--gptq-batch", type=int, default=32, show_default=True, help="Calibration sequences (of --calib-seq tokens) for the GPTQ Hessians.")
-@click.option("--sensitivity", "sens_mode", type=click.Choice(["direct", "proxy", "both"]), default="both", show_default=True, help="Delta-loss estimate the solver uses (both: direct drives, the proxy's rank agreement with it is reported).")
-@click.option("--objective", type=click.Choice(["kl", "nll"]), default="kl", show_default=True, help="Damage measure: KL(raw || quantized) predictions, or delta NLL on the calibration tokens.")
-@click.option("--no-select", is_flag=True, help="Take the solver's layout as is (skip the joint comparison with greedy/proxy/preset layouts).")
+@click.option(
+    "--gptq/--no-gptq",
+    default=True,
+    show_default=True,
+    help="Also offer every matrix spec with GPTQ rounding (Hessians from --calib).",
+)
+@click.option(
+    "--gptq-batch",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Calibration sequences (of --calib-seq tokens) for the GPTQ Hessians.",
+)
+@click.option(
+    "--sensitivity",
+    "sens_mode",
+    type=click.Choice(["direct", "proxy", "both"]),
+    default="both",
+    show_default=True,
+    help="Delta-loss estimate the solver uses (both: direct drives, the proxy's rank agreement with it is reported).",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["kl", "nll"]),
+    default="kl",
+    show_default=True,
+    help="Damage measure: KL(raw || quantized) predictions, or delta NLL on the calibration tokens.",
+)
+@click.option(
+    "--no-select",
+    is_flag=True,
+    help="Take the solver's layout as is (skip the joint comparison with greedy/proxy/preset layouts).",
+)
 @click.option("--calib-batch", type=int, default=16, show_default=True, help="Calibration sequences per forward.")
 @click.option("--calib-seq", type=int, default=256, show_default=True, help="Tokens per calibration sequence.")
-@click.option("--target-headroom", type=int, default=2048, show_default=True, help="Fit until unused budget is below this.")
+@click.option(
+    "--target-headroom", type=int, default=2048, show_default=True, help="Fit until unused budget is below this."
+)
 @click.option("--solver", type=click.Choice(["dp", "greedy", "best"]), default="dp", show_default=True)
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Keep measurements here; a rerun with another budget reuses them.")
-@click.option("--val", default=None, help="Official val shard glob for the frontier's measured bpb and the final verify --eval.")
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep measurements here; a rerun with another budget reuses them.",
+)
+@click.option(
+    "--val", default=None, help="Official val shard glob for the frontier's measured bpb and the final verify --eval."
+)
 @click.option("--eval-tokens", type=int, default=65_537, show_default=True, help="Val tokens scored per measurement.")
 @click.option("--seq-len", type=int, default=1024, show_default=True, help="Evaluation context length.")
-@click.option("--frontier", "frontier_points", type=int, default=5, show_default=True, help="Budgets on the reported Pareto frontier (0: none).")
+@click.option(
+    "--frontier",
+    "frontier_points",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Budgets on the reported Pareto frontier (0: none).",
+)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the frontier as a PNG.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write the full JSON report here.")
 @click.option("--no-verify", is_flag=True, help="Skip the final fresh-process `verify --eval`.")
 @click.option("--num-heads", type=int, default=None, help="Override the inferred head count.")
-@click.option("--activation", type=click.Choice(ACTIVATIONS), default=None, help="MLP activation (not inferable from shapes).")
+@click.option(
+    "--activation", type=click.Choice(ACTIVATIONS), default=None, help="MLP activation (not inferable from shapes)."
+)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokenizer: str | None, out: str | None, policy_out: str | None,
-               codecs: str, bits: str, clips: str, gptq: bool, gptq_batch: int, sens_mode: str, objective: str, no_select: bool, calib_batch: int, calib_seq: int, target_headroom: int, solver: str,
-               cache_dir: str | None, val: str | None, eval_tokens: int, seq_len: int, frontier_points: int, plot: str | None,
-               report: str | None, no_verify: bool, num_heads: int | None, activation: str | None, device: str,
-               threads: int | None, progress: bool | None, as_json: bool) -> None:
+def search_cmd(
+    ckpt: str,
+    budget: int,
+    code: tuple[str, ...],
+    calib: str,
+    tokenizer: str | None,
+    out: str | None,
+    policy_out: str | None,
+    codecs: str,
+    bits: str,
+    clips: str,
+    gptq: bool,
+    gptq_batch: int,
+    sens_mode: str,
+    objective: str,
+    no_select: bool,
+    calib_batch: int,
+    calib_seq: int,
+    target_headroom: int,
+    solver: str,
+    cache_dir: str | None,
+    val: str | None,
+    eval_tokens: int,
+    seq_len: int,
+    frontier_points: int,
+    plot: str | None,
+    report: str | None,
+    no_verify: bool,
+    num_heads: int | None,
+    activation: str | None,
+    device: str,
+    threads: int | None,
+    progress: bool | None,
+    as_json: bool,
+) -> None:
     """Search per-tensor bit widths / clip rules / passthrough and the codec for the lowest loss under --budget."""
     import torch
 
@@ -114,19 +225,48 @@ def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokeni
     # --calib self: the samples live next to the policy that names them, so a replay finds them
     stem = None if policy_out is None else str(Path(policy_out).with_suffix("")).removesuffix(".policy")
     cfg = SearchConfig(
-        budget=budget, code=list(code), calib=calib, tokenizer=tokenizer,
-        codecs=tuple(c.strip() for c in codecs.split(",") if c.strip()), bits=_int_list(bits, "bits"), clips=clip_t,
-        gptq=gptq, gptq_batch=gptq_batch, calib_batch=calib_batch, calib_seq=calib_seq, sensitivity=sens_mode, objective=objective, select=not no_select, target_headroom=target_headroom,
-        solver=solver, cache_dir=cache_dir, device=device, num_heads=num_heads, activation=activation, progress=progress,
+        budget=budget,
+        code=list(code),
+        calib=calib,
+        tokenizer=tokenizer,
+        codecs=tuple(c.strip() for c in codecs.split(",") if c.strip()),
+        bits=_int_list(bits, "bits"),
+        clips=clip_t,
+        gptq=gptq,
+        gptq_batch=gptq_batch,
+        calib_batch=calib_batch,
+        calib_seq=calib_seq,
+        sensitivity=sens_mode,
+        objective=objective,
+        select=not no_select,
+        target_headroom=target_headroom,
+        solver=solver,
+        cache_dir=cache_dir,
+        device=device,
+        num_heads=num_heads,
+        activation=activation,
+        progress=progress,
         calib_out=None if stem is None else stem + ".calib.bin",
     )
     try:
         res = run_search(ckpt, cfg)
     except InfeasibleBudget as e:  # the library says what to raise by its parameter name; here it is a flag
         raise InfeasibleBudget(e.budget, e.floor, e.what, knob="--budget") from None
-    rep = search_outputs(res, ckpt=ckpt, out=out, policy_out=policy_out, val=val, tokenizer=tokenizer, eval_tokens=eval_tokens,
-                         seq_len=seq_len, frontier_points=frontier_points, plot=plot, verify=not no_verify, device=device,
-                         progress=progress)
+    rep = search_outputs(
+        res,
+        ckpt=ckpt,
+        out=out,
+        policy_out=policy_out,
+        val=val,
+        tokenizer=tokenizer,
+        eval_tokens=eval_tokens,
+        seq_len=seq_len,
+        frontier_points=frontier_points,
+        plot=plot,
+        verify=not no_verify,
+        device=device,
+        progress=progress,
+    )
     if report:
         from golfpack._io import write_bytes_atomic
 
@@ -134,9 +274,22 @@ def search_cmd(ckpt: str, budget: int, code: tuple[str, ...], calib: str, tokeni
     emit(rep, as_json, human_lines(rep))
 
 
-def search_outputs(res: Any, *, ckpt: str, out: str | None, policy_out: str | None, val: str | None, tokenizer: str | None,
-                   eval_tokens: int, seq_len: int, frontier_points: int, plot: str | None, verify: bool, device: str,
-                   progress: bool | None) -> dict[str, Any]:
+def search_outputs(
+    res: Any,
+    *,
+    ckpt: str,
+    out: str | None,
+    policy_out: str | None,
+    val: str | None,
+    tokenizer: str | None,
+    eval_tokens: int,
+    seq_len: int,
+    frontier_points: int,
+    plot: str | None,
+    verify: bool,
+    device: str,
+    progress: bool | None,
+) -> dict[str, Any]:
     """Write policy + artifact, build the frontier, verify; returns the report dict."""
     from golfpack.search import write_policy
     from golfpack.search.report import frontier, frontier_table, plot_frontier
@@ -149,24 +302,32 @@ def search_outputs(res: Any, *, ckpt: str, out: str | None, policy_out: str | No
             write_policy(policy_out, res.policy)
         rep["policy_file"] = policy_out
         pydoc_gptq = res.policy.uses_gptq and res.policy.calibration.source == "pydoc"
-        rep["replay"] = (f"golfpack pack {ckpt} --policy {policy_out} --codec {res.codec} --budget {res.budget}"
-                         + "".join(f" --code {c}" for c in res.code_files)
-                         + (f" --activation {res.config.activation}" if res.config.activation != "relu2" else "")
-                         + (f" --tokenizer {tokenizer}" if pydoc_gptq else ""))
+        rep["replay"] = (
+            f"golfpack pack {ckpt} --policy {policy_out} --codec {res.codec} --budget {res.budget}"
+            + "".join(f" --code {c}" for c in res.code_files)
+            + (f" --activation {res.config.activation}" if res.config.activation != "relu2" else "")
+            + (f" --tokenizer {tokenizer}" if pydoc_gptq else "")
+        )
     if out:
-        res.save(out, policy_path=policy_out)  # packed as `golfpack pack --policy` replays it (checked against the search's bytes)
+        res.save(
+            out, policy_path=policy_out
+        )  # packed as `golfpack pack --policy` replays it (checked against the search's bytes)
         rep["out"] = out
     scorer = base = None
     bpb_per_nat = None
     if val and tokenizer:
-        score, _ = make_scorer(val, tokenizer, seq_len=seq_len, max_tokens=eval_tokens, device=device, config=res.config)
+        score, _ = make_scorer(
+            val, tokenizer, seq_len=seq_len, max_tokens=eval_tokens, device=device, config=res.config
+        )
         scorer = score
         base = score(res.state_dict)
         rep["raw_val_loss"], rep["raw_val_bpb"] = base
         bpb_per_nat = base[1] / base[0] if base[0] else None
         rep["predicted_delta_bpb"] = None if bpb_per_nat is None else res.predicted_loss * bpb_per_nat
     if frontier_points > 0 or plot:
-        rows = frontier(res, points=max(frontier_points, 2), scorer=scorer, base=base, bpb_per_nat=bpb_per_nat, progress=progress)
+        rows = frontier(
+            res, points=max(frontier_points, 2), scorer=scorer, base=base, bpb_per_nat=bpb_per_nat, progress=progress
+        )
         rep["frontier"] = rows
         rep["frontier_table"] = frontier_table(rows)
         if plot:
@@ -175,15 +336,25 @@ def search_outputs(res: Any, *, ckpt: str, out: str | None, policy_out: str | No
     if out and verify:
         from golfpack.evaluator.verify import EvalOptions, verify_artifact
 
-        ev = EvalOptions(val=val, tokenizer=tokenizer, seq_len=seq_len, max_tokens=eval_tokens, device=device) if (val and tokenizer) else None
-        v = verify_artifact(out, against=ckpt, eval_options=ev, num_heads=res.config.num_heads, activation=res.config.activation)
-        rep["verify"] = {k: v.get(k) for k in ("ok", "problems", "digests_checked", "post", "pre", "val_bpb_gap", "val_loss_gap", "bytes")}
+        ev = (
+            EvalOptions(val=val, tokenizer=tokenizer, seq_len=seq_len, max_tokens=eval_tokens, device=device)
+            if (val and tokenizer)
+            else None
+        )
+        v = verify_artifact(
+            out, against=ckpt, eval_options=ev, num_heads=res.config.num_heads, activation=res.config.activation
+        )
+        rep["verify"] = {
+            k: v.get(k)
+            for k in ("ok", "problems", "digests_checked", "post", "pre", "val_bpb_gap", "val_loss_gap", "bytes")
+        }
     return rep
 
 
 def human_lines(rep: dict[str, Any]) -> list[str]:
     lines = [
-        f"chosen codec {rep['codec']}; layout: " + ", ".join(f"{k}={v}" for k, v in _layout_summary(rep["layout"]).items()),
+        f"chosen codec {rep['codec']}; layout: "
+        + ", ".join(f"{k}={v}" for k, v in _layout_summary(rep["layout"]).items()),
         f"model bytes {rep['model_bytes']:>12,}",
         f"code bytes  {rep['code_bytes']:>12,}",
         f"total       {rep['total_bytes']:>12,}  of budget {rep['budget']:,}",
@@ -192,9 +363,13 @@ def human_lines(rep: dict[str, Any]) -> list[str]:
         + (f" (~{rep['predicted_delta_bpb']:.5f} bpb)" if rep.get("predicted_delta_bpb") is not None else ""),
     ]
     if rep.get("chosen_from"):
-        lines.append(f"chosen from {rep['chosen_from']} by joint {rep['objective']} {rep['joint_objective']:.5f} on held-out calibration; compared:")
+        lines.append(
+            f"chosen from {rep['chosen_from']} by joint {rep['objective']} {rep['joint_objective']:.5f} on held-out calibration; compared:"
+        )
         for a in rep["alternatives"]:
-            lines.append(f"  {a['source']:<34} {a['model_bytes']:>10,} B  predicted {a['predicted_loss']:.5f}  joint {a['joint']:.5f}")
+            lines.append(
+                f"  {a['source']:<34} {a['model_bytes']:>10,} B  predicted {a['predicted_loss']:.5f}  joint {a['joint']:.5f}"
+            )
     ag = rep.get("proxy_vs_direct")
     if ag:
         lines.append(f"proxy vs direct: Spearman {ag['spearman']:.3f} over {ag['pairs']} (tensor, spec) pairs")
@@ -207,7 +382,9 @@ def human_lines(rep: dict[str, Any]) -> list[str]:
         lines.append(f"wrote {rep['out']}")
     v = rep.get("verify")
     if v:
-        line = f"verify: {'ok' if v['ok'] else 'FAILED ' + '; '.join(v['problems'] or [])}, {v['digests_checked']} digests"
+        line = (
+            f"verify: {'ok' if v['ok'] else 'FAILED ' + '; '.join(v['problems'] or [])}, {v['digests_checked']} digests"
+        )
         if v.get("post"):
             line += f", fresh-load val_bpb {v['post']['val_bpb']:.5f}"
             if v.get("val_bpb_gap") is not None:

@@ -24,8 +24,8 @@ from torch import Tensor
 from golfpack._progress import bar as progress_bar
 from golfpack.errors import DataError, UsageError
 from golfpack.evaluator.dist import DistContext, all_reduce_sum, resolve_device
-from golfpack.tokenizer import ByteLUTs, build_luts
 from golfpack.evaluator.windows import WindowPlan, check_stride, plan_windows, usable_targets
+from golfpack.tokenizer import ByteLUTs, build_luts
 
 DEFAULT_BATCH_SIZE = 32
 

@@ -46,7 +46,7 @@ class WindowPlan:
         """Targets this plan (or this rank's share of it) scores."""
         return int((self.seq_len - self.score_from).sum())
 
-    def shard(self, rank: int, world_size: int) -> "WindowPlan":
+    def shard(self, rank: int, world_size: int) -> WindowPlan:
         """This rank's contiguous share of the windows (ranks may get none when windows < ranks)."""
         n = self.num_windows
         lo, hi = n * rank // world_size, n * (rank + 1) // world_size

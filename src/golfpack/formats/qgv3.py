@@ -25,8 +25,9 @@ The code is split as gguf-py splits its own, and this module is the front door t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from golfpack._io import write_bytes_atomic
 from golfpack.formats.bitpack import pack_bits  # noqa: F401  (tests and older callers reach it here)
@@ -58,7 +59,15 @@ from golfpack.formats.qgv3_read import (
     read_header,
     read_qgv3,
 )
-from golfpack.formats.qgv3_streams import STORAGE_DTYPES, Contents, collect, layout_bytes, stream_key, stream_raw_size, tensor_digest
+from golfpack.formats.qgv3_streams import (
+    STORAGE_DTYPES,
+    Contents,
+    collect,
+    layout_bytes,
+    stream_key,
+    stream_raw_size,
+    tensor_digest,
+)
 from golfpack.formats.qgv3_write import QGv3Plan, StreamPlan, serialize_qgv3
 from golfpack.formats.records import TensorRecord
 

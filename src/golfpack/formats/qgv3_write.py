@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from golfpack.errors import UsageError
 from golfpack.formats.codecs import compress
-from golfpack.formats.qgv3_constants import FLAGS_NONE, LEVEL_LAYOUTS, MAGIC, PREAMBLE, VALUE_LAYOUTS, VERSION, Codec, Layout, StreamKind
+from golfpack.formats.qgv3_constants import (
+    FLAGS_NONE,
+    LEVEL_LAYOUTS,
+    MAGIC,
+    PREAMBLE,
+    VALUE_LAYOUTS,
+    VERSION,
+    Codec,
+    Layout,
+    StreamKind,
+)
 from golfpack.formats.qgv3_streams import Contents
 
 LzmaProps = tuple[int, int, int]  # (lc, lp, pb)

@@ -8,14 +8,20 @@ meant" is well defined.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from golfpack.errors import UsageError
-from golfpack.formats.qgv3_constants import PASS_STORAGE, SCALES_PER_ROW, SCALES_PER_TENSOR, STORAGE_DTYPES, TENSOR_DTYPES
+from golfpack.formats.qgv3_constants import (
+    PASS_STORAGE,
+    SCALES_PER_ROW,
+    SCALES_PER_TENSOR,
+    STORAGE_DTYPES,
+    TENSOR_DTYPES,
+)
 from golfpack.formats.spec import TensorSpec
 
 # torch dtype name (as in str(dtype) without "torch.") <-> torch dtype, for the dtypes we store.

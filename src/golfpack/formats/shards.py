@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from golfpack._io import atomic_write
-from golfpack.errors import GolfpackError
+from golfpack.errors import DataError, FormatError, UsageError
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -28,25 +28,29 @@ def read_shard_header(path: str | os.PathLike[str]) -> int:
     """Validate a shard's header and size; return its token count."""
     path = Path(path)
     if path.is_dir():  # e.g. --val data/ : name the shards, not their folder
-        raise GolfpackError(f"shard {path}: is a folder, not a shard file: pass a shard path or a quoted glob like '{path}/*.bin'")
+        raise DataError(f"shard {path}: is a folder, not a shard file: pass a shard path or a quoted glob like '{path}/*.bin'")
     if not path.is_file():
-        raise GolfpackError(f"shard {path}: file not found")
+        raise DataError(f"shard {path}: file not found")
     size = path.stat().st_size
     if size < HEADER_BYTES:
-        raise GolfpackError(f"shard {path}: truncated header ({size} bytes, need {HEADER_BYTES})")
+        raise FormatError(f"shard: truncated header ({size} bytes, need {HEADER_BYTES})", path=path, offset=size)
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
     if int(header[0]) != SHARD_MAGIC:
-        raise GolfpackError(f"shard {path}: bad magic {int(header[0])} in header word 0 (expected {SHARD_MAGIC})")
+        raise FormatError(f"shard: bad magic {int(header[0])} in header word 0 (expected {SHARD_MAGIC})", path=path, offset=0)
     if int(header[1]) != SHARD_VERSION:
-        raise GolfpackError(f"shard {path}: unsupported version {int(header[1])} in header word 1 (expected {SHARD_VERSION})")
+        raise FormatError(
+            f"shard: unsupported version {int(header[1])} in header word 1 (expected {SHARD_VERSION})", path=path, offset=4
+        )
     count = int(header[2])
     if count < 0:
-        raise GolfpackError(f"shard {path}: negative token count {count} in header word 2")
+        raise FormatError(f"shard: negative token count {count} in header word 2", path=path, offset=8)
     expected = HEADER_BYTES + count * TOKEN_DTYPE.itemsize
     if size != expected:
         what = "truncated" if size < expected else "has trailing bytes"
-        raise GolfpackError(
-            f"shard {path}: {what}: header word 2 says {count} tokens = {expected} bytes, file is {size} bytes"
+        raise FormatError(
+            f"shard: {what}: header word 2 says {count} tokens = {expected} bytes, file is {size} bytes",
+            path=path,
+            offset=min(size, expected),
         )
     return count
 
@@ -65,9 +69,9 @@ def write_shard(path: str | os.PathLike[str], tokens: np.ndarray | list[int]) ->
     """Write tokens as a shard atomically; return the token count."""
     arr = np.asarray(tokens)
     if arr.ndim != 1:
-        raise GolfpackError(f"shard {path}: tokens must be 1-D, got shape {arr.shape}")
+        raise UsageError(f"shard {path}: tokens must be 1-D, got shape {arr.shape}", param="tokens")
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) > MAX_TOKEN_ID):
-        raise GolfpackError(f"shard {path}: token ids must be in 0..{MAX_TOKEN_ID} to fit uint16")
+        raise UsageError(f"shard {path}: token ids must be in 0..{MAX_TOKEN_ID} to fit uint16", param="tokens")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, arr.size
     with atomic_write(path) as f:
@@ -80,7 +84,7 @@ def expand_pattern(pattern: str | os.PathLike[str]) -> list[Path]:
     """Sorted shard files for a glob (or a single path); error if nothing matches."""
     files = sorted(Path(p) for p in glob.glob(str(pattern)))
     if not files:
-        raise GolfpackError(f"no shard files match {str(pattern)!r}: check the path or quote the glob")
+        raise DataError(f"no shard files match {str(pattern)!r}: check the path or quote the glob")
     return files
 
 

@@ -53,12 +53,12 @@ class TensorSpec:
         base = f"int{self.bits}" if self.clip == "quantile" else f"int{self.bits}:{self.clip}"
         return base + "+gptq" if self.gptq else base
 
-    def rounded(self) -> "TensorSpec":
+    def rounded(self) -> TensorSpec:
         """The same grid with round-to-nearest levels (what QAT simulates: it has no Hessian)."""
         return replace(self, gptq=False) if self.gptq else self
 
     @classmethod
-    def parse(cls, text: str) -> "TensorSpec":
+    def parse(cls, text: str) -> TensorSpec:
         """Parse `int6`, `int6:mse`, `int6+gptq`, `fp16`, `exact`, ... (UsageError lists the accepted forms)."""
         t = text.strip().lower()
         if t in PASSTHROUGH_DTYPES:

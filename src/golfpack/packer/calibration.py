@@ -43,17 +43,13 @@ def pydoc_tokens(tokenizer: str) -> np.ndarray:
 
     Each page is one document, prefixed with the tokenizer's BOS id (as the challenge's shards are).
     """
-    from pydoc_data.topics import topics
+    from golfpack._pydoc_text import pydoc_documents
+    from golfpack.tokenizer import load_sentencepiece
 
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+    sp = load_sentencepiece(tokenizer)
     bos = sp.bos_id()
     out: list[int] = []
-    for key in sorted(topics):
-        text = topics[key].strip()
-        if not text:
-            continue
+    for text in pydoc_documents():
         if bos >= 0:
             out.append(bos)
         out.extend(sp.encode(text))
@@ -151,7 +147,7 @@ class GptqCalibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "policy calibration") -> "GptqCalibration":
+    def from_dict(cls, d: Any, where: str = "policy calibration") -> GptqCalibration:
         if not isinstance(d, dict) or not isinstance(d.get("source"), str):
             raise FormatError(f"{where}: expected {{source, batch, seq, digest}}, got {d!r}")
         unknown = set(d) - {"source", "batch", "seq", "digest"}

@@ -15,18 +15,17 @@ from typing import Any
 
 from torch import Tensor
 
-from golfpack._version import __version__
 from golfpack._io import write_bytes_atomic
 from golfpack._progress import bar as progress_bar
+from golfpack._version import __version__
 from golfpack.errors import BudgetError, UsageError
 from golfpack.formats.records import TensorRecord
+from golfpack.formats.spec import TensorSpec
 from golfpack.model import ModelConfig
 from golfpack.packer.policy import Policy
-from golfpack.formats.spec import TensorSpec
 
 DEFAULT_BUDGET = 16_000_000  # the challenge cap: code bytes + compressed model bytes
 DEFAULT_CODEC = "lzma"
-_PASS_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 
 @dataclass
@@ -84,14 +83,8 @@ class Artifact:
 
 
 def payload_bytes(r: TensorRecord) -> float:
-    """Bytes the record costs before entropy coding: bit-packed levels + scales, or raw values."""
-    if r.spec.kind == "int":
-        assert r.scales is not None
-        return r.numel * r.spec.bits / 8 + r.scales.size * r.scales.itemsize
-    if r.spec.dtype == "exact":
-        assert r.data is not None
-        return float(r.data.nbytes)
-    return float(r.numel * _PASS_BYTES[r.spec.dtype])
+    """Bytes the record costs before entropy coding (formats.records.payload_bytes, the one definition)."""
+    return r.payload_bytes()
 
 
 def plan_row(r: TensorRecord) -> dict[str, Any]:
@@ -217,7 +210,9 @@ def count_code_bytes(paths: list[str] | tuple[str, ...]) -> tuple[int, list[str]
     return total, files
 
 
-def load_input(src: str | os.PathLike[str], *, num_heads: int | None = None, activation: str | None = None) -> tuple[dict[str, Tensor], ModelConfig | None, str]:
+def load_input(
+    src: str | os.PathLike[str], *, num_heads: int | None = None, activation: str | None = None
+) -> tuple[dict[str, Tensor], ModelConfig | None, str]:
     """Any .pt / .ptz / .qg3 -> (float state dict, config or None, kind)."""
     from golfpack.loading import load_any
 

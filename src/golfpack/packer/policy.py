@@ -28,8 +28,8 @@ from typing import Any
 from torch import Tensor
 
 from golfpack.errors import UsageError
-from golfpack.model import CONTROL_TENSOR_NAME_PATTERNS
 from golfpack.formats.spec import TensorSpec
+from golfpack.model import CONTROL_TENSOR_NAME_PATTERNS
 
 # The baseline keeps every float tensor with at most this many elements unquantized.
 BASELINE_KEEP_FLOAT_MAX_NUMEL = 65_536
@@ -81,7 +81,7 @@ class Rule:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "rule") -> "Rule":
+    def from_dict(cls, d: dict[str, Any], where: str = "rule") -> Rule:
         if not isinstance(d, dict):
             raise UsageError(f"{where}: a rule must be a table/object, got {type(d).__name__}")
         unknown = sorted(set(d) - _RULE_KEYS)
@@ -157,13 +157,13 @@ class Policy:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def preset(cls, name: str) -> "Policy":
+    def preset(cls, name: str) -> Policy:
         if name not in PRESETS:
             raise UsageError(f"unknown policy {name!r}: use one of {', '.join(PRESETS)} or a .toml/.json policy file")
         return PRESETS[name]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], name: str | None = None) -> "Policy":
+    def from_dict(cls, d: dict[str, Any], name: str | None = None) -> Policy:
         if not isinstance(d, dict):
             raise UsageError(f"policy must be a table/object, got {type(d).__name__}")
         unknown = sorted(set(d) - {"name", "rules", "default", "base", "calibration"})
@@ -189,12 +189,12 @@ class Policy:
         return cls(name=str(d.get("name", name or "custom")), rules=rules, default=default, calibration=calibration)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Policy":
+    def load(cls, path: str | Path) -> Policy:
         from golfpack._io import load_table
 
         return cls.from_dict(load_table(path, "policy file"), name=Path(path).stem)
 
-    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> "Policy":
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> Policy:
         """Prepend `PATTERN=SPEC` rules (glob or re:regex); later overrides win over earlier ones."""
         new: list[Rule] = []
         for text in overrides:

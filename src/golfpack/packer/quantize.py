@@ -48,9 +48,10 @@ _FP16_TINY = 2.0**-24
 
 
 def qmax_for(bits: int) -> int:
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits must be 2..8, got {bits}")
-    return (1 << (bits - 1)) - 1
+    """Largest level magnitude of a `bits`-wide grid (the format's one definition)."""
+    from golfpack.formats.qgv3_constants import qmax
+
+    return qmax(bits)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ class SearchConfig:
     self_sequences: int = 128  # calib 'self': sampled sequences (of calib_seq tokens; half measure, half select)
     self_seed: int = 0  # calib 'self': sampling seed
     calib_out: str | None = None  # calib 'self': where the samples are written as a shard (the policy points there)
-    codecs: tuple[str, ...] = ("lzma",)  # artifact codecs to consider (each is fitted; the first also prices the cost tables); 'all' = lzma, brotli, zstd as available
+    codecs: tuple[str, ...] = ("lzma",)  # artifact codecs to consider (each is fitted;
+    # the first also prices the cost tables); 'all' = lzma, brotli, zstd as available
     bits: tuple[int, ...] = (8, 7, 6, 5, 4)  # integer widths offered to every float tensor
     clips: tuple[str, ...] = ("quantile", "mse")  # clip rules offered for every width
     gptq: bool = True  # also offer every matrix width x clip with GPTQ rounding (Hessians from the calibration tokens)
@@ -93,7 +94,7 @@ class SearchConfig:
             return [c for c in ALL_CODECS if c in avail]
         return list(dict.fromkeys(self.codecs))
 
-    def replace(self, **changes: Any) -> "SearchConfig":
+    def replace(self, **changes: Any) -> SearchConfig:
         """A copy with `changes` applied (validated like a new one)."""
         return SearchConfig(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
 

@@ -5,8 +5,9 @@ then what is left is spent on upgrades, each batch checked by one exact pack (an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from golfpack.search.config import SearchConfig
 from golfpack.search.costs import CostModel, cheapest_choice, fit_cost_model
@@ -42,7 +43,7 @@ class Fitter:
         self.sizes: dict[tuple[int, ...], int] = {}
 
     @classmethod
-    def for_problem(cls, p: Problem, codec: str, table: dict[str, dict[str, int]], deltas: dict[str, dict[str, float]], cfg: SearchConfig) -> "Fitter":
+    def for_problem(cls, p: Problem, codec: str, table: dict[str, dict[str, int]], deltas: dict[str, dict[str, float]], cfg: SearchConfig) -> Fitter:
         costs = [[int(table[n][s.label()]) for s in p.candidates[n]] for n in p.names]
         losses = [[float(deltas[n][s.label()]) for s in p.candidates[n]] for n in p.names]
         return cls(costs, losses, lambda ch: len(p.encode(ch, codec)), cfg, codec=codec, extra_choices=[tuple(cheapest_choice(p, codec))])

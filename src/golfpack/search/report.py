@@ -3,8 +3,9 @@ table and (with matplotlib) a PNG."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import Tensor
 
@@ -53,7 +54,9 @@ def frontier(
     fitter = Fitter.for_problem(p, result.codec, result.tables[result.codec], result.sens["deltas"], cfg)
     lo = min(fitter.measure(tuple(cheapest_choice(p, result.codec))), fitter.measure(fitter.cheapest()))
     # top of the range: the least-damage layout (cheapest among equally harmless specs), not fp32 everywhere
-    best_loss = tuple(min(range(len(c)), key=lambda j: (round(l[j] / 1e-6), c[j])) for c, l in zip(fitter.costs, fitter.losses))
+    best_loss = tuple(
+        min(range(len(c)), key=lambda j: (round(l[j] / 1e-6), c[j])) for c, l in zip(fitter.costs, fitter.losses)
+    )
     hi = fitter.measure(best_loss)
     budgets = frontier_budgets(lo, hi, points)
     rows: list[dict[str, Any]] = []
@@ -68,8 +71,38 @@ def frontier(
         if f.choice == result.choice or f.choice in done:
             continue  # the same layout twice (a budget above what any better layout needs)
         done.add(f.choice)
-        rows.append(_row(p, f.choice, f.model_bytes, f.predicted_loss, mb, result, seen, scorer, base, bpb_per_nat, decode_qgv3, chosen=False))
-    rows.append(_row(p, result.choice, result.model_bytes, result.predicted_loss, result.budget - result.code_bytes, result, seen, scorer, base, bpb_per_nat, decode_qgv3, chosen=True))
+        rows.append(
+            _row(
+                p,
+                f.choice,
+                f.model_bytes,
+                f.predicted_loss,
+                mb,
+                result,
+                seen,
+                scorer,
+                base,
+                bpb_per_nat,
+                decode_qgv3,
+                chosen=False,
+            )
+        )
+    rows.append(
+        _row(
+            p,
+            result.choice,
+            result.model_bytes,
+            result.predicted_loss,
+            result.budget - result.code_bytes,
+            result,
+            seen,
+            scorer,
+            base,
+            bpb_per_nat,
+            decode_qgv3,
+            chosen=True,
+        )
+    )
     rows.sort(key=lambda r: r["model_bytes"])
     return rows
 
@@ -100,16 +133,21 @@ def frontier_table(rows: list[dict[str, Any]]) -> list[str]:
     def f(v: Any, nd: int = 5) -> str:
         return "-" if v is None else f"{v:.{nd}f}"
 
-    out = [f"{'total bytes':>12} {'model bytes':>12} {'pred dloss':>11} {'pred dbpb':>10} {'meas dbpb':>10} {'meas bpb':>9}"]
+    out = [
+        f"{'total bytes':>12} {'model bytes':>12} {'pred dloss':>11} {'pred dbpb':>10} {'meas dbpb':>10} {'meas bpb':>9}"
+    ]
     for r in rows:
         out.append(
             f"{r['total_bytes']:>12,} {r['model_bytes']:>12,} {f(r['predicted_delta_loss']):>11} {f(r['predicted_delta_bpb']):>10} "
-            f"{f(r.get('measured_delta_bpb')):>10} {f(r.get('measured_bpb'), 4):>9}" + ("  <- chosen" if r["chosen"] else "")
+            f"{f(r.get('measured_delta_bpb')):>10} {f(r.get('measured_bpb'), 4):>9}"
+            + ("  <- chosen" if r["chosen"] else "")
         )
     return out
 
 
-def plot_frontier(rows: list[dict[str, Any]], path: str | Path, *, title: str = "golfpack search frontier", budget: int | None = None) -> None:
+def plot_frontier(
+    rows: list[dict[str, Any]], path: str | Path, *, title: str = "golfpack search frontier", budget: int | None = None
+) -> None:
     """Bytes vs delta bpb (predicted and measured) as a PNG; needs matplotlib (`pip install golfpack[plot]`)."""
     try:
         import matplotlib
@@ -122,8 +160,15 @@ def plot_frontier(rows: list[dict[str, Any]], path: str | Path, *, title: str = 
 
     xs = [r["total_bytes"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    key_pred = "predicted_delta_bpb" if any(r.get("predicted_delta_bpb") is not None for r in rows) else "predicted_delta_loss"
-    ax.plot(xs, [r[key_pred] for r in rows], "o--", label="predicted " + ("delta bpb" if key_pred.endswith("bpb") else "delta loss (nats)"))
+    key_pred = (
+        "predicted_delta_bpb" if any(r.get("predicted_delta_bpb") is not None for r in rows) else "predicted_delta_loss"
+    )
+    ax.plot(
+        xs,
+        [r[key_pred] for r in rows],
+        "o--",
+        label="predicted " + ("delta bpb" if key_pred.endswith("bpb") else "delta loss (nats)"),
+    )
     if any(r.get("measured_delta_bpb") is not None for r in rows):
         ax.plot(xs, [r.get("measured_delta_bpb") for r in rows], "s-", label="measured delta bpb")
     elif any(r.get("measured_delta_loss") is not None for r in rows):
@@ -136,7 +181,12 @@ def plot_frontier(rows: list[dict[str, Any]], path: str | Path, *, title: str = 
         ax.axvline(budget, color="grey", linestyle=":", label=f"budget {budget:,}")
     # the floor layout's damage dwarfs the rest: a log scale (linear near 0) keeps every point readable
     ax.set_yscale("symlog", linthresh=1e-4)
-    ys = [v for r in rows for v in (r.get(key_pred), r.get("measured_delta_bpb"), r.get("measured_delta_loss")) if v is not None]
+    ys = [
+        v
+        for r in rows
+        for v in (r.get(key_pred), r.get("measured_delta_bpb"), r.get("measured_delta_loss"))
+        if v is not None
+    ]
     if ys:
         ax.set_ylim(bottom=min(0.0, min(ys)) * 1.5, top=max(ys) * 1.5 if max(ys) > 0 else None)
     ax.set_xlabel("artifact + code bytes")

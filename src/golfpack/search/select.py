@@ -6,8 +6,9 @@ lowest damage wins (within measurement noise, the layout that stores the most by
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from golfpack._progress import bar as progress_bar
 from golfpack.search.config import SearchConfig

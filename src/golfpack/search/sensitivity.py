@@ -16,7 +16,8 @@ The calibration tokens and the fixed batches cut from them come from `golfpack.p
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch

@@ -13,13 +13,13 @@ import copy
 import datetime as _dt
 import json
 import math
-import os
 import random
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +32,8 @@ from golfpack.errors import DataError, UsageError
 from golfpack.evaluator import dist as dist_ctx
 from golfpack.evaluator.api import evaluate
 from golfpack.evaluator.dist import DistContext
-from golfpack.tokenizer import build_luts, load_sentencepiece
 from golfpack.model import GPT, ModelConfig
+from golfpack.tokenizer import build_luts, load_sentencepiece
 from golfpack.trainer.config import MICROBATCH_DIVISOR, TrainConfig
 from golfpack.trainer.data import DistributedTokenLoader, check_train_shards
 from golfpack.trainer.optim import build_optimizers, lr_multiplier, muon_momentum_at, newton_schulz, set_schedule
@@ -126,10 +126,11 @@ def check_config(cfg: TrainConfig, world_size: int) -> _Plan:
     accum = MICROBATCH_DIVISOR // world_size
     per_micro = cfg.train_batch_tokens // MICROBATCH_DIVISOR
     if cfg.train_batch_tokens % (MICROBATCH_DIVISOR * cfg.train_seq_len):
+        unit = MICROBATCH_DIVISOR * cfg.train_seq_len
         raise UsageError(
             f"train_batch_tokens {cfg.train_batch_tokens} is not divisible into sequences: it must be a multiple of "
             f"{MICROBATCH_DIVISOR} micro-batches x train_seq_len {cfg.train_seq_len} = "
-            f"{MICROBATCH_DIVISOR * cfg.train_seq_len} (e.g. {max(1, round(cfg.train_batch_tokens / (MICROBATCH_DIVISOR * cfg.train_seq_len))) * MICROBATCH_DIVISOR * cfg.train_seq_len})",
+            f"{unit} (e.g. {max(1, round(cfg.train_batch_tokens / unit)) * unit})",
             param="train_batch_tokens",
         )
     files = check_train_shards(cfg.train_files, cfg.vocab_size, cfg.val_files)
@@ -559,7 +560,7 @@ def _metadata(cfg: TrainConfig, mcfg: ModelConfig, r: TrainResult, d: DistContex
             "last_train_loss": r.train_losses[-1][1] if r.train_losses else None,
             "git_revision": git_revision(),
             "torch_version": torch.__version__,
-            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
         "train_config": cfg.to_dict(),
     }

@@ -8,7 +8,7 @@ so the NS cost is split across GPUs.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
