@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from golfpack._progress import bar as progress_bar
-from golfpack.errors import DataError, UsageError
+from golfpack.errors import DataError, FormatError, UsageError
 from golfpack.evaluator.dist import DistContext, all_reduce_sum, resolve_device
 from golfpack.evaluator.windows import WindowPlan, check_stride, plan_windows, usable_targets
 from golfpack.tokenizer import ByteLUTs, build_luts
@@ -230,7 +230,11 @@ def load_model_with_info(path: str | os.PathLike[str], *, num_heads: int | None 
 
         sd, cfg, source = load_state_dict(path), None, ""
     if cfg is None:  # foreign schema or no loader: infer_config raises the precise key/shape error
-        cfg, source = infer_config(sd, num_heads=num_heads, activation=activation), "inferred"
+        try:
+            cfg, source = infer_config(sd, num_heads=num_heads, activation=activation), "inferred"
+        except FormatError as e:  # not the baseline family: the user's own code can run it
+            raise FormatError(f"{e.detail}; if this is your own architecture, pass model='FILE.py[:NAME]' with its "
+                              "model code (docs/models.md)", path=path) from None
     check_state_dict(sd, cfg)
     return build_model(cfg, sd, device=device), model_info(cfg, source, num_heads, activation)
 

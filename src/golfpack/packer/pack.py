@@ -265,7 +265,8 @@ def pack_file(
     elif config is None and require_config:
         raise UsageError(
             f"{src}: cannot infer a baseline-family model config from its keys/shapes; pass num_heads/activation "
-            "if that is the problem, or require_config=False to pack the tensors anyway",
+            "if that is the problem, model='FILE.py[:NAME]' with your own model code (docs/models.md), or "
+            "require_config=False to pack the tensors anyway",
             param="require_config",
         )
     meta = artifact_meta(src, kind, Path(src).read_bytes(), adapter)
