@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
     "golfpack.formats": 2,  # all on-disk vocabulary: spec labels, codecs, bit-packing, QGv3, legacy, shards
     "golfpack.model": 3,
     "golfpack.tokenizer": 3,
+    "golfpack.adapters": 4,  # model adapters: the baseline family or the user's own model file (builds on model)
     "golfpack.loading": 4,  # any file -> state dict + model config
     "golfpack.prepare": 4,  # text -> token shards
     "golfpack.packer": 5,

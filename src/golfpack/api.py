@@ -63,12 +63,15 @@ def pack(
     budget: int | None = None,
     code: list[PathLike] | tuple[PathLike, ...] = (),
     progress: bool | None = False,
+    model_code: PathLike | None = None,
 ) -> Artifact:
     """Quantize and compress `model` with `policy` (a preset name such as "int6+tok8", a .toml/.json policy
     file, or a Policy) into an in-memory Artifact; `.save(path)` writes it.
 
     `overrides` are `PATTERN=SPEC` rules on top of the policy; `calib`/`tokenizer` give calibration tokens
     for `+gptq` specs; with `budget`, the artifact plus the `code` files must fit it (BudgetError if not).
+    `model_code`: 'FILE.py[:NAME]', your model code for a model outside the baseline family (docs/models.md):
+    it runs the `+gptq` calibration forwards and is named in the header.
     """
     from golfpack.packer.pack import count_code_bytes, gptq_hessians, pack_file, pack_state_dict
 
@@ -79,14 +82,18 @@ def pack(
     if isinstance(model, LoadedModel):
         code_bytes, code_files = count_code_bytes(codes)
         Policy.check_overrides_match(list(overrides), list(model.state_dict))
-        hessians, pol = gptq_hessians(model.state_dict, model.config, pol, calib=calib, tokenizer=tok)
-        art = pack_state_dict(model.state_dict, pol, codec=codec, config=model.config,
-                              meta={"source_kind": model.kind}, hessians=hessians, progress=progress)
+        from golfpack.adapters import load_adapter
+
+        ad = load_adapter(None if model_code is None else os.fspath(model_code))
+        hessians, pol = gptq_hessians(model.state_dict, model.config, pol, calib=calib, tokenizer=tok, model=ad)
+        art = pack_state_dict(model.state_dict, pol, codec=codec, config=model.config if ad.is_baseline else None,
+                              meta={"source_kind": model.kind, **ad.meta()}, hessians=hessians, progress=progress)
         art.budget, art.code_bytes, art.code_files = cap, code_bytes, code_files
     elif isinstance(model, (str, os.PathLike)):
         # dry_run: the same code path as `golfpack pack`, minus the write (the caller saves)
         art = pack_file(model, None, policy=pol, codec=codec, budget=cap, code=codes, dry_run=True,
-                        require_config=False, overrides=overrides, calib=calib, tokenizer=tok, progress=progress)
+                        require_config=False, overrides=overrides, calib=calib, tokenizer=tok, progress=progress,
+                        model=None if model_code is None else os.fspath(model_code))
     else:
         raise UsageError(f"model must be a path or a LoadedModel (from golfpack.load), got {type(model).__name__}",
                          param="model")
@@ -107,18 +114,19 @@ def evaluate(
     batch_size: int | None = None,
     device: str = "cpu",
     progress: bool | None = False,
+    model_code: PathLike | None = None,
 ) -> EvalResult:
     """val_loss / val_bpb of a checkpoint or artifact on the val shards matching `val`, with the challenge's
     byte accounting. `stride=None` is the reference non-overlapping eval; a stride < seq_len scores each
     target once with more context (sliding window). An in-memory Artifact is scored as a fresh load of its
-    bytes would be."""
+    bytes would be. `model_code`: 'FILE.py[:NAME]', your model code (docs/models.md)."""
     import tempfile
 
     from golfpack.evaluator.api import DEFAULT_BATCH_SIZE, evaluate_path
 
     kw: dict[str, Any] = dict(val=val, tokenizer=tokenizer, seq_len=seq_len, stride=stride, max_tokens=max_tokens,
                               device=device, batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
-                              progress=progress)
+                              progress=progress, model=None if model_code is None else os.fspath(model_code))
     if isinstance(model, Artifact):
         with tempfile.TemporaryDirectory() as tmp:
             return evaluate_path(model.save(Path(tmp) / "artifact.qg3"), **kw)
@@ -130,18 +138,19 @@ def evaluate(
 
 
 def _evaluate_loaded(lm: LoadedModel, **kw: Any) -> EvalResult:
-    from golfpack.evaluator.api import build_luts
+    from golfpack.adapters import load_adapter
+    from golfpack.evaluator.api import build_luts, model_vocab_size
     from golfpack.evaluator.api import evaluate as evaluate_model
     from golfpack.evaluator.dist import resolve_device
     from golfpack.formats.shards import load_tokens
-    from golfpack.model import build_model
 
-    if lm.config is None:
-        raise UsageError("this state dict is not a baseline-family model (no config could be inferred); "
-                         "evaluate it from its file with its own model code", param="model")
+    ad = load_adapter(kw["model"])
+    if ad.is_baseline and lm.config is None:
+        raise UsageError("this state dict is not a baseline-family model (no config could be inferred): "
+                         "pass model_code='FILE.py[:NAME]' with its own model code (docs/models.md)", param="model_code")
     dev = resolve_device(kw["device"])
-    model = build_model(lm.config, lm.state_dict, device=dev)
-    luts = build_luts(kw["tokenizer"], lm.config.vocab_size)
+    model = ad.build(lm.state_dict, lm.config if ad.is_baseline else None, device=dev)
+    luts = build_luts(kw["tokenizer"], model_vocab_size(model))
     tokens = load_tokens(kw["val"], kw["max_tokens"])
     return evaluate_model(model, tokens, luts, seq_len=kw["seq_len"], stride=kw["stride"],
                           batch_size=kw["batch_size"], device=dev, progress=kw["progress"])
@@ -190,9 +199,11 @@ def verify(
     max_tokens: int | None = None,
     device: str = "cpu",
     timeout: float | None = None,
+    model_code: PathLike | None = None,
 ) -> VerifyReport:
     """Load `artifact` in a fresh Python process, as the challenge does: checksums, every tensor exactly as
-    packed, (with `against`) the error vs the source checkpoint, and (with `val` and `tokenizer`) the score."""
+    packed, (with `against`) the error vs the source checkpoint, and (with `val` and `tokenizer`) the score.
+    `model_code`: 'FILE.py[:NAME]', your model code; the fresh process imports it (and says if it changed)."""
     import tempfile
 
     from golfpack.evaluator.verify import EvalOptions, verify_artifact
@@ -205,23 +216,25 @@ def verify(
     if isinstance(artifact, Artifact):
         with tempfile.TemporaryDirectory() as tmp:
             p = artifact.save(Path(tmp) / "artifact.qg3")
-            return VerifyReport.from_dict(verify_artifact(p, against=against, eval_options=ev, timeout=timeout))
+            return VerifyReport.from_dict(verify_artifact(p, against=against, eval_options=ev, timeout=timeout, model=model_code))
     if not isinstance(artifact, (str, os.PathLike)):
         raise UsageError(f"artifact must be a path or an Artifact, got {type(artifact).__name__}", param="artifact")
-    return VerifyReport.from_dict(verify_artifact(artifact, against=against, eval_options=ev, timeout=timeout))
+    return VerifyReport.from_dict(verify_artifact(artifact, against=against, eval_options=ev, timeout=timeout, model=model_code))
 
 
-def search(model: PathLike, config: SearchConfig | None = None, **options: Any) -> SearchResult:
+def search(model: PathLike, config: SearchConfig | None = None, *, model_code: PathLike | None = None,
+           **options: Any) -> SearchResult:
     """The best per-tensor layout under `config.budget` bytes (code included): a SearchResult whose
     `.artifact` is the packed winner and `.save(path)` writes it. `options` build a SearchConfig when
-    `config` is None (e.g. `budget=16_000_000, calib="fineweb_train_*.bin"`)."""
+    `config` is None (e.g. `budget=16_000_000, calib="fineweb_train_*.bin"`). `model_code`: 'FILE.py[:NAME]',
+    your model code for a model outside the baseline family (docs/models.md)."""
     from golfpack.search import SearchConfig, run_search
 
     if config is None:
         config = SearchConfig(**options)
     elif options:
         raise UsageError("pass either a SearchConfig or keyword options, not both", param="config")
-    return run_search(os.fspath(model), config)
+    return run_search(os.fspath(model), config, model=None if model_code is None else os.fspath(model_code))
 
 
 def train(config: TrainConfig | PathLike, *, overrides: list[str] | tuple[str, ...] = (),

@@ -26,11 +26,13 @@ from golfpack.model import ACTIVATIONS
 @click.option("--num-heads", type=int, default=None, help="Head count for raw checkpoints (default: from q_gain).")
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=None,
               help="MLP activation for raw checkpoints (shapes cannot tell; default relu2).")
+@click.option("--model", "model", default=None, metavar="FILE.py[:NAME]",
+              help="Your model code, for a model outside the baseline family (docs/models.md).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def eval_cmd(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
-             progress, as_json):
+def eval_cmd(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, model,
+             threads, progress, as_json):
     """Score CKPT_OR_ARTIFACT (raw .pt, legacy .ptz or .qg3) on the val tokens: val_loss and val_bpb.
 
     Under torchrun the windows are split over ranks and the sums all-reduced (gloo on CPU,
@@ -40,11 +42,11 @@ def eval_cmd(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, devi
 
     with user_errors(command_flags(eval_cmd)):  # also when run outside the `golfpack` group (python -m golfpack.evaluator)
         _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
-             progress, as_json)
+             progress, as_json, model)
 
 
 def _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, num_heads, activation, threads,
-         progress, as_json) -> None:
+         progress, as_json, model=None) -> None:
     import torch
 
     from golfpack.cli._common import emit
@@ -61,7 +63,7 @@ def _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, 
     try:
         r = evaluate_path(path, val=val, tokenizer=tokenizer, seq_len=seq_len, stride=stride, max_tokens=max_tokens,
                           device=ctx.device, num_heads=num_heads, activation=activation, batch_size=batch_size,
-                          dist=ctx, progress=progress)
+                          dist=ctx, progress=progress, model=model)
     finally:
         dist_mod.finish(ctx)
     if not ctx.is_main:
@@ -80,6 +82,9 @@ def _run(path, val, tokenizer, seq_len, stride, max_tokens, batch_size, device, 
 
 def model_line(info: dict) -> str:
     """One text line naming the config the score used and where each part came from."""
+    if info.get("adapter"):
+        return (f"model: {info['adapter']} (sha256 {info['model_sha256'][:12]}), vocab {info['vocab_size']} "
+                "read from its logits; your model code")
     c = info["config"]
     act = c["activation"]
     if "activation" in info["overridden"]:

@@ -69,6 +69,8 @@ def _budget_lines(rep: dict[str, Any]) -> list[str]:
 @click.option(
     "--tokenizer", default=None, type=click.Path(dir_okay=False), help="SentencePiece model (for --calib pydoc)."
 )
+@click.option("--model", "model", default=None, metavar="FILE.py[:NAME]",
+              help="Your model code, for a model outside the baseline family (docs/models.md).")
 @progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def pack_cmd(
@@ -85,6 +87,7 @@ def pack_cmd(
     no_config: bool,
     calib: str | None,
     tokenizer: str | None,
+    model: str | None,
     progress: bool | None,
     as_json: bool,
 ) -> None:
@@ -112,6 +115,7 @@ def pack_cmd(
         calib=calib,
         tokenizer=tokenizer,
         progress=progress,
+        model=model,
     )
     rep = res.report()
     rep.update(
@@ -164,6 +168,8 @@ def _plan_table(rows: list[dict[str, Any]]) -> list[str]:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--num-heads", type=int, default=None)
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=None)
+@click.option("--model", "model", default=None, metavar="FILE.py[:NAME]",
+              help="Your model code for --eval (imported in the fresh process; docs/models.md).")
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(
     artifact: str,
@@ -177,6 +183,7 @@ def verify_cmd(
     device: str,
     num_heads: int | None,
     activation: str | None,
+    model: str | None,
     as_json: bool,
 ) -> None:
     """Fresh-process load of ARTIFACT: checksums, exact tensors, errors vs a checkpoint, optional eval."""
@@ -189,7 +196,8 @@ def verify_cmd(
         ev = EvalOptions(
             val=val, tokenizer=tokenizer, seq_len=seq_len, stride=stride, max_tokens=max_tokens, device=device
         )
-    rep = verify_artifact(artifact, against=against, eval_options=ev, num_heads=num_heads, activation=activation)
+    rep = verify_artifact(artifact, against=against, eval_options=ev, num_heads=num_heads, activation=activation,
+                          model=model)
     lines = [
         f"{artifact}: {rep['kind']}, {rep['bytes']:,} bytes, {rep['tensors']} tensors, {rep['params']:,} params (fresh load {rep['load_seconds']}s)"
     ]

@@ -27,7 +27,7 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 
 def make_scorer(
-    val: str, tokenizer: str, *, seq_len: int, max_tokens: int | None, device: str, config: Any
+    val: str, tokenizer: str, *, seq_len: int, max_tokens: int | None, device: str, config: Any, problem: Any = None
 ) -> tuple[Any, Any]:
     """(scorer(state_dict) -> (val_loss, val_bpb), raw-eval function) over the official val tokens."""
     import numpy as np
@@ -38,11 +38,11 @@ def make_scorer(
     from golfpack.model import build_model
 
     tokens = load_tokens(val, max_tokens)
-    luts = build_luts(tokenizer, config.vocab_size)
+    luts = build_luts(tokenizer, config.vocab_size if problem is None else problem.vocab_size)
     tok_t = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
 
     def score(sd: dict[str, Any]) -> tuple[float, float]:
-        model = build_model(config, sd, device=device)
+        model = build_model(config, sd, device=device) if problem is None else problem.build(sd, device=device)
         r = evaluate(model, tok_t, luts, seq_len=seq_len, stride=None, batch_size=8, device=device)
         return float(r.val_loss), float(r.val_bpb)
 
@@ -158,6 +158,8 @@ def make_scorer(
 @click.option(
     "--activation", type=click.Choice(ACTIVATIONS), default=None, help="MLP activation (not inferable from shapes)."
 )
+@click.option("--model", "model", default=None, metavar="FILE.py[:NAME]",
+              help="Your model code, for a model outside the baseline family (docs/models.md).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @progress_option
@@ -192,6 +194,7 @@ def search_cmd(
     no_verify: bool,
     num_heads: int | None,
     activation: str | None,
+    model: str | None,
     device: str,
     threads: int | None,
     progress: bool | None,
@@ -249,7 +252,7 @@ def search_cmd(
         calib_out=None if stem is None else stem + ".calib.bin",
     )
     try:
-        res = run_search(ckpt, cfg)
+        res = run_search(ckpt, cfg, model=model)
     except InfeasibleBudget as e:  # the library says what to raise by its parameter name; here it is a flag
         raise InfeasibleBudget(e.budget, e.floor, e.what, knob="--budget") from None
     rep = search_outputs(
@@ -266,6 +269,7 @@ def search_cmd(
         verify=not no_verify,
         device=device,
         progress=progress,
+        model=model,
     )
     if report:
         from golfpack._io import write_bytes_atomic
@@ -289,6 +293,7 @@ def search_outputs(
     verify: bool,
     device: str,
     progress: bool | None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Write policy + artifact, build the frontier, verify; returns the report dict."""
     from golfpack.search import write_policy
@@ -305,7 +310,8 @@ def search_outputs(
         rep["replay"] = (
             f"golfpack pack {ckpt} --policy {policy_out} --codec {res.codec} --budget {res.budget}"
             + "".join(f" --code {c}" for c in res.code_files)
-            + (f" --activation {res.config.activation}" if res.config.activation != "relu2" else "")
+            + (f" --activation {res.config.activation}" if res.config is not None and res.config.activation != "relu2" else "")
+            + (f" --model {model}" if model else "")
             + (f" --tokenizer {tokenizer}" if pydoc_gptq else "")
         )
     if out:
@@ -317,7 +323,8 @@ def search_outputs(
     bpb_per_nat = None
     if val and tokenizer:
         score, _ = make_scorer(
-            val, tokenizer, seq_len=seq_len, max_tokens=eval_tokens, device=device, config=res.config
+            val, tokenizer, seq_len=seq_len, max_tokens=eval_tokens, device=device, config=res.config,
+            problem=res.problem if model else None,
         )
         scorer = score
         base = score(res.state_dict)
@@ -341,9 +348,9 @@ def search_outputs(
             if (val and tokenizer)
             else None
         )
-        v = verify_artifact(
-            out, against=ckpt, eval_options=ev, num_heads=res.config.num_heads, activation=res.config.activation
-        )
+        cfg = res.config
+        v = verify_artifact(out, against=ckpt, eval_options=ev, num_heads=None if cfg is None else cfg.num_heads,
+                            activation=None if cfg is None else cfg.activation, model=model)
         rep["verify"] = {
             k: v.get(k)
             for k in ("ok", "problems", "digests_checked", "post", "pre", "val_bpb_gap", "val_loss_gap", "bytes")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from golfpack._progress import bar as progress_bar
-from golfpack.errors import DataError, UsageError
+from golfpack.errors import DataError, FormatError, UsageError
 from golfpack.evaluator.dist import DistContext, all_reduce_sum, resolve_device
 from golfpack.evaluator.windows import WindowPlan, check_stride, plan_windows, usable_targets
 from golfpack.tokenizer import ByteLUTs, build_luts
@@ -82,6 +82,15 @@ def _scored_nll(model: torch.nn.Module, x: Tensor, y: Tensor, score_from: Tensor
     return F.cross_entropy(logits.float(), y[mask], reduction="none"), mask
 
 
+def model_vocab_size(model: torch.nn.Module) -> int | None:
+    """V of the model's logits: a user's model read it from its logits at build time (`LanguageModel.probe`);
+    the baseline family's config says it."""
+    v = getattr(model, "vocab_size", None)
+    if isinstance(v, int) and v > 0:
+        return v
+    return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
 def evaluate(
     model: torch.nn.Module,
     tokens: Any,
@@ -107,9 +116,11 @@ def evaluate(
     M = usable_targets(int(toks.numel()), L)
     toks = toks[: M + 1]
     vocab = luts.vocab_size
-    model_vocab = getattr(getattr(model, "config", None), "vocab_size", vocab)
+    model_vocab = model_vocab_size(model) or vocab
     if model_vocab != vocab:
-        raise DataError(f"vocab mismatch: the model has {model_vocab} token embeddings but the tokenizer has {vocab} pieces")
+        origin = getattr(model, "origin", None)
+        raise DataError(f"vocab mismatch: the model{' (' + origin + ')' if origin else ''} gives {model_vocab} logits per "
+                        f"token but the tokenizer has {vocab} pieces: use the tokenizer the model was trained with")
     lo, hi = int(toks.min()), int(toks.max())
     if lo < 0 or hi >= vocab:
         raise DataError(f"val tokens contain id {hi if hi >= vocab else lo}, outside the tokenizer's 0..{vocab - 1}: wrong tokenizer or val shards")
@@ -191,10 +202,21 @@ def model_info(cfg: Any, source: str, num_heads: int | None = None, activation: 
 
 
 def load_model_with_info(path: str | os.PathLike[str], *, num_heads: int | None = None, activation: str | None = None,
-                         device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """`load_model` plus `model_info` of the config it used."""
+                         device: str | torch.device = "cpu", model: Any = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """`load_model` plus `model_info` of the config it used. `model`: 'FILE.py[:NAME]' (or a ModelAdapter)
+    for the user's own model code (docs/models.md); None is the baseline family."""
+    from golfpack.adapters import load_adapter
     from golfpack.loading import check_state_dict, infer_config
     from golfpack.model import build_model
+
+    adapter = load_adapter(model)
+    if not adapter.is_baseline:
+        from golfpack.loading import load_any
+
+        lm = load_any(path)
+        net = adapter.build(lm.state_dict, None, device=device)
+        return net, {"config": None, "source": "model file", "adapter": adapter.name, "model_sha256": adapter.sha256,
+                     "vocab_size": net.vocab_size, "kv_cache": False, "overridden": {}, "assumed": []}
 
     try:
         from golfpack.loading import load_any
@@ -208,7 +230,11 @@ def load_model_with_info(path: str | os.PathLike[str], *, num_heads: int | None 
 
         sd, cfg, source = load_state_dict(path), None, ""
     if cfg is None:  # foreign schema or no loader: infer_config raises the precise key/shape error
-        cfg, source = infer_config(sd, num_heads=num_heads, activation=activation), "inferred"
+        try:
+            cfg, source = infer_config(sd, num_heads=num_heads, activation=activation), "inferred"
+        except FormatError as e:  # not the baseline family: the user's own code can run it
+            raise FormatError(f"{e.detail}; if this is your own architecture, pass model='FILE.py[:NAME]' with its "
+                              "model code (docs/models.md)", path=path) from None
     check_state_dict(sd, cfg)
     return build_model(cfg, sd, device=device), model_info(cfg, source, num_heads, activation)
 
@@ -227,22 +253,28 @@ def evaluate_path(
     batch_size: int = DEFAULT_BATCH_SIZE,
     dist: DistContext | None = None,
     progress: bool | None = False,
+    model: Any = None,
 ) -> EvalResult:
-    """Load a checkpoint/artifact from disk and evaluate it on the val shards matching `val`."""
+    """Load a checkpoint/artifact from disk and evaluate it on the val shards matching `val`.
+    `model`: the user's model code ('FILE.py[:NAME]'), for a model outside the baseline family."""
     from golfpack.formats.shards import load_tokens
 
     check_stride(seq_len, stride)  # fail on bad options before any loading
     if max_tokens is not None and max_tokens <= 0:
         raise UsageError(f"max_tokens must be positive, got {max_tokens}", param="max_tokens")
     dev = dist.device if dist is not None else resolve_device(device)
-    model, info = load_model_with_info(path, num_heads=num_heads, activation=activation, device=dev)
-    luts = build_luts(tokenizer, model.config.vocab_size)
+    net, info = load_model_with_info(path, num_heads=num_heads, activation=activation, device=dev, model=model)
+    try:
+        luts = build_luts(tokenizer, model_vocab_size(net))
+    except DataError as e:
+        origin = getattr(net, "origin", None)  # a user's model file: say which one gave that vocab
+        raise (DataError(f"{origin}: its logits have {net.vocab_size} entries per token, but {e}") if origin else e) from None
     tokens = load_tokens(val, max_tokens)
-    r = evaluate(model, tokens, luts, seq_len=seq_len, stride=stride, batch_size=batch_size, device=dev,
+    r = evaluate(net, tokens, luts, seq_len=seq_len, stride=stride, batch_size=batch_size, device=dev,
                  dist=dist, progress=progress)
     r.model = info
     return r
 
 
 __all__ = ["ByteLUTs", "DEFAULT_BATCH_SIZE", "EvalResult", "build_luts", "evaluate", "evaluate_path", "load_model",
-           "load_model_with_info", "model_info"]
+           "load_model_with_info", "model_info", "model_vocab_size"]

@@ -44,7 +44,24 @@ class EvalOptions:
 # child side (runs in the fresh process)
 
 
-def _child(path: str, against: str | None, ev: EvalOptions | None, num_heads: int | None, activation: str | None) -> dict[str, Any]:
+def _model_code_check(lm: Any, model: str | None, problems: list[str], rep: dict[str, Any]) -> None:
+    """Compare the model code named in the header (adapter name, file sha256) with the file given now."""
+    from golfpack.adapters import load_adapter
+
+    meta = (getattr(lm.artifact, "meta", None) or {}) if lm.kind == "qgv3" else {}
+    packed_sha, packed_name = meta.get("model_sha256"), meta.get("model_adapter")
+    rep["model_adapter"] = packed_name
+    if model is None:
+        return
+    ad = load_adapter(model)  # imported here, in the fresh process
+    rep["model_file_sha256"] = ad.sha256
+    if packed_sha is not None and ad.sha256 != packed_sha:
+        problems.append(f"model code changed since packing: {ad.name} has sha256 {ad.sha256[:12]}..., the artifact was "
+                        f"packed with {packed_name} sha256 {packed_sha[:12]}... (the score below uses the code as it is now)")
+
+
+def _child(path: str, against: str | None, ev: EvalOptions | None, num_heads: int | None, activation: str | None,
+           model: str | None = None) -> dict[str, Any]:
     from golfpack.loading import load_any
 
     t0 = time.perf_counter()
@@ -99,17 +116,21 @@ def _child(path: str, against: str | None, ev: EvalOptions | None, num_heads: in
                 if not rows[n]["exact"]:
                     problems.append(f"{n}: integer tensor differs from the checkpoint")
         rep["max_abs_err"] = worst
+    _model_code_check(lm, model, problems, rep)
     if ev is not None:
         from golfpack.evaluator.api import evaluate_path
 
+        if model is None and rep.get("model_adapter"):
+            raise UsageError(f"{path} was packed with the model code {rep['model_adapter']}: pass that file as "
+                             "model='FILE.py[:NAME]' to score it", param="model")
         cfg = lm.config
         kw = dict(val=ev.val, tokenizer=ev.tokenizer, seq_len=ev.seq_len, stride=ev.stride, max_tokens=ev.max_tokens, device=ev.device)
         heads = num_heads if num_heads is not None else (cfg.num_heads if cfg else None)
         act = activation if activation is not None else (cfg.activation if cfg else None)
-        post = evaluate_path(path, num_heads=heads, activation=act, **kw)
+        post = evaluate_path(path, num_heads=heads, activation=act, model=model, **kw)
         rep["post"] = post.to_dict()
         if against:
-            pre = evaluate_path(against, num_heads=heads, activation=act, **kw)
+            pre = evaluate_path(against, num_heads=heads, activation=act, model=model, **kw)
             rep["pre"] = pre.to_dict()
             rep["val_bpb_gap"] = post.val_bpb - pre.val_bpb
             rep["val_loss_gap"] = post.val_loss - pre.val_loss
@@ -123,7 +144,7 @@ def _child_main(argv: list[str]) -> int:
     args = json.loads(argv[0])
     try:
         ev = EvalOptions(**args["eval"]) if args.get("eval") else None
-        rep = _child(args["path"], args.get("against"), ev, args.get("num_heads"), args.get("activation"))
+        rep = _child(args["path"], args.get("against"), ev, args.get("num_heads"), args.get("activation"), args.get("model"))
     except GolfpackError as e:  # the parent raises the same class again
         print(json.dumps({"error": str(e), "error_type": type(e).__name__, "param": getattr(e, "param", None)}))
         return 1
@@ -146,8 +167,11 @@ def verify_artifact(
     num_heads: int | None = None,
     activation: str | None = None,
     timeout: float | None = None,
+    model: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Run the checks in a fresh interpreter; returns the child's report (raises GolfpackError on load errors)."""
+    """Run the checks in a fresh interpreter; returns the child's report (raises GolfpackError on load errors).
+
+    `model`: 'FILE.py[:NAME]', the user's model code for the eval; the fresh process imports it itself."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{p}: file not found")
@@ -159,6 +183,7 @@ def verify_artifact(
         "eval": None if eval_options is None else eval_options.__dict__,
         "num_heads": num_heads,
         "activation": activation,
+        "model": None if model is None else _abs_model_spec(os.fspath(model)),
     }
     env = dict(os.environ)
     src_root = str(Path(__file__).resolve().parents[2])  # make the child import this same golfpack
@@ -178,6 +203,14 @@ def verify_artifact(
     if "error" in rep:
         raise _child_error(p, rep)
     return rep
+
+
+def _abs_model_spec(spec: str) -> str:
+    """FILE.py[:NAME] with FILE absolute (the child may resolve paths differently); checked here, before the child starts."""
+    from golfpack.adapters import load_adapter
+
+    ad = load_adapter(spec)
+    return f"{ad.file.resolve()}:{ad.name.rpartition(':')[2]}" if ad.file is not None else spec
 
 
 def _child_error(p: Path, rep: dict[str, Any]) -> GolfpackError:

@@ -57,16 +57,27 @@ def pydoc_tokens(tokenizer: str) -> np.ndarray:
 
 
 def self_tokens(model: torch.nn.Module, *, sequences: int, length: int, seed: int = 0, bos: int = 1,
-                device: str = "cpu", chunk: int = 16) -> np.ndarray:
+                device: str = "cpu", chunk: int = 16, progress: bool | None = False) -> np.ndarray:
     """The model's own text: `sequences` samples of `length` tokens, each after a BOS, as one stream
     (BOS-separated like documents in a shard). In-distribution calibration with no data at all - and
-    never the validation tokens. Sampled at temperature 1 with a seeded generator."""
+    never the validation tokens. Sampled at temperature 1 with a seeded generator, through the model's
+    `generate`: the baseline family keeps a KV cache; a user's model (no cache) recomputes every prefix,
+    which the progress line says."""
+    from golfpack._progress import bar as progress_bar
+
     gen = torch.Generator(device=device).manual_seed(seed)
+    cached = getattr(model, "kv_cache", True)
+    desc = "self-calib" if cached else "self-calib (no KV cache: recomputing each prefix)"
+    bar = progress_bar(total=sequences, desc=desc, unit="seq", enabled=progress)
     rows = []
-    for i in range(0, sequences, chunk):
-        n = min(chunk, sequences - i)
-        prefix = torch.full((n, 1), bos, dtype=torch.long, device=device)
-        rows.append(model.generate(prefix, length, generator=gen).cpu())  # type: ignore[operator]
+    try:
+        for i in range(0, sequences, chunk):
+            n = min(chunk, sequences - i)
+            prefix = torch.full((n, 1), bos, dtype=torch.long, device=device)
+            rows.append(model.generate(prefix, length, generator=gen).cpu())  # type: ignore[operator]
+            bar.update(n)
+    finally:
+        bar.close()
     return torch.cat(rows).reshape(-1).numpy().astype(np.int64)
 
 

@@ -133,16 +133,20 @@ def available_codecs() -> list[str]:
     return list(avail())
 
 
-def artifact_meta(src: str | os.PathLike[str], kind: str, src_bytes: bytes) -> dict[str, Any]:
+def artifact_meta(src: str | os.PathLike[str], kind: str, src_bytes: bytes, model: Any = None) -> dict[str, Any]:
     """The header `meta` of an artifact packed from `src` (its bytes `src_bytes`, loaded as `kind`).
 
     The one definition: `pack_file` and the search's exact packs both use it, so a policy replayed
-    through `golfpack pack` gives the very bytes the search measured."""
+    through `golfpack pack` gives the very bytes the search measured. `model`: the adapter (a user's
+    model file adds its name and sha256, so `verify` can say when the code changed)."""
+    from golfpack.adapters import load_adapter
+
     return {
         "golfpack_version": __version__,
         "source": Path(src).name,
         "source_kind": kind,
         "source_sha256": hashlib.sha256(src_bytes).hexdigest(),
+        **load_adapter(model).meta(),
     }
 
 
@@ -181,7 +185,7 @@ def pack_state_dict(
 
 
 def gptq_hessians(sd: dict[str, Tensor], config: ModelConfig | None, policy: Policy, *, calib: str | None = None,
-                  tokenizer: str | None = None) -> tuple[dict[str, Tensor] | None, Policy]:
+                  tokenizer: str | None = None, model: Any = None) -> tuple[dict[str, Tensor] | None, Policy]:
     """Hessians for the policy's `+gptq` tensors (None if it has none), and the policy with the calibration
     it used recorded in it (so the artifact header says which tokens the levels were fitted on)."""
     import dataclasses
@@ -195,7 +199,7 @@ def gptq_hessians(sd: dict[str, Tensor], config: ModelConfig | None, policy: Pol
                          "(or calib='pydoc' with a tokenizer)", param="calib")
     cal = policy.calibration or GptqCalibration(source=calib)
     names = [n for n, s in policy.resolve(sd).items() if s.gptq]
-    H, cal = hessians_for(sd, config, names, cal, tokenizer=tokenizer, source=calib)
+    H, cal = hessians_for(sd, config, names, cal, tokenizer=tokenizer, source=calib, model=model)
     return H, dataclasses.replace(policy, calibration=cal)
 
 
@@ -236,26 +240,37 @@ def pack_file(
     calib: str | None = None,
     tokenizer: str | None = None,
     progress: bool | None = False,
+    model: Any = None,
 ) -> Artifact:
     """Load `src`, pack it, check the budget, write `out` atomically (unless dry_run).
 
     `overrides`: the `--set` texts already folded into `policy`; each must match some tensor of `src`.
     `calib`/`tokenizer`: calibration tokens for `+gptq` specs (train shards or 'pydoc'); a policy written
     by the search names its own, and `calib` then only relocates them (the digest must match).
+    `model`: 'FILE.py[:NAME]' (or a ModelAdapter) for a model outside the baseline family: it runs the
+    calibration forwards of `+gptq` specs and is named in the header (see docs/models.md).
     """
     if not dry_run and out is None:
         raise UsageError("no output path, and not a dry run: nothing to write to", param="out")
     code_bytes, code_files = count_code_bytes(list(code))  # before the slow part: fail fast on a typo
+    from golfpack.adapters import load_adapter
+
+    adapter = load_adapter(model)
     sd, config, kind = load_input(src, num_heads=num_heads, activation=activation)
     Policy.check_overrides_match(overrides, list(sd))
-    if config is None and require_config:
+    if not adapter.is_baseline:
+        config = None  # the user's code defines the architecture; the header names it (meta) instead
+        if not policy.uses_gptq:
+            adapter.build(sd)  # check the code builds this state dict now, not at eval time
+    elif config is None and require_config:
         raise UsageError(
             f"{src}: cannot infer a baseline-family model config from its keys/shapes; pass num_heads/activation "
-            "if that is the problem, or require_config=False to pack the tensors anyway",
+            "if that is the problem, model='FILE.py[:NAME]' with your own model code (docs/models.md), or "
+            "require_config=False to pack the tensors anyway",
             param="require_config",
         )
-    meta = artifact_meta(src, kind, Path(src).read_bytes())
-    hessians, policy = gptq_hessians(sd, config, policy, calib=calib, tokenizer=tokenizer)
+    meta = artifact_meta(src, kind, Path(src).read_bytes(), adapter)
+    hessians, policy = gptq_hessians(sd, config, policy, calib=calib, tokenizer=tokenizer, model=adapter)
     res = pack_state_dict(sd, policy, codec=codec, config=config, meta=meta, hessians=hessians, progress=progress)
     res.budget, res.code_bytes, res.code_files = budget, code_bytes, code_files
     if dry_run:

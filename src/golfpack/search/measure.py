@@ -22,16 +22,15 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
     `kl` is 0.5 * F_true * dw^2 (Fisher with labels sampled from the model), for `nll` the Taylor
     estimate g . dw + 0.5 * F_emp * dw^2.
     """
-    from golfpack.model import build_model
     from golfpack.search import sensitivity as S
 
     # sensitivity and objective are valid: SearchConfig checked them when it was built
     toks = calib_halves(cfg.calib, tokenizer=cfg.tokenizer)[0]  # the measurement half; the other is held out
-    batch = make_batch(toks, cfg.calib_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
+    batch = make_batch(toks, cfg.calib_batch, cfg.calib_seq, vocab_size=p.vocab_size)
     labels = {n: [s.label() for s in v] for n, v in p.candidates.items()}
-    key = cache_key("sens", p.sha, p.config.to_dict(), batch.digest, cfg.proxy_batch, __version__, p.calibration.digest)
+    key = cache_key("sens", p.sha, p.config_dict, batch.digest, cfg.proxy_batch, __version__, p.calibration.digest)
     hit = cache.get("sens", key) or {}
-    model = build_model(p.config, p.state_dict, device=cfg.device)
+    model = p.build(device=cfg.device)
     out: dict[str, Any] = {"calib_digest": batch.digest, "calib_tokens": batch.tokens, "cache_key": key, "objective": cfg.objective}
 
     def save(partial: dict[str, Any]) -> None:
@@ -60,7 +59,7 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
     if cfg.sensitivity in ("proxy", "both") or pkey in hit:
         proxy = hit.get(pkey)
         if not complete(proxy):
-            pb = make_batch(toks, cfg.proxy_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
+            pb = make_batch(toks, cfg.proxy_batch, cfg.calib_seq, vocab_size=p.vocab_size)
             values = lambda n, s: p.record(n, s).dequantize()  # noqa: E731
             if cfg.objective == "kl":
                 _, fisher = S.gradient_stats(model, pb, device=cfg.device, progress=cfg.progress, sample=True)

@@ -59,7 +59,7 @@ class Problem:
     src_bytes: bytes
     kind: str
     state_dict: dict[str, Tensor]
-    config: ModelConfig
+    config: ModelConfig | None  # the baseline family's config (None: the user's model code, `adapter`, defines it)
     names: list[str]
     candidates: dict[str, list[TensorSpec]]  # per tensor, in a fixed order
     code_bytes: int
@@ -69,6 +69,34 @@ class Problem:
     records: dict[tuple[str, str], TensorRecord] = field(default_factory=dict)  # (name, label) -> record
     hessians: dict[str, Tensor] | None = None  # GPTQ Hessians, computed on first use
     alone: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (name, label, codec) -> one-record artifact bytes
+    adapter: Any = None  # golfpack.adapters.ModelAdapter that builds the model (None: the baseline family)
+    _vocab: int | None = None  # a user's model: V read from its logits at load
+
+    def build(self, state_dict: dict[str, Tensor] | None = None, device: str = "cpu") -> torch.nn.Module:
+        """The runnable model with `state_dict` (default: the raw checkpoint's) through the adapter."""
+        from golfpack.adapters import load_adapter
+
+        return load_adapter(self.adapter).build(self.state_dict if state_dict is None else state_dict, self.config, device=device)
+
+    @property
+    def vocab_size(self) -> int:
+        if self.config is not None and (self.adapter is None or self.adapter.is_baseline):
+            return self.config.vocab_size
+        if self._vocab is None:
+            self._vocab = int(self.build().vocab_size)
+        return self._vocab
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        """What identifies the architecture in cache keys: the baseline config, or the model code's name and sha256."""
+        if self.adapter is None or self.adapter.is_baseline:
+            assert self.config is not None
+            return self.config.to_dict()
+        return self.adapter.meta()
+
+    @property
+    def header_config(self) -> dict[str, Any] | None:
+        return None if self.adapter is not None and not self.adapter.is_baseline else self.config.to_dict()  # type: ignore[union-attr]
 
     @property
     def sha(self) -> str:
@@ -93,7 +121,8 @@ class Problem:
 
             assert self.calibration.digest is not None, "GPTQ records before the calibration tokens were pinned (Problem.pin_calibration)"
             names = [n for n, c in self.candidates.items() if any(s.gptq for s in c)]
-            self.hessians, self.calibration = hessians_for(self.state_dict, self.config, names, self.calibration, tokenizer=self.tokenizer)
+            self.hessians, self.calibration = hessians_for(self.state_dict, self.config, names, self.calibration,
+                                                           tokenizer=self.tokenizer, model=self.adapter)
         return self.hessians
 
     def pin_calibration(self, source: str) -> None:
@@ -105,7 +134,7 @@ class Problem:
 
         cal = replace(self.calibration, source=source, digest=None)
         if any(s.gptq for c in self.candidates.values() for s in c):  # only GPTQ reads these tokens
-            cal = replace(cal, digest=calibration_batch(cal, tokenizer=self.tokenizer, vocab_size=self.config.vocab_size).digest)
+            cal = replace(cal, digest=calibration_batch(cal, tokenizer=self.tokenizer, vocab_size=self.vocab_size).digest)
         self.calibration = cal
 
     def policy_of(self, specs: dict[str, TensorSpec]) -> Any:
@@ -134,12 +163,14 @@ class Problem:
         policy = self.policy_of(specs)
         recs = [self.record(n, specs[n]) for n in self.names]
         return encode_qgv3(
-            recs, config=self.config.to_dict(), policy=policy.to_dict(), codec=codec,
-            meta=artifact_meta(self.src, self.kind, self.src_bytes),
+            recs, config=self.header_config, policy=policy.to_dict(), codec=codec,
+            meta=artifact_meta(self.src, self.kind, self.src_bytes, self.adapter),
         )
 
 
-def load_problem(ckpt: str | Path, cfg: SearchConfig) -> Problem:
+def load_problem(ckpt: str | Path, cfg: SearchConfig, model: Any = None) -> Problem:
+    """`model`: the user's model code ('FILE.py[:NAME]' or a ModelAdapter); None is the baseline family."""
+    from golfpack.adapters import load_adapter
     from golfpack.packer.pack import count_code_bytes, load_input
     from golfpack.search.sensitivity import candidate_specs
 
@@ -147,14 +178,22 @@ def load_problem(ckpt: str | Path, cfg: SearchConfig) -> Problem:
     src = Path(ckpt)
     if not src.is_file():
         raise UsageError(f"{src}: file not found", param="ckpt")
+    adapter = load_adapter(model)
     sd, config, kind = load_input(src, num_heads=cfg.num_heads, activation=cfg.activation)
-    if config is None:
-        raise FormatError("not a baseline-family GPT (cannot infer its config); the search needs to run the model", path=src)
     from golfpack.model import GPT
     from golfpack.packer.calibration import GptqCalibration
     from golfpack.packer.hessian import weight_inputs
 
-    if cfg.gptq:  # GPTQ needs a linear layer's inputs; the module tree says which (no weights needed)
+    vocab = None
+    if not adapter.is_baseline:
+        config = None  # the user's code defines the architecture
+        net = adapter.build(sd)  # fails now, with the file named, if the code does not fit the weights
+        vocab = net.vocab_size
+        linear = set(weight_inputs(net)) if cfg.gptq else set()
+    elif config is None:
+        raise FormatError("not a baseline-family GPT (cannot infer its config); the search needs to run the model: "
+                          "pass model='FILE.py[:NAME]' with your model code (docs/models.md)", path=src)
+    elif cfg.gptq:  # GPTQ needs a linear layer's inputs; the module tree says which (no weights needed)
         with torch.device("meta"):
             linear = set(weight_inputs(GPT(config)))
     else:
@@ -164,7 +203,8 @@ def load_problem(ckpt: str | Path, cfg: SearchConfig) -> Problem:
     }
     # the tokens are pinned (digest) by `pin_calibration`, after the floor check
     cal = GptqCalibration(source=cfg.calib, batch=cfg.gptq_batch, seq=cfg.calib_seq)
-    return Problem(src, src.read_bytes(), kind, sd, config, list(sd), cands, code_bytes, code_files, cal, cfg.tokenizer)
+    return Problem(src, src.read_bytes(), kind, sd, config, list(sd), cands, code_bytes, code_files, cal, cfg.tokenizer,
+                   adapter=None if adapter.is_baseline else adapter, _vocab=vocab)
 
 
 def self_calibration(p: Problem, cfg: SearchConfig) -> Path:
@@ -173,10 +213,10 @@ def self_calibration(p: Problem, cfg: SearchConfig) -> Path:
     import tempfile
 
     from golfpack.formats.shards import write_shard
-    from golfpack.model import build_model
     from golfpack.packer.calibration import self_tokens
 
-    key = cache_key("selfcal", p.sha, cfg.self_sequences, cfg.calib_seq, cfg.self_seed, __version__)
+    key = cache_key("selfcal", p.sha, cfg.self_sequences, cfg.calib_seq, cfg.self_seed, __version__,
+                    *([] if p.adapter is None else [p.adapter.sha256]))
     cached = None if cfg.cache_dir is None else Path(cfg.cache_dir) / f"selfcal-{key}_train.bin"
     # no cache, no output: the temp folder under a content key (a rerun reuses it instead of piling up)
     dest = Path(cfg.calib_out) if cfg.calib_out else cached or Path(tempfile.gettempdir()) / f"golfpack-selfcal-{key}_train.bin"
@@ -189,8 +229,9 @@ def self_calibration(p: Problem, cfg: SearchConfig) -> Path:
         from golfpack.tokenizer import load_sentencepiece
 
         bos = max(0, load_sentencepiece(cfg.tokenizer).bos_id())
-    model = build_model(p.config, p.state_dict, device=cfg.device)
-    write_shard(dest, self_tokens(model, sequences=cfg.self_sequences, length=cfg.calib_seq, seed=cfg.self_seed, bos=bos, device=cfg.device))
+    model = p.build(device=cfg.device)
+    write_shard(dest, self_tokens(model, sequences=cfg.self_sequences, length=cfg.calib_seq, seed=cfg.self_seed, bos=bos,
+                                  device=cfg.device, progress=cfg.progress))
     if cached is not None and dest != cached:
         write_bytes_atomic(cached, dest.read_bytes())
     return dest

@@ -60,8 +60,8 @@ class SearchResult:
         return tuple([s.label() for s in p.candidates[n]].index(self.specs[n].label()) for n in p.names)
 
     @property
-    def config(self) -> ModelConfig:
-        """The searched model's config (what the artifact header stores)."""
+    def config(self) -> ModelConfig | None:
+        """The searched model's config (what the artifact header stores; None for the user's own model code)."""
         return self.problem.config
 
     @property
@@ -83,9 +83,9 @@ class SearchResult:
             from golfpack.packer.pack import artifact_meta, gptq_hessians, pack_state_dict
 
             p = self.problem
-            hessians, policy = gptq_hessians(p.state_dict, p.config, self.policy, tokenizer=p.tokenizer)
+            hessians, policy = gptq_hessians(p.state_dict, p.config, self.policy, tokenizer=p.tokenizer, model=p.adapter)
             art = pack_state_dict(p.state_dict, policy, codec=self.codec, config=p.config,
-                                  meta=artifact_meta(p.src, p.kind, p.src_bytes), hessians=hessians)
+                                  meta=artifact_meta(p.src, p.kind, p.src_bytes, p.adapter), hessians=hessians)
             art.budget, art.code_bytes, art.code_files = self.budget, p.code_bytes, list(p.code_files)
             # the search measured these very bytes; a difference is a bug in the replay path
             assert art.model_bytes == self.model_bytes, f"packed {art.model_bytes:,} bytes but the search measured {self.model_bytes:,}"
@@ -124,11 +124,12 @@ class SearchResult:
         }
 
 
-def run_search(ckpt: str | Path, cfg: SearchConfig) -> SearchResult:
-    """Phases 1-6 (see module doc); writes nothing but the cache."""
+def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> SearchResult:
+    """Phases 1-6 (see module doc); writes nothing but the cache. `model`: the user's model code
+    ('FILE.py[:NAME]', docs/models.md) for a model outside the baseline family."""
     t: dict[str, float] = {}
     t0 = time.perf_counter()
-    p = load_problem(ckpt, cfg)  # cfg was validated when it was built
+    p = load_problem(ckpt, cfg, model)  # cfg was validated when it was built
     codecs = cfg.codec_list()
     cache = Cache(cfg.cache_dir)
     floor, floor_codec, _ = floor_bytes(p, codecs)

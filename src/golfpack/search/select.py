@@ -106,13 +106,12 @@ def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: di
 def joint_scorer(p: Problem, cfg: SearchConfig) -> Callable[[list[Alternative]], None]:
     """A function that fills `joint` for layouts: the objective with every tensor of the layout quantized,
     on held-out calibration. The batch and the raw model's predictions are set up once."""
-    from golfpack.model import build_model
     from golfpack.packer.calibration import calib_halves, make_batch
     from golfpack.search import sensitivity as S
 
     # the HELD-OUT half: every layout's parts were measured (and GPTQ fitted) on the other one
-    batch = make_batch(calib_halves(cfg.calib, tokenizer=cfg.tokenizer)[1], cfg.select_batch, cfg.calib_seq, vocab_size=p.config.vocab_size)
-    model = build_model(p.config, p.state_dict, device=cfg.device)
+    batch = make_batch(calib_halves(cfg.calib, tokenizer=cfg.tokenizer)[1], cfg.select_batch, cfg.calib_seq, vocab_size=p.vocab_size)
+    model = p.build(device=cfg.device)
     ref = S.reference_logprobs(model, batch, device=cfg.device)
     base, _ = S.batch_scores(model, batch, None, device=cfg.device)
     scored: dict[tuple[int, ...], float] = {}
@@ -121,7 +120,7 @@ def joint_scorer(p: Problem, cfg: SearchConfig) -> Callable[[list[Alternative]],
         for a in progress_bar(alts, desc="select (joint)", unit="layout", enabled=cfg.progress):
             if a.choice not in scored:
                 sd = {n: p.record(n, p.candidates[n][j]).dequantize() for n, j in zip(p.names, a.choice)}
-                nll, kl = S.batch_scores(build_model(p.config, sd, device=cfg.device), batch, ref, device=cfg.device)
+                nll, kl = S.batch_scores(p.build(sd, device=cfg.device), batch, ref, device=cfg.device)
                 scored[a.choice] = kl if cfg.objective == "kl" else nll - base
             a.joint = scored[a.choice]
 
