@@ -98,9 +98,14 @@ class Limits:
     # costing more than ~1 GiB of memory. Pass larger Limits to read something bigger on purpose.
     max_raw_bytes: int = 256 << 20  # sum of all blocks' decompressed sizes
     max_numel: int = 1 << 28  # sum of all tensors' elements (bounds the state dict built at the end)
+    # A writer makes at most one stream per kind/width/dtype (about 20) and one block per stream: these
+    # caps stop a file of thousands of empty blocks or streams from costing seconds per decode.
+    max_blocks: int = 64  # block entries
+    max_streams: int = 64  # stream entries
 
     def __post_init__(self) -> None:
-        for name in ("max_header_bytes", "max_tensors", "max_ndim", "max_name_len", "max_raw_bytes", "max_numel"):
+        for name in ("max_header_bytes", "max_tensors", "max_ndim", "max_name_len", "max_raw_bytes", "max_numel", "max_blocks",
+                     "max_streams"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 # ValueError, not golfpack's UsageError: this module imports nothing of golfpack
