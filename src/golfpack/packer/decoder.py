@@ -142,7 +142,7 @@ def _load(path, check):
             raise ValueError("streams must be contiguous")
         if _i(s["kind"], 2) == 0:
             bits = _i(s["bits"], 8)
-            size = -(-n * bits // 8) if lay == 2 else n
+            size = -(-n * bits // 8) if s["layout"] == 2 else n
             if bits < 2 or lay not in (2, 3):
                 raise ValueError("bad levels stream")
         else:
@@ -156,7 +156,7 @@ def _load(path, check):
             raise ValueError("stream overruns its block")
         if s["kind"] == 0:
             arrays.append(_levels(raw, bits, n, lay == 2))
-        elif lay == 1:  # byte planes back to elements
+        elif s["layout"] == 1:  # byte planes back to elements
             arrays.append(np.frombuffer(np.frombuffer(raw, np.uint8).reshape(dt.itemsize, n).T.tobytes(), dt, n))
         else:
             arrays.append(np.frombuffer(raw, dt, n))
