@@ -19,7 +19,7 @@ import os
 from golfpack._io import write_bytes_atomic
 
 DECODER_SOURCE = r'''"""QGv3 loader (from golfpack export-decoder): sd = load("model.qg3") -> {name: torch.Tensor}."""
-import hashlib, json, lzma, struct, zlib
+import hashlib, json, lzma, re, struct, zlib
 import numpy as np
 import torch
 
@@ -34,6 +34,8 @@ def _mod(name):
         raise ImportError(f"this artifact has {name} streams: pip install {name}") from None
 
 
+SPEC = re.compile(r"int[2-8](:absmax|:mse)?(\+gptq)?|fp16|bf16|fp32|exact")  # canonical labels only
+HEX = re.compile(r"[0-9a-f]{64}")
 L = {"header": 16 << 20, "raw": 256 << 20, "numel": 1 << 28, "blocks": 64, "streams": 64, "tensors": 100000, "name": 1024, "ndim": 8}
 
 
@@ -56,42 +58,71 @@ def _fin(t):
     return v
 
 
+def _tree(v, d):  # nested <= 32 deep, ints within 2^63, strings UTF-8
+    if type(v) is dict:
+        return d < 32 and all(_tree(k, d + 1) and _tree(x, d + 1) for k, x in v.items())
+    if type(v) is list:
+        return d < 32 and all(_tree(x, d + 1) for x in v)
+    if type(v) is str:
+        v.encode()
+    return type(v) is not int or abs(v) <= 1 << 63
+
+
 def _unz(codec, b, n):  # codec ids: 0 raw, 1 raw deflate, 2 props byte + raw lzma1, 3 zstd, 4 brotli
+    end = True
     if codec == 0:
         out = b
     elif codec == 1:
-        out = zlib.decompressobj(-15).decompress(b, n + 1)
+        d = zlib.decompressobj(-15)
+        out = d.decompress(b, n + 1)
+        end = d.eof and not d.unused_data and not d.unconsumed_tail
     elif codec == 2:
         p = b[0]
         f = {"id": lzma.FILTER_LZMA1, "lc": p % 9, "lp": p // 9 % 5, "pb": p // 45,
              "dict_size": min(1 << 26, max(1 << 12, 1 << max(0, n - 1).bit_length()))}
-        out = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[f]).decompress(b[1:], n + 1)
+        d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[f])
+        out = d.decompress(b[1:], n + 1)
+        end = d.eof and not d.unused_data
     elif codec == 3:
         z = _mod("zstandard")
         if z.get_frame_parameters(b).content_size != n:  # before decoding: the frame's size is what gets allocated
             raise ValueError("zstd frame declares the wrong size")
-        out = z.ZstdDecompressor(max_window_size=1 << 27).decompressobj().decompress(b)
+        d = z.ZstdDecompressor(max_window_size=1 << 27).decompressobj()
+        out = d.decompress(b)
+        end = d.eof and not d.unused_data
     elif codec == 4:
-        out = _mod("brotli").Decompressor().process(b, output_buffer_limit=n + 1)
+        d = _mod("brotli").Decompressor()
+        out = d.process(b, output_buffer_limit=n + 1)
+        end = d.is_finished()
     else:
         raise ValueError(f"unknown codec id {codec}")
-    if len(out) != n:
+    if len(out) != n or not end:
         raise ValueError("stream decodes to the wrong size")
     return out
 
 
 def _levels(raw, bits, n, dense):  # stored value = level + qmax, `bits` bits LSB-first (dense) or a byte each
+    q, out = (1 << bits - 1) - 1, np.empty(n, np.int8)
     if dense and bits < 8:
-        g = -(-n // 8)  # 8 values per `bits` bytes
-        a = np.zeros(g * bits, np.uint8)
-        a[:(n * bits + 7) // 8] = np.frombuffer(raw, np.uint8, (n * bits + 7) // 8)
-        w = np.zeros((g, 8), np.uint8)
-        w[:, :bits] = a.reshape(g, bits)
-        u = (w.view("<u8") >> np.arange(0, 8 * bits, bits, dtype=np.uint64)) & np.uint64((1 << bits) - 1)
-        u = u.reshape(-1)[:n]
+        if n * bits % 8 and raw[-1] >> n * bits % 8:
+            raise ValueError("non-zero padding bits")
+        for lo in range(0, n, 1 << 20):  # in chunks: the uint64 words cost 8 bytes a value
+            m = min(n - lo, 1 << 20)
+            g = -(-m // 8)  # 8 values per `bits` bytes
+            a = np.zeros(g * bits, np.uint8)
+            a[:(m * bits + 7) // 8] = np.frombuffer(raw, np.uint8, (m * bits + 7) // 8, lo * bits // 8)
+            w = np.zeros((g, 8), np.uint8)
+            w[:, :bits] = a.reshape(g, bits)
+            u = (w.view("<u8") >> np.arange(0, 8 * bits, bits, dtype=np.uint64)) & np.uint64((1 << bits) - 1)
+            out[lo:lo + m] = u.reshape(-1)[:m] - q
+            if n and u.reshape(-1)[:m].max() > 2 * q:
+                raise ValueError("level out of range")
     else:
         u = np.frombuffer(raw, np.uint8, n)
-    return (u.astype(np.int16) - ((1 << bits - 1) - 1)).astype(np.int8)
+        if n and u.max() > 2 * q:
+            raise ValueError("level out of range")
+        out[:] = u.astype(np.int16) - q
+    return out
 
 
 def load(path, check=True):
@@ -117,6 +148,8 @@ def _load(path, check):
         raise ValueError("header checksum mismatch")
     h = _keys(json.loads(_unz(hc, b[24:pos], hr), parse_float=_fin, parse_constant=_fin),
               ("config", "policy", "meta", "tensors", "streams", "blocks"))
+    if any(h[k] is not None and type(h[k]) is not dict or not _tree(h[k], 0) for k in ("config", "policy", "meta")):
+        raise ValueError("config, policy and meta must be objects or null, of JSON values")
     if len(h["blocks"]) > L["blocks"] or len(h["streams"]) > L["streams"] or len(h["tensors"]) > L["tensors"]:
         raise ValueError("too many blocks, streams or tensors")
     blocks, fill, raw_total = [], [], 0
@@ -134,19 +167,24 @@ def _load(path, check):
         fill.append(0)
     if pos != len(b):
         raise ValueError("trailing bytes")
-    arrays, used = [], []
+    arrays, used, keys = [], [], []
     for s in h["streams"]:  # kind 0 levels, 1 scales, 2 passthrough; layout 0 plain, 1 shuffled, 2 dense, 3 byte
         _keys(s, ("kind", "count", "layout", "block", "at"), ("bits", "dtype", "alone"))
-        bi, n, lay = _i(s["block"], len(blocks) - 1), _i(s["count"], L["numel"]), s["layout"]
-        if _i(s["at"]) != fill[bi] or ("bits" in s) == ("dtype" in s):
+        bi, n, lay = _i(s["block"], len(blocks) - 1), _i(s["count"], L["numel"]), _i(s["layout"], 3)
+        if _i(s["at"]) != fill[bi] or ("bits" in s) == ("dtype" in s) or _i(s.get("alone", 0)) is None:
             raise ValueError("streams must be contiguous")
-        if _i(s["kind"], 2) == 0:
+        key = (_i(s["kind"], 2), s.get("bits"), s.get("dtype"))
+        if key in keys:
+            raise ValueError("duplicate stream")
+        keys.append(key)
+        if s["kind"] == 0:
             bits = _i(s["bits"], 8)
             size = -(-n * bits // 8) if s["layout"] == 2 else n
             if bits < 2 or lay not in (2, 3):
                 raise ValueError("bad levels stream")
         else:
-            dt = np.dtype(DT[s["dtype"]]) if type(s["dtype"]) is str and s["dtype"] in DT else None
+            ok = ("float16", "float32") if s["kind"] == 1 else DT
+            dt = np.dtype(DT[s["dtype"]]) if type(s["dtype"]) is str and s["dtype"] in ok else None
             if dt is None or lay not in (0, 1):
                 raise ValueError("bad stream dtype or layout")
             size = n * dt.itemsize
@@ -160,6 +198,8 @@ def _load(path, check):
             arrays.append(np.frombuffer(np.frombuffer(raw, np.uint8).reshape(dt.itemsize, n).T.tobytes(), dt, n))
         else:
             arrays.append(np.frombuffer(raw, dt, n))
+        if s.get("dtype") == "bool" and n and arrays[-1].max() > 1:
+            raise ValueError("bool stream holds a byte other than 0/1")
         used.append(0)
     if fill != [len(x) for x in blocks]:
         raise ValueError("streams do not fill their blocks")
@@ -184,7 +224,18 @@ def _load(path, check):
         total += numel
         if total > L["numel"] or type(e["dtype"]) is not str or e["dtype"] not in DT:
             raise ValueError(f"{name}: too many elements or bad dtype")
-        dtype = getattr(torch, e["dtype"])
+        if not (type(e["spec"]) is str and SPEC.fullmatch(e["spec"]) and type(e["digest"]) is str and HEX.fullmatch(e["digest"])):
+            raise ValueError(f"{name}: bad spec or digest")
+        dtype, sp, st = getattr(torch, e["dtype"]), e["spec"], h["streams"][_i(e["group"], len(arrays) - 1)]
+        fl = e["dtype"] in ("float32", "float16", "bfloat16", "float64")
+        if sp[:3] == "int":  # levels of its width, with scales; 2-D: one fp16 per row, else one fp32
+            sc = h["streams"][_i(e.get("scales"), len(arrays) - 1)]
+            want = (0, int(sp[3]), 1, "float16" if len(shape) == 2 else "float32", True)
+            if (st["kind"], st.get("bits"), sc["kind"], sc["dtype"], fl) != want or ("rows" in e) != (len(shape) == 2):
+                raise ValueError(f"{name}: int tensor does not match its streams")
+        elif {"scales", "scale_offset", "rows"} & e.keys() or st["kind"] != 2 or (sp != "exact" and not fl) or \
+                st["dtype"] != {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}.get(sp, e["dtype"]):
+            raise ValueError(f"{name}: passthrough tensor does not match its stream")
         v = torch.from_numpy(take(e["group"], e["offset"], numel).copy())
         if "scales" in e:  # levels * scale in fp32 (per row fp16 scales, else one fp32 scale)
             r = _i(e["rows"], numel) if "rows" in e else None
