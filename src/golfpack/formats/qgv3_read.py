@@ -333,7 +333,7 @@ def _streams(h: dict, blocks: list[BlockEntry], lim: Limits) -> list[StreamEntry
 
 def _tensors(h: dict, streams: list[StreamEntry], lim: Limits) -> tuple[list[TensorEntry], list[list[str]]]:
     """Tensors tile their streams exactly, in header order. Also returns each stream's member names."""
-    tensors, names, numel_total = [], set(), 0
+    tensors, names, numel_total, out_total = [], set(), 0, 0
     fill = [0] * len(streams)
     members: list[list[str]] = [[] for _ in streams]
 
@@ -366,6 +366,9 @@ def _tensors(h: dict, streams: list[StreamEntry], lim: Limits) -> tuple[list[Ten
         dtype = e["dtype"]
         if not isinstance(dtype, str) or dtype not in TORCH_DTYPES:
             raise _fail(f"{name}: unknown dtype {dtype!r}")
+        out_total += numel * TORCH_DTYPES[dtype].itemsize
+        if out_total > lim.max_output_bytes:
+            raise _fail(f"{name}: the tensors rebuild to more than {lim.max_output_bytes} bytes")
         if not isinstance(e["spec"], str):
             raise _fail(f"{name}: spec must be a string")
         try:

@@ -36,7 +36,7 @@ def _mod(name):
 
 SPEC = re.compile(r"int[2-8](:absmax|:mse)?(\+gptq)?|fp16|bf16|fp32|exact")  # canonical labels only
 HEX = re.compile(r"[0-9a-f]{64}")
-L = {"header": 16 << 20, "raw": 256 << 20, "numel": 1 << 28, "blocks": 64, "streams": 64, "tensors": 100000, "name": 1024, "ndim": 8}
+L = {"header": 16 << 20, "raw": 256 << 20, "numel": 1 << 28, "blocks": 64, "streams": 64, "tensors": 100000, "name": 1024, "ndim": 8, "out": 512 << 20}
 
 
 def _i(v, hi=1 << 40):  # an int in [0, hi]; bools, floats and strings are not ints
@@ -203,7 +203,7 @@ def _load(path, check):
         used.append(0)
     if fill != [len(x) for x in blocks]:
         raise ValueError("streams do not fill their blocks")
-    sd, total = {}, 0
+    sd, total, out = {}, 0, 0
 
     def take(g, o, n):
         if _i(g, len(arrays) - 1) is None or _i(o) != used[g] or o + n > len(arrays[g]):
@@ -222,7 +222,10 @@ def _load(path, check):
         for d in shape:
             numel *= _i(d, L["numel"])
         total += numel
-        if total > L["numel"] or type(e["dtype"]) is not str or e["dtype"] not in DT:
+        if type(e["dtype"]) is not str or e["dtype"] not in DT:
+            raise ValueError(f"{name}: bad dtype")
+        out += numel * np.dtype(DT[e["dtype"]]).itemsize
+        if total > L["numel"] or out > L["out"]:
             raise ValueError(f"{name}: too many elements or bad dtype")
         if not (type(e["spec"]) is str and SPEC.fullmatch(e["spec"]) and type(e["digest"]) is str and HEX.fullmatch(e["digest"])):
             raise ValueError(f"{name}: bad spec or digest")
