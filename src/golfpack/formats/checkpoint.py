@@ -138,4 +138,5 @@ def normalize_state_dict(obj: Any, source: str = "state dict") -> dict[str, Tens
     return out
 
 
-__all__ = ["MAX_TORCH_LOAD_BYTES", "MAX_ZIP_INFLATED_BYTES", "check_tensor_bytes", "check_zip_expansion", "load_state_dict", "normalize_state_dict", "torch_load_bytes", "torch_load_path"]
+__all__ = ["MAX_TORCH_LOAD_BYTES", "MAX_ZIP_INFLATED_BYTES", "check_tensor_bytes", "check_zip_expansion", "expansion_cap",
+           "load_state_dict", "normalize_state_dict", "torch_load_bytes", "torch_load_path"]
