@@ -281,8 +281,9 @@ def _encode_into(out: Path, paths: list[Path], sp, bos: int, *, shard_tokens: in
         report.shards = [{"path": str(out / name), "tokens": n} for name, (_src, n) in zip(names, written)]
     finally:
         bar.close()
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
+        if not _journal(out, prefix).exists():  # committed but interrupted: the next run rolls it forward from tmp
+            with contextlib.suppress(OSError):
+                shutil.rmtree(tmp)
     report.input_bytes = total
     report.seconds = time.perf_counter() - t0
     return report
