@@ -161,7 +161,7 @@ def test_a_crash_at_any_step_of_the_swap_leaves_the_old_or_the_new_set(sp1024_mo
         prepare([a], sp1024_model, out, shard_tokens=150, per_line=True, prefix="p")
         calls = {"n": 0}
 
-        def crash(real):
+        def crash(real, calls=calls, step=step):
             def f(*args, **kw):
                 calls["n"] += 1
                 if calls["n"] == step + 1:

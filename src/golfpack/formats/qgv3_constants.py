@@ -95,7 +95,8 @@ class Limits:
     max_name_len: int = 1024  # characters per tensor name
     # A 16 MB artifact holds at most ~64M levels (int2, dense) and legitimately decompresses to well
     # under 100 MiB; these caps leave room for bigger models yet keep a hostile few-KB file from
-    # costing more than ~1 GiB of memory. Pass larger Limits to read something bigger on purpose.
+    # costing more than ~1.1 GiB of memory (measured: docs/security.md). Pass larger Limits to read
+    # something bigger on purpose.
     max_raw_bytes: int = 256 << 20  # sum of all blocks' decompressed sizes
     max_numel: int = 1 << 28  # sum of all tensors' elements (bounds the state dict built at the end)
     # A writer makes at most one stream per kind/width/dtype (about 20) and one block per stream: these
