@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -20,6 +22,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
@@ -33,6 +36,25 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+# mkstemp(prefix=".NAME.", suffix=".tmp") names: ours, and nothing a user would name a file.
+_TEMP_RE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+STALE_TEMP_SECONDS = 600  # a temp this old belongs to a writer that was killed (no write takes this long between fsyncs)
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete atomic_write temp files in `folder` untouched for `older_than` seconds (left by a SIGKILLed
+    writer; a live writer's temp is younger). Returns what was removed; errors are ignored."""
+    removed, now = [], time.time()
+    with contextlib.suppress(OSError):
+        for e in os.scandir(folder):
+            if _TEMP_RE.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    if now - e.stat(follow_symlinks=False).st_mtime > older_than:
+                        os.unlink(e.path)
+                        removed.append(Path(e.path))
+    return removed
 
 
 def _umask() -> int:

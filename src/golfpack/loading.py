@@ -81,13 +81,18 @@ def load_any(
             raise
         except ValueError as e:
             raise FormatError(f"invalid QGv3 artifact ({e})", path=p) from None
-        sd = artifact.state_dict()
-        if artifact.config:
+        if artifact.config is not None:
             changes = {k: v for k, v in (("num_heads", num_heads), ("activation", activation)) if v is not None}
             try:
-                config = ModelConfig.from_dict(dict(artifact.config)).replace(**changes)
+                config = ModelConfig.from_dict(artifact.config).replace(**changes)
             except (TypeError, ValueError) as e:
                 raise FormatError(f"stored model config is invalid ({e})", path=p) from None
+            # against the tensors' shapes (from the header) before a single tensor is rebuilt
+            try:
+                check_shapes({r.name: tuple(r.shape) for r in artifact.records}, config)
+            except FormatError as e:
+                raise FormatError(f"stored model config does not match the tensors: {e.detail}", path=p) from None
+        sd = artifact.state_dict()
     elif kind == "legacy":
         from golfpack.formats.legacy import decompress_container, dequantize_int8_ptz, is_int8_container, load_container
 
@@ -239,14 +244,19 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def check_state_dict(sd: dict[str, Tensor], cfg: ModelConfig) -> None:
     """Raise GolfpackError naming every missing, unexpected or mis-shaped key."""
+    check_shapes({k: tuple(t.shape) for k, t in sd.items()}, cfg)
+
+
+def check_shapes(shapes: dict[str, tuple[int, ...]], cfg: ModelConfig) -> None:
+    """check_state_dict on names and shapes alone (so a stored config is checked before any tensor is built)."""
+    # ModelConfig bounds num_layers; still, a config asking for more blocks than there are tensors
+    # cannot match, and saying so costs nothing
+    if cfg.num_layers > len(shapes):
+        raise FormatError(f"config has {cfg.num_layers} layers but there are only {len(shapes)} tensors")
     want = expected_shapes(cfg)
-    problems = [f"missing {k} {list(s)}" for k, s in want.items() if k not in sd]
-    problems += [f"unexpected {k}" for k in sd if k not in want]
-    problems += [
-        f"{k} has shape {list(sd[k].shape)}, expected {list(s)}"
-        for k, s in want.items()
-        if k in sd and tuple(sd[k].shape) != s
-    ]
+    problems = [f"missing {k} {list(s)}" for k, s in want.items() if k not in shapes]
+    problems += [f"unexpected {k}" for k in shapes if k not in want]
+    problems += [f"{k} has shape {list(shapes[k])}, expected {list(s)}" for k, s in want.items() if k in shapes and shapes[k] != s]
     if problems:
         raise FormatError(
             f"checkpoint does not match the model config ({len(problems)} problem(s)): "
@@ -264,4 +274,4 @@ def _shape2(sd: dict[str, Tensor], key: str) -> tuple[int, int]:
     return int(t.shape[0]), int(t.shape[1])
 
 
-__all__ = ["LoadedModel", "check_state_dict", "expected_shapes", "infer_config", "load_any", "sniff"]
+__all__ = ["LoadedModel", "check_shapes", "check_state_dict", "expected_shapes", "infer_config", "load_any", "sniff"]

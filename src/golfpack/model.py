@@ -8,6 +8,7 @@ checkpoint written by that script loads here and scores the same; the knobs that
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,14 @@ CONTROL_TENSOR_NAME_PATTERNS = (
 )
 
 
+# Accepted ranges of ModelConfig's numeric fields (far beyond any 16 MB model, yet small enough that
+# nothing sized by them - expected_shapes, the rotary table - can run away).
+_INT_RANGES = {"vocab_size": (1, 1 << 20), "num_layers": (1, 1024), "model_dim": (1, 1 << 16), "num_heads": (1, 1024),
+               "num_kv_heads": (1, 1024), "mlp_hidden": (1, 1 << 18)}
+_FLOAT_RANGES = {"logit_softcap": (1e-3, 1e6), "rope_base": (1.0, 1e12), "qk_gain_init": (-1e6, 1e6),
+                 "tied_embed_init_std": (0.0, 1e3), "leaky_slope": (-1e3, 1e3)}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one baseline-family GPT. Everything needed to rebuild it from weights."""
@@ -51,7 +60,28 @@ class ModelConfig:
     leaky_slope: float = 0.5  # negative slope for leaky_relu2
 
     def __post_init__(self) -> None:
+        # Types and ranges first: a config read from a file is hostile until checked (a bool is not an
+        # int, 1e400 is not a softcap, 2^31 layers are not a model), and the checks below assume them.
         problems = []
+        for name, (lo, hi) in _INT_RANGES.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                problems.append(f"{name} must be an int, got {type(v).__name__}")
+            elif not lo <= v <= hi:
+                problems.append(f"{name} must be in [{lo}, {hi}], got {v}")
+        for name, (lo, hi) in _FLOAT_RANGES.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                problems.append(f"{name} must be a number, got {type(v).__name__}")
+            elif not (math.isfinite(v) and lo <= v <= hi):
+                problems.append(f"{name} must be finite and in [{lo:g}, {hi:g}], got {v!r}")
+        for name in ("tie_embeddings", "skip_weights"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.activation, str):
+            problems.append(f"activation must be a string, got {type(self.activation).__name__}")
+        if problems:
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.num_heads <= 0 or self.model_dim % self.num_heads:
@@ -85,6 +115,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """The config of a JSON object (e.g. a QGv3 header's `config`): ValueError on a non-object, unknown
+        field, or any field of the wrong type or out of range (__post_init__)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a ModelConfig must be an object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

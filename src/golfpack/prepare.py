@@ -8,8 +8,13 @@ Inputs: `.jsonl`/`.ndjson` files hold one JSON object per line with the text in 
 lines (one document per blank-line-separated paragraph, its lines joined with newlines); with
 `per_line=True` every non-empty line is a document instead.
 
-Nothing is half-written: shards go to a hidden temp folder in the output folder and are moved
-into place only after every input was read and encoded.
+Nothing is half-written: shards go to a hidden temp folder in the output folder
+(`.{prefix}.partial-*`). Once every input is encoded, a journal `.{prefix}.swap.json` is written
+atomically, naming that folder, the new shard names and the old ones to drop; then the shards are
+moved into place and the journal removed. The journal is the commit point: a run killed before it
+leaves the old set untouched (its temp folder is removed by the next run), a run killed after it is
+rolled forward by the next `prepare` (or `recover_shard_set`), so the folder ends with exactly the
+old set or exactly the new one. Shard readers refuse a folder with a journal in it (formats/shards.py).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from golfpack._io import _fsync_dir, write_bytes_atomic
 from golfpack._progress import bar as progress_bar
 from golfpack.errors import DataError, UsageError
 from golfpack.formats.shards import MAX_TOKEN_ID, write_shard
@@ -101,6 +107,53 @@ def _shard_name(prefix: str, index: int) -> str:
     return f"{prefix}_{index:06d}.bin"
 
 
+def _journal(out: Path, prefix: str) -> Path:
+    return out / f".{prefix}.swap.json"
+
+
+def _finish_swap(out: Path, prefix: str) -> bool:
+    """Roll a committed swap forward (idempotent: every step can be redone after a kill). False: no journal."""
+    j = _journal(out, prefix)
+    if not j.is_file():
+        return False
+    try:
+        d = json.loads(j.read_text(encoding="utf-8"))
+        src, names, drop = out / d["from"], list(d["names"]), list(d["drop"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{j}: unreadable shard-swap journal ({e}); remove it and rerun prepare") from None
+    shard = re.compile(re.escape(prefix) + r"_\d{6}\.bin")
+    if not (d["from"].startswith(f".{prefix}.partial-") and "/" not in d["from"]
+            and all(isinstance(n, str) and shard.fullmatch(n) for n in names + drop)):
+        raise DataError(f"{j}: shard-swap journal names files that are not {prefix!r} shards; remove it and rerun prepare")
+    for name in names:
+        if (src / name).exists():
+            os.replace(src / name, out / name)
+        elif not (out / name).is_file():
+            raise DataError(f"{j}: shard {name} is neither in {src} nor in place; the set cannot be completed")
+    for name in drop:
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
+    _fsync_dir(out)
+    j.unlink()
+    _fsync_dir(out)
+    with contextlib.suppress(OSError):
+        shutil.rmtree(src)
+    return True
+
+
+def recover_shard_set(out_dir: str | os.PathLike[str], prefix: str = "tokens") -> bool:
+    """Finish or undo what a killed `prepare` left in `out_dir` for `prefix`: a committed swap is rolled
+    forward (True), then stale `.{prefix}.partial-*` temp folders are removed. prepare calls it first."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return False
+    done = _finish_swap(out, prefix)
+    for stale in out.glob(f".{prefix}.partial-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    return done
+
+
 def prepare(
     inputs: list[str | os.PathLike[str]],
     tokenizer: str | os.PathLike[str],
@@ -163,6 +216,7 @@ def _missing_dirs(out: Path) -> list[Path]:
 
 def _encode_into(out: Path, paths: list[Path], sp, bos: int, *, shard_tokens: int, prefix: str, fmt: str,
                  per_line: bool, text_field: str, overwrite: bool, progress: bool | None) -> PrepareReport:
+    recover_shard_set(out, prefix)
     old = sorted(out.glob(f"{prefix}_[0-9][0-9][0-9][0-9][0-9][0-9].bin"))
     if old and not overwrite:
         raise UsageError(f"{out} already has {len(old)} '{prefix}_*.bin' shard(s); pass overwrite=True or another prefix/out_dir", param="overwrite")
@@ -219,21 +273,20 @@ def _encode_into(out: Path, paths: list[Path], sp, bos: int, *, shard_tokens: in
         flush(final=True)
         if not written:
             raise DataError("the inputs contain no documents; nothing to write")
-        # Everything encoded: move the shards into place, then drop stale shards of an earlier run.
-        for i, (src, n) in enumerate(written):
-            dest = out / _shard_name(prefix, i)
-            os.replace(src, dest)
-            report.shards.append({"path": str(dest), "tokens": n})
-        for stale in old:
-            if stale.name not in {Path(s["path"]).name for s in report.shards}:
-                stale.unlink()
+        # Everything encoded: commit (the journal), then swap the set in and drop stale shards of an earlier run.
+        names = [_shard_name(prefix, i) for i in range(len(written))]
+        drop = [p.name for p in old if p.name not in set(names)]
+        write_bytes_atomic(_journal(out, prefix), json.dumps({"from": tmp.name, "names": names, "drop": drop}).encode())
+        _finish_swap(out, prefix)
+        report.shards = [{"path": str(out / name), "tokens": n} for name, (_src, n) in zip(names, written)]
     finally:
         bar.close()
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
+        if not _journal(out, prefix).exists():  # committed but interrupted: the next run rolls it forward from tmp
+            with contextlib.suppress(OSError):
+                shutil.rmtree(tmp)
     report.input_bytes = total
     report.seconds = time.perf_counter() - t0
     return report
 
 
-__all__ = ["DEFAULT_SHARD_TOKENS", "PrepareReport", "iter_documents", "prepare"]
+__all__ = ["DEFAULT_SHARD_TOKENS", "PrepareReport", "iter_documents", "prepare", "recover_shard_set"]

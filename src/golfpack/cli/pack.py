@@ -17,6 +17,13 @@ from golfpack.packer.pack import DEFAULT_BUDGET, DEFAULT_CODEC
 PARAM_FLAGS = {"require_config": "--no-config"}
 
 
+def _shown(text: Any) -> str:
+    """A name from a file as it may reach a terminal: every non-printable character (control codes, so ANSI/OSC
+    escapes; lone surrogates, which cannot even be encoded) written as a \\x/\\u escape. Legacy files have no name rules."""
+    text = str(text)
+    return "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else ascii(c)[1:-1] for c in text)
+
+
 def _fmt_bytes(n: float) -> str:
     return f"{int(round(n)):,}"
 
@@ -248,17 +255,17 @@ def inspect_cmd(artifact: str, plot: str | None, as_json: bool) -> None:
         + (f", codec {rep['codec']}" if rep.get("codec") else "")
     ]
     rows = rep["tensors"]
-    w = max([len(r["name"]) for r in rows] + [6])
+    w = max([len(_shown(r["name"])) for r in rows] + [6])
     lines.append(f"{'tensor':<{w}}  {'spec':<11} {'params':>10} {'raw B':>11} {'stored B':>11} {'share':>7}")
     for r in rows:
         lines.append(
-            f"{r['name']:<{w}}  {r['spec']:<11} {r['params']:>10,} {_fmt_bytes(r['raw_bytes']):>11} "
+            f"{_shown(r['name']):<{w}}  {_shown(r['spec']):<11} {r['params']:>10,} {_fmt_bytes(r['raw_bytes']):>11} "
             f"{_fmt_bytes(r['stored_bytes']):>11} {100 * r['share']:>6.2f}%"
         )
     lines.append("groups:")
     for g in rep["groups"]:
         lines.append(
-            f"  {g['group']:<{w - 2}}  {'':<11} {g['params']:>10,} {_fmt_bytes(g['raw_bytes']):>11} "
+            f"  {_shown(g['group']):<{w - 2}}  {'':<11} {g['params']:>10,} {_fmt_bytes(g['raw_bytes']):>11} "
             f"{_fmt_bytes(g['stored_bytes']):>11} {100 * g['share']:>6.2f}%"
         )
     if rep.get("overhead_bytes") is not None:

@@ -45,6 +45,7 @@ def looks_like_zlib(head: bytes) -> bool:
 
 # A real .ptz for a 16 MB artifact inflates to well under 100 MB; past this it is a bomb or not ours.
 MAX_LEGACY_RAW = 1 << 30
+_STEP = 16 << 20  # decompression step
 
 
 def decompress_container(data: bytes, source: str = "file", max_raw: int = MAX_LEGACY_RAW) -> tuple[bytes, str]:
@@ -71,9 +72,16 @@ def decompress_container(data: bytes, source: str = "file", max_raw: int = MAX_L
                     break
             raw, codec, complete = b"".join(parts), "zstd", dzs.eof
         elif looks_like_zlib(data[:2]):
-            dz = zlib.decompressobj()
-            raw, codec = dz.decompress(data, max_raw + 1), "zlib"
-            complete = dz.eof
+            # in steps of 16 MiB into one growing buffer: a bomb is refused one step past the cap, and the
+            # output is never joined or copied (one max_length=cap+1 call doubled its buffer to 2 GiB)
+            dz, buf, rest = zlib.decompressobj(), bytearray(), data
+            while not dz.eof and len(buf) <= max_raw:
+                buf += dz.decompress(rest, min(_STEP, max_raw + 1 - len(buf)))
+                rest = dz.unconsumed_tail
+                if not rest and not dz.eof:
+                    buf += dz.flush()
+                    break
+            raw, codec, complete = buf, "zlib", dz.eof
         else:
             raise FormatError("not a zlib/lzma/zstd-compressed legacy artifact", path=source, offset=0)
     except FormatError:
@@ -101,7 +109,7 @@ def read_int8_ptz(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_container(raw: bytes, path: str | os.PathLike[str] | None = None) -> Any:
     """The object in decompressed legacy bytes (`decompress_container`'s output), weights_only."""
-    return torch_load_bytes(raw, path=path, why="decompressed data is not a torch.save object")
+    return torch_load_bytes(raw, path=path, why="decompressed data is not a torch.save object", max_bytes=MAX_LEGACY_RAW)
 
 
 def is_int8_container(obj: Any) -> bool:
@@ -115,9 +123,10 @@ def dequantize_int8_ptz(obj: dict[str, Any]) -> dict[str, Tensor]:
     if not is_int8_container(obj):
         fmt = obj.get("__quant_format__") if isinstance(obj, dict) else None
         raise FormatError(f"not an {INT8_FORMAT} container (format: {fmt!r})")
+    check_int8_container(obj)
     out: dict[str, Tensor] = {}
-    qmeta = obj.get("qmeta", {}) or {}
-    orig_dtypes = obj.get("passthrough_orig_dtypes", {}) or {}
+    qmeta = obj.get("qmeta") or {}
+    orig_dtypes = obj.get("passthrough_orig_dtypes") or {}
     for name, q in obj["quantized"].items():
         dtype = _torch_dtype(obj["dtypes"][name], name)
         s = obj["scales"][name]
@@ -133,6 +142,52 @@ def dequantize_int8_ptz(obj: dict[str, Any]) -> dict[str, Tensor]:
             t = t.to(dtype=_torch_dtype(od, name)).contiguous()
         out[name] = t
     return out
+
+
+def check_int8_container(obj: dict[str, Any]) -> None:
+    """Validate an int8 container as a QGv3 header is validated (FormatError naming the first fault), before
+    any arithmetic: every table of the right type, keyed by str names, holding tensors; scales, dtypes and
+    quantized with the same names; int8 levels; per-row scales one per row; passthrough names disjoint."""
+
+    def fail(msg: str) -> FormatError:
+        return FormatError(f"legacy container: {msg}")
+
+    def table(key: str, required: bool, value: type | tuple[type, ...]) -> dict:
+        d = obj.get(key)
+        if d is None and not required:
+            return {}
+        if not isinstance(d, dict):
+            raise fail(f"{key!r} must be a dict, got {type(d).__name__}")
+        for k, v in d.items():
+            if not isinstance(k, str) or not k:
+                raise fail(f"{key!r} has a key that is not a non-empty string: {k!r:.80}")
+            if not isinstance(v, value):
+                raise fail(f"{key}[{k!r}] is {type(v).__name__}, expected {getattr(value, '__name__', 'one of ' + str(value))}")
+        return d
+
+    q = table("quantized", True, Tensor)
+    sc = table("scales", True, Tensor)
+    dt = table("dtypes", True, str)
+    pt = table("passthrough", True, Tensor)
+    qm = table("qmeta", False, dict)
+    table("passthrough_orig_dtypes", False, str)
+    for key, d in (("scales", sc), ("dtypes", dt)):
+        if d.keys() != q.keys():
+            odd = sorted(d.keys() ^ q.keys())[:5]
+            raise fail(f"{key!r} and 'quantized' name different tensors ({', '.join(map(repr, odd))})")
+    if q.keys() & pt.keys():
+        raise fail(f"{sorted(q.keys() & pt.keys())[0]!r} is both quantized and passthrough")
+    for name, t in q.items():
+        if t.dtype != torch.int8:
+            raise fail(f"quantized[{name!r}] is {t.dtype}, expected torch.int8")
+        s = sc[name]
+        if not s.is_floating_point():
+            raise fail(f"scales[{name!r}] is {s.dtype}, expected a float tensor")
+        per_row = (qm.get(name) or {}).get("scheme") == "per_row" or s.ndim > 0
+        if per_row and (t.ndim == 0 or s.ndim != 1 or s.numel() != t.shape[0]):
+            raise fail(f"scales[{name!r}] has shape {list(s.shape)}, expected one per row of {list(t.shape)}")
+        if not per_row and s.numel() != 1:
+            raise fail(f"scales[{name!r}] must be a single value, has shape {list(s.shape)}")
 
 
 def _torch_dtype(name: str, tensor: str) -> torch.dtype:
@@ -211,6 +266,7 @@ def write_int8_ptz(obj: dict[str, Any], path: str | os.PathLike[str], level: int
 __all__ = [
     "INT8_FORMAT",
     "container_bytes",
+    "check_int8_container",
     "decompress_container",
     "dequantize_int8_ptz",
     "is_int8_container",

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from golfpack._io import write_bytes_atomic
+from golfpack.errors import FormatError, UsageError
 from golfpack.formats.bitpack import pack_bits  # noqa: F401  (tests and older callers reach it here)
 from golfpack.formats.codecs import decompress  # noqa: F401
 from golfpack.formats.qgv3_constants import (
@@ -55,6 +56,7 @@ from golfpack.formats.qgv3_read import (
     QGv3Artifact,
     StreamEntry,
     TensorEntry,
+    check_writable,
     decode_qgv3,
     read_header,
     read_qgv3,
@@ -90,9 +92,16 @@ def encode_qgv3(
     Deterministic: the same inputs give the same bytes (for a given set of codec library versions).
     It is `collect`, then `plan_qgv3` (measuring), then `serialize_qgv3` (writing the plan).
     """
+    records = list(records)
+    check_writable(records)  # the writer packs only what the reader accepts (names, dims, sizes)
     contents = collect(records, config=config, policy=policy, meta=meta)
     measured = plan_qgv3(contents, codec=codec, blocks=blocks)
-    return serialize_qgv3(contents, measured.plan, stored_blocks=measured.stored_blocks)
+    data = serialize_qgv3(contents, measured.plan, stored_blocks=measured.stored_blocks)
+    try:  # and the header as written must pass the reader's own checks (config/policy/meta included)
+        read_header(data)
+    except FormatError as e:
+        raise UsageError(f"refusing to write an artifact the reader would refuse: {e.detail}") from None
+    return data
 
 
 def write_qgv3(path: str | Path, records: Iterable[TensorRecord], **kwargs: Any) -> int:

@@ -95,12 +95,21 @@ class Limits:
     max_name_len: int = 1024  # characters per tensor name
     # A 16 MB artifact holds at most ~64M levels (int2, dense) and legitimately decompresses to well
     # under 100 MiB; these caps leave room for bigger models yet keep a hostile few-KB file from
-    # costing more than ~1 GiB of memory. Pass larger Limits to read something bigger on purpose.
+    # costing more than ~1.1 GiB of memory (measured: docs/security.md). Pass larger Limits to read
+    # something bigger on purpose.
     max_raw_bytes: int = 256 << 20  # sum of all blocks' decompressed sizes
     max_numel: int = 1 << 28  # sum of all tensors' elements (bounds the state dict built at the end)
+    # A writer makes at most one stream per kind/width/dtype (about 20) and one block per stream: these
+    # caps stop a file of thousands of empty blocks or streams from costing seconds per decode.
+    # What the rebuilt state dict may take (sum of numel x the original dtype's size): with max_raw_bytes
+    # this bounds peak memory (docs/security.md has the measured figure), as 2^28 float64 values would not.
+    max_output_bytes: int = 512 << 20
+    max_blocks: int = 64  # block entries
+    max_streams: int = 64  # stream entries
 
     def __post_init__(self) -> None:
-        for name in ("max_header_bytes", "max_tensors", "max_ndim", "max_name_len", "max_raw_bytes", "max_numel"):
+        for name in ("max_header_bytes", "max_tensors", "max_ndim", "max_name_len", "max_raw_bytes", "max_numel", "max_blocks",
+                     "max_streams", "max_output_bytes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 # ValueError, not golfpack's UsageError: this module imports nothing of golfpack

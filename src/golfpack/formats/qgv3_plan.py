@@ -95,10 +95,17 @@ def choose_stream(s: Stream, codecs: list[Codec]) -> _Choice:
     return _Choice(sp, stored, trial, len(z), not whole)
 
 
+# Above this many header JSON bytes (tens of thousands of tensors) the header is compressed with zlib only:
+# `pack --dry-run` of 100,000 one-element tensors took minutes of lzma extreme on a multi-MB header.
+HEADER_FAST_BYTES = 1 << 20
+
+
 def _with_header(contents: Contents, plan: QGv3Plan, blocks: list[bytes], codecs: list[Codec]) -> Measured:
     """The plan with the header codec that makes the smallest header (raw first, then `codecs` in order)."""
     hraw = header_json(contents, plan, blocks)
     best_c, best = Codec.RAW, hraw
+    if len(hraw) > HEADER_FAST_BYTES:  # bound header work: lzma extreme runs at ~1 MB/s, zlib at ~20
+        codecs = [Codec.ZLIB]
     for c in codecs:
         if c != Codec.RAW:
             z = compress(c, hraw)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from golfpack.errors import FormatError, GolfpackError
+from golfpack.errors import FormatError, GolfpackError, UsageError
 from golfpack.formats import qgv3_constants as K
 from golfpack.formats.codecs import codec_id, decompress
 from golfpack.formats.qgv3_constants import DEFAULT_LIMITS, PREAMBLE, Codec, Layout, Limits, StreamKind
@@ -123,6 +123,65 @@ class Header:
 # parsing
 
 
+MAX_FILE_BYTES = 1 << 40  # bound on any stored size (a file is far smaller; keeps every int convertible to float)
+MAX_TREE_DEPTH = 32  # nesting of the free-form config/policy/meta objects
+MAX_JSON_INT = 1 << 63  # magnitude of any integer in config/policy/meta
+
+
+def check_name(name: Any, lim: Limits, what: str, fail: Any) -> str:
+    """A tensor name as the spec allows it: a non-empty str of at most `max_name_len` characters, every one
+    printable (str.isprintable: no control characters - so no ANSI/OSC escapes -, no line or paragraph
+    separators) and no lone surrogates (the name must encode to UTF-8). `fail(msg)` makes the error."""
+    if not isinstance(name, str) or not name or len(name) > lim.max_name_len:
+        raise fail(f"{what} must be a non-empty string of at most {lim.max_name_len} characters")
+    if not name.isprintable():
+        raise fail(f"{what} {ascii(name)[:80]} holds a non-printable character")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise fail(f"{what} {ascii(name)[:80]} holds a lone surrogate") from None
+    return name
+
+
+def check_writable(records: list[TensorRecord], limits: Limits = DEFAULT_LIMITS) -> None:
+    """UsageError unless every record's name and shape are within what read_header accepts (the writer's check)."""
+
+    def fail(msg: str) -> UsageError:
+        return UsageError(f"cannot write QGv3: {msg}", param="records")
+
+    if len(records) > limits.max_tensors:
+        raise fail(f"{len(records)} tensors exceed the reader's limit of {limits.max_tensors}")
+    total = 0
+    for r in records:
+        check_name(r.name, limits, "tensor name", fail)
+        if len(r.shape) > limits.max_ndim:
+            raise fail(f"{r.name}: {len(r.shape)} dims exceed the reader's limit of {limits.max_ndim}")
+        total += math.prod(r.shape)
+        if math.prod(d for d in r.shape if d) > limits.max_numel or total > limits.max_numel:
+            raise fail(f"{r.name}: over the reader's limit of {limits.max_numel} elements")
+
+
+def _check_tree(v: Any, what: str, depth: int) -> None:
+    """config/policy/meta: JSON values only, nested at most MAX_TREE_DEPTH deep, ints within 64 bits, strings UTF-8.
+    (Their fields' meaning is checked by their owners: ModelConfig.from_dict, Policy.from_dict.)"""
+    if depth > MAX_TREE_DEPTH:
+        raise _fail(f"{what} is nested more than {MAX_TREE_DEPTH} deep")
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _check_tree(k, f"{what} key", depth + 1)
+            _check_tree(x, f"{what}.{str(k)[:40]}", depth + 1)
+    elif isinstance(v, list):
+        for x in v:
+            _check_tree(x, what, depth + 1)
+    elif isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _fail(f"{what} holds a lone surrogate") from None
+    elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_JSON_INT:
+        raise _fail(f"{what} holds an integer over 2^63")
+
+
 def _int(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise _fail(f"{what} must be an integer, got {type(v).__name__}")
@@ -182,8 +241,14 @@ def parse_header_json(raw: bytes) -> dict:
     def no_const(c: str) -> Any:
         raise ValueError(f"non-standard JSON constant {c}")
 
+    def finite(text: str) -> float:  # 1e400 parses to inf: the spec refuses it like Infinity
+        v = float(text)
+        if not math.isfinite(v):
+            raise ValueError(f"number {text[:40]} overflows a double")
+        return v
+
     try:
-        h = json.loads(raw.decode("utf-8"), object_pairs_hook=no_dups, parse_constant=no_const)
+        h = json.loads(raw.decode("utf-8"), object_pairs_hook=no_dups, parse_constant=no_const, parse_float=finite)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _fail(f"header is not valid JSON ({str(e)[:200]})", PREAMBLE.size) from None
     return _keys(h, K.HEADER_KEYS, frozenset(), "header")
@@ -192,6 +257,8 @@ def parse_header_json(raw: bytes) -> dict:
 def _blocks(h: dict, start: int, data_len: int, lim: Limits) -> list[BlockEntry]:
     """Blocks tile the rest of the file exactly."""
     blocks, pos, raw_total = [], 0, 0
+    if len(h["blocks"]) > lim.max_blocks:
+        raise _fail(f"{len(h['blocks'])} blocks exceed the limit of {lim.max_blocks}")
     for i, b in enumerate(h["blocks"]):
         _keys(b, K.BLOCK_KEYS, frozenset(), f"block {i}")
         cid = _int(b["codec"], f"block {i} codec", 0, 255)
@@ -221,6 +288,8 @@ def _streams(h: dict, blocks: list[BlockEntry], lim: Limits) -> list[StreamEntry
     """Streams tile their blocks exactly, in order."""
     streams, seen_keys = [], set()
     fill = [0] * len(blocks)
+    if len(h["streams"]) > lim.max_streams:
+        raise _fail(f"{len(h['streams'])} streams exceed the limit of {lim.max_streams}")
     for i, s in enumerate(h["streams"]):
         kind = StreamKind(_int(_keys(s, K.STREAM_KEYS, K.STREAM_KEYS_OPTIONAL, f"stream {i}")["kind"], f"stream {i} kind", 0, max(StreamKind)))
         layout = Layout(_int(s["layout"], f"stream {i} layout", 0, max(Layout)))
@@ -248,11 +317,12 @@ def _streams(h: dict, blocks: list[BlockEntry], lim: Limits) -> list[StreamEntry
         bi = _int(s["block"], f"stream {i} block", 0, len(blocks) - 1)
         size = stream_raw_size(kind, layout, count, bits, dtype)
         blk = blocks[bi]
-        if _int(s["at"], f"stream {i} offset", 0) != fill[bi]:
+        if _int(s["at"], f"stream {i} offset", 0, lim.max_raw_bytes) != fill[bi]:
             raise _fail(f"stream {i} starts at {s['at']} in block {bi}, expected {fill[bi]} (streams must be contiguous)")
         if fill[bi] + size > blk.raw:
             raise _fail(f"stream {i} ({count} values, {size} bytes) overruns block {bi} ({blk.raw} bytes)")
-        alone = _int(s["alone"], f"stream {i} alone", 0) if "alone" in s else None
+        # a compressed size: never more than the file (bounded, so it converts to a float when shares are split)
+        alone = _int(s["alone"], f"stream {i} alone", 0, MAX_FILE_BYTES) if "alone" in s else None
         streams.append(StreamEntry(i, kind, layout, bits, dtype, count, bi, fill[bi], size, alone))
         fill[bi] += size
     for b in blocks:
@@ -263,12 +333,12 @@ def _streams(h: dict, blocks: list[BlockEntry], lim: Limits) -> list[StreamEntry
 
 def _tensors(h: dict, streams: list[StreamEntry], lim: Limits) -> tuple[list[TensorEntry], list[list[str]]]:
     """Tensors tile their streams exactly, in header order. Also returns each stream's member names."""
-    tensors, names, numel_total = [], set(), 0
+    tensors, names, numel_total, out_total = [], set(), 0, 0
     fill = [0] * len(streams)
     members: list[list[str]] = [[] for _ in streams]
 
     def take(si: int, off: Any, n: int, name: str) -> int:
-        off = _int(off, f"{name} offset", 0)
+        off = _int(off, f"{name} offset", 0, lim.max_numel)
         if off != fill[si]:
             raise _fail(f"{name}: offset {off} in stream {si}, expected {fill[si]} (tensors must be contiguous, in header order)")
         if off + n > streams[si].count:
@@ -279,9 +349,7 @@ def _tensors(h: dict, streams: list[StreamEntry], lim: Limits) -> tuple[list[Ten
 
     for i, e in enumerate(h["tensors"]):
         _keys(e, K.TENSOR_KEYS_REQUIRED, K.TENSOR_KEYS_INT | K.TENSOR_KEYS_OPTIONAL, f"tensor {i}")
-        name = e["name"]
-        if not isinstance(name, str) or not name or len(name) > lim.max_name_len:
-            raise _fail(f"tensor {i} name must be a non-empty string of at most {lim.max_name_len} characters")
+        name = check_name(e["name"], lim, f"tensor {i} name", _fail)
         if name in names:
             raise _fail(f"duplicate tensor name {name!r}")
         names.add(name)
@@ -298,12 +366,17 @@ def _tensors(h: dict, streams: list[StreamEntry], lim: Limits) -> tuple[list[Ten
         dtype = e["dtype"]
         if not isinstance(dtype, str) or dtype not in TORCH_DTYPES:
             raise _fail(f"{name}: unknown dtype {dtype!r}")
+        out_total += numel * TORCH_DTYPES[dtype].itemsize
+        if out_total > lim.max_output_bytes:
+            raise _fail(f"{name}: the tensors rebuild to more than {lim.max_output_bytes} bytes")
         if not isinstance(e["spec"], str):
             raise _fail(f"{name}: spec must be a string")
         try:
             spec = TensorSpec.parse(e["spec"])
         except ValueError as ex:
             raise _fail(f"{name}: {ex}") from None
+        if spec.label() != e["spec"]:  # only the canonical label the writer writes: no INT3, ' int3 ', int03, ٣
+            raise _fail(f"{name}: spec {e['spec']!r} is not a canonical label (expected e.g. {spec.label()!r})")
         d = e["digest"]
         if not (isinstance(d, str) and len(d) == 64 and all(ch in "0123456789abcdef" for ch in d)):
             raise _fail(f"{name}: digest must be 64 lowercase hex characters")
@@ -353,6 +426,7 @@ def validate_header(h: dict, start: int, data_len: int, limits: Limits = DEFAULT
     for k in ("config", "policy", "meta"):
         if h[k] is not None and not isinstance(h[k], dict):
             raise _fail(f"header {k} must be an object or null")
+        _check_tree(h[k], f"header {k}", 0)
     for k in ("tensors", "streams", "blocks"):
         if not isinstance(h[k], list):
             raise _fail(f"header {k} must be a list")
@@ -529,5 +603,5 @@ def read_qgv3(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> QGv3Artif
         raise GolfpackError(f"{p}: {e}") from None
 
 
-__all__ = ["BlockEntry", "Header", "Preamble", "QGv3Artifact", "StreamEntry", "TensorEntry", "decode_qgv3", "parse_header_json",
+__all__ = ["BlockEntry", "Header", "Preamble", "QGv3Artifact", "StreamEntry", "TensorEntry", "check_name", "check_writable", "decode_qgv3", "parse_header_json",
            "parse_preamble", "read_header", "read_qgv3", "validate_header"]

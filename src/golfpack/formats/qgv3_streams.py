@@ -28,6 +28,8 @@ STORAGE_DTYPES: dict[str, np.dtype] = {name: np.dtype(code) for name, code in K.
 def tensor_digest(t: torch.Tensor) -> str:
     """sha256 hex of a tensor's raw bytes (C order, native little-endian): the header's per-tensor `digest`."""
     flat = t.detach().cpu().contiguous().reshape(-1)
+    if flat.numel() == 0:  # an empty tensor's view has stride 0, which view(uint8) refuses
+        return hashlib.sha256(b"").hexdigest()
     return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
 
 

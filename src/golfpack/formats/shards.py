@@ -83,6 +83,11 @@ def write_shard(path: str | os.PathLike[str], tokens: np.ndarray | list[int]) ->
 def expand_pattern(pattern: str | os.PathLike[str]) -> list[Path]:
     """Sorted shard files for a glob (or a single path); error if nothing matches."""
     files = sorted(Path(p) for p in glob.glob(str(pattern)))
+    for folder in sorted({f.parent for f in files}):
+        journals = sorted(folder.glob(".*.swap.json"))
+        if journals:  # a prepare --overwrite was killed mid-swap: the set may be half old, half new
+            raise DataError(f"{journals[0]}: an interrupted `prepare --overwrite` left this shard set half swapped; "
+                            "rerun prepare (or golfpack.prepare.recover_shard_set) to finish it")
     if not files:
         raise DataError(f"no shard files match {str(pattern)!r}: check the path or quote the glob")
     return files

@@ -3,9 +3,12 @@
 The exported file needs only the standard library, numpy and torch (zstd/brotli streams also need
 those packages, with a clear error if absent). Its bytes count against the 16,000,000-byte cap, so it
 is short - but it is the same arithmetic as golfpack's reader (TensorRecord.dequantize): levels are
-multiplied by their scale in fp32, then cast to the original dtype. Bounds checks are left to
-golfpack's full reader (`golfpack verify`); this loader still checks every crc32 and stream size and,
-with check=True, each tensor's sha256 digest. It cannot import golfpack, so it spells the format's
+multiplied by their scale in fp32, then cast to the original dtype. It applies the reader's
+Limits (header, blocks, streams, tensors, counts, raw and element totals, names, dims) before it
+allocates, checks every crc32, that each stream decodes to exactly its declared size (a zstd frame's
+declared size is read before decoding), that streams and tensors tile exactly, and with check=True
+each tensor's sha256 digest. Any malformed file is a ValueError, never another exception type;
+golfpack's full reader (`golfpack verify`) checks every rule of docs/qgv3.md. It cannot import golfpack, so it spells the format's
 numbers out; tests/packer/test_decoder.py checks them against formats/qgv3_constants.py.
 '''
 
@@ -16,7 +19,7 @@ import os
 from golfpack._io import write_bytes_atomic
 
 DECODER_SOURCE = r'''"""QGv3 loader (from golfpack export-decoder): sd = load("model.qg3") -> {name: torch.Tensor}."""
-import hashlib, json, lzma, struct, zlib
+import hashlib, json, lzma, re, struct, zlib
 import numpy as np
 import torch
 
@@ -31,88 +34,232 @@ def _mod(name):
         raise ImportError(f"this artifact has {name} streams: pip install {name}") from None
 
 
+SPEC = re.compile(r"int[2-8](:absmax|:mse)?(\+gptq)?|fp16|bf16|fp32|exact")  # canonical labels only
+HEX = re.compile(r"[0-9a-f]{64}")
+L = {"header": 16 << 20, "raw": 256 << 20, "numel": 1 << 28, "blocks": 64, "streams": 64, "tensors": 100000, "name": 1024, "ndim": 8, "out": 512 << 20}
+
+
+def _i(v, hi=1 << 40):  # an int in [0, hi]; bools, floats and strings are not ints
+    if type(v) is not int or not 0 <= v <= hi:
+        raise ValueError(f"bad integer {v!r}")
+    return v
+
+
+def _keys(d, req, opt=()):
+    if type(d) is not dict or not set(req) <= d.keys() <= set(req) | set(opt):
+        raise ValueError(f"bad header entry {str(d)[:80]}")
+    return d
+
+
+def _fin(t):
+    v = float(t)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError("non-finite number")
+    return v
+
+
+def _tree(v, d):  # nested <= 32 deep, ints within 2^63, strings UTF-8
+    if type(v) is dict:
+        return d < 32 and all(_tree(k, d + 1) and _tree(x, d + 1) for k, x in v.items())
+    if type(v) is list:
+        return d < 32 and all(_tree(x, d + 1) for x in v)
+    if type(v) is str:
+        v.encode()
+    return type(v) is not int or abs(v) <= 1 << 63
+
+
 def _unz(codec, b, n):  # codec ids: 0 raw, 1 raw deflate, 2 props byte + raw lzma1, 3 zstd, 4 brotli
+    end = True
     if codec == 0:
         out = b
     elif codec == 1:
-        out = zlib.decompressobj(-15).decompress(b, n + 1)
+        d = zlib.decompressobj(-15)
+        out = d.decompress(b, n + 1)
+        end = d.eof and not d.unused_data and not d.unconsumed_tail
     elif codec == 2:
         p = b[0]
         f = {"id": lzma.FILTER_LZMA1, "lc": p % 9, "lp": p // 9 % 5, "pb": p // 45,
              "dict_size": min(1 << 26, max(1 << 12, 1 << max(0, n - 1).bit_length()))}
-        out = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[f]).decompress(b[1:], n + 1)
+        d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[f])
+        out = d.decompress(b[1:], n + 1)
+        end = d.eof and not d.unused_data
     elif codec == 3:
-        out = _mod("zstandard").ZstdDecompressor().decompress(b, max_output_size=n) if n else b""
+        z = _mod("zstandard")
+        if z.get_frame_parameters(b).content_size != n:  # before decoding: the frame's size is what gets allocated
+            raise ValueError("zstd frame declares the wrong size")
+        d = z.ZstdDecompressor(max_window_size=1 << 27).decompressobj()
+        out = d.decompress(b)
+        end = d.eof and not d.unused_data
     elif codec == 4:
-        out = _mod("brotli").Decompressor().process(b, output_buffer_limit=n + 1)
+        d = _mod("brotli").Decompressor()
+        out = d.process(b, output_buffer_limit=n + 1)
+        end = d.is_finished()
     else:
         raise ValueError(f"unknown codec id {codec}")
-    if len(out) != n:
+    if len(out) != n or not end:
         raise ValueError("stream decodes to the wrong size")
     return out
 
 
 def _levels(raw, bits, n, dense):  # stored value = level + qmax, `bits` bits LSB-first (dense) or a byte each
+    q, out = (1 << bits - 1) - 1, np.empty(n, np.int8)
     if dense and bits < 8:
-        g = -(-n // 8)  # 8 values per `bits` bytes
-        a = np.zeros(g * bits, np.uint8)
-        a[:(n * bits + 7) // 8] = np.frombuffer(raw, np.uint8, (n * bits + 7) // 8)
-        w = np.zeros((g, 8), np.uint8)
-        w[:, :bits] = a.reshape(g, bits)
-        u = (w.view("<u8") >> np.arange(0, 8 * bits, bits, dtype=np.uint64)) & np.uint64((1 << bits) - 1)
-        u = u.reshape(-1)[:n]
+        if n * bits % 8 and raw[-1] >> n * bits % 8:
+            raise ValueError("non-zero padding bits")
+        for lo in range(0, n, 1 << 20):  # in chunks: the uint64 words cost 8 bytes a value
+            m = min(n - lo, 1 << 20)
+            g = -(-m // 8)  # 8 values per `bits` bytes
+            a = np.zeros(g * bits, np.uint8)
+            a[:(m * bits + 7) // 8] = np.frombuffer(raw, np.uint8, (m * bits + 7) // 8, lo * bits // 8)
+            w = np.zeros((g, 8), np.uint8)
+            w[:, :bits] = a.reshape(g, bits)
+            u = (w.view("<u8") >> np.arange(0, 8 * bits, bits, dtype=np.uint64)) & np.uint64((1 << bits) - 1)
+            out[lo:lo + m] = u.reshape(-1)[:m] - q
+            if n and u.reshape(-1)[:m].max() > 2 * q:
+                raise ValueError("level out of range")
     else:
         u = np.frombuffer(raw, np.uint8, n)
-    return (u.astype(np.int16) - ((1 << bits - 1) - 1)).astype(np.int8)
+        if n and u.max() > 2 * q:
+            raise ValueError("level out of range")
+        out[:] = u.astype(np.int16) - q
+    return out
 
 
 def load(path, check=True):
+    try:
+        return _load(path, check)
+    except (ValueError, ImportError, OSError):
+        raise
+    except Exception as e:  # any other failure on a malformed file is still a malformed file
+        raise ValueError(f"{path}: invalid QGv3 file ({type(e).__name__}: {e})") from None
+
+
+def _load(path, check):
     b = open(path, "rb").read()
-    magic, ver, hc, _, hs, hr, crc = struct.unpack_from("<8sHBBIII", b)
-    if magic != b"QGv3\r\n\x1a\n" or ver != 3:
+    if len(b) < 24:
+        raise ValueError(f"{path}: truncated")
+    magic, ver, hc, fl, hs, hr, crc = struct.unpack_from("<8sHBBIII", b)
+    if magic != b"QGv3\r\n\x1a\n" or ver != 3 or fl:
         raise ValueError(f"{path}: not a QGv3 version 3 file")
     pos = 24 + hs
+    if max(hs, hr) > L["header"] or pos > len(b):
+        raise ValueError("header too big or file truncated")
     if zlib.crc32(b[24:pos]) != crc:
         raise ValueError("header checksum mismatch")
-    h = json.loads(_unz(hc, b[24:pos], hr))
-    blocks = []
+    h = _keys(json.loads(_unz(hc, b[24:pos], hr), parse_float=_fin, parse_constant=_fin),
+              ("config", "policy", "meta", "tensors", "streams", "blocks"))
+    if any(h[k] is not None and type(h[k]) is not dict or not _tree(h[k], 0) for k in ("config", "policy", "meta")):
+        raise ValueError("config, policy and meta must be objects or null, of JSON values")
+    if len(h["blocks"]) > L["blocks"] or len(h["streams"]) > L["streams"] or len(h["tensors"]) > L["tensors"]:
+        raise ValueError("too many blocks, streams or tensors")
+    blocks, fill, raw_total = [], [], 0
     for k in h["blocks"]:
-        s = b[pos:pos + k["stored"]]
-        pos += k["stored"]
+        _keys(k, ("codec", "raw", "stored", "crc"))
+        n, st = _i(k["raw"], L["raw"]), _i(k["stored"], len(b))
+        raw_total += n
+        s = b[pos:pos + st]
+        pos += st
+        if raw_total > L["raw"] or pos > len(b):
+            raise ValueError("block too big or file truncated")
         if zlib.crc32(s) != k["crc"]:
             raise ValueError("block checksum mismatch")
-        blocks.append(_unz(k["codec"], s, k["raw"]))
-    arrays = []
+        blocks.append(_unz(_i(k["codec"], 4), s, n))
+        fill.append(0)
+    if pos != len(b):
+        raise ValueError("trailing bytes")
+    arrays, used, keys = [], [], []
     for s in h["streams"]:  # kind 0 levels, 1 scales, 2 passthrough; layout 0 plain, 1 shuffled, 2 dense, 3 byte
-        raw, n = blocks[s["block"]][s["at"]:], s["count"]
+        _keys(s, ("kind", "count", "layout", "block", "at"), ("bits", "dtype", "alone"))
+        bi, n, lay = _i(s["block"], len(blocks) - 1), _i(s["count"], L["numel"]), _i(s["layout"], 3)
+        if _i(s["at"]) != fill[bi] or ("bits" in s) == ("dtype" in s) or _i(s.get("alone", 0)) is None:
+            raise ValueError("streams must be contiguous")
+        key = (_i(s["kind"], 2), s.get("bits"), s.get("dtype"))
+        if key in keys:
+            raise ValueError("duplicate stream")
+        keys.append(key)
         if s["kind"] == 0:
-            arrays.append(_levels(raw, s["bits"], n, s["layout"] == 2))
-            continue
-        dt = np.dtype(DT[s["dtype"]])
-        raw = raw[:n * dt.itemsize]
-        if s["layout"] == 1:  # byte planes back to elements
-            raw = np.frombuffer(raw, np.uint8).reshape(dt.itemsize, n).T.tobytes()
-        arrays.append(np.frombuffer(raw, dt, n))
-    sd = {}
+            bits = _i(s["bits"], 8)
+            size = -(-n * bits // 8) if s["layout"] == 2 else n
+            if bits < 2 or lay not in (2, 3):
+                raise ValueError("bad levels stream")
+        else:
+            ok = ("float16", "float32") if s["kind"] == 1 else DT
+            dt = np.dtype(DT[s["dtype"]]) if type(s["dtype"]) is str and s["dtype"] in ok else None
+            if dt is None or lay not in (0, 1):
+                raise ValueError("bad stream dtype or layout")
+            size = n * dt.itemsize
+        raw = blocks[bi][fill[bi]:fill[bi] + size]
+        fill[bi] += size
+        if len(raw) != size:
+            raise ValueError("stream overruns its block")
+        if s["kind"] == 0:
+            arrays.append(_levels(raw, bits, n, lay == 2))
+        elif s["layout"] == 1:  # byte planes back to elements
+            arrays.append(np.frombuffer(np.frombuffer(raw, np.uint8).reshape(dt.itemsize, n).T.tobytes(), dt, n))
+        else:
+            arrays.append(np.frombuffer(raw, dt, n))
+        if s.get("dtype") == "bool" and n and arrays[-1].max() > 1:
+            raise ValueError("bool stream holds a byte other than 0/1")
+        used.append(0)
+    if fill != [len(x) for x in blocks]:
+        raise ValueError("streams do not fill their blocks")
+    sd, total, out = {}, 0, 0
+
+    def take(g, o, n):
+        if _i(g, len(arrays) - 1) is None or _i(o) != used[g] or o + n > len(arrays[g]):
+            raise ValueError("tensors must tile their streams")
+        used[g] += n
+        return arrays[g][o:o + n]
+
     for e in h["tensors"]:
-        shape, dtype = e["shape"], getattr(torch, e["dtype"])
-        numel = int(np.prod(shape, dtype=np.int64))
-        v = torch.from_numpy(arrays[e["group"]][e["offset"]:e["offset"] + numel].copy())
+        _keys(e, ("name", "shape", "dtype", "spec", "digest", "group", "offset"), ("scales", "scale_offset", "rows"))
+        name, shape = e["name"], e["shape"]
+        if type(name) is not str or not 0 < len(name) <= L["name"] or not name.isprintable() or name in sd:
+            raise ValueError(f"bad tensor name {ascii(name)[:80]}")
+        if type(shape) is not list or len(shape) > L["ndim"]:
+            raise ValueError(f"{name}: bad shape")
+        numel = 1
+        for d in shape:
+            numel *= _i(d, L["numel"])
+        total += numel
+        if type(e["dtype"]) is not str or e["dtype"] not in DT:
+            raise ValueError(f"{name}: bad dtype")
+        out += numel * np.dtype(DT[e["dtype"]]).itemsize
+        if total > L["numel"] or out > L["out"]:
+            raise ValueError(f"{name}: too many elements or bad dtype")
+        if not (type(e["spec"]) is str and SPEC.fullmatch(e["spec"]) and type(e["digest"]) is str and HEX.fullmatch(e["digest"])):
+            raise ValueError(f"{name}: bad spec or digest")
+        dtype, sp, st = getattr(torch, e["dtype"]), e["spec"], h["streams"][_i(e["group"], len(arrays) - 1)]
+        fl = e["dtype"] in ("float32", "float16", "bfloat16", "float64")
+        if sp[:3] == "int":  # levels of its width, with scales; 2-D: one fp16 per row, else one fp32
+            sc = h["streams"][_i(e.get("scales"), len(arrays) - 1)]
+            want = (0, int(sp[3]), 1, "float16" if len(shape) == 2 else "float32", True)
+            if (st["kind"], st.get("bits"), sc["kind"], sc["dtype"], fl) != want or ("rows" in e) != (len(shape) == 2):
+                raise ValueError(f"{name}: int tensor does not match its streams")
+        elif {"scales", "scale_offset", "rows"} & e.keys() or st["kind"] != 2 or (sp != "exact" and not fl) or \
+                st["dtype"] != {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}.get(sp, e["dtype"]):
+            raise ValueError(f"{name}: passthrough tensor does not match its stream")
+        v = torch.from_numpy(take(e["group"], e["offset"], numel).copy())
         if "scales" in e:  # levels * scale in fp32 (per row fp16 scales, else one fp32 scale)
-            sc, o = arrays[e["scales"]], e["scale_offset"]
-            if "rows" in e:
-                r = e["rows"]
-                t = v.float().view(r, numel // r if r else 0) * torch.from_numpy(sc[o:o + r].copy()).float().view(-1, 1)
+            r = _i(e["rows"], numel) if "rows" in e else None
+            sc = take(e["scales"], e["scale_offset"], 1 if r is None else r)
+            if r is not None:
+                if len(shape) != 2 or r != shape[0]:
+                    raise ValueError(f"{name}: rows must be shape[0]")
+                t = v.float().view(r, shape[1]) * torch.from_numpy(sc.copy()).float().view(-1, 1)
             else:
-                t = v.float() * float(sc[o])
+                t = v.float() * float(sc[0])
         elif h["streams"][e["group"]]["dtype"] == "bfloat16":
             t = v.view(torch.bfloat16)
         else:
             t = v
         t = t.to(dtype).reshape(shape).contiguous()
-        if check and hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest() != e["digest"]:
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if numel else b""  # (an empty view has stride 0)
+        if check and hashlib.sha256(raw).hexdigest() != e["digest"]:
             raise ValueError(f"{e['name']}: tensor differs from what the packer wrote")
-        sd[e["name"]] = t
+        sd[name] = t
+    if used != [len(a) for a in arrays]:
+        raise ValueError("tensors do not fill their streams")
     return sd
 
 

@@ -253,6 +253,10 @@ def pack_file(
     if not dry_run and out is None:
         raise UsageError("no output path, and not a dry run: nothing to write to", param="out")
     code_bytes, code_files = count_code_bytes(list(code))  # before the slow part: fail fast on a typo
+    if out is not None and not dry_run:
+        for c in code_files:  # its size now is not its size after the write: the total would be wrong
+            if _same_file(c, out):
+                raise UsageError(f"code file {c} is the output path {out}: the artifact cannot count itself as code", param="code")
     from golfpack.adapters import load_adapter
 
     adapter = load_adapter(model)
@@ -282,7 +286,26 @@ def pack_file(
         )
     assert out is not None
     write_bytes_atomic(out, res.data)
+    # Re-check with the sizes as they are now (a code file reached through another name may be what was just written).
+    code_after, _ = count_code_bytes(code_files)
+    if res.model_bytes + code_after > budget:
+        Path(out).unlink()
+        raise BudgetError(
+            f"over budget after writing: model {res.model_bytes:,} + code {code_after:,} bytes > {budget:,} "
+            f"(a code file changed during the write); {out} removed"
+        )
     return res
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Same file by resolved path, or by inode where both exist (hard links, symlinks)."""
+    pa, pb = Path(a), Path(b)
+    if pa.resolve() == pb.resolve():
+        return True
+    try:
+        return os.path.samefile(pa, pb)
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------------
