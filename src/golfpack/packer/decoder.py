@@ -100,7 +100,11 @@ def load(path, check=True):
         v = torch.from_numpy(arrays[e["group"]][e["offset"]:e["offset"] + numel].copy())
         if "scales" in e:  # levels * scale in fp32 (per row fp16 scales, else one fp32 scale)
             sc, o = arrays[e["scales"]], e["scale_offset"]
-            if "rows" in e:
+            if "scale_group" in e:  # group-wise: scale [r, c // g], rows x ceil(cols / g) of them
+                r, c, g = e["rows"], shape[1], e["scale_group"]
+                s = torch.from_numpy(sc[o:o + r * (-(-c // g))].copy()).float().view(r, -1)
+                t = v.float().view(r, c) * s.repeat_interleave(g, dim=1)[:, :c]
+            elif "rows" in e:
                 r = e["rows"]
                 t = v.float().view(r, numel // r if r else 0) * torch.from_numpy(sc[o:o + r].copy()).float().view(-1, 1)
             else:
