@@ -322,6 +322,42 @@ def gptq_quantize(
 
 
 # ----------------------------------------------------------------------------------------------
+# the scale floor: when the seed-exact `quantile` rule swallows a tensor's range
+
+# A row is "swallowed" when its clip is below this fraction of the floor's clip (1.0): it then uses at
+# most this fraction of the levels, and most of its weights round to zero at low widths.
+FLOOR_SWALLOW_FRACTION = 0.5
+
+
+def floor_warning(name: str, t: Tensor, spec: TensorSpec) -> str | None:
+    """A warning line when `spec`'s scale floor (only `quantile` has one: scale >= 1/qmax) swallows most of
+    the rows of the 2-D tensor `t`, naming the tensor, the rows and what to use instead; else None."""
+    if spec.kind != "int" or spec.clip != "quantile" or t.ndim != 2 or t.shape[1] == 0 or not t.is_floating_point():
+        return None
+    with torch.no_grad():
+        clip_abs = torch.quantile(t.detach().float().abs(), BASELINE_CLIP_Q, dim=1)
+    low = torch.nonzero(clip_abs < FLOOR_SWALLOW_FRACTION).reshape(-1).tolist()
+    if 2 * len(low) <= t.shape[0]:
+        return None
+    rows = ", ".join(map(str, low[:6])) + (", ..." if len(low) > 6 else "")
+    used = max(1, round(float(clip_abs.max()) * spec.qmax))
+    return (f"{name}: {spec.label()} floors the scale at 1/{spec.qmax}, which swallows {len(low)} of {t.shape[0]} rows "
+            f"(rows {rows}; row range {float(clip_abs.min()):.3g}..{float(clip_abs.max()):.3g}, at most {used} of "
+            f"{spec.qmax} levels used): most weights round to zero; use a floor-free spec such as int{spec.bits}:sd12, "
+            f"int{spec.bits}:mse or int{spec.bits}:g64")
+
+
+def floor_warnings(state_dict: dict[str, Tensor], specs: dict[str, TensorSpec]) -> list[str]:
+    """`floor_warning` for every tensor of a pack, in state-dict order (what `pack` reports and prints)."""
+    out = []
+    for name, t in state_dict.items():
+        w = floor_warning(name, t, specs[name])
+        if w is not None:
+            out.append(w)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # tensor -> record
 
 
@@ -389,7 +425,10 @@ def fake_quantize(w: Tensor, spec: TensorSpec, hessian: Tensor | None = None) ->
 __all__ = [
     "BASELINE_CLIP_Q",
     "DAMP_LADDER",
+    "FLOOR_SWALLOW_FRACTION",
     "expand_group_scales",
+    "floor_warning",
+    "floor_warnings",
     "n_groups",
     "quantize_groups",
     "row_scales",
