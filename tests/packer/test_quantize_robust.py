@@ -171,3 +171,30 @@ def test_group_wise_round_trip_exact_through_qgv3(bits: int) -> None:
         e = {t["name"]: t for t in art.header["tensors"]}
         assert e["w64_197_absmax"]["scale_group"] == 64 and "scale_group" not in e["row"]
         assert next(r for r in records if r.name == "w32_101_sd12").payload_bytes() == 7 * (3 * 32 + 5) * bits / 8 + 7 * 4 * 2
+
+
+def test_reader_refuses_a_scale_group_that_does_not_match_the_spec() -> None:
+    import copy
+    import json
+
+    from golfpack.errors import FormatError
+    from golfpack.formats.codecs import decompress
+    from golfpack.formats.qgv3_constants import PREAMBLE
+    from golfpack.formats.qgv3_read import parse_preamble, validate_header
+
+    w = torch.randn(4, 100, generator=torch.Generator().manual_seed(0))
+    data = encode_qgv3([quantize_tensor("w", w, TensorSpec.parse("int6:g64")), quantize_tensor("r", w, TensorSpec.parse("int6"))],
+                       codec="raw")
+    pre = parse_preamble(memoryview(data))
+    h = json.loads(decompress(pre.header_codec, data[PREAMBLE.size:pre.header_end], pre.header_raw))
+    start, n = pre.header_end, len(data) - pre.header_end
+    validate_header(copy.deepcopy(h), start, n)  # as written: fine
+    for i, key, value, msg in [(0, "scale_group", 32, "does not match"), (0, "scale_group", True, "does not match"),
+                               (1, "scale_group", 64, "does not match"), (0, "scale_group", None, "lacks scale_group")]:
+        bad = copy.deepcopy(h)
+        if value is None:
+            del bad["tensors"][i][key]
+        else:
+            bad["tensors"][i][key] = value
+        with pytest.raises(FormatError, match=msg):
+            validate_header(bad, start, n)
