@@ -85,6 +85,7 @@ def main() -> int:
     ap.add_argument("--model", choices=sorted(MODELS))
     ap.add_argument("--families", default=",".join([*FAMILIES, "records", "presets"]))
     ap.add_argument("--calib-seqs", type=int, default=16)
+    ap.add_argument("--ladder", default=",".join(map(str, LADDER)), help="block-matrix widths to try, widest first")
     ap.add_argument("--table", action="store_true", help="only print the tables and draw the plots from the results file")
     args = ap.parse_args()
     if args.table:
@@ -136,7 +137,7 @@ def main() -> int:
         for frac in TARGETS:
             target = int(T * frac)
             chosen = None
-            for b in LADDER:
+            for b in [int(x) for x in args.ladder.split(",")]:
                 if (fam, b) not in packs:
                     art = pack(fam, b)
                     if (fam, b) not in evals and packs[(fam, b)][0] <= target:
@@ -191,6 +192,7 @@ def tables() -> None:
                 continue
             md.append(f"| {r['family']} | {tgt} | {r.get('bits', '')} | {r['bytes']:,} | {r['val_bpb']:.4f} | {r['gap']:+.4f} | "
                       f"{r.get('floor_warnings', '')} |")
+        md += [f"Note: {n}" for n in res.get("notes", [])]
         md.append("")
         plot(model, res)
     out = RESULTS.with_suffix(".md")
@@ -205,18 +207,22 @@ def plot(model: str, res: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    fams = list(dict.fromkeys(r["family"] for r in res["rows"]))
+    colour = {f: plt.get_cmap("tab20")(i % 20) for i, f in enumerate(fams)}
     seen = set()
     for r in res["rows"]:
         if r.get("gap") is None:
             continue
-        ax.scatter(r["bytes"] / 1e6, max(r["gap"], 1e-4), label=r["family"] if r["family"] not in seen else None, s=30)
+        marker = "s" if r.get("target") == 0.85 else "o"
+        ax.scatter(r["bytes"] / 1e6, max(r["gap"], 1e-4), color=colour[r["family"]], marker=marker, s=30,
+                   label=r["family"] if r["family"] not in seen else None)
         seen.add(r["family"])
     ax.axvline(res["int6_tok8_bytes"] / 1e6, color="grey", ls="--", lw=0.8)
     ax.axvline(0.85 * res["int6_tok8_bytes"] / 1e6, color="grey", ls=":", lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("artifact bytes (MB)")
     ax.set_ylabel("fresh-load val_bpb gap (log)")
-    ax.set_title(f"{model}: bytes vs gap (dashed: int6+tok8 size, dotted: 85%)")
+    ax.set_title(f"{model}: bytes vs gap (dashed: int6+tok8 size, dotted: 85%; squares: the 85% pick)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(RESULTS.parent / f"quant_gap_{model}.png", dpi=110)
