@@ -33,3 +33,52 @@ def test_passthrough_specs(text: str) -> None:
 def test_bad_specs(text: str) -> None:
     with pytest.raises(ValueError):
         TensorSpec.parse(text)
+
+
+@pytest.mark.parametrize("text,bits,clip,group,gptq,label", [
+    ("int6:sd12", 6, "sd12", 0, False, "int6:sd12"),
+    ("int6:sd12.5", 6, "sd12.5", 0, False, "int6:sd12.5"),
+    ("int6:hmse", 6, "hmse", 0, False, "int6:hmse"),
+    ("int6:hmse+gptq", 6, "hmse", 0, True, "int6:hmse+gptq"),
+    ("int6:g64", 6, "absmax", 64, False, "int6:g64"),
+    ("int6:g64:absmax", 6, "absmax", 64, False, "int6:g64"),  # absmax is the group default: left out of the label
+    ("int5:g32:sd12+gptq", 5, "sd12", 32, True, "int5:g32:sd12+gptq"),
+    ("int8:g256:mse", 8, "mse", 256, False, "int8:g256:mse"),
+    ("int4:g128+gptq", 4, "absmax", 128, True, "int4:g128+gptq"),
+])
+def test_new_clip_and_group_specs(text: str, bits: int, clip: str, group: int, gptq: bool, label: str) -> None:
+    s = TensorSpec.parse(text)
+    assert (s.kind, s.bits, s.clip, s.group, s.gptq) == ("int", bits, clip, group, gptq)
+    assert s.label() == label and TensorSpec.parse(label) == s
+    assert s.rounded() == TensorSpec("int", bits=bits, clip=clip, group=group)
+    assert s.needs_hessian == (gptq or clip == "hmse")
+
+
+def test_old_labels_unchanged() -> None:
+    # labels written into existing artifacts and search caches must parse to the same spec and print the same
+    for text in ("int8", "int6", "int6:mse", "int4:absmax", "int6+gptq", "int5:mse+gptq", "fp16", "exact"):
+        s = TensorSpec.parse(text)
+        assert s.label() == text and s.group == 0
+
+
+@pytest.mark.parametrize("text", [
+    "int6:sd012", "int6:sd12.0", "int6:sd12.25", "int6:sd0", "int6:sd65", "int6:sd", "int6:sdx",  # sd<k>: canonical k in (0, 64]
+    "int6:g48", "int6:g064", "int6:g", "int6:g0",  # groups: 32, 64, 128, 256 only
+    "int6:g64:quantile",  # the floored baseline rule has no group form
+    "int6:mse:g64", "int6:g64:g64", "int6::", "int6:", "int6:g64:mse:x",  # order and count of parts
+    "int06", "fp16:g64", "int6:g64+tok8",
+])
+def test_bad_new_specs(text: str) -> None:
+    with pytest.raises(ValueError):
+        TensorSpec.parse(text)
+
+
+def test_constructor_validates_group_and_clip() -> None:
+    with pytest.raises(ValueError, match="group"):
+        TensorSpec("int", bits=6, clip="absmax", group=48)
+    with pytest.raises(ValueError, match="quantile"):
+        TensorSpec("int", bits=6, clip="quantile", group=64)
+    with pytest.raises(ValueError, match="group"):
+        TensorSpec("passthrough", dtype="fp16", group=64)
+    with pytest.raises(ValueError, match="clip"):
+        TensorSpec("int", bits=6, clip="sd12.0")

@@ -69,13 +69,15 @@ def test_regularized_deltas_go_to_the_solver(result, shard, monkeypatch):
     p = result.problem
     name = "blocks.0.mlp.fc.weight"
     labels = [s.label() for s in p.candidates[name]]
-    assert labels == ["fp32", "fp16", "int8", "int6", "int4"]
+    assert labels == ["fp32", "fp16", "int8", "int8:sd12", "int6", "int6:sd12", "int4", "int4:sd12"]  # 32 columns: no g64
     raw = {n: {s.label(): 0.0 for s in c} for n, c in p.candidates.items()}
-    raw[name] = {"fp32": 0.0, "fp16": -0.01, "int8": 0.3, "int6": 0.1, "int4": 0.5}  # noisy: negative, non-monotone
+    raw[name] = {"fp32": 0.0, "fp16": -0.01, "int8": 0.3, "int6": 0.1, "int4": 0.5,  # noisy: negative, non-monotone
+                 "int8:sd12": 0.2, "int6:sd12": 0.05, "int4:sd12": 0.4}
     monkeypatch.setattr(sensitivity, "measure_direct", lambda *a, **k: (5.0, {"kl": raw, "nll": raw}))
     out = measure.sensitivity(p, _cfg(shard, sensitivity="direct"), measure.Cache(None))
     assert out["direct"][name] == raw[name]
-    assert out["deltas"][name] == {"fp32": 0.0, "fp16": 0.0, "int8": 0.3, "int6": 0.3, "int4": 0.5}
+    assert out["deltas"][name] == {"fp32": 0.0, "fp16": 0.0, "int8": 0.3, "int6": 0.3, "int4": 0.5,
+                                   "int8:sd12": 0.2, "int6:sd12": 0.2, "int4:sd12": 0.4}  # each clip rule on its own
 
 
 def test_an_overflowing_upgrade_batch_is_halved():

@@ -22,7 +22,7 @@ from golfpack.search.sensitivity import (
 
 def test_candidates_by_dtype():
     labels = [s.label() for s in candidate_specs(torch.zeros(4, 4), bits=(8, 6), clips=("quantile", "mse"))]
-    assert labels == ["fp32", "fp16", "int8", "int8:mse", "int6", "int6:mse"]
+    assert labels == ["fp32", "fp16", "int8", "int8:mse", "int8:sd12", "int6", "int6:mse", "int6:sd12"]  # 4 columns: no g64
     assert [s.label() for s in candidate_specs(torch.zeros(4, dtype=torch.bfloat16), bits=(5,), clips=("quantile",))] == ["bf16", "fp16", "int5"]
     assert [s.label() for s in candidate_specs(torch.zeros(3, dtype=torch.int64))] == ["exact"]
     # a scalar has nothing to gain from integer levels + a scale

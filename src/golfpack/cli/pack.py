@@ -140,6 +140,7 @@ def pack_cmd(
         lines.append(
             "codecs: " + ", ".join(f"{c} {n:,}" for c, n in sorted(res.codec_sizes.items(), key=lambda kv: kv[1]))
         )
+    lines += [f"warning: {w}" for w in res.warnings]
     lines += _budget_lines(rep)
     lines.append("dry run: nothing written" if dry_run else f"wrote {out}")
     emit(rep, as_json, lines)

@@ -79,7 +79,8 @@ PASS_STORAGE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}  # pas
 HEADER_KEYS = frozenset({"config", "policy", "meta", "tensors", "streams", "blocks"})
 TENSOR_KEYS_REQUIRED = frozenset({"name", "shape", "dtype", "spec", "digest", "group", "offset"})
 TENSOR_KEYS_INT = frozenset({"scales", "scale_offset"})  # int tensors only
-TENSOR_KEYS_OPTIONAL = frozenset({"rows"})  # int tensors with per-row scales
+TENSOR_KEYS_OPTIONAL = frozenset({"rows", "scale_group"})  # rows: 2-D int tensors; scale_group: group-wise scales (rows x ceil(cols/g))
+SCALE_GROUPS = (32, 64, 128, 256)  # the group sizes a `scale_group` may name
 STREAM_KEYS = frozenset({"kind", "count", "layout", "block", "at"})
 STREAM_KEYS_OPTIONAL = frozenset({"bits", "dtype", "alone"})  # bits: LEVELS; dtype: the others; alone: solid blocks
 BLOCK_KEYS = frozenset({"codec", "raw", "stored", "crc"})
@@ -146,6 +147,7 @@ __all__ = [
     "PREAMBLE",
     "PREAMBLE_OFFSETS",
     "SCALES_DTYPES",
+    "SCALE_GROUPS",
     "SCALES_PER_ROW",
     "SCALES_PER_TENSOR",
     "STORAGE_DTYPES",

@@ -182,6 +182,20 @@ def _check_tree(v: Any, what: str, depth: int) -> None:
         raise _fail(f"{what} holds an integer over 2^63")
 
 
+
+def _scale_count(e: dict[str, Any], spec: TensorSpec, shape: list[int], name: str) -> int:
+    """Scales of a 2-D int tensor: one per row, or rows x ceil(cols / scale_group) with group-wise scales.
+    `scale_group` must be present exactly when the spec has a group, and equal it."""
+    rows, cols = shape
+    if "scale_group" not in e:
+        if spec.group:
+            raise _fail(f"{name}: {spec.label()} tensor lacks scale_group")
+        return rows
+    g = e["scale_group"]
+    if isinstance(g, bool) or not isinstance(g, int) or g not in K.SCALE_GROUPS or g != spec.group:
+        raise _fail(f"{name}: scale_group {g!r} does not match its spec {spec.label()} (groups: {', '.join(map(str, K.SCALE_GROUPS))})")
+    return rows * (-(-cols // g))
+
 def _int(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise _fail(f"{what} must be an integer, got {type(v).__name__}")
@@ -395,9 +409,12 @@ def _tensors(h: dict, streams: list[StreamEntry], lim: Limits) -> tuple[list[Ten
                 if len(shape) != 2 or rows != shape[0]:
                     raise _fail(f"{name}: per-row scales need a 2-D tensor with rows == shape[0], got rows {rows} for shape {shape}")
                 extra["rows"], nsc, sdt = rows, rows, K.SCALES_PER_ROW
+                nsc = _scale_count(e, spec, shape, name)
             elif len(shape) == 2:
                 raise _fail(f"{name}: a 2-D int tensor must have per-row scales ('rows')")
             else:
+                if "scale_group" in e:
+                    raise _fail(f"{name}: scale_group needs a 2-D tensor with per-row scales ('rows')")
                 nsc, sdt = 1, K.SCALES_PER_TENSOR
             si = _int(e["scales"], f"{name} scales", 0, len(streams) - 1)
             sst = streams[si]
@@ -406,8 +423,8 @@ def _tensors(h: dict, streams: list[StreamEntry], lim: Limits) -> tuple[list[Ten
             extra["scales"], extra["nscales"] = si, nsc
             extra["scale_offset"] = take(si, e["scale_offset"], nsc, name)
         else:
-            if K.TENSOR_KEYS_INT & e.keys() or "rows" in e:
-                raise _fail(f"{name}: passthrough tensor must not have scales/rows")
+            if K.TENSOR_KEYS_INT & e.keys() or "rows" in e or "scale_group" in e:
+                raise _fail(f"{name}: passthrough tensor must not have scales/rows/scale_group")
             if spec.dtype != "exact" and dtype not in K.FLOAT_DTYPES:
                 raise _fail(f"{name}: a {dtype} tensor can only be stored 'exact', not {spec.label()}")
             want = K.PASS_STORAGE.get(spec.dtype, dtype)
@@ -509,7 +526,8 @@ class QGv3Artifact:
             if g["kind"] == "levels":
                 res.append((e["name"], e["group"], numel * (g["bits"] / 8 if g["layout"] == "dense" else 1)))
                 sc = self.streams[e["scales"]]
-                res.append((e["name"], e["scales"], (e.get("rows", 1)) * STORAGE_DTYPES[sc["dtype"]].itemsize))
+                per_row = -(-e["shape"][1] // e["scale_group"]) if "scale_group" in e else 1
+                res.append((e["name"], e["scales"], e.get("rows", 1) * per_row * STORAGE_DTYPES[sc["dtype"]].itemsize))
             else:
                 res.append((e["name"], e["group"], numel * STORAGE_DTYPES[g["dtype"]].itemsize))
         return res
@@ -523,7 +541,10 @@ def _record(t: TensorEntry, arrays: list[np.ndarray | None]) -> TensorRecord:
         sc = arrays[t.scales]  # type: ignore[index]
         assert sc is not None and t.scale_offset is not None
         q = vals.reshape(t.rows, t.cols) if t.rows is not None else vals
-        return TensorRecord(t.name, t.shape, t.dtype, t.spec, q=q, scales=sc[t.scale_offset : t.scale_offset + t.nscales])
+        scales = sc[t.scale_offset : t.scale_offset + t.nscales]
+        if t.spec.group and t.rows is not None:  # group-wise: (rows, ceil(cols / group)), as the packer made them
+            scales = scales.reshape(t.rows, -1)
+        return TensorRecord(t.name, t.shape, t.dtype, t.spec, q=q, scales=scales)
     if t.dtype == "bool" and t.spec.dtype == "exact":
         vals = vals.view(np.bool_)
     return TensorRecord(t.name, t.shape, t.dtype, t.spec, data=vals.reshape(t.shape))

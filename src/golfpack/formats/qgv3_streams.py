@@ -161,7 +161,7 @@ def _check_record(rec: TensorRecord) -> None:
             raise bad(f"{rec.name}: integer levels for a {rec.orig_dtype} tensor (use 'exact')")
         if rec.q.size != rec.numel:
             raise bad(f"{rec.name}: {rec.q.size} levels for {rec.numel} elements")
-        want = rec.q.shape[0] if rec.per_row else 1
+        want = rec.n_scales
         if rec.scales.size != want:
             raise bad(f"{rec.name}: {rec.scales.size} scales, expected {want}")
     elif rec.data is None or rec.data.size != rec.numel:
@@ -221,6 +221,8 @@ def collect(records: Iterable[TensorRecord], *, config: dict | None = None, poli
             if rec.per_row:
                 assert rec.q is not None
                 e["rows"] = int(rec.q.shape[0])
+            if rec.grouped:  # group-wise scales: rows x ceil(cols / scale_group) of them, row-major
+                e["scale_group"] = int(rec.spec.group)
         else:
             sdt, vals = _storage_of(rec)
             ps = stream(StreamKind.PASSTHROUGH, dtype=sdt)

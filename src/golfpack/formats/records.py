@@ -47,7 +47,11 @@ def payload_bytes(spec: TensorSpec, shape: Sequence[int], dtype: str) -> float:
     It is the DENSE layout's size; a byte-per-level stream (QGv3Artifact.raw_sizes) can be larger."""
     numel = math.prod(int(d) for d in shape)
     if spec.kind == "int":
-        scales = int(shape[0]) * _itemsize(SCALES_PER_ROW) if len(shape) == 2 else _itemsize(SCALES_PER_TENSOR)
+        if len(shape) == 2:
+            per_row = -(-int(shape[1]) // spec.group) if spec.group else 1  # group-wise: ceil(cols / group) scales a row
+            scales = int(shape[0]) * per_row * _itemsize(SCALES_PER_ROW)
+        else:
+            scales = _itemsize(SCALES_PER_TENSOR)
         return numel * spec.bits / 8 + scales
     storage = PASS_STORAGE.get(spec.dtype, dtype)
     if storage not in STORAGE_DTYPES:
@@ -64,12 +68,26 @@ class TensorRecord:
     orig_dtype: str  # original torch dtype name ("float32", "bfloat16", ...); restored on load
     spec: TensorSpec  # what the policy asked for (bits/clip or passthrough dtype)
     q: np.ndarray | None = None  # int8 levels in [-qmax, qmax]; shape (rows, cols) per-row, (numel,) per-tensor
-    scales: np.ndarray | None = None  # per-row: float16 (rows,); per-tensor: float32 (1,)
+    scales: np.ndarray | None = None  # per-row: float16 (rows,); group-wise: float16 (rows, ceil(cols/group)); per-tensor: float32 (1,)
     data: np.ndarray | None = None  # passthrough values in their storage dtype (bf16 held as uint16 bits)
 
     @property
     def per_row(self) -> bool:
         return self.q is not None and self.q.ndim == 2
+
+    @property
+    def grouped(self) -> bool:
+        """Group-wise scales: a 2-D int tensor whose spec has a group (scales (rows, ceil(cols / group)))."""
+        return self.per_row and self.spec.group > 0
+
+    @property
+    def n_scales(self) -> int:
+        """How many scales this int record must have: rows x groups, rows, or 1."""
+        assert self.q is not None
+        if not self.per_row:
+            return 1
+        rows, cols = self.q.shape
+        return rows * (-(-cols // self.spec.group) if self.spec.group else 1)
 
     @property
     def numel(self) -> int:
@@ -86,7 +104,10 @@ class TensorRecord:
             assert self.q is not None and self.scales is not None
             q = torch.from_numpy(np.ascontiguousarray(self.q)).float()
             s = torch.from_numpy(np.ascontiguousarray(self.scales)).float()
-            if self.per_row:
+            if self.grouped:  # w[r, c] = q[r, c] * scale[r, c // group]
+                cols = q.shape[1]
+                w = q * s.view(q.shape[0], -1).repeat_interleave(self.spec.group, dim=1)[:, :cols]
+            elif self.per_row:
                 w = q * s.view(-1, 1)
             else:
                 w = q * float(s.reshape(-1)[0])

@@ -1,20 +1,48 @@
 """TensorSpec: how one tensor is stored. The unit that policies choose and the search optimises.
 
 Text form (used by policies, `--set`, reports): `int6`, `int6:mse`, `int8:absmax`, `int6+gptq`,
-`int5:mse+gptq`, `fp16`, `bf16`, `fp32`, `exact` (bit-exact passthrough of the original dtype, e.g.
-integer tensors). `int<b>` alone means the baseline's `quantile` clip; `+gptq` chooses the levels
-with Hessian-aware rounding on that clip rule's scales (it needs calibration tokens to pack).
+`int5:mse+gptq`, `int6:sd12`, `int6:hmse`, `int6:g64`, `int5:g32:sd12+gptq`, `fp16`, `bf16`, `fp32`,
+`exact` (bit-exact passthrough of the original dtype, e.g. integer tensors). `int<b>` alone means the
+baseline's `quantile` clip (per row only: it floors the scale at 1/qmax, the seed-exact rule); `+gptq`
+chooses the levels with Hessian-aware rounding on that clip rule's scales (it needs calibration tokens).
+
+Clip rules: `quantile` (baseline, floored), `absmax`, `mse` (per-row clip search), `sd<k>` (SDClip: scale
+= k * std(row or group) / qmax, k in (0, 64], at most one decimal), `hmse` (clip search weighted by diag(H)
+of the layer input, llama.cpp's imatrix; plain `mse` where no Hessian is given).
+`g<N>` (N in 32, 64, 128, 256): one fp16 scale per (row, group of N input columns) instead of per row;
+a group spec's default clip is `absmax` (`quantile` is per-row only). Canonical label order:
+`int<b>[:g<N>][:<clip>][+gptq]`; the clip is left out when it is the default (quantile per row, absmax
+per group).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from golfpack.errors import UsageError
 from golfpack.formats.qgv3_constants import LEVEL_BITS, qmax
 
 INT_BITS = LEVEL_BITS
-CLIP_RULES = ("absmax", "quantile", "mse")
+CLIP_RULES = ("absmax", "quantile", "mse", "hmse")  # fixed names; plus `sd<k>` (SDClip, see is_sd_clip)
+GROUP_SIZES = (32, 64, 128, 256)  # `g<N>` group sizes along the input dimension (0 = one scale per row)
+SD_MAX_K = 64.0  # largest SDClip multiplier accepted
+_SD_RE = re.compile(r"sd(\d{1,2}(?:\.\d)?)")
+
+
+def sd_k(clip: str) -> float | None:
+    """The k of an SDClip rule `sd<k>` (canonical spelling: no leading zeros, no trailing `.0`), else None."""
+    m = _SD_RE.fullmatch(clip)
+    if m is None:
+        return None
+    k = float(m.group(1))
+    if not (0.0 < k <= SD_MAX_K) or clip != "sd" + _fmt_k(k):
+        return None
+    return k
+
+
+def _fmt_k(k: float) -> str:
+    return str(int(k)) if k == int(k) else f"{k:.1f}"
 PASSTHROUGH_DTYPES = ("fp16", "bf16", "fp32", "exact")
 
 
@@ -27,16 +55,26 @@ class TensorSpec:
     clip: str = "quantile"  # clip rule for kind == "int" (sets the per-row scales): absmax | quantile | mse
     dtype: str = "fp16"  # storage dtype for kind == "passthrough": fp16 | bf16 | fp32 | exact
     gptq: bool = False  # kind == "int": Hessian-aware (GPTQ) rounding instead of round-to-nearest
+    group: int = 0  # kind == "int": 0 = one scale per row; else one scale per (row, `group` input columns)
 
     def __post_init__(self) -> None:
         if self.kind == "int":
             if self.bits not in INT_BITS:
                 raise UsageError(f"bits must be 2..8, got {self.bits}", param="bits")
-            if self.clip not in CLIP_RULES:
-                raise UsageError(f"clip rule must be one of {', '.join(CLIP_RULES)}, got {self.clip!r}", param="clip")
+            if self.clip not in CLIP_RULES and sd_k(self.clip) is None:
+                raise UsageError(f"clip rule must be one of {', '.join(CLIP_RULES)} or sd<k> (k in (0, {SD_MAX_K:g}], "
+                                 f"e.g. sd12), got {self.clip!r}", param="clip")
+            if self.group not in (0, *GROUP_SIZES):
+                raise UsageError(f"group must be 0 (per row) or one of {', '.join(map(str, GROUP_SIZES))}, got {self.group!r}",
+                                 param="group")
+            if self.group and self.clip == "quantile":
+                raise UsageError("the quantile clip (the baseline's floored per-row rule) has no group form; use absmax, mse, "
+                                 "hmse or sd<k> with g<N>", param="clip")
         elif self.kind == "passthrough":
             if self.gptq:
                 raise UsageError("gptq applies to integer specs only", param="gptq")
+            if self.group:
+                raise UsageError("group applies to integer specs only", param="group")
             if self.dtype not in PASSTHROUGH_DTYPES:
                 raise UsageError(f"passthrough dtype must be one of {', '.join(PASSTHROUGH_DTYPES)}, got {self.dtype!r}", param="dtype")
         else:
@@ -50,8 +88,17 @@ class TensorSpec:
     def label(self) -> str:
         if self.kind == "passthrough":
             return self.dtype
-        base = f"int{self.bits}" if self.clip == "quantile" else f"int{self.bits}:{self.clip}"
+        base = f"int{self.bits}"
+        if self.group:
+            base += f":g{self.group}"
+        if self.clip != ("absmax" if self.group else "quantile"):
+            base += f":{self.clip}"
         return base + "+gptq" if self.gptq else base
+
+    @property
+    def needs_hessian(self) -> bool:
+        """True when packing reads the layer's input Hessian: GPTQ rounding or the diag(H)-weighted clip."""
+        return self.kind == "int" and (self.gptq or self.clip == "hmse")
 
     def rounded(self) -> TensorSpec:
         """The same grid with round-to-nearest levels (what QAT simulates: it has no Hessian)."""
@@ -64,13 +111,24 @@ class TensorSpec:
         if t in PASSTHROUGH_DTYPES:
             return cls(kind="passthrough", dtype=t)
         body, plus, suffix = t.partition("+")
-        head, _, clip = body.partition(":")
-        if head.startswith("int") and head[3:].isdigit() and (not plus or suffix == "gptq"):
-            return cls(kind="int", bits=int(head[3:]), clip=clip or "quantile", gptq=bool(plus))
-        raise UsageError(
-            f"cannot parse tensor spec {text!r}: use int2..int8 with an optional ':absmax|quantile|mse' and an "
-            f"optional '+gptq', or one of {', '.join(PASSTHROUGH_DTYPES)}"
+        head, *parts = body.split(":")
+        bad = UsageError(
+            f"cannot parse tensor spec {text!r}: use int2..int8 with an optional ':g32|g64|g128|g256', an optional "
+            f"':absmax|quantile|mse|hmse|sd<k>' (in that order) and an optional '+gptq', or one of {', '.join(PASSTHROUGH_DTYPES)}"
         )
+        if not (head.startswith("int") and head[3:].isdigit() and head[3:] == str(int(head[3:]))) or (plus and suffix != "gptq"):
+            raise bad
+        group, clip = 0, None
+        if parts and parts[0].startswith("g"):
+            gtext = parts.pop(0)[1:]
+            if gtext not in {str(g) for g in GROUP_SIZES}:
+                raise bad
+            group = int(gtext)
+        if parts:
+            clip = parts.pop(0)
+        if parts or clip == "":
+            raise bad
+        return cls(kind="int", bits=int(head[3:]), clip=clip or ("absmax" if group else "quantile"), gptq=bool(plus), group=group)
 
     def __str__(self) -> str:
         return self.label()

@@ -34,7 +34,7 @@ def _mod(name):
         raise ImportError(f"this artifact has {name} streams: pip install {name}") from None
 
 
-SPEC = re.compile(r"int[2-8](:absmax|:mse)?(\+gptq)?|fp16|bf16|fp32|exact")  # canonical labels only
+SPEC = re.compile(r"int[2-8](:g(32|64|128|256))?(:absmax|:mse|:hmse|:sd([1-9]|[1-5][0-9]|6[0-4])(\.[1-9])?)?(\+gptq)?|fp16|bf16|fp32|exact")  # canonical labels only
 HEX = re.compile(r"[0-9a-f]{64}")
 L = {"header": 16 << 20, "raw": 256 << 20, "numel": 1 << 28, "blocks": 64, "streams": 64, "tensors": 100000, "name": 1024, "ndim": 8, "out": 512 << 20}
 
@@ -212,7 +212,7 @@ def _load(path, check):
         return arrays[g][o:o + n]
 
     for e in h["tensors"]:
-        _keys(e, ("name", "shape", "dtype", "spec", "digest", "group", "offset"), ("scales", "scale_offset", "rows"))
+        _keys(e, ("name", "shape", "dtype", "spec", "digest", "group", "offset"), ("scales", "scale_offset", "rows", "scale_group"))
         name, shape = e["name"], e["shape"]
         if type(name) is not str or not 0 < len(name) <= L["name"] or not name.isprintable() or name in sd:
             raise ValueError(f"bad tensor name {ascii(name)[:80]}")
@@ -236,16 +236,22 @@ def _load(path, check):
             want = (0, int(sp[3]), 1, "float16" if len(shape) == 2 else "float32", True)
             if (st["kind"], st.get("bits"), sc["kind"], sc["dtype"], fl) != want or ("rows" in e) != (len(shape) == 2):
                 raise ValueError(f"{name}: int tensor does not match its streams")
-        elif {"scales", "scale_offset", "rows"} & e.keys() or st["kind"] != 2 or (sp != "exact" and not fl) or \
+        elif {"scales", "scale_offset", "rows", "scale_group"} & e.keys() or st["kind"] != 2 or (sp != "exact" and not fl) or \
                 st["dtype"] != {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}.get(sp, e["dtype"]):
             raise ValueError(f"{name}: passthrough tensor does not match its stream")
         v = torch.from_numpy(take(e["group"], e["offset"], numel).copy())
         if "scales" in e:  # levels * scale in fp32 (per row fp16 scales, else one fp32 scale)
             r = _i(e["rows"], numel) if "rows" in e else None
-            sc = take(e["scales"], e["scale_offset"], 1 if r is None else r)
-            if r is not None:
-                if len(shape) != 2 or r != shape[0]:
-                    raise ValueError(f"{name}: rows must be shape[0]")
+            g = e.get("scale_group")  # group-wise scales: rows x ceil(cols / g) of them, row-major
+            if (g is not None) != (":g" in sp) or (g is not None and (r is None or f":g{g}" not in sp)):
+                raise ValueError(f"{name}: scale_group does not match its spec")
+            if r is not None and (len(shape) != 2 or r != shape[0]):
+                raise ValueError(f"{name}: rows must be shape[0]")
+            sc = take(e["scales"], e["scale_offset"], 1 if r is None else r if g is None else r * (-(-shape[1] // g)))
+            if g is not None:
+                s = torch.from_numpy(sc.copy()).float().view(r, -1)
+                t = v.float().view(r, shape[1]) * s.repeat_interleave(g, dim=1)[:, : shape[1]]
+            elif r is not None:
                 t = v.float().view(r, shape[1]) * torch.from_numpy(sc.copy()).float().view(-1, 1)
             else:
                 t = v.float() * float(sc[0])

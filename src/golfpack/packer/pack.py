@@ -44,6 +44,7 @@ class Artifact:
     code_bytes: int = 0  # submission code files, counted byte for byte
     code_files: list[str] = field(default_factory=list)  # those files
     codec_sizes: dict[str, int] = field(default_factory=dict)  # every codec tried -> artifact size
+    warnings: list[str] = field(default_factory=list)  # scale floors that swallow a tensor's range, raised GPTQ damping
 
     @property
     def model_bytes(self) -> int:
@@ -79,6 +80,7 @@ class Artifact:
             "budget": self.budget,
             "headroom": self.headroom,
             "fits": self.headroom >= 0,
+            "warnings": self.warnings,
         }
 
 
@@ -104,9 +106,11 @@ def quantize_state_dict(
     *,
     hessians: dict[str, Tensor] | None = None,
     progress: bool | None = False,
+    notes: list[str] | None = None,
 ) -> list[TensorRecord]:
     """One TensorRecord per tensor, in state-dict order. With `hessians`, a `+gptq` spec on a tensor that
-    has none (not a linear weight: a 1-D gain, resid_mix) is stored with round-to-nearest on its grid."""
+    has none (not a linear weight: a 1-D gain, resid_mix) is stored with round-to-nearest on its grid.
+    `notes` gets a line for every tensor whose GPTQ needed more than the default damping."""
     from golfpack.packer.quantize import quantize_tensor
 
     out = []
@@ -114,8 +118,11 @@ def quantize_state_dict(
         spec, h = specs[name], (hessians or {}).get(name)
         if spec.gptq and h is None and hessians is not None:
             spec = spec.rounded()  # not a linear layer's weight: GPTQ has no input to trade error through
+        info: dict[str, Any] = {}
         try:
-            out.append(quantize_tensor(name, t, spec, h))
+            out.append(quantize_tensor(name, t, spec, h, info))
+            if notes is not None and info.get("damp", 0.01) > 0.01:
+                notes.append(f"{name}: GPTQ's Cholesky failed at damping 0.01; used {info['damp']} x mean(diag H)")
         except ValueError as e:
             raise UsageError(f"{name}: {e}") from None
     return out
@@ -165,7 +172,11 @@ def pack_state_dict(
     codec="best" keeps the smallest of: every available codec for the whole file, and QGv3's own
     per-stream choice (each stream with its best codec; reported as codec "best").
     """
-    records = quantize_state_dict(state_dict, policy.resolve(state_dict), hessians=hessians, progress=progress)
+    from golfpack.packer.quantize import floor_warnings
+
+    specs = policy.resolve(state_dict)
+    notes = floor_warnings(state_dict, specs)
+    records = quantize_state_dict(state_dict, specs, hessians=hessians, progress=progress, notes=notes)
     meta = {"golfpack_version": __version__, **(meta or {})}
     if codec == "best":
         sizes: dict[str, int] = {}
@@ -176,12 +187,14 @@ def pack_state_dict(
             if best is None or len(data) < best[0]:
                 best = (len(data), c, data)
         assert best is not None
-        return Artifact(data=best[2], records=records, policy=policy, codec=best[1], config=config, codec_sizes=sizes)
+        return Artifact(data=best[2], records=records, policy=policy, codec=best[1], config=config, codec_sizes=sizes,
+                        warnings=notes)
     codecs = available_codecs()
     if codec not in codecs:
         raise UsageError(f"unknown or unavailable codec {codec!r}: use one of {', '.join(codecs)} or 'best'", param="codec")
     data = encode(records, codec=codec, config=config, policy=policy, meta=meta)
-    return Artifact(data=data, records=records, policy=policy, codec=codec, config=config, codec_sizes={codec: len(data)})
+    return Artifact(data=data, records=records, policy=policy, codec=codec, config=config, codec_sizes={codec: len(data)},
+                    warnings=notes)
 
 
 def gptq_hessians(sd: dict[str, Tensor], config: ModelConfig | None, policy: Policy, *, calib: str | None = None,
@@ -195,10 +208,10 @@ def gptq_hessians(sd: dict[str, Tensor], config: ModelConfig | None, policy: Pol
     from golfpack.packer.hessian import GptqCalibration, hessians_for
 
     if policy.calibration is None and calib is None:
-        raise UsageError("this policy uses +gptq specs, which need calibration tokens: pass calib='TRAIN_SHARDS' "
+        raise UsageError("this policy uses +gptq or hmse specs, which need calibration tokens: pass calib='TRAIN_SHARDS' "
                          "(or calib='pydoc' with a tokenizer)", param="calib")
     cal = policy.calibration or GptqCalibration(source=calib)
-    names = [n for n, s in policy.resolve(sd).items() if s.gptq]
+    names = [n for n, s in policy.resolve(sd).items() if s.needs_hessian]
     H, cal = hessians_for(sd, config, names, cal, tokenizer=tokenizer, source=calib, model=model)
     return H, dataclasses.replace(policy, calibration=cal)
 

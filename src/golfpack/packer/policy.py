@@ -153,7 +153,8 @@ class Policy:
 
     @property
     def uses_gptq(self) -> bool:
-        return self.default.gptq or any(r.spec.gptq for r in self.rules)
+        """True when packing needs calibration Hessians: a `+gptq` or `hmse` spec anywhere."""
+        return self.default.needs_hessian or any(r.spec.needs_hessian for r in self.rules)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -287,6 +288,10 @@ PRESETS: dict[str, Policy] = {
     "int6": _layered("int6", embed="int6", mlp="int6", attn="int6", other="int6"),
     "int6+tok8": _layered("int6+tok8", embed="int8", mlp="int6", attn="int6", other="int6"),
     "int5mlp+int6attn+tok8": _layered("int5mlp+int6attn+tok8", embed="int8", mlp="int5", attn="int6", other="int6"),
+    # Robust variants: no scale floor (the seed's 1/qmax floor swallows the small-range rows of many trained
+    # models), measured in bench/results/quant_gap.md. No calibration tokens needed.
+    "int6sd+tok8": _layered("int6sd+tok8", embed="int8:mse", mlp="int6:sd12", attn="int6:sd12", other="int6:sd12"),
+    "int6g+tok8": _layered("int6g+tok8", embed="int8:mse", mlp="int6:g64", attn="int6:g64", other="int6:g64"),
 }
 
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from golfpack.formats.records import TensorRecord, dtype_name
-from golfpack.formats.spec import TensorSpec
+from golfpack.formats.spec import TensorSpec, sd_k
 
 # The baseline's clip quantile (INT8_CLIP_PERCENTILE = 99.99984 in train_gpt.py).
 BASELINE_CLIP_Q = 99.99984 / 100.0
@@ -58,8 +58,10 @@ def qmax_for(bits: int) -> int:
 # per-row (2-D) quantization
 
 
-def quantize_rows(w2d: Tensor, bits: int, clip: str = "quantile") -> tuple[Tensor, Tensor]:
-    """Quantize a 2-D tensor row by row. Returns (q int8 (rows, cols), scales fp16 (rows,))."""
+def quantize_rows(w2d: Tensor, bits: int, clip: str = "quantile", hdiag: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Quantize a 2-D tensor row by row. Returns (q int8 (rows, cols), scales fp16 (rows,)).
+
+    hdiag: diag(H) of the layer input (cols,), the weights of the `hmse` rule (ignored by the others)."""
     if w2d.ndim != 2:
         raise ValueError(f"quantize_rows needs a 2-D tensor, got shape {tuple(w2d.shape)}")
     qmax = qmax_for(bits)
@@ -71,11 +73,26 @@ def quantize_rows(w2d: Tensor, bits: int, clip: str = "quantile") -> tuple[Tenso
             )
         if clip == "quantile":
             return _rows_quantile(w, qmax)
-        if clip == "absmax":
-            return _rows_with_clip(w, w.abs().amax(dim=1), qmax)
-        if clip == "mse":
-            return _rows_mse(w, qmax)
-        raise ValueError(f"unknown clip rule {clip!r}")
+        s16 = row_scales(w, qmax, clip, hdiag)
+        return _levels(w, s16.float()[:, None], qmax), s16.contiguous()
+
+
+def row_scales(w: Tensor, qmax: int, clip: str, hdiag: Tensor | None = None) -> Tensor:
+    """fp16 scale per row of `w` (float32, 2-D) under a floor-free clip rule (absmax | mse | hmse | sd<k>)."""
+    if clip == "absmax":
+        return _stored_scale(w.abs().amax(dim=1), qmax)
+    if clip in ("mse", "hmse"):
+        weight = hdiag.float().to(w.device).clamp_min(0.0) if (clip == "hmse" and hdiag is not None) else None
+        return _rows_mse_scales(w, qmax, weight)
+    k = sd_k(clip)
+    if k is not None:
+        std = torch.nan_to_num(w.std(dim=1), nan=0.0) if w.shape[1] > 1 else torch.zeros(w.shape[0], device=w.device)
+        return _stored_scale(k * std, qmax)
+    raise ValueError(f"unknown clip rule {clip!r}")
+
+
+def _levels(w: Tensor, s: Tensor, qmax: int) -> Tensor:
+    return torch.clamp(torch.round(w / s), -qmax, qmax).to(torch.int8).contiguous()
 
 
 def _rows_quantile(w: Tensor, qmax: int) -> tuple[Tensor, Tensor]:
@@ -92,26 +109,58 @@ def _stored_scale(clip_abs: Tensor, qmax: int) -> Tensor:
     return (clip_abs / float(qmax)).clamp_min(_FP16_TINY).to(torch.float16)
 
 
-def _rows_with_clip(w: Tensor, clip_abs: Tensor, qmax: int) -> tuple[Tensor, Tensor]:
-    s16 = _stored_scale(clip_abs, qmax)
-    s = s16.float()[:, None]
-    q = torch.clamp(torch.round(w / s), -qmax, qmax).to(torch.int8).contiguous()
-    return q, s16.contiguous()
-
-
-def _rows_mse(w: Tensor, qmax: int) -> tuple[Tensor, Tensor]:
+def _rows_mse_scales(w: Tensor, qmax: int, weight: Tensor | None) -> Tensor:
+    # Per-row search over clip = absmax * r; the error is weighted by `weight` (diag H) along the columns when given.
     absmax = w.abs().amax(dim=1)
-    best_q, best_s = _rows_with_clip(w, absmax, qmax)
-    best_err = ((best_q.float() * best_s.float()[:, None] - w) ** 2).sum(dim=1)
+
+    def err_of(s16: Tensor) -> Tensor:
+        s = s16.float()[:, None]
+        e = (torch.clamp(torch.round(w / s), -qmax, qmax) * s - w) ** 2
+        return (e * weight[None, :]).sum(dim=1) if weight is not None else e.sum(dim=1)
+
+    best_s = _stored_scale(absmax, qmax)
+    best_err = err_of(best_s)
     for r in MSE_CLIP_RATIOS[1:]:
-        q, s16 = _rows_with_clip(w, absmax * r, qmax)
-        err = ((q.float() * s16.float()[:, None] - w) ** 2).sum(dim=1)
+        s16 = _stored_scale(absmax * r, qmax)
+        err = err_of(s16)
         better = err < best_err  # strict: ties keep the larger clip
         if bool(better.any()):
-            best_q[better] = q[better]
-            best_s[better] = s16[better]
+            best_s = torch.where(better, s16, best_s)
             best_err = torch.where(better, err, best_err)
-    return best_q, best_s
+    return best_s
+
+
+# ----------------------------------------------------------------------------------------------
+# group-wise (2-D) quantization
+
+
+def n_groups(cols: int, group: int) -> int:
+    """Scale groups per row: ceil(cols / group) (the last group may be shorter)."""
+    return -(-cols // group)
+
+
+def quantize_groups(w2d: Tensor, bits: int, clip: str, group: int, hdiag: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One fp16 scale per (row, group of `group` consecutive input columns), each chosen by the clip rule on
+    that group alone. Returns (q int8 (rows, cols), scales fp16 (rows, ceil(cols / group)))."""
+    if w2d.ndim != 2:
+        raise ValueError(f"quantize_groups needs a 2-D tensor, got shape {tuple(w2d.shape)}")
+    if clip == "quantile":
+        raise ValueError("the quantile clip has no group form")
+    qmax = qmax_for(bits)
+    with torch.no_grad():
+        w = w2d.detach().float()
+        rows, cols = w.shape
+        ng = n_groups(cols, group)
+        scales = torch.ones(rows, ng, dtype=torch.float16, device=w.device)
+        for g in range(ng):
+            a, b = g * group, min(cols, (g + 1) * group)
+            scales[:, g] = row_scales(w[:, a:b], qmax, clip, None if hdiag is None else hdiag[a:b])
+        return _levels(w, expand_group_scales(scales, group, cols), qmax), scales.contiguous()
+
+
+def expand_group_scales(scales: Tensor, group: int, cols: int) -> Tensor:
+    """(rows, ngroups) scales -> (rows, cols) fp32, each scale repeated over its group's columns."""
+    return scales.float().repeat_interleave(group, dim=1)[:, :cols]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,9 +181,13 @@ def quantize_per_tensor(t: Tensor, bits: int, clip: str = "quantile") -> tuple[T
             clip_abs = float(torch.quantile(flat.abs(), BASELINE_CLIP_Q).item())
             return _flat_with_clip(flat, clip_abs, qmax)
         absmax = float(flat.abs().max().item())
+        k = sd_k(clip)
+        if k is not None:
+            std = float(flat.std().item()) if flat.numel() > 1 else 0.0
+            return _flat_with_clip(flat, k * std if std == std else 0.0, qmax)
         if clip == "absmax":
             return _flat_with_clip(flat, absmax, qmax)
-        if clip == "mse":
+        if clip in ("mse", "hmse"):  # a non-2-D tensor has no input columns: hmse is plain mse
             best = _flat_with_clip(flat, absmax, qmax)
             best_err = float(((best[0].float() * best[1] - flat) ** 2).sum())
             for r in MSE_CLIP_RATIOS[1:]:
@@ -156,11 +209,30 @@ def _flat_with_clip(flat: Tensor, clip_abs: float, qmax: int) -> tuple[Tensor, T
 # ----------------------------------------------------------------------------------------------
 # GPTQ
 
+# Damping ladder (fractions of mean diag H): GPTQ starts at `percdamp` and climbs while the Cholesky fails.
+DAMP_LADDER = (0.01, 0.03, 0.1, 0.3, 1.0)
+
 
 def hessian_from_activations(x: Tensor) -> Tensor:
     """H = 2/n * X^T X for calibration inputs X (..., in_features) of a linear layer (fp32)."""
     x2 = x.detach().reshape(-1, x.shape[-1]).float()
     return (2.0 / max(1, x2.shape[0])) * (x2.T @ x2)
+
+
+def _damped_inverse_factor(Hm: Tensor, percdamp: float) -> tuple[Tensor, float]:
+    """Upper Cholesky factor of (H + d * mean diag H * I)^-1, d the first rung of the ladder >= percdamp that works."""
+    mean = torch.mean(torch.diag(Hm)).clamp_min(1e-12)
+    idx = torch.arange(Hm.shape[0], device=Hm.device)
+    ladder = [percdamp] + [d for d in DAMP_LADDER if d > percdamp]
+    for d in ladder:
+        Hd = Hm.clone()
+        Hd[idx, idx] += d * mean
+        L, bad = torch.linalg.cholesky_ex(Hd)
+        if int(bad) == 0:
+            U, bad = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if int(bad) == 0:
+                return U, d
+    raise ValueError(f"GPTQ: the Hessian is not positive definite even with damping {ladder[-1]} x mean(diag H)")
 
 
 def gptq_quantize(
@@ -171,14 +243,21 @@ def gptq_quantize(
     clip: str = "mse",
     block_size: int = 128,
     percdamp: float = 0.01,
+    act_order: bool = True,
+    group: int = 0,
+    info: dict | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Hessian-aware per-row quantization of a (rows, cols) weight used as y = x @ w.T.
+    """Hessian-aware quantization of a (rows, cols) weight used as y = x @ w.T (Frantar et al., 2022).
 
-    H is the (cols, cols) input second-moment matrix (see `hessian_from_activations`). Scales are
-    fixed first by `clip` (absmax | mse | quantile) and stored fp16; the levels are then chosen one
-    column at a time, each column's error being compensated on later columns via the Cholesky factor
-    of H^-1 (Frantar et al., 2022). Returns (q int8, scales fp16) like `quantize_rows`.
-    The arithmetic is float64, so the levels do not hinge on the last bits of a float32 sum.
+    H is the (cols, cols) input second-moment matrix (see `hessian_from_activations`). Per row
+    (group 0) the scales are fixed first by `clip` and stored fp16; with `group`, each (row, group)
+    scale is chosen by `clip` from the error-updated weights the first time the column loop reaches a
+    column of that group. The levels are chosen one column at a time, in order of decreasing diag H
+    (`act_order`), each column's error pushed onto the columns not yet quantized through the Cholesky
+    factor of H^-1, lazily in blocks of `block_size`. The damping starts at `percdamp` x mean(diag H) and
+    climbs DAMP_LADDER while the Cholesky fails; `info["damp"]` gets the damping used. float64 throughout,
+    so the levels do not hinge on the last bits of a float32 sum. Returns (q int8, scales fp16) like
+    `quantize_rows` / `quantize_groups`.
     """
     if w.ndim != 2:
         raise ValueError(f"gptq_quantize needs a 2-D weight, got shape {tuple(w.shape)}")
@@ -187,53 +266,114 @@ def gptq_quantize(
         raise ValueError(f"Hessian shape {tuple(H.shape)} does not match weight columns {cols}")
     qmax = qmax_for(bits)
     with torch.no_grad():
-        _, s16 = quantize_rows(w.detach().float(), bits, clip)
+        Hm = H.detach().double().to(w.device).clone()
+        hdiag = torch.diag(Hm).float().clone()
         W = w.detach().double().clone()
-        s = s16.double()
-        Hm = H.detach().double().to(W.device).clone()
         dead = torch.diag(Hm) == 0
         Hm[dead, dead] = 1.0
         W[:, dead] = 0.0
-        damp = percdamp * torch.mean(torch.diag(Hm))
-        idx = torch.arange(cols, device=W.device)
-        Hm[idx, idx] += damp
-        L = torch.linalg.cholesky(Hm)
-        Hinv = torch.cholesky_inverse(L)
-        Hinv = torch.linalg.cholesky(Hinv, upper=True)
+        if group:
+            ng = n_groups(cols, group)
+            gscale = torch.ones(rows, ng, dtype=torch.float16, device=W.device)
+            have = [False] * ng
+        else:
+            s16 = quantize_rows(w.detach().float(), bits, clip, hdiag)[1]
+            s_row = s16.double()
+        # act-order: a stable sort, so equal diagonals keep column order and the result is deterministic
+        perm = torch.argsort(-torch.diag(Hm), stable=True) if act_order else torch.arange(cols, device=W.device)
+        inv = torch.argsort(perm)
+        W = W[:, perm]
+        Hm = Hm[perm][:, perm]
+        Hinv, damp = _damped_inverse_factor(Hm, percdamp)
+        if info is not None:
+            info["damp"] = damp
         Q = torch.zeros_like(W)
         for i1 in range(0, cols, block_size):
             i2 = min(i1 + block_size, cols)
             W1 = W[:, i1:i2].clone()
-            Q1 = torch.zeros_like(W1)
             E1 = torch.zeros_like(W1)
             Hinv1 = Hinv[i1:i2, i1:i2]
             for i in range(i2 - i1):
+                if group:
+                    g = int(perm[i1 + i]) // group
+                    if not have[g]:
+                        # the group's current (error-updated) values, wherever its columns sit in perm order
+                        cur = W[:, inv[g * group:min(cols, (g + 1) * group)]].clone()
+                        for j, m in enumerate(inv[g * group:min(cols, (g + 1) * group)].tolist()):
+                            if i1 <= m < i2:
+                                cur[:, j] = W1[:, m - i1]
+                        hd = None if clip != "hmse" else hdiag[g * group:min(cols, (g + 1) * group)]
+                        gscale[:, g] = row_scales(cur.float(), qmax, clip, hd)
+                        have[g] = True
+                    s = gscale[:, g].double()
+                else:
+                    s = s_row
                 col = W1[:, i]
                 d = Hinv1[i, i]
                 qc = torch.clamp(torch.round(col / s), -qmax, qmax)
-                Q1[:, i] = qc
+                Q[:, i1 + i] = qc
                 err = (col - qc * s) / d
                 W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
                 E1[:, i] = err
-            Q[:, i1:i2] = Q1
+            W[:, i1:i2] = W1
             W[:, i2:] -= E1 @ Hinv[i1:i2, i2:]
-        return Q.to(torch.int8).contiguous(), s16.contiguous()
+        Q = Q[:, inv]
+        return Q.to(torch.int8).contiguous(), (gscale if group else s16).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# the scale floor: when the seed-exact `quantile` rule swallows a tensor's range
+
+# A row is "swallowed" when its clip is below this fraction of the floor's clip (1.0): it then uses at
+# most this fraction of the levels, and most of its weights round to zero at low widths.
+FLOOR_SWALLOW_FRACTION = 0.5
+
+
+def floor_warning(name: str, t: Tensor, spec: TensorSpec) -> str | None:
+    """A warning line when `spec`'s scale floor (only `quantile` has one: scale >= 1/qmax) swallows most of
+    the rows of the 2-D tensor `t`, naming the tensor, the rows and what to use instead; else None."""
+    if spec.kind != "int" or spec.clip != "quantile" or t.ndim != 2 or t.shape[1] == 0 or not t.is_floating_point():
+        return None
+    with torch.no_grad():
+        clip_abs = torch.quantile(t.detach().float().abs(), BASELINE_CLIP_Q, dim=1)
+    low = torch.nonzero(clip_abs < FLOOR_SWALLOW_FRACTION).reshape(-1).tolist()
+    if 2 * len(low) <= t.shape[0]:
+        return None
+    rows = ", ".join(map(str, low[:6])) + (", ..." if len(low) > 6 else "")
+    used = max(1, round(float(clip_abs.max()) * spec.qmax))
+    return (f"{name}: {spec.label()} floors the scale at 1/{spec.qmax}, which swallows {len(low)} of {t.shape[0]} rows "
+            f"(rows {rows}; row range {float(clip_abs.min()):.3g}..{float(clip_abs.max()):.3g}, at most {used} of "
+            f"{spec.qmax} levels used): most weights round to zero; use a floor-free spec such as int{spec.bits}:sd12, "
+            f"int{spec.bits}:mse or int{spec.bits}:g64")
+
+
+def floor_warnings(state_dict: dict[str, Tensor], specs: dict[str, TensorSpec]) -> list[str]:
+    """`floor_warning` for every tensor of a pack, in state-dict order (what `pack` reports and prints)."""
+    out = []
+    for name, t in state_dict.items():
+        w = floor_warning(name, t, specs[name])
+        if w is not None:
+            out.append(w)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
 # tensor -> record
 
 
-def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None) -> tuple[Tensor, Tensor]:
+def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None, info: dict | None = None) -> tuple[Tensor, Tensor]:
     if not t.is_floating_point():
         raise ValueError(f"cannot integer-quantize a {dtype_name(t.dtype)} tensor; use 'exact' passthrough")
     if t.ndim == 2:
         if spec.gptq:
             if hessian is None:
                 raise ValueError(f"{spec.label()} needs a Hessian from calibration tokens (pack with calib='TRAIN_SHARDS'); none was given")
-            return gptq_quantize(t, hessian, spec.bits, clip=spec.clip)
-        return quantize_rows(t, spec.bits, spec.clip)
-    return quantize_per_tensor(t, spec.bits, spec.clip)
+            return gptq_quantize(t, hessian, spec.bits, clip=spec.clip, group=spec.group, info=info)
+        hdiag = torch.diag(hessian.detach().float()) if (spec.clip == "hmse" and hessian is not None) else None
+        if spec.group:
+            return quantize_groups(t, spec.bits, spec.clip, spec.group, hdiag)
+        return quantize_rows(t, spec.bits, spec.clip, hdiag)
+    return quantize_per_tensor(t, spec.bits, spec.clip)  # no rows: one scale, whatever the group
 
 
 def _passthrough_values(t: Tensor, dtype: str) -> Tensor:
@@ -242,13 +382,16 @@ def _passthrough_values(t: Tensor, dtype: str) -> Tensor:
     return t.to({"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
 
 
-def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | None = None) -> TensorRecord:
-    """Store one tensor as `spec` says. Integer tensors must use `exact` (anything else is an error)."""
+def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | None = None, info: dict | None = None) -> TensorRecord:
+    """Store one tensor as `spec` says. Integer tensors must use `exact` (anything else is an error).
+
+    hessian: the layer input's (cols, cols) Hessian, for `+gptq` and `hmse`; info: filled with
+    {"damp": ...} when GPTQ ran (the damping it needed, see gptq_quantize)."""
     t = t.detach().cpu().contiguous()
     orig = dtype_name(t.dtype)
     shape = tuple(int(d) for d in t.shape)
     if spec.kind == "int":
-        q, s = _levels_and_scales(t, spec, hessian)
+        q, s = _levels_and_scales(t, spec, hessian, info)
         return TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=spec, q=q.cpu().numpy(), scales=s.cpu().numpy())
     if not t.is_floating_point() and spec.dtype != "exact":
         raise ValueError(f"{name}: {orig} tensor can only be stored 'exact', not {spec.dtype}")
@@ -270,7 +413,9 @@ def fake_quantize(w: Tensor, spec: TensorSpec, hessian: Tensor | None = None) ->
         if spec.kind == "passthrough":
             return _passthrough_values(w.detach(), spec.dtype).to(w.dtype)
         q, s = _levels_and_scales(w.detach(), spec, hessian)
-        if w.ndim == 2:
+        if w.ndim == 2 and s.ndim == 2:
+            out = q.float() * expand_group_scales(s, spec.group, w.shape[1])
+        elif w.ndim == 2:
             out = q.float() * s.float().view(-1, 1)
         else:
             out = q.float() * float(s.reshape(-1)[0])
@@ -279,6 +424,14 @@ def fake_quantize(w: Tensor, spec: TensorSpec, hessian: Tensor | None = None) ->
 
 __all__ = [
     "BASELINE_CLIP_Q",
+    "DAMP_LADDER",
+    "FLOOR_SWALLOW_FRACTION",
+    "expand_group_scales",
+    "floor_warning",
+    "floor_warnings",
+    "n_groups",
+    "quantize_groups",
+    "row_scales",
     "MSE_CLIP_RATIOS",
     "fake_quantize",
     "gptq_quantize",

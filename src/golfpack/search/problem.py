@@ -108,7 +108,7 @@ class Problem:
         if rec is None:
             from golfpack.packer.quantize import quantize_tensor
 
-            h = self.gptq_hessians().get(name) if spec.gptq else None
+            h = self.gptq_hessians().get(name) if spec.needs_hessian else None
             rec = quantize_tensor(name, self.state_dict[name], spec, h)
             self.records[key] = rec
         return rec
@@ -120,7 +120,7 @@ class Problem:
             from golfpack.packer.hessian import hessians_for
 
             assert self.calibration.digest is not None, "GPTQ records before the calibration tokens were pinned (Problem.pin_calibration)"
-            names = [n for n, c in self.candidates.items() if any(s.gptq for s in c)]
+            names = [n for n, c in self.candidates.items() if any(s.needs_hessian for s in c)]
             self.hessians, self.calibration = hessians_for(self.state_dict, self.config, names, self.calibration,
                                                            tokenizer=self.tokenizer, model=self.adapter)
         return self.hessians
@@ -133,13 +133,13 @@ class Problem:
         from golfpack.packer.calibration import calibration_batch
 
         cal = replace(self.calibration, source=source, digest=None)
-        if any(s.gptq for c in self.candidates.values() for s in c):  # only GPTQ reads these tokens
+        if any(s.needs_hessian for c in self.candidates.values() for s in c):  # only GPTQ/hmse read these tokens
             cal = replace(cal, digest=calibration_batch(cal, tokenizer=self.tokenizer, vocab_size=self.vocab_size).digest)
         self.calibration = cal
 
     def policy_of(self, specs: dict[str, TensorSpec]) -> Any:
         """The policy `golfpack pack` replays to exactly these specs (naming the GPTQ tokens if it needs them)."""
-        return layout_policy(specs, calibration=self.calibration if any(s.gptq for s in specs.values()) else None)
+        return layout_policy(specs, calibration=self.calibration if any(s.needs_hessian for s in specs.values()) else None)
 
     def alone_bytes(self, name: str, spec: TensorSpec, codec: str) -> int:
         """Bytes of a QGv3 artifact holding just this record: the cost-table entry."""

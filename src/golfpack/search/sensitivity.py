@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,10 @@ from golfpack.packer.calibration import CalibBatch
 
 DEFAULT_BITS = (8, 7, 6, 5, 4)
 DEFAULT_CLIPS = ("quantile", "mse")
+# Floor-free extras offered to every matrix at every width (docs/policies.md, "The search's candidates"):
+# SDClip with the records' k, and 64-column groups (absmax scales) - each also with GPTQ when `gptq`.
+DEFAULT_SD = "sd12"
+DEFAULT_GROUPS = (64,)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -43,9 +48,13 @@ def candidate_specs(
     clips: Iterable[str] = DEFAULT_CLIPS,
     passthrough: Iterable[str] = ("fp16",),
     gptq: bool = False,
+    sd: str | None = DEFAULT_SD,
+    groups: Iterable[int] = DEFAULT_GROUPS,
 ) -> list[TensorSpec]:
     """Specs worth trying for one tensor: its lossless store, cheaper passthroughs, and int widths x clips
-    (x GPTQ rounding for matrices, when `gptq`).
+    (x GPTQ rounding for matrices, when `gptq`). Matrices also get, at every width, the floor-free SDClip
+    rule `sd` and group-wise scales `int<b>:g<N>` for each of `groups` (each with GPTQ too, when `gptq`):
+    at most (len(clips) + 1 + len(groups)) x 2 int candidates a width, not every combination.
 
     Non-float tensors only ever get `exact`. The lossless store of a float tensor is its own dtype
     (fp32 -> fp32, bf16 -> bf16, fp16 -> fp16), so "keep it as it is" is always a candidate.
@@ -59,10 +68,15 @@ def candidate_specs(
             out.append(TensorSpec("passthrough", dtype=d))
     if t.numel() > 1:
         for b in sorted(set(bits), reverse=True):
-            for c in clips:
-                out.append(TensorSpec("int", bits=int(b), clip=c))
+            grid = [TensorSpec("int", bits=int(b), clip=c) for c in clips]
+            if t.ndim == 2:
+                if sd is not None and sd not in clips:
+                    grid.append(TensorSpec("int", bits=int(b), clip=sd))
+                grid += [TensorSpec("int", bits=int(b), clip="absmax", group=int(g)) for g in groups if g < t.shape[1]]
+            for spec in grid:
+                out.append(spec)
                 if gptq and t.ndim == 2:
-                    out.append(TensorSpec("int", bits=int(b), clip=c, gptq=True))
+                    out.append(replace(spec, gptq=True))
     return out
 
 
@@ -267,11 +281,11 @@ def regularize(deltas: dict[str, dict[str, float]]) -> dict[str, dict[str, float
     out: dict[str, dict[str, float]] = {}
     for name, row in deltas.items():
         new = {k: max(0.0, float(v)) for k, v in row.items()}
-        by_clip: dict[tuple[str, bool], list[tuple[int, str]]] = {}
+        by_clip: dict[tuple[str, int, bool], list[tuple[int, str]]] = {}
         for label in new:
             spec = TensorSpec.parse(label)
             if spec.kind == "int":
-                by_clip.setdefault((spec.clip, spec.gptq), []).append((spec.bits, label))
+                by_clip.setdefault((spec.clip, spec.group, spec.gptq), []).append((spec.bits, label))
         for items in by_clip.values():
             run = 0.0
             for _, label in sorted(items, reverse=True):

@@ -1,0 +1,233 @@
+"""quant_gap: fresh-load val_bpb gap of golfpack's quantizers at equal bytes, per model (issue #12).
+
+    PYTHONPATH=src python bench/quant_gap.py --model samtruss|nolanvild|patho [--families a,b] [--table]
+
+For each model: the raw val_bpb (the model as loaded), then for each quantizer family the member (bit
+width of the block matrices, from LADDER) with the most bits whose real QGv3 artifact fits each byte
+target - the `int6+tok8` artifact's size (T) and 85% of it - packed by golfpack, written to a file,
+loaded fresh (`load_any`) and evaluated on the first 32,769 official val tokens (seq_len 1024; the
+pathological model: its own demo val shard, seq_len 128). Members are tried from the widest down, so a
+family costs a few packs. Families (embedding spec / block-matrix spec at b bits; 1-D and control
+tensors fp16, as every int6-family preset):
+
+    quantile   int8 / int<b>              the seed-exact rule (b = 6 is the int6+tok8 preset)
+    mse        int8:mse / int<b>:mse
+    sdclip     int8:mse / int<b>:sd12
+    g64, g128  int8:mse / int<b>:g64, int<b>:g128           (absmax scale per 64/128 input columns)
+    gptq       int8:mse+gptq / int<b>:mse+gptq              (GPTQ act-order; the tied embedding through
+    gptq_g64   int8:mse+gptq / int<b>:g64+gptq               the LM-head input's Hessian)
+    records    bench/records_recipe.py (GPTQ act-order, SDClip k 12/13, GPTQ'd int8 k=20 embedding;
+               +lqer: rank 4 on the 3 worst tensors), at ITS OWN size (an lzma estimate, no QGv3 file)
+
+Hessians from pydoc pages (16 x 1024 sp1024 tokens) or, for the pathological model, its TRAIN shard -
+never val. Results: bench/results/quant_gap.json and .md, and a bytes-vs-gap plot per model
+(bench/results/quant_gap_<model>.png). Timings carry the load average (os.getloadavg()).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from golfpack.evaluator.api import evaluate  # noqa: E402
+from golfpack.formats.shards import load_tokens  # noqa: E402
+from golfpack.loading import load_any  # noqa: E402
+from golfpack.model import build_model  # noqa: E402
+from golfpack.packer.pack import pack_state_dict  # noqa: E402
+from golfpack.packer.policy import PRESETS, _layered  # noqa: E402
+from golfpack.tokenizer import build_luts  # noqa: E402
+from quant_gap_proto import TOK, VAL, calib_batches, records_store_sizes  # noqa: E402
+from records_recipe import collect_hessians, quantize_records_recipe  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GOLFPACK_SHARED_DATA", "/work/shared/data"))
+RESULTS = REPO / "bench" / "results" / "quant_gap.json"
+PATHO = Path(os.environ.get("GOLFPACK_PATHO", "/tmp/gp_patho3"))  # bench/train_pathological.py --matrix-lr 0.004 --out ...
+MODELS = {
+    "samtruss": dict(ckpt=SHARED / "artifacts/SamTruss_873402c_final_model.int8.ptz", val=str(VAL), tok=str(TOK), seq=1024,
+                     tokens=32_769, calib=None),
+    "nolanvild": dict(ckpt=SHARED / "checkpoints/nolanvild_final_model.pt", val=str(VAL), tok=str(TOK), seq=1024, tokens=32_769,
+                      calib=None),
+    "patho": dict(ckpt=PATHO / "run/final_model.pt", val=str(PATHO / "data/demo_val_*.bin"), tok=str(PATHO / "data/demo_bpe1024.model"),
+                  seq=128, tokens=11_580, calib=str(PATHO / "data/demo_train_*.bin")),
+}
+LADDER = (6, 5, 4, 3)
+FAMILIES = {  # name -> (embedding spec, block-matrix spec with {b})
+    "quantile": ("int8", "int{b}"),
+    "mse": ("int8:mse", "int{b}:mse"),
+    "sdclip": ("int8:mse", "int{b}:sd12"),
+    "g64": ("int8:mse", "int{b}:g64"),
+    "g128": ("int8:mse", "int{b}:g128"),
+    "gptq": ("int8:mse+gptq", "int{b}:mse+gptq"),
+    "gptq_g64": ("int8:mse+gptq", "int{b}:g64+gptq"),
+}
+TARGETS = (1.0, 0.85)
+
+
+def policy(family: str, b: int):
+    emb, mat = FAMILIES[family]
+    m = mat.format(b=b)
+    return _layered(f"{family}@int{b}", embed=emb, mlp=m, attn=m, other=m)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=sorted(MODELS))
+    ap.add_argument("--families", default=",".join([*FAMILIES, "records", "presets"]))
+    ap.add_argument("--calib-seqs", type=int, default=16)
+    ap.add_argument("--ladder", default=",".join(map(str, LADDER)), help="block-matrix widths to try, widest first")
+    ap.add_argument("--table", action="store_true", help="only print the tables and draw the plots from the results file")
+    args = ap.parse_args()
+    if args.table:
+        tables()
+        return 0
+    m = MODELS[args.model]
+    t0 = time.perf_counter()
+    lm = load_any(m["ckpt"])
+    sd, cfg = lm.state_dict, lm.config
+    val = load_tokens(m["val"], m["tokens"])
+    luts = build_luts(m["tok"], cfg.vocab_size)
+
+    def ev(state) -> float:
+        return evaluate(build_model(cfg, state), val, luts, seq_len=m["seq"], batch_size=8).val_bpb
+
+    def fresh(art) -> float:
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "m.qg3"
+            p.write_bytes(art.data)
+            return ev(load_any(p).state_dict)
+
+    def log(msg: str) -> None:
+        print(f"[{args.model} {time.perf_counter() - t0:6.0f}s load {os.getloadavg()[0]:.1f}] {msg}", flush=True)
+
+    raw = ev(sd)
+    log(f"raw {raw:.4f}")
+    model = build_model(cfg, sd)
+    H = collect_hessians(model, calib_batches(args.calib_seqs, m["seq"], shards=m["calib"]))
+    del model
+    log(f"{len(H)} hessians")
+    want = set(args.families.split(","))
+    rows: list[dict] = []
+    packs: dict[tuple[str, int], tuple[int, list[str], float]] = {}  # (family, b) -> (bytes, warnings, pack s)
+    evals: dict[tuple[str, int], float] = {}
+
+    def pack(family: str, b: int):
+        t = time.perf_counter()
+        art = pack_state_dict(sd, policy(family, b), config=cfg, hessians=H)
+        packs[(family, b)] = (len(art.data), art.warnings, round(time.perf_counter() - t, 1))
+        return art
+
+    base = pack("quantile", 6)
+    T = len(base.data)
+    evals[("quantile", 6)] = fresh(base)
+    log(f"int6+tok8: {T:,} bytes, gap {evals[('quantile', 6)] - raw:+.4f}")
+    for fam in FAMILIES:
+        if fam not in want:
+            continue
+        for frac in TARGETS:
+            target = int(T * frac)
+            chosen = None
+            for b in [int(x) for x in args.ladder.split(",")]:
+                if (fam, b) not in packs:
+                    art = pack(fam, b)
+                    if (fam, b) not in evals and packs[(fam, b)][0] <= target:
+                        evals[(fam, b)] = fresh(art)
+                    log(f"{fam} int{b}: {packs[(fam, b)][0]:,} bytes" + (f", gap {evals[(fam, b)] - raw:+.4f}" if (fam, b) in evals else ""))
+                if packs[(fam, b)][0] <= target:
+                    chosen = b
+                    break
+            if chosen is None:
+                rows.append({"family": fam, "target": frac, "target_bytes": target, "bits": None})
+                continue
+            nb, warns, ps = packs[(fam, chosen)]
+            rows.append({"family": fam, "target": frac, "target_bytes": target, "bits": chosen, "bytes": nb,
+                         "val_bpb": evals[(fam, chosen)], "gap": evals[(fam, chosen)] - raw, "pack_s": ps, "floor_warnings": len(warns)})
+    if "presets" in want:
+        for name in ("int6+tok8", "int6sd+tok8", "int6g+tok8"):
+            art = pack_state_dict(sd, PRESETS[name], config=cfg)
+            bpb = fresh(art)
+            rows.append({"family": f"preset {name}", "target": None, "bytes": len(art.data), "val_bpb": bpb, "gap": bpb - raw,
+                         "floor_warnings": len(art.warnings)})
+            log(f"preset {name}: {len(art.data):,} bytes, gap {bpb - raw:+.4f}")
+    if "records" in want:
+        for lq in (False, True):
+            dq, rep = quantize_records_recipe(sd, H, lqer=lq)
+            bpb = ev(dq)
+            nb = min(records_store_sizes(rep).values())
+            rows.append({"family": "records" + ("+lqer" if lq else ""), "target": None, "bytes": nb, "val_bpb": bpb, "gap": bpb - raw,
+                         "bytes_note": "lzma estimate of int8 containers + fp16 scales (no QGv3 file)"})
+            log(f"records{'+lqer' if lq else ''}: ~{nb:,} bytes, gap {bpb - raw:+.4f}")
+    allres = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    allres[args.model] = {"raw_val_bpb": raw, "int6_tok8_bytes": T, "val_tokens": int(len(val)), "seq_len": m["seq"],
+                          "ladder": {f"{f} int{b}": v[0] for (f, b), v in packs.items()}, "rows": rows,
+                          "seconds": round(time.perf_counter() - t0, 1), "loadavg_end": os.getloadavg()[0]}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(allres, indent=1) + "\n")
+    tables()
+    return 0
+
+
+def tables() -> None:
+    allres = json.loads(RESULTS.read_text())
+    md = ["# quant_gap: fresh-load gap at equal bytes (issue #12)", "",
+          "`PYTHONPATH=src python bench/quant_gap.py --model M`; see the script's docstring for the families.", ""]
+    for model, res in allres.items():
+        md += [f"### {model} (raw val_bpb {res['raw_val_bpb']:.4f}; int6+tok8 artifact {res['int6_tok8_bytes']:,} bytes; "
+               f"{res['val_tokens']:,} val tokens, seq_len {res['seq_len']}; {res['seconds']:.0f} s, load {res['loadavg_end']:.1f})", "",
+               "| family | target | bits | bytes | val_bpb | gap | floor warnings |", "|---|---|---|---|---|---|---|"]
+        for r in res["rows"]:
+            tgt = "" if r.get("target") is None else f"{r['target']:.0%} ({r['target_bytes']:,})"
+            if r.get("bits", 0) is None:
+                md.append(f"| {r['family']} | {tgt} | none fits | | | | |")
+                continue
+            md.append(f"| {r['family']} | {tgt} | {r.get('bits', '')} | {r['bytes']:,} | {r['val_bpb']:.4f} | {r['gap']:+.4f} | "
+                      f"{r.get('floor_warnings', '')} |")
+        md += [f"Note: {n}" for n in res.get("notes", [])]
+        md.append("")
+        plot(model, res)
+    out = RESULTS.with_suffix(".md")
+    out.write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def plot(model: str, res: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fams = list(dict.fromkeys(r["family"] for r in res["rows"]))
+    colour = {f: plt.get_cmap("tab20")(i % 20) for i, f in enumerate(fams)}
+    seen = set()
+    for r in res["rows"]:
+        if r.get("gap") is None:
+            continue
+        marker = "s" if r.get("target") == 0.85 else "o"
+        ax.scatter(r["bytes"] / 1e6, max(r["gap"], 1e-4), color=colour[r["family"]], marker=marker, s=30,
+                   label=r["family"] if r["family"] not in seen else None)
+        seen.add(r["family"])
+    ax.axvline(res["int6_tok8_bytes"] / 1e6, color="grey", ls="--", lw=0.8)
+    ax.axvline(0.85 * res["int6_tok8_bytes"] / 1e6, color="grey", ls=":", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("artifact bytes (MB)")
+    ax.set_ylabel("fresh-load val_bpb gap (log)")
+    ax.set_title(f"{model}: bytes vs gap (dashed: int6+tok8 size, dotted: 85%; squares: the 85% pick)", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(RESULTS.parent / f"quant_gap_{model}.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The search's candidate set: floor-free SDClip and group-wise specs on matrices, chosen per width, no explosion."""
+
+from __future__ import annotations
+
+import torch
+
+from golfpack.search.sensitivity import candidate_specs, regularize
+
+
+def test_matrices_get_sdclip_and_groups_at_every_width_with_and_without_gptq():
+    labels = [s.label() for s in candidate_specs(torch.zeros(8, 256), bits=(6, 4), clips=("quantile", "mse"), gptq=True)]
+    assert labels == ["fp32", "fp16",
+                      "int6", "int6+gptq", "int6:mse", "int6:mse+gptq", "int6:sd12", "int6:sd12+gptq", "int6:g64", "int6:g64+gptq",
+                      "int4", "int4+gptq", "int4:mse", "int4:mse+gptq", "int4:sd12", "int4:sd12+gptq", "int4:g64", "int4:g64+gptq"]
+    # (clips + sd + groups) x 2 a width, linear in every knob
+    assert len(candidate_specs(torch.zeros(8, 256), bits=(8, 7, 6, 5, 4), gptq=True, groups=(32, 64, 128))) == 2 + 5 * (2 + 1 + 3) * 2
+    # vectors: no groups, no SDClip (one per-tensor scale); sd=None and groups=() give the old set back
+    assert [s.label() for s in candidate_specs(torch.zeros(300), bits=(6,))] == ["fp32", "fp16", "int6", "int6:mse"]
+    assert [s.label() for s in candidate_specs(torch.zeros(8, 256), bits=(6,), sd=None, groups=())] == ["fp32", "fp16", "int6", "int6:mse"]
+
+
+def test_regularize_keeps_group_and_row_specs_apart():
+    r = regularize({"w": {"int6:g64": 0.01, "int4:g64": 0.0, "int6": 0.5, "int4": 0.2}})["w"]
+    assert r["int4:g64"] == 0.01  # narrower groups never better than wider groups
+    assert r["int4"] == 0.5 and r["int6:g64"] == 0.01  # per-row quantile does not leak into the group family
