@@ -34,7 +34,8 @@ def _mod(name):
         raise ImportError(f"this artifact has {name} streams: pip install {name}") from None
 
 
-SPEC = re.compile(r"int[2-8](:g(32|64|128|256))?(:absmax|:mse|:hmse|:sd([1-9]|[1-5][0-9]|6[0-4])(\.[1-9])?)?(\+gptq)?|fp16|bf16|fp32|exact")  # canonical labels only
+# canonical labels only
+SPEC = re.compile(r"int[2-8](:g(32|64|128|256))?(:absmax|:mse|:hmse|:sd([1-9]|[1-5][0-9]|6[0-4])(\.[1-9])?)?(\+gptq)?|fp16|bf16|fp32|exact")
 HEX = re.compile(r"[0-9a-f]{64}")
 L = {"header": 16 << 20, "raw": 256 << 20, "numel": 1 << 28, "blocks": 64, "streams": 64, "tensors": 100000, "name": 1024, "ndim": 8, "out": 512 << 20}
 
