@@ -20,7 +20,7 @@ def _model(tie: bool) -> GPT:
     torch.manual_seed(1)
     m = GPT(ModelConfig(vocab_size=64, num_layers=5, model_dim=16, num_heads=2, num_kv_heads=1, mlp_hidden=32, tie_embeddings=tie))
     with torch.no_grad():
-        for n, prm in m.named_parameters():
+        for prm in m.parameters():
             prm.add_(torch.randn_like(prm) * (0.1 if prm.ndim == 2 else 0.05))  # scales, mixes and skips off their init
     return m.eval()
 
@@ -121,3 +121,15 @@ def test_screened_search_picks_the_unscreened_layout(small_ckpt, shard, monkeypa
         for phase in ("floor", "calibration", "costs", "sensitivity", "fit", "select"):
             assert r.timings[phase] >= 0 and r.cpu_timings[phase] >= 0
         assert r.report()["cpu_seconds"] == r.cpu_timings
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_prefix_cached_sensitivity_on_cuda_matches_cpu():
+    m = _model(False)
+    sd = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    batch = make_batch((np.arange(4000) * 13 % 64).astype(np.int64), 4, 24, vocab_size=64)
+    cands = {n: [TensorSpec("int", bits=4, clip="quantile")] for n in ("blocks.2.mlp.fc.weight", "lm_head.weight", "skip_weights")}
+    _, cpu = S.measure_direct(m, sd, cands, batch)
+    _, gpu = S.measure_direct(m.to("cuda"), sd, cands, batch, device="cuda")
+    for n in cands:
+        assert gpu["kl"][n]["int4"] == pytest.approx(cpu["kl"][n]["int4"], rel=1e-3, abs=1e-7)
