@@ -156,7 +156,9 @@ def _clock() -> tuple[float, float]:
 
 def _lap(c0: tuple[float, float], **extra) -> dict:
     w, c = _clock()
-    return {"wall_s": w - c0[0], "cpu_s": c - c0[1], "load1": os.getloadavg()[0], **extra}
+    out = {"wall_s": w - c0[0], "cpu_s": c - c0[1], "load1": os.getloadavg()[0], **extra}
+    print(f"  {out}", file=sys.stderr, flush=True)
+    return out
 
 
 def phases(size: str, ckpt: Path, budget: int, *, sample: int, self_sequences: int, workers: int) -> dict:
@@ -261,6 +263,46 @@ def phases(size: str, ckpt: Path, budget: int, *, sample: int, self_sequences: i
     return out
 
 
+def direct_rates(size: str, ckpt: Path, *, per_layer: int = 1) -> dict:
+    """Direct measurement only, per candidate: full forward (old) vs prefix cache (new), int6 candidates of one matrix
+    per layer plus the embedding, on the default 16 x 256 calibration batch of seeded random token ids (timing only)."""
+    import numpy as np
+
+    from golfpack.formats.spec import TensorSpec
+    from golfpack.model import build_model
+    from golfpack.packer.calibration import make_batch
+    from golfpack.packer.pack import load_input
+    from golfpack.packer.quantize import fake_quantize
+    from golfpack.search import sensitivity as S
+
+    sd, config, _ = load_input(ckpt)
+    model = build_model(config, sd).eval()
+    toks = np.random.default_rng(0).integers(0, config.vocab_size, size=16 * 257 * 2).astype(np.int64)
+    batch = make_batch(toks, 16, 256, vocab_size=config.vocab_size)
+    c0 = _clock()
+    ref = S.reference_logprobs(model, batch)
+    setup_ref = _lap(c0)
+    c0 = _clock()
+    pc = S.PrefixCache(model, batch)
+    setup_pc = _lap(c0)
+    params = dict(model.named_parameters())
+    rows = []
+    names = [f"blocks.{i}.mlp.fc.weight" for i in range(config.num_layers)] + ["tok_emb.weight"]
+    for n in names:
+        prm = params[n]
+        orig = prm.data.clone()
+        prm.data.copy_(fake_quantize(sd[n], TensorSpec("int", bits=6, clip="quantile")).float())
+        a0 = _clock()
+        full = S.batch_scores(model, batch, ref)
+        old = _lap(a0)
+        a1 = _clock()
+        fast = pc.scores(n, ref)
+        new = _lap(a1)
+        prm.data.copy_(orig)
+        rows.append({"tensor": n, "old": old, "new": new, "abs_diff": max(abs(full[0] - fast[0]), abs(full[1] - fast[1]))})
+    return {"size": size, "setup_ref": setup_ref, "setup_prefix_cache": setup_pc, "rows": rows}
+
+
 # ------------------------------------------------------------------------------------------------
 # parent
 
@@ -289,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", default="search,old,pack")
     ap.add_argument("--budget-frac", type=float, default=0.7, help="budget = this x parameters (bytes): binds between int5 and int6")
     ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--mode", default="phases", choices=("phases", "e2e"), help="phases: old vs new per phase, one process; e2e: whole searches")
+    ap.add_argument("--mode", default="phases", choices=("phases", "e2e", "direct"), help="phases: old vs new per phase, one process; e2e: whole searches")
     ap.add_argument("--sample", type=int, default=24, help="phases: records encoded / candidates measured per way")
-    ap.add_argument("--self-sequences", type=int, default=32, help="phases: self-calibration sequences (default search: 128)")
+    ap.add_argument("--self-sequences", type=int, default=72, help="phases: self-calibration sequences (search default 128; 66 at least)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--child", default=None)
     ap.add_argument("--ckpt")
@@ -304,6 +346,25 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(int(os.environ.get("GOLFPACK_BENCH_THREADS", "2")))
         Path(args.child_out).write_text(json.dumps(child(args.child, args.ckpt, args.budget, args.codec)))
+        return 0
+    if args.mode == "direct":
+        import torch
+
+        torch.set_num_threads(2)
+        tmp = Path(tempfile.mkdtemp(prefix="golfpack-scale-"))
+        res = {"bench": "search_scale/direct", "weights": "synthetic: per-row std/kurtosis of the trained nolanvild checkpoint", "rows": []}
+        for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
+            ckpt = tmp / f"scale_{size}.pt"
+            n = make_checkpoint(size, ckpt)
+            print(f"# {size}: {n:,} parameters (synthetic weights copying nolanvild's per-row statistics)", file=sys.stderr)
+            r = direct_rates(size, ckpt)
+            r["params"] = n
+            res["rows"].append(r)
+            Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+            print(f"{'size':>6} {'tensor':<26} {'old wall':>9} {'old cpu':>8} {'new wall':>9} {'new cpu':>8} {'load1':>6} {'|diff|':>8}")
+            for x in r["rows"]:
+                print(f"{size:>6} {x['tensor']:<26} {x['old']['wall_s']:>9.2f} {x['old']['cpu_s']:>8.2f} {x['new']['wall_s']:>9.2f} "
+                      f"{x['new']['cpu_s']:>8.2f} {x['new']['load1']:>6.2f} {x['abs_diff']:>8.1e}")
         return 0
     if args.mode == "phases":
         import torch
