@@ -302,6 +302,46 @@ class GPT(nn.Module):
             x = self.blocks[j](x, x0, kv[j])
         return self.final_norm(x)
 
+    def block_inputs(self, input_ids: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor], Tensor]:
+        """(x0, xs, encoder outputs, final-normed hidden) of one plain forward: xs[i] is the residual stream
+        entering step i (before a decoder step adds its skip). With these, `hidden_from` reruns only the
+        blocks from some layer on - what a change to that layer's weights can move (the search's prefix cache)."""
+        x = F.rms_norm(self.tok_emb(input_ids), (self.config.model_dim,))
+        x0 = x
+        xs: list[Tensor] = []
+        enc: list[Tensor] = []
+        for i in range(self.num_encoder_layers):
+            xs.append(x)
+            x = self.blocks[i](x, x0)
+            enc.append(x)
+        skips = list(enc)
+        for i in range(self.num_decoder_layers):
+            xs.append(x)
+            if skips and self.skip_weights is not None:
+                x = x + self.skip_weights[i].to(x.dtype)[None, None, :] * skips.pop()
+            x = self.blocks[self.num_encoder_layers + i](x, x0)
+        return x0, xs, enc, self.final_norm(x)
+
+    def hidden_from(self, layer: int, x0: Tensor, xs: list[Tensor], enc: list[Tensor]) -> Tensor:
+        """Final-normed hidden states recomputed from block `layer` on, the earlier ones taken from
+        `block_inputs`' cache: the same operations in the same order as `hidden`, so bit-for-bit the same."""
+        ne = self.num_encoder_layers
+        x = xs[layer]
+        if layer < ne:
+            skips = list(enc[:layer])
+            for i in range(layer, ne):
+                x = self.blocks[i](x, x0)
+                skips.append(x)
+            first = 0
+        else:
+            first = layer - ne
+            skips = list(enc[: max(0, ne - first)])
+        for i in range(first, self.num_decoder_layers):
+            if skips and self.skip_weights is not None:
+                x = x + self.skip_weights[i].to(x.dtype)[None, None, :] * skips.pop()
+            x = self.blocks[ne + i](x, x0)
+        return self.final_norm(x)
+
     def logits(self, input_ids: Tensor, cache: list[LayerCache] | None = None) -> Tensor:
         """Soft-capped logits in fp32, shape (B, T, V)."""
         return self.logits_from_hidden(self.hidden(input_ids, cache))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -44,6 +45,11 @@ class SearchConfig:
     target_headroom: int = DEFAULT_TARGET_HEADROOM  # fit until budget - total < this
     max_fit_packs: int = 12  # exact packs allowed to fit the solver's budget (per codec)
     max_repair_packs: int = 8  # exact packs allowed to spend the remaining headroom (per codec)
+    screen: bool = True  # sensitivity 'both': measure directly only candidates on their tensor's proxy frontier (+ a sample)
+    screen_margin: float = 2.0  # screened out: another candidate of the tensor costs no more and its proxy is this many times smaller
+    screen_sample: float = 0.05  # fraction of screened-out candidates measured anyway (the proxy's honesty check)
+    prefix_cache: bool = True  # direct forwards rerun only the blocks a candidate can change (same numbers, less work)
+    workers: int = 0  # processes for the cost tables (quantize + encode each candidate); 0 = one per CPU core (at most 8)
     solver: str = "dp"  # dp | greedy | best
     cache_dir: str | None = None  # where measurements are kept between searches
     device: str = "cpu"  # torch device for sensitivity forwards
@@ -69,7 +75,12 @@ class SearchConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
                 raise UsageError(f"{name} must be a path string or None, got {v!r}", param=name)
-        for name in ("gptq", "select"):
+        _int("workers", self.workers, 0)
+        for name, lo, hi in (("screen_margin", 1.0, math.inf), ("screen_sample", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise UsageError(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}", param=name)
+        for name in ("gptq", "select", "screen", "prefix_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"{name} must be True or False, got {getattr(self, name)!r}", param=name)
         if self.progress is not None and not isinstance(self.progress, bool):

@@ -9,6 +9,7 @@ compression is not additive, so every layout the fit packs exactly feeds an affi
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from golfpack._progress import bar as progress_bar
 from golfpack._version import __version__
-from golfpack.formats.records import dtype_name, payload_bytes
+from golfpack.formats.records import TensorRecord, dtype_name, payload_bytes
 from golfpack.formats.spec import TensorSpec
 from golfpack.search.cache import Cache, cache_key
 from golfpack.search.problem import Problem
@@ -62,8 +63,16 @@ def floor_bytes(p: Problem, codecs: list[str]) -> tuple[int, str, list[int]]:
 # phase 3: cost tables
 
 
-def cost_tables(p: Problem, codecs: list[str], cache: Cache, *, progress: bool | None) -> dict[str, dict[str, dict[str, int]]]:
-    """codec -> tensor -> spec label -> bytes of a one-record QGv3 artifact holding that record."""
+POOL_MIN_NUMEL = 2_000_000  # below this many values to encode, starting worker processes costs more than it saves
+
+
+def cost_tables(p: Problem, codecs: list[str], cache: Cache, *, progress: bool | None,
+                workers: int = 1) -> dict[str, dict[str, dict[str, int]]]:
+    """codec -> tensor -> spec label -> bytes of a one-record QGv3 artifact holding that record.
+
+    Every record is quantized once, here in this process (the arithmetic `pack` repeats on replay), and kept
+    on the Problem for the later phases; the one-record encodes (the slow part: one compression each) run in
+    `workers` spawned processes (0 = one per core, at most 8) when there is enough to encode."""
     out: dict[str, dict[str, dict[str, int]]] = {}
     todo = []
     for c in codecs:
@@ -75,19 +84,49 @@ def cost_tables(p: Problem, codecs: list[str], cache: Cache, *, progress: bool |
             todo.append((c, key))
     if not todo:
         return out
-    bar = progress_bar(total=len(todo) * sum(len(v) for v in p.candidates.values()), desc="cost tables", unit="rec", enabled=progress)
-    for c, key in todo:
-        table: dict[str, dict[str, int]] = {}
-        for n in p.names:
-            row = {}
-            for s in p.candidates[n]:
-                row[s.label()] = p.alone_bytes(n, s, c)
+    cs = [c for c, _ in todo]
+    jobs = [(n, [s for s in p.candidates[n] if any((n, s.label(), c) not in p.alone for c in cs)]) for n in p.names]
+    jobs = [(n, specs) for n, specs in jobs if specs]
+    bar = progress_bar(total=sum(len(v) for _, v in jobs), desc="cost tables", unit="rec", enabled=progress)
+    n_workers = min(os.cpu_count() or 1, 8) if workers == 0 else workers
+    numel = sum(p.state_dict[n].numel() * len(v) for n, v in jobs)
+    if n_workers > 1 and numel >= POOL_MIN_NUMEL and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+            futs = {}
+            for n, specs in jobs:  # quantize here, in order (GPTQ Hessians and all), encode there
+                futs[pool.submit(encode_alone, [p.record(n, s) for s in specs], cs)] = (n, specs)
+            for f in as_completed(futs):
+                n, specs = futs[f]
+                for s, sizes in zip(specs, f.result()):
+                    for c, b in sizes.items():
+                        p.alone[(n, s.label(), c)] = b
+                bar.update(len(specs))
+    else:
+        for n, specs in jobs:
+            for s in specs:
+                for c in cs:
+                    p.alone_bytes(n, s, c)
                 bar.update(1)
-            table[n] = row
+    bar.close()
+    for c, key in todo:
+        table = {n: {s.label(): p.alone_bytes(n, s, c) for s in p.candidates[n]} for n in p.names}
         cache.put("cost", key, {"table": table})
         out[c] = table
-    bar.close()
     return out
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # each worker is one core's worth of encoding
+
+
+def encode_alone(records: list[TensorRecord], codecs: list[str]) -> list[dict[str, int]]:
+    """Per record, {codec: bytes of a QGv3 artifact holding it alone} (what `Problem.alone_bytes` computes)."""
+    from golfpack.formats.qgv3 import encode_qgv3
+
+    return [{c: len(encode_qgv3([r], config=None, policy=None, codec=c, meta=None)) for c in codecs} for r in records]
 
 
 @dataclass
@@ -117,4 +156,4 @@ def fit_cost_model(points: list[tuple[int, int]]) -> CostModel:
     return CostModel(a, float(ym - a * xm), points)
 
 
-__all__ = ["CostModel", "cheapest_choice", "cost_tables", "fit_cost_model", "floor_bytes"]
+__all__ = ["POOL_MIN_NUMEL", "CostModel", "cheapest_choice", "cost_tables", "encode_alone", "fit_cost_model", "floor_bytes"]

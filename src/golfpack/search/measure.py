@@ -15,12 +15,14 @@ from golfpack.search.config import SearchConfig
 from golfpack.search.problem import Problem
 
 
-def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
-    """{'base_loss', 'direct' (maybe), 'proxy' (maybe), 'deltas' (what the solver uses), 'agreement', ...}.
+def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+    """{'base_loss', 'direct' (maybe), 'proxy' (maybe), 'deltas' (what the solver uses), 'agreement', 'screen', ...}.
 
     Direct measurement yields both objectives from the same forwards (cached together); the proxy for
     `kl` is 0.5 * F_true * dw^2 (Fisher with labels sampled from the model), for `nll` the Taylor
-    estimate g . dw + 0.5 * F_emp * dw^2.
+    estimate g . dw + 0.5 * F_emp * dw^2. With sensitivity 'both', `cfg.screen` and a cost `table`, the
+    proxy runs first and only the candidates on each tensor's proxy frontier (plus a random sample of the
+    rest) are measured directly (`sensitivity.screen`); the others get `sensitivity.fill_screened` estimates.
     """
     from golfpack.search import sensitivity as S
 
@@ -32,35 +34,22 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
     hit = cache.get("sens", key) or {}
     model = p.build(device=cfg.device)
     out: dict[str, Any] = {"calib_digest": batch.digest, "calib_tokens": batch.tokens, "cache_key": key, "objective": cfg.objective}
+    values = lambda n, s: p.record(n, s).dequantize()  # noqa: E731
 
     def save(partial: dict[str, Any]) -> None:
         hit.update(partial)
         cache.put("sens", key, {k: v for k, v in hit.items() if k != "cache_version"})
 
-    def complete(table: dict[str, dict[str, float]] | None) -> bool:
-        return table is not None and all(l in table.get(n, {}) for n, ls in labels.items() for l in ls)
+    def complete(table_: dict[str, dict[str, float]] | None, want: dict[str, list[str]]) -> bool:
+        return table_ is not None and all(l in table_.get(n, {}) for n, ls in want.items() for l in ls)
 
-    direct = hit.get("direct", {})
-    base = hit.get("base_loss")
-    if cfg.sensitivity in ("direct", "both") and not all(complete(direct.get(o)) for o in S.OBJECTIVES):
-        state = {"direct": direct}
-
-        def on_tensor(name: str, rows: dict[str, dict[str, float]]) -> None:
-            for o, row in rows.items():
-                state["direct"].setdefault(o, {})[name] = row
-            save({"direct": state["direct"]})
-
-        base, direct = S.measure_direct(
-            model, p.state_dict, p.candidates, batch, device=cfg.device, progress=cfg.progress, done=direct,
-            values=lambda n, s: p.record(n, s).dequantize(), on_tensor=on_tensor,
-        )
-        save({"base_loss": base, "direct": direct})
     pkey = f"proxy_{cfg.objective}"
+    proxy = None
+    screening = cfg.screen and cfg.sensitivity == "both" and table is not None
     if cfg.sensitivity in ("proxy", "both") or pkey in hit:
         proxy = hit.get(pkey)
-        if not complete(proxy):
+        if not complete(proxy, labels):
             pb = make_batch(toks, cfg.proxy_batch, cfg.calib_seq, vocab_size=p.vocab_size)
-            values = lambda n, s: p.record(n, s).dequantize()  # noqa: E731
             if cfg.objective == "kl":
                 _, fisher = S.gradient_stats(model, pb, device=cfg.device, progress=cfg.progress, sample=True)
                 proxy = S.proxy_deltas(p.state_dict, fisher, p.candidates, values=values)
@@ -71,16 +60,64 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache) -> dict[str, Any]:
                 proxy = S.proxy_deltas(p.state_dict, fisher, p.candidates, grad=grad, values=values)
             save({pkey: proxy})
         out["proxy"] = proxy
+    want = labels
+    sample: list[tuple[str, str]] = []
+    if screening:
+        assert proxy is not None and table is not None
+        keep, sample = S.screen(table, {n: proxy[n] for n in p.names}, margin=cfg.screen_margin, sample=cfg.screen_sample, seed=cfg.self_seed)
+        for n, l in sample:
+            keep[n].append(l)
+        want = {n: [l for l in labels[n] if l in keep[n]] for n in p.names}
+    direct = hit.get("direct", {})
+    base = hit.get("base_loss")
+    if cfg.sensitivity in ("direct", "both") and not all(complete(direct.get(o), want) for o in S.OBJECTIVES):
+        state = {"direct": direct}
+
+        def on_tensor(name: str, rows: dict[str, dict[str, float]]) -> None:
+            for o, row in rows.items():
+                state["direct"].setdefault(o, {})[name] = row
+            save({"direct": state["direct"]})
+
+        sub = {n: [s for s in p.candidates[n] if s.label() in set(want[n])] for n in p.names}
+        base, direct = S.measure_direct(
+            model, p.state_dict, sub, batch, device=cfg.device, progress=cfg.progress, done=direct,
+            values=values, on_tensor=on_tensor, prefix_cache=cfg.prefix_cache,
+        )
+        save({"base_loss": base, "direct": direct})
     if base is None:
         base = S.batch_loss(model, batch, device=cfg.device)
         save({"base_loss": base})
     out["base_loss"] = base
-    if complete(direct.get(cfg.objective)):
-        out["direct"] = direct[cfg.objective]
+    if cfg.sensitivity in ("direct", "both") and complete(direct.get(cfg.objective), want):
+        measured = {n: {l: direct[cfg.objective][n][l] for l in want[n]} for n in p.names}
+        if screening:
+            assert proxy is not None and table is not None
+            out["direct"] = S.fill_screened(measured, {n: proxy[n] for n in p.names}, table)
+            total = sum(len(v) for v in labels.values())
+            got = sum(len(v) for v in want.values())
+            out["screen"] = {
+                "candidates": total, "measured": got, "sampled": len(sample), "margin": cfg.screen_margin,
+                "sample_agreement": S.compare({n: {l: measured[n][l]} for n, l in sample}, proxy) if sample else None,
+                "sample_misses": _misses(sample, measured, table),
+            }
+        else:
+            out["direct"] = measured
     if "direct" in out and "proxy" in out:
-        out["agreement"] = S.compare(out["direct"], out["proxy"])
+        meas = {n: {l: out["direct"][n][l] for l in want[n]} for n in p.names}
+        out["agreement"] = S.compare(meas, out["proxy"])
     raw = out["proxy"] if cfg.sensitivity == "proxy" else out["direct"]
     out["deltas"] = S.regularize({n: {l: raw[n][l] for l in labels[n]} for n in p.names})
+    return out
+
+
+def _misses(sample: list[tuple[str, str]], measured: dict[str, dict[str, float]], table: dict[str, dict[str, int]]) -> int:
+    """Sampled screened-out candidates that direct measurement puts on their tensor's frontier after all:
+    no measured candidate of the tensor costs no more AND hurts no less (the screen's errors, estimated)."""
+    out = 0
+    for n, l in sample:
+        c, v = table[n][l], measured[n][l]
+        if not any(table[n][m] <= c and w <= v for m, w in measured[n].items() if m != l):
+            out += 1
     return out
 
 

@@ -41,6 +41,7 @@ class SearchResult:
     tables: dict[str, dict[str, dict[str, int]]]  # cost tables per codec
     problem: Problem  # the checkpoint, candidates and records every phase shared
     timings: dict[str, float]  # seconds per phase
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase (this process + its finished workers)
     chosen: Alternative | None = None  # the selected layout (source, joint score)
     alternatives: list[Alternative] = field(default_factory=list)  # every layout compared jointly
     _artifact: Artifact | None = field(default=None, repr=False)  # packed on first use of .artifact
@@ -121,6 +122,7 @@ class SearchResult:
             "joint_objective": None if self.chosen is None else self.chosen.joint,
             "alternatives": [a.to_dict() for a in self.alternatives],
             "timings": self.timings,
+            "cpu_seconds": self.cpu_timings,
         }
 
 
@@ -128,12 +130,14 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
     """Phases 1-6 (see module doc); writes nothing but the cache. `model`: the user's model code
     ('FILE.py[:NAME]', docs/models.md) for a model outside the baseline family."""
     t: dict[str, float] = {}
-    t0 = time.perf_counter()
+    cpu: dict[str, float] = {}
+    t0, c1 = time.perf_counter(), _cpu()
     p = load_problem(ckpt, cfg, model)  # cfg was validated when it was built
     codecs = cfg.codec_list()
     cache = Cache(cfg.cache_dir)
     floor, floor_codec, _ = floor_bytes(p, codecs)
     t["floor"] = time.perf_counter() - t0
+    cpu["floor"], c1 = _cpu() - c1, _cpu()
     if cfg.budget < floor:
         raise InfeasibleBudget(cfg.budget, floor, f"layout (all tensors at their cheapest spec, codec {floor_codec}, code {p.code_bytes:,} bytes)")
     t1 = time.perf_counter()
@@ -141,14 +145,17 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
         cfg = cfg.replace(calib=str(self_calibration(p, cfg)))
     p.pin_calibration(cfg.calib)
     t["calibration"] = time.perf_counter() - t1
+    cpu["calibration"], c1 = _cpu() - c1, _cpu()
     t1 = time.perf_counter()
     # one cost table, priced with the first codec; every codec's fit recalibrates it with exact packs
-    table = cost_tables(p, codecs[:1], cache, progress=cfg.progress)[codecs[0]]
+    table = cost_tables(p, codecs[:1], cache, progress=cfg.progress, workers=cfg.workers)[codecs[0]]
     tables = {c: table for c in codecs}
     t["costs"] = time.perf_counter() - t1
+    cpu["costs"], c1 = _cpu() - c1, _cpu()
     t1 = time.perf_counter()
-    sens = sensitivity(p, cfg, cache)
+    sens = sensitivity(p, cfg, cache, table)
     t["sensitivity"] = time.perf_counter() - t1
+    cpu["sensitivity"], c1 = _cpu() - c1, _cpu()
     t1 = time.perf_counter()
     model_budget = cfg.budget - p.code_bytes
     fits: dict[str, Fit] = {}
@@ -163,6 +170,7 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
     if not fits:
         raise InfeasibleBudget(cfg.budget, floor)
     t["fit"] = time.perf_counter() - t1
+    cpu["fit"], c1 = _cpu() - c1, _cpu()
     t1 = time.perf_counter()
     alts = alternatives(p, cfg, fits, tables, sens, model_budget) if cfg.select else []
     if alts:
@@ -183,12 +191,19 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
         chosen = min((Alternative(f"solver:{f.codec}", f.codec, f.choice, f.model_bytes, f.predicted_loss) for f in fits.values()),
                      key=lambda a: (a.predicted_loss, a.model_bytes))
     t["select"] = time.perf_counter() - t1
+    cpu["select"], c1 = _cpu() - c1, _cpu()
     specs = p.specs_of(chosen.choice)
     return SearchResult(
         codec=chosen.codec, specs=specs, policy=p.policy_of(specs), model_bytes=chosen.model_bytes,
         code_bytes=p.code_bytes, budget=cfg.budget, predicted_loss=chosen.predicted_loss, floor=floor, fits=fits,
-        sens=sens, tables=tables, problem=p, timings=t, chosen=chosen, alternatives=alts,
+        sens=sens, tables=tables, problem=p, timings=t, cpu_timings=cpu, chosen=chosen, alternatives=alts,
     )
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished child processes (the cost-table workers)."""
+    o = os.times()
+    return o.user + o.system + o.children_user + o.children_system
 
 
 __all__ = ["SearchResult", "run_search"]

@@ -16,6 +16,7 @@ The calibration tokens and the fixed batches cut from them come from `golfpack.p
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -121,6 +122,53 @@ def reference_logprobs(model: torch.nn.Module, batch: CalibBatch, *, device: str
     ]
 
 
+def start_layer(model: torch.nn.Module, name: str) -> int | str | None:
+    """Where a change to parameter `name` first moves the activations: a block index (rerun from that block),
+    'head' (only the logits from the cached final hidden states) or None (everything: the embedding)."""
+    m = re.match(r"blocks\.(\d+)\.", name)
+    if m:
+        return int(m.group(1))
+    if name == "skip_weights":
+        return int(model.num_encoder_layers)  # type: ignore[arg-type]  # first used by the first decoder step
+    if name.startswith("lm_head."):
+        return "head"
+    return None
+
+
+class PrefixCache:
+    """Each calibration micro-batch's block inputs under the raw weights, kept once: a candidate of block L is
+    scored by rerunning blocks L.. only (the head: only the logits). Without a GPT that can (no `hidden_from`)
+    or with `enabled=False` every score is a full forward - the same numbers, slower."""
+
+    def __init__(self, model: torch.nn.Module, batch: CalibBatch, *, device: str = "cpu", micro: int = 8, enabled: bool = True):
+        self.model, self.batch, self.device, self.micro = model, batch, device, micro
+        self.enabled = enabled and hasattr(model, "hidden_from") and hasattr(model, "block_inputs")
+        self.cached: list[tuple[Tensor, list[Tensor], list[Tensor], Tensor]] = []
+        if self.enabled:
+            with torch.no_grad():
+                for i in range(0, batch.inputs.shape[0], micro):
+                    self.cached.append(model.block_inputs(batch.inputs[i : i + micro].to(device)))  # type: ignore[operator]
+
+    @torch.no_grad()
+    def scores(self, name: str | None, ref: list[Tensor] | None) -> tuple[float, float]:
+        """(mean NLL, mean KL(ref || model)) like `batch_scores`, rerunning only what parameter `name` can change."""
+        where = None if name is None or not self.enabled else start_layer(self.model, name)
+        if where is None:
+            return batch_scores(self.model, self.batch, ref, device=self.device, micro=self.micro)
+        nll = kl = 0.0
+        for k, i in enumerate(range(0, self.batch.inputs.shape[0], self.micro)):
+            x0, xs, enc, h = self.cached[k]
+            if where != "head":
+                h = self.model.hidden_from(int(where), x0, xs, enc)  # type: ignore[operator]
+            logp = torch.log_softmax(self.model.logits_from_hidden(h).float(), dim=-1)  # type: ignore[operator]
+            y = self.batch.targets[i : i + self.micro].to(self.device)
+            nll -= float(logp.gather(-1, y.unsqueeze(-1)).double().sum())
+            if ref is not None:
+                r = ref[k].to(self.device)
+                kl += float((r.exp() * (r - logp)).sum(dim=-1).double().sum())
+        return nll / self.batch.tokens, kl / self.batch.tokens
+
+
 def measure_direct(
     model: torch.nn.Module,
     state_dict: dict[str, Tensor],
@@ -132,6 +180,7 @@ def measure_direct(
     done: dict[str, dict[str, dict[str, float]]] | None = None,
     on_tensor: Callable[[str, dict[str, dict[str, float]]], None] | None = None,
     values: Callable[[str, TensorSpec], Tensor] | None = None,
+    prefix_cache: bool = True,
 ) -> tuple[float, dict[str, dict[str, dict[str, float]]]]:
     """Effect of each (tensor, spec) alone on `batch`, from one forward each.
 
@@ -144,6 +193,10 @@ def measure_direct(
     `done` holds measurements already made (from the cache): those are not re-run. `on_tensor` is
     called after each tensor so a caller can persist progress. `values(name, spec)` gives the stored
     values (default: `fake_quantize` of the state-dict tensor; the search passes its packed records).
+
+    Work a candidate cannot change is not redone: with `prefix_cache` the blocks before the tensor's
+    own come from a cache (`PrefixCache`); a candidate whose stored values equal the raw ones scores
+    exactly 0 with no forward, and one whose values equal an already measured candidate's reuses it.
     """
     from golfpack.packer.quantize import fake_quantize
 
@@ -151,14 +204,19 @@ def measure_direct(
     model.eval()
     params = dict(model.named_parameters())
     ref = reference_logprobs(model, batch, device=device)
-    base, _ = batch_scores(model, batch, None, device=device)
+    # the base loss from the reference predictions: the numbers `batch_scores` gives, without another forward
+    base = -sum(float(r.gather(-1, batch.targets[i : i + 8].to(device).unsqueeze(-1)).double().sum())
+                for r, i in zip(ref, range(0, batch.inputs.shape[0], 8))) / batch.tokens
     out: dict[str, dict[str, dict[str, float]]] = {o: {k: dict(v) for k, v in (done or {}).get(o, {}).items()} for o in OBJECTIVES}
 
     def have(name: str, label: str) -> bool:
         return all(label in out[o].get(name, {}) for o in OBJECTIVES)
 
     todo = [(n, s) for n, specs in candidates.items() for s in specs if not have(n, s.label())]
-    bar = progress_bar(total=len(todo), desc="sensitivity (direct)", unit="fwd", enabled=progress)
+    if not todo:
+        return base, out
+    pc = PrefixCache(model, batch, device=device, enabled=prefix_cache)
+    bar = progress_bar(total=len(todo), desc="sensitivity (direct)", unit="cand", enabled=progress)
     for name, specs in candidates.items():
         missing = [s for s in specs if not have(name, s.label())]
         if not missing:
@@ -167,12 +225,20 @@ def measure_direct(
             raise UsageError(f"{name}: not a parameter of the model built from this checkpoint", param="candidates")
         p = params[name]
         orig = p.data.clone()
+        seen: list[tuple[Tensor, float, float]] = [(orig, 0.0, 0.0)]  # stored values -> (delta nll, kl) measured
         try:
             for spec in missing:
-                p.data.copy_(get(name, spec).to(device=p.device, dtype=p.dtype))
-                nll, kl = batch_scores(model, batch, ref, device=device)
-                out["nll"].setdefault(name, {})[spec.label()] = nll - base
-                out["kl"].setdefault(name, {})[spec.label()] = kl
+                v = get(name, spec).to(device=p.device, dtype=p.dtype)
+                same = next((r for r in seen if torch.equal(r[0], v)), None)
+                if same is not None:
+                    dn, dk = same[1], same[2]  # the very same weights: the very same forward
+                else:
+                    p.data.copy_(v)
+                    nll, dk = pc.scores(name, ref)
+                    dn = nll - base
+                    seen.append((v, dn, dk))
+                out["nll"].setdefault(name, {})[spec.label()] = dn
+                out["kl"].setdefault(name, {})[spec.label()] = dk
                 bar.update(1)
         finally:
             p.data.copy_(orig)
@@ -295,6 +361,56 @@ def regularize(deltas: dict[str, dict[str, float]]) -> dict[str, dict[str, float
     return out
 
 
+def screen(
+    costs: dict[str, dict[str, int]], proxy: dict[str, dict[str, float]], *, margin: float = 2.0, sample: float = 0.05, seed: int = 0,
+) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+    """Which candidates to measure directly: ({tensor: labels on its proxy frontier}, [(tensor, label) sampled]).
+
+    A candidate is screened out when another one of the same tensor costs no more bytes and its proxy damage
+    is at least `margin` times smaller: the solver would only ever pick it if the proxy were off by that
+    factor. A seeded random `sample` fraction of the screened-out candidates is measured anyway, so the
+    report can say how often the proxy was wrong about them."""
+    keep: dict[str, list[str]] = {}
+    dropped: list[tuple[str, str]] = []
+    for name, row in proxy.items():
+        items = [(int(costs[name][lbl]), max(0.0, float(v)), k, lbl) for k, (lbl, v) in enumerate(row.items())]
+        kept = []
+        for c, v, k, lbl in items:
+            dominated = any(cd <= c and margin * vd <= v and (cd, vd, kd) < (c, v, k) for cd, vd, kd, _ in items)
+            (dropped.append((name, lbl)) if dominated else kept.append(lbl))
+        keep[name] = kept
+    rng = np.random.default_rng(seed)
+    n = int(math.ceil(sample * len(dropped))) if dropped and sample > 0 else 0
+    picked = sorted(rng.choice(len(dropped), size=n, replace=False).tolist()) if n else []
+    return keep, [dropped[i] for i in picked]
+
+
+def fill_screened(
+    direct: dict[str, dict[str, float]], proxy: dict[str, dict[str, float]], costs: dict[str, dict[str, int]],
+) -> dict[str, dict[str, float]]:
+    """Every candidate's damage: measured where `direct` has it, else an estimate the solver can never prefer
+    to the candidate that screened it out - the larger of the proxy (scaled to direct units on this tensor's
+    measured candidates) and the worst measured damage among the tensor's candidates that cost no more."""
+    out: dict[str, dict[str, float]] = {}
+    num = sum(max(0.0, proxy[n][l]) * max(0.0, v) for n, r in direct.items() for l, v in r.items())
+    den = sum(max(0.0, proxy[n][l]) ** 2 for n, r in direct.items() for l in r)
+    glob = num / den if den > 0 else 1.0
+    for name, prow in proxy.items():
+        d = direct.get(name, {})
+        num = sum(max(0.0, prow[l]) * max(0.0, v) for l, v in d.items())
+        den = sum(max(0.0, prow[l]) ** 2 for l in d)
+        scale = num / den if den > 0 and num > 0 else glob
+        row = {}
+        for lbl, pv in prow.items():
+            if lbl in d:
+                row[lbl] = float(d[lbl])
+                continue
+            floor = max((max(0.0, v) for l, v in d.items() if costs[name][l] <= costs[name][lbl]), default=0.0)
+            row[lbl] = max(floor, scale * max(0.0, float(pv)))
+        out[name] = row
+    return out
+
+
 def _ranks(x: np.ndarray) -> np.ndarray:
     order = np.argsort(x, kind="mergesort")
     ranks = np.empty(len(x), dtype=np.float64)
@@ -347,7 +463,11 @@ __all__ = [
     "compare",
     "gradient_stats",
     "measure_direct",
+    "PrefixCache",
+    "start_layer",
     "proxy_deltas",
     "regularize",
+    "screen",
+    "fill_screened",
     "spearman",
 ]

@@ -1,0 +1,148 @@
+"""The search's speed-ups must not change its answers: the prefix-cached direct measurement equals the
+full forward, the proxy screen picks the layout the unscreened search picks, the pooled cost tables equal
+the in-process ones, and every phase reports its wall and CPU seconds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from golfpack.formats.shards import write_shard
+from golfpack.formats.spec import TensorSpec
+from golfpack.model import GPT, ModelConfig
+from golfpack.packer.calibration import make_batch
+from golfpack.search import SearchConfig, run_search
+from golfpack.search import sensitivity as S
+
+
+def _model(tie: bool) -> GPT:
+    torch.manual_seed(1)
+    m = GPT(ModelConfig(vocab_size=64, num_layers=5, model_dim=16, num_heads=2, num_kv_heads=1, mlp_hidden=32, tie_embeddings=tie))
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.add_(torch.randn_like(prm) * (0.1 if prm.ndim == 2 else 0.05))  # scales, mixes and skips off their init
+    return m.eval()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_prefix_cached_sensitivity_equals_full_forward(tie):
+    m = _model(tie)
+    sd = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    batch = make_batch((np.arange(4000) * 13 % 64).astype(np.int64), 4, 24, vocab_size=64)
+    specs = [TensorSpec("int", bits=b, clip="quantile") for b in (6, 3)]
+    cands = {n: specs for n, t in sd.items() if t.is_floating_point() and t.numel() > 1}
+    calls = {"n": 0}
+    hooks = [b.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1)) for b in m.blocks]
+    _, full = S.measure_direct(m, sd, cands, batch, prefix_cache=False)
+    full_calls, calls["n"] = calls["n"], 0
+    _, fast = S.measure_direct(m, sd, cands, batch, prefix_cache=True)
+    for h in hooks:
+        h.remove()
+    assert set(cands) >= {"skip_weights", "blocks.0.attn.c_q.weight", "blocks.4.mlp.proj.weight", "tok_emb.weight"}
+    for o in S.OBJECTIVES:
+        for n in cands:
+            for s in specs:
+                assert abs(fast[o][n][s.label()] - full[o][n][s.label()]) <= 1e-6, (o, n, s.label())
+    assert max(abs(v) for v in full["kl"]["blocks.4.mlp.proj.weight"].values()) > 1e-4  # the candidates do hurt
+    # the prefix cache skips work: blocks before a candidate's own are not rerun (the head reruns none)
+    assert calls["n"] < 0.75 * full_calls
+    for k in sd:
+        assert torch.equal(m.state_dict()[k], sd[k])  # weights restored
+
+
+def test_start_layer_names_what_a_parameter_can_move():
+    m = _model(False)
+    assert S.start_layer(m, "blocks.3.attn.c_q.weight") == 3
+    assert S.start_layer(m, "skip_weights") == m.num_encoder_layers
+    assert S.start_layer(m, "lm_head.weight") == "head"
+    assert S.start_layer(m, "tok_emb.weight") is None
+
+
+def test_identical_values_cost_no_forward():
+    m = _model(True)
+    sd = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    batch = make_batch((np.arange(4000) * 13 % 64).astype(np.int64), 2, 16, vocab_size=64)
+    n = "blocks.1.attn.c_k.weight"
+    cands = {n: [TensorSpec("passthrough", dtype="fp32"), TensorSpec("int", bits=4, clip="quantile"), TensorSpec("int", bits=4, clip="mse")]}
+    calls = {"n": 0}
+    hooks = [b.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1)) for b in m.blocks]
+    same = lambda name, s: sd[name] if s.kind == "passthrough" else sd[name].round(decimals=1)  # noqa: E731  (both ints store the same values)
+    calls["n"] = 0
+    _, out = S.measure_direct(m, sd, cands, batch, values=same)
+    for h in hooks:
+        h.remove()
+    assert out["kl"][n]["fp32"] == 0.0 and out["nll"][n]["fp32"] == 0.0
+    assert out["kl"][n]["int4"] == out["kl"][n]["int4:mse"] > 0
+    # setup: the raw predictions and the prefix cache (a full forward each), then ONE forward from block 1
+    # on for the two int candidates; the lossless one needs none
+    assert calls["n"] == 2 * len(m.blocks) + (len(m.blocks) - 1)
+
+
+def test_screen_keeps_the_proxy_frontier_and_samples_the_rest():
+    costs = {"w": {"a": 100, "b": 50, "c": 50, "d": 10}}
+    proxy = {"w": {"a": 0.0, "b": 1.0, "c": 5.0, "d": 1.5}}
+    keep, sample = S.screen(costs, proxy, margin=2.0, sample=0.0)
+    assert keep == {"w": ["a", "b", "d"]} and sample == []  # c: b costs the same and hurts 5x less
+    keep, sample = S.screen(costs, proxy, margin=6.0, sample=0.0)
+    assert keep["w"] == ["a", "b", "c", "d"]  # within the margin: measured
+    _, sample = S.screen(costs, proxy, margin=2.0, sample=1.0)
+    assert sample == [("w", "c")]
+    est = S.fill_screened({"w": {"a": 0.0, "b": 0.3, "d": 0.9}}, proxy, costs)
+    assert est["w"]["a"] == 0.0 and est["w"]["b"] == 0.3
+    assert est["w"]["c"] >= 0.3  # never better than the candidate that screened it out
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cal")
+    write_shard(d / "c_train_000000.bin", (np.arange(8_000) * 7 % 1024).astype(np.uint16))
+    return str(d / "c_train_000000.bin")
+
+
+def _cfg(shard, **kw):
+    base = dict(budget=60_000, calib=shard, bits=(8, 6, 4), clips=("quantile", "mse"), gptq=False, calib_batch=2, calib_seq=64,
+                proxy_batch=2, select_batch=2, progress=False)
+    return SearchConfig(**{**base, **kw})
+
+
+def test_screened_search_picks_the_unscreened_layout(small_ckpt, shard):
+    fast = run_search(small_ckpt, _cfg(shard, workers=1))
+    slow = run_search(small_ckpt, _cfg(shard, screen=False, prefix_cache=False, workers=1))
+    sc = fast.sens["screen"]
+    assert sc["measured"] < sc["candidates"] and "screen" not in slow.sens
+    assert {n: s.label() for n, s in fast.specs.items()} == {n: s.label() for n, s in slow.specs.items()}
+    assert fast.model_bytes == slow.model_bytes
+    for r in (fast, slow):
+        for phase in ("floor", "calibration", "costs", "sensitivity", "fit", "select"):
+            assert r.timings[phase] >= 0 and r.cpu_timings[phase] >= 0
+        assert r.report()["cpu_seconds"] == r.cpu_timings
+    assert sum(fast.cpu_timings.values()) > 0
+
+
+@pytest.mark.slow
+def test_pooled_cost_tables_equal_in_process_ones(small_ckpt, shard, monkeypatch):
+    from golfpack.search import costs
+    from golfpack.search.cache import Cache
+    from golfpack.search.problem import load_problem
+
+    cfg = _cfg(shard)
+    tables = []
+    for workers, floor in ((1, costs.POOL_MIN_NUMEL), (2, 0)):
+        monkeypatch.setattr(costs, "POOL_MIN_NUMEL", floor)  # 0: the small model's encodes go through the spawned pool
+        p = load_problem(small_ckpt, cfg)
+        p.pin_calibration(shard)
+        tables.append(costs.cost_tables(p, ["lzma"], Cache(None), progress=False, workers=workers)["lzma"])
+    assert tables[0] == tables[1] and len(tables[0]) == len(p.names)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_prefix_cached_sensitivity_on_cuda_matches_cpu():
+    m = _model(False)
+    sd = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    batch = make_batch((np.arange(4000) * 13 % 64).astype(np.int64), 4, 24, vocab_size=64)
+    cands = {n: [TensorSpec("int", bits=4, clip="quantile")] for n in ("blocks.2.mlp.fc.weight", "lm_head.weight", "skip_weights")}
+    _, cpu = S.measure_direct(m, sd, cands, batch)
+    _, gpu = S.measure_direct(m.to("cuda"), sd, cands, batch, device="cuda")
+    for n in cands:
+        assert gpu["kl"][n]["int4"] == pytest.approx(cpu["kl"][n]["int4"], rel=1e-3, abs=1e-7)
