@@ -59,13 +59,13 @@ def train(net: torch.nn.Module, logits, ids: np.ndarray, steps: int, seed: int =
 
 def part_a(args, tmp: Path) -> list[dict]:
     from golfpack.adapters import load_adapter
+    from golfpack.budget import SearchConfig, run_search
     from golfpack.evaluator.api import evaluate_path
     from golfpack.formats.shards import write_shard
     from golfpack.model import GPT, ModelConfig
     from golfpack.packer.calibration import pydoc_tokens
     from golfpack.packer.pack import pack_file
     from golfpack.packer.policy import resolve_policy
-    from golfpack.search import SearchConfig, run_search
 
     ids = pydoc_tokens(str(TOK))
     cut = int(len(ids) * 0.8)  # train on the first 80% of the docs, calibrate on the rest

@@ -40,11 +40,11 @@ PRESETS = ("int8", "int6", "int6+tok8")
 
 def bench_checkpoint(label: str, path: str, *, activation: str | None, seq_len: int, val: str, calib: str, fractions: list[float],
                      args: argparse.Namespace, work: Path) -> dict:
+    from golfpack.budget import SearchConfig, run_search
     from golfpack.evaluator.api import evaluate_path
     from golfpack.evaluator.verify import EvalOptions, verify_artifact
     from golfpack.packer.pack import pack_file
     from golfpack.packer.policy import Policy
-    from golfpack.search import SearchConfig, run_search
 
     ev = EvalOptions(val=val, tokenizer=str(SP1024), seq_len=seq_len, max_tokens=args.eval_tokens)
 

@@ -121,7 +121,7 @@ def child(job: str, ckpt: str, budget: int, codec: str) -> dict:
     load0 = os.getloadavg()[0]
     out: dict = {"job": job, "load_start": load0}
     if job in ("search", "old"):
-        from golfpack.search import SearchConfig, run_search
+        from golfpack.budget import SearchConfig, run_search
 
         r = run_search(ckpt, SearchConfig(budget=budget, progress=False))
         phases, at = {}, t0
@@ -168,11 +168,11 @@ def phases(size: str, ckpt: Path, budget: int, *, sample: int, self_sequences: i
     phase totals are the per-candidate rates times the candidates each way measures: EXTRAPOLATED, labelled)."""
     import random
 
+    from golfpack.budget import SearchConfig
+    from golfpack.budget import costs as C
+    from golfpack.budget import sensitivity as S
+    from golfpack.budget.problem import load_problem, self_calibration
     from golfpack.packer.calibration import calib_halves, make_batch
-    from golfpack.search import SearchConfig
-    from golfpack.search import costs as C
-    from golfpack.search import sensitivity as S
-    from golfpack.search.problem import load_problem, self_calibration
 
     cfg = SearchConfig(budget=budget, progress=False, self_sequences=self_sequences)
     out: dict = {"size": size, "self_sequences": self_sequences}
@@ -201,7 +201,7 @@ def phases(size: str, ckpt: Path, budget: int, *, sample: int, self_sequences: i
     sub = {n: [s for m, s in samp if m == n] for n in {n for n, _ in samp}}
     p2 = type(p)(**{**p.__dict__, "candidates": {n: sub.get(n, []) for n in p.names}, "alone": {}})
     C.POOL_MIN_NUMEL = 0
-    from golfpack.search.cache import Cache
+    from golfpack.budget.cache import Cache
 
     c0 = _clock()
     t = C.cost_tables(p2, ["lzma"], Cache(None), progress=False, workers=workers)["lzma"]
@@ -222,7 +222,7 @@ def phases(size: str, ckpt: Path, budget: int, *, sample: int, self_sequences: i
     _, fisher = S.gradient_stats(model, pb, sample=True)
     proxy = S.proxy_deltas(p.state_dict, fisher, p.candidates, values=values)
     out["proxy"] = _lap(c0)
-    from golfpack.search.costs import _payload_estimate
+    from golfpack.budget.costs import _payload_estimate
 
     # payload bytes stand in for the cost table here (the bench encodes only a sample of it)
     table = {n: {s.label(): int(_payload_estimate(p.state_dict[n], s)) for s in p.candidates[n]} for n in p.names}
@@ -268,12 +268,12 @@ def direct_rates(size: str, ckpt: Path, *, per_layer: int = 1) -> dict:
     per layer plus the embedding, on the default 16 x 256 calibration batch of seeded random token ids (timing only)."""
     import numpy as np
 
+    from golfpack.budget import sensitivity as S
     from golfpack.formats.spec import TensorSpec
     from golfpack.model import build_model
     from golfpack.packer.calibration import make_batch
     from golfpack.packer.pack import load_input
     from golfpack.packer.quantize import fake_quantize
-    from golfpack.search import sensitivity as S
 
     sd, config, _ = load_input(ckpt)
     model = build_model(config, sd).eval()

@@ -76,3 +76,14 @@ def test_verify_returns_a_typed_report(nolanvild_pt, tmp_path) -> None:
     with pytest.raises(UsageError) as e:
         gp.verify(path, val="x*.bin")
     assert e.value.param == "tokenizer"
+
+
+def test_search_stays_the_api_function_after_the_package_is_imported() -> None:
+    # the budget-search package must not shadow `golfpack.search` (a submodule import sets the parent's attribute)
+    import golfpack.budget  # noqa: F401
+    import golfpack.budget.run  # noqa: F401
+
+    assert callable(gp.search) and gp.search.__module__ == "golfpack.api"
+    with pytest.raises(UsageError) as e:
+        gp.search("x.pt", gp.SearchConfig(budget=1000), budget=5)
+    assert e.value.param == "config"

@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "golfpack.prepare": 4,  # text -> token shards
     "golfpack.packer": 5,
     "golfpack.evaluator": 5,
-    "golfpack.search": 6,
+    "golfpack.budget": 6,
     "golfpack.trainer": 6,
     "golfpack.api": 7,
     "golfpack.demo_data": 7,

@@ -23,18 +23,18 @@ _API = {
     "verify": "golfpack.api", "train": "golfpack.api", "VerifyReport": "golfpack.api",
     "Artifact": "golfpack.packer.pack", "LoadedModel": "golfpack.loading", "EvalResult": "golfpack.evaluator.api",
     "Policy": "golfpack.packer.policy", "TensorSpec": "golfpack.formats.spec",
-    "SearchConfig": "golfpack.search", "SearchResult": "golfpack.search",
+    "SearchConfig": "golfpack.budget", "SearchResult": "golfpack.budget",
     "TrainConfig": "golfpack.trainer.config", "TrainResult": "golfpack.trainer.loop",
 }
 
 if TYPE_CHECKING:
     from golfpack.api import VerifyReport, evaluate, load, pack, search, train, verify
+    from golfpack.budget import SearchConfig, SearchResult
     from golfpack.evaluator.api import EvalResult
     from golfpack.formats.spec import TensorSpec
     from golfpack.loading import LoadedModel
     from golfpack.packer.pack import Artifact
     from golfpack.packer.policy import Policy
-    from golfpack.search import SearchConfig, SearchResult
     from golfpack.trainer.config import TrainConfig
     from golfpack.trainer.loop import TrainResult
 

@@ -27,7 +27,7 @@ from golfpack.packer.pack import DEFAULT_BUDGET, DEFAULT_CODEC, Artifact
 from golfpack.packer.policy import Policy, resolve_policy
 
 if TYPE_CHECKING:
-    from golfpack.search import SearchConfig, SearchResult
+    from golfpack.budget import SearchConfig, SearchResult
     from golfpack.trainer.config import TrainConfig
     from golfpack.trainer.loop import TrainResult
 
@@ -150,7 +150,9 @@ def _evaluate_loaded(lm: LoadedModel, **kw: Any) -> EvalResult:
                          "pass model_code='FILE.py[:NAME]' with its own model code (docs/models.md)", param="model_code")
     dev = resolve_device(kw["device"])
     model = ad.build(lm.state_dict, lm.config if ad.is_baseline else None, device=dev)
-    luts = build_luts(kw["tokenizer"], model_vocab_size(model))
+    vocab = model_vocab_size(model)
+    assert vocab is not None, "an adapter-built model always knows its vocab (probed at build time)"
+    luts = build_luts(kw["tokenizer"], vocab)
     tokens = load_tokens(kw["val"], kw["max_tokens"])
     return evaluate_model(model, tokens, luts, seq_len=kw["seq_len"], stride=kw["stride"],
                           batch_size=kw["batch_size"], device=dev, progress=kw["progress"])
@@ -228,7 +230,7 @@ def search(model: PathLike, config: SearchConfig | None = None, *, model_code: P
     `.artifact` is the packed winner and `.save(path)` writes it. `options` build a SearchConfig when
     `config` is None (e.g. `budget=16_000_000, calib="fineweb_train_*.bin"`). `model_code`: 'FILE.py[:NAME]',
     your model code for a model outside the baseline family (docs/models.md)."""
-    from golfpack.search import SearchConfig, run_search
+    from golfpack.budget import SearchConfig, run_search
 
     if config is None:
         config = SearchConfig(**options)

@@ -203,7 +203,7 @@ def search_cmd(
     """Search per-tensor bit widths / clip rules / passthrough and the codec for the lowest loss under --budget."""
     import torch
 
-    from golfpack.search import InfeasibleBudget, SearchConfig, run_search
+    from golfpack.budget import InfeasibleBudget, SearchConfig, run_search
 
     if threads:
         torch.set_num_threads(threads)
@@ -296,8 +296,8 @@ def search_outputs(
     model: str | None = None,
 ) -> dict[str, Any]:
     """Write policy + artifact, build the frontier, verify; returns the report dict."""
-    from golfpack.search import write_policy
-    from golfpack.search.report import frontier, frontier_table, plot_frontier
+    from golfpack.budget import write_policy
+    from golfpack.budget.report import frontier, frontier_table, plot_frontier
 
     rep = res.report()
     if policy_out is None and out is not None:

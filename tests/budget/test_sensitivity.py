@@ -7,9 +7,7 @@ import math
 import pytest
 import torch
 
-from golfpack.formats.spec import TensorSpec
-from golfpack.packer.calibration import calib_tokens, make_batch
-from golfpack.search.sensitivity import (
+from golfpack.budget.sensitivity import (
     candidate_specs,
     compare,
     gradient_stats,
@@ -18,6 +16,8 @@ from golfpack.search.sensitivity import (
     regularize,
     spearman,
 )
+from golfpack.formats.spec import TensorSpec
+from golfpack.packer.calibration import calib_tokens, make_batch
 
 
 def test_candidates_by_dtype():

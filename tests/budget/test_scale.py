@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from golfpack.budget import SearchConfig, run_search
+from golfpack.budget import sensitivity as S
 from golfpack.formats.shards import write_shard
 from golfpack.formats.spec import TensorSpec
 from golfpack.model import GPT, ModelConfig
 from golfpack.packer.calibration import make_batch
-from golfpack.search import SearchConfig, run_search
-from golfpack.search import sensitivity as S
 
 
 def _model(tie: bool) -> GPT:
@@ -122,9 +122,9 @@ def test_screened_search_picks_the_unscreened_layout(small_ckpt, shard):
 
 @pytest.mark.slow
 def test_pooled_cost_tables_equal_in_process_ones(small_ckpt, shard, monkeypatch):
-    from golfpack.search import costs
-    from golfpack.search.cache import Cache
-    from golfpack.search.problem import load_problem
+    from golfpack.budget import costs
+    from golfpack.budget.cache import Cache
+    from golfpack.budget.problem import load_problem
 
     cfg = _cfg(shard)
     tables = []

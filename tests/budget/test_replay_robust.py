@@ -7,17 +7,17 @@ import itertools
 
 from click.testing import CliRunner
 
+from golfpack.budget import SearchConfig, write_policy
 from golfpack.formats.qgv3 import decode_qgv3
 from golfpack.formats.spec import TensorSpec
-from golfpack.search import SearchConfig, write_policy
 
 NEW_SPECS = ["int6:sd12", "int5:g32", "int4:g32:sd12+gptq", "int4:g32+gptq", "int6:sd12+gptq", "int5:g32:mse", "int4:hmse+gptq",
              "int5:hmse"]
 
 
 def test_replay_of_every_new_spec_is_byte_identical(small_ckpt, sp1024_model, tmp_path):
+    from golfpack.budget.problem import load_problem
     from golfpack.cli import main
-    from golfpack.search.problem import load_problem
 
     cfg = SearchConfig(budget=10**6, calib="pydoc", tokenizer=str(sp1024_model), bits=(4,), clips=("quantile",), calib_seq=64,
                        gptq_batch=4, progress=False)

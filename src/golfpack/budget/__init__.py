@@ -1,4 +1,5 @@
-"""Budget search: the per-tensor layout (spec per tensor + artifact codec) with the least predicted
+"""Budget search (this package; the public entry point is `golfpack.search`):
+the per-tensor layout (spec per tensor + artifact codec) with the least predicted
 loss whose exact artifact size plus code bytes fits the budget, with the least headroom we can reach.
 
 Pipeline (each phase has a progress bar and, with a cache dir, is skipped when already measured), one
@@ -23,9 +24,9 @@ of them: run_search -> SearchResult); report.py draws the frontier of a finished
    JOINTLY (all tensors quantized at once) on held-out calibration tokens; the lowest damage wins.
 """
 
-from golfpack.search.config import SearchConfig
-from golfpack.search.problem import write_policy
-from golfpack.search.run import SearchResult, run_search
-from golfpack.search.solver import InfeasibleBudget
+from golfpack.budget.config import SearchConfig
+from golfpack.budget.problem import write_policy
+from golfpack.budget.run import SearchResult, run_search
+from golfpack.budget.solver import InfeasibleBudget
 
 __all__ = ["InfeasibleBudget", "SearchConfig", "SearchResult", "run_search", "write_policy"]

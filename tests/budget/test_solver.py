@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from golfpack.errors import GolfpackError
-from golfpack.search.solver import (
+from golfpack.budget.solver import (
     InfeasibleBudget,
     floor_cost,
     solve,
@@ -15,6 +14,7 @@ from golfpack.search.solver import (
     solve_dp,
     solve_greedy,
 )
+from golfpack.errors import GolfpackError
 
 
 @st.composite

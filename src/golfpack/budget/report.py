@@ -44,10 +44,10 @@ def frontier(
     loss/bpb of the decoded artifact and its delta to `base` (the raw model's score).
     """
     from golfpack._progress import bar as progress_bar
+    from golfpack.budget.config import SearchConfig
+    from golfpack.budget.costs import cheapest_choice
+    from golfpack.budget.fit import Fitter
     from golfpack.formats.qgv3 import decode_qgv3
-    from golfpack.search.config import SearchConfig
-    from golfpack.search.costs import cheapest_choice
-    from golfpack.search.fit import Fitter
 
     p = result.problem
     cfg = SearchConfig(budget=result.budget, max_fit_packs=6, max_repair_packs=0)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from golfpack._version import __version__
+from golfpack.budget.cache import Cache, cache_key
+from golfpack.budget.config import SearchConfig
+from golfpack.budget.problem import Problem
 from golfpack.packer.calibration import calib_halves, make_batch
-from golfpack.search.cache import Cache, cache_key
-from golfpack.search.config import SearchConfig
-from golfpack.search.problem import Problem
 
 
 def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, di
     proxy runs first and only the candidates on each tensor's proxy frontier (plus a random sample of the
     rest) are measured directly (`sensitivity.screen`); the others get `sensitivity.fill_screened` estimates.
     """
-    from golfpack.search import sensitivity as S
+    from golfpack.budget import sensitivity as S
 
     # sensitivity and objective are valid: SearchConfig checked them when it was built
     toks = calib_halves(cfg.calib, tokenizer=cfg.tokenizer)[0]  # the measurement half; the other is held out

@@ -7,8 +7,8 @@ import operator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from golfpack.budget.sensitivity import OBJECTIVES  # the damage measures measure_direct yields
 from golfpack.errors import UsageError
-from golfpack.search.sensitivity import OBJECTIVES  # the damage measures measure_direct yields
 
 DEFAULT_TARGET_HEADROOM = 2048  # stop fitting once the unused budget is below this many bytes
 SENSITIVITY_MODES = ("direct", "proxy", "both")

@@ -11,17 +11,17 @@ from typing import Any
 from torch import Tensor
 
 from golfpack._progress import bar as progress_bar
+from golfpack.budget.cache import Cache
+from golfpack.budget.config import SearchConfig
+from golfpack.budget.costs import cost_tables, floor_bytes
+from golfpack.budget.fit import Fit, Fitter
+from golfpack.budget.measure import sensitivity
+from golfpack.budget.problem import Problem, load_problem, self_calibration, write_policy
+from golfpack.budget.select import Alternative, alternatives, joint_scorer, pick
+from golfpack.budget.solver import InfeasibleBudget
 from golfpack.formats.spec import TensorSpec
 from golfpack.model import ModelConfig
 from golfpack.packer.pack import Artifact
-from golfpack.search.cache import Cache
-from golfpack.search.config import SearchConfig
-from golfpack.search.costs import cost_tables, floor_bytes
-from golfpack.search.fit import Fit, Fitter
-from golfpack.search.measure import sensitivity
-from golfpack.search.problem import Problem, load_problem, self_calibration, write_policy
-from golfpack.search.select import Alternative, alternatives, joint_scorer, pick
-from golfpack.search.solver import InfeasibleBudget
 
 
 @dataclass

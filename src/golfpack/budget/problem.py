@@ -20,13 +20,13 @@ from torch import Tensor
 
 from golfpack._io import write_bytes_atomic
 from golfpack._version import __version__
+from golfpack.budget.cache import cache_key
+from golfpack.budget.config import SearchConfig
 from golfpack.errors import FormatError, UsageError
 from golfpack.formats.records import TensorRecord
 from golfpack.formats.spec import TensorSpec
 from golfpack.model import ModelConfig
 from golfpack.packer.pack import artifact_meta
-from golfpack.search.cache import cache_key
-from golfpack.search.config import SearchConfig
 
 
 def exact_name_pattern(name: str) -> str:
@@ -171,8 +171,8 @@ class Problem:
 def load_problem(ckpt: str | Path, cfg: SearchConfig, model: Any = None) -> Problem:
     """`model`: the user's model code ('FILE.py[:NAME]' or a ModelAdapter); None is the baseline family."""
     from golfpack.adapters import load_adapter
+    from golfpack.budget.sensitivity import candidate_specs
     from golfpack.packer.pack import count_code_bytes, load_input
-    from golfpack.search.sensitivity import candidate_specs
 
     code_bytes, code_files = count_code_bytes(list(cfg.code))  # fail fast on a missing --code file
     src = Path(ckpt)

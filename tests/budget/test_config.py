@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from golfpack.budget import SearchConfig
 from golfpack.errors import UsageError
-from golfpack.search import SearchConfig
 
 
 def _refused(param: str, **kw) -> str:

@@ -17,10 +17,10 @@ from torch import Tensor
 
 from golfpack._progress import bar as progress_bar
 from golfpack._version import __version__
+from golfpack.budget.cache import Cache, cache_key
+from golfpack.budget.problem import Problem
 from golfpack.formats.records import TensorRecord, dtype_name, payload_bytes
 from golfpack.formats.spec import TensorSpec
-from golfpack.search.cache import Cache, cache_key
-from golfpack.search.problem import Problem
 
 # ------------------------------------------------------------------------------------------------
 # phase 2: floor

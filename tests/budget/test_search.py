@@ -11,13 +11,13 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from golfpack.budget import SearchConfig, write_policy
+from golfpack.budget.cache import Cache
+from golfpack.budget.costs import fit_cost_model
+from golfpack.budget.fit import Fitter
+from golfpack.budget.problem import exact_name_pattern, layout_policy
+from golfpack.budget.solver import InfeasibleBudget
 from golfpack.formats.spec import TensorSpec
-from golfpack.search import SearchConfig, write_policy
-from golfpack.search.cache import Cache
-from golfpack.search.costs import fit_cost_model
-from golfpack.search.fit import Fitter
-from golfpack.search.problem import exact_name_pattern, layout_policy
-from golfpack.search.solver import InfeasibleBudget
 
 
 def _nonadditive(costs):
@@ -117,8 +117,8 @@ def _fast(extra):
 
 
 def test_impossible_budget_fails_before_measurement(nolanvild_pt, sp1024_model, tmp_path, monkeypatch):
+    from golfpack.budget import sensitivity
     from golfpack.cli import main
-    from golfpack.search import sensitivity
 
     def boom(*a, **k):
         raise AssertionError("measured before checking the floor")
@@ -134,10 +134,10 @@ def test_impossible_budget_fails_before_measurement(nolanvild_pt, sp1024_model, 
 
 
 def test_search_end_to_end_fits_and_caches(small_ckpt, sp1024_model, tmp_path, monkeypatch):
+    from golfpack.budget import sensitivity
     from golfpack.cli import main
     from golfpack.formats.checkpoint import load_state_dict
     from golfpack.packer.policy import Policy
-    from golfpack.search import sensitivity
 
     code = tmp_path / "train_gpt.py"
     code.write_bytes(b"# code bytes count\n" * 200)
@@ -184,7 +184,7 @@ def test_search_end_to_end_fits_and_caches(small_ckpt, sp1024_model, tmp_path, m
 
 
 def test_frontier_table_and_plot(tmp_path):
-    from golfpack.search.report import frontier_budgets, frontier_table, plot_frontier
+    from golfpack.budget.report import frontier_budgets, frontier_table, plot_frontier
 
     assert frontier_budgets(100, 400, 3) == [100, 200, 400]
     assert frontier_budgets(100, 200, 1, extra=[150]) == [150, 200]
@@ -231,7 +231,7 @@ def test_headroom_is_filled_by_harmless_upgrades():
 
 
 def test_pick_prefers_more_bytes_within_measurement_noise():
-    from golfpack.search.select import Alternative, pick
+    from golfpack.budget.select import Alternative, pick
 
     a = Alternative("solver:lzma", "lzma", (0,), 84_727, 3.9e-8, joint=3.1e-8)
     b = Alternative("preset:int8", "lzma", (1,), 82_875, 4.9e-8, joint=2.4e-8)
@@ -247,8 +247,8 @@ def test_floor_is_reachable_and_gptq_layouts_replay(small_ckpt, sp1024_model, tm
     `golfpack pack --policy` rebuilds the search's bytes exactly."""
     import re
 
+    from golfpack.budget.problem import load_problem
     from golfpack.cli import main
-    from golfpack.search.problem import load_problem
 
     common = [str(small_ckpt), "--tokenizer", str(sp1024_model), "--no-verify", "--no-select", "--sensitivity", "direct", *_fast([])]
     r = CliRunner().invoke(main, ["search", *common, "--budget", "1000"])

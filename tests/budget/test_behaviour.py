@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from golfpack.budget import SearchConfig, run_search
+from golfpack.budget.fit import Fitter
 from golfpack.formats.shards import write_shard
 from golfpack.packer import calibration
 from golfpack.packer.policy import PRESETS
-from golfpack.search import SearchConfig, run_search
-from golfpack.search.fit import Fitter
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def _spy_batches(monkeypatch, module):
 
 
 def test_measurement_and_selection_read_disjoint_halves(result, shard, monkeypatch):
-    from golfpack.search import measure, select, sensitivity
+    from golfpack.budget import measure, select, sensitivity
 
     measure_half, held_out = calibration.calib_halves(shard)
     zeros = {n: {s.label(): 0.0 for s in c} for n, c in result.problem.candidates.items()}
@@ -64,7 +64,7 @@ def test_measurement_and_selection_read_disjoint_halves(result, shard, monkeypat
 
 
 def test_regularized_deltas_go_to_the_solver(result, shard, monkeypatch):
-    from golfpack.search import measure, sensitivity
+    from golfpack.budget import measure, sensitivity
 
     p = result.problem
     name = "blocks.0.mlp.fc.weight"
@@ -98,7 +98,7 @@ def test_an_overflowing_upgrade_batch_is_halved():
 
 
 def test_joint_selection_compares_solver_greedy_proxy_and_every_fitting_preset(result, shard):
-    from golfpack.search.select import alternatives
+    from golfpack.budget.select import alternatives
 
     cfg = _cfg(shard, budget=BUDGET)
     found = alternatives(result.problem, cfg, result.fits, result.tables, result.sens, cfg.budget, unique=False)
@@ -116,15 +116,15 @@ def test_joint_selection_compares_solver_greedy_proxy_and_every_fitting_preset(r
 
 
 def _preset_fits(p, name, budget):
-    from golfpack.search.select import preset_choice
+    from golfpack.budget.select import preset_choice
 
     ch = preset_choice(p, name)
     return ch is not None and len(p.encode(ch, "lzma")) <= budget
 
 
 def test_frontier_in_process(result):
+    from golfpack.budget.report import frontier, frontier_table
     from golfpack.formats.qgv3 import decode_qgv3
-    from golfpack.search.report import frontier, frontier_table
 
     scored = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from golfpack.search.sensitivity import candidate_specs, regularize
+from golfpack.budget.sensitivity import candidate_specs, regularize
 
 
 def test_matrices_get_sdclip_and_groups_at_every_width_with_and_without_gptq():

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from golfpack.search.config import SearchConfig
-from golfpack.search.costs import CostModel, cheapest_choice, fit_cost_model
-from golfpack.search.problem import Problem
-from golfpack.search.solver import InfeasibleBudget, Solution, solve
+from golfpack.budget.config import SearchConfig
+from golfpack.budget.costs import CostModel, cheapest_choice, fit_cost_model
+from golfpack.budget.problem import Problem
+from golfpack.budget.solver import InfeasibleBudget, Solution, solve
 
 
 @dataclass

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from golfpack._progress import bar as progress_bar
-from golfpack.search.config import SearchConfig
-from golfpack.search.fit import Fit, Fitter
-from golfpack.search.problem import Problem
-from golfpack.search.solver import InfeasibleBudget
+from golfpack.budget.config import SearchConfig
+from golfpack.budget.fit import Fit, Fitter
+from golfpack.budget.problem import Problem
+from golfpack.budget.solver import InfeasibleBudget
 
 
 @dataclass
@@ -67,8 +67,8 @@ def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: di
     Summed single-tensor deltas ignore interactions (quantizing many tensors at once usually hurts
     more than the sum), so these are compared on what actually matters: the joint effect. A layout found
     twice (same choice and codec) is kept once, under its first source (`unique=False`: every one found)."""
+    from golfpack.budget.sensitivity import regularize
     from golfpack.packer.policy import PRESETS
-    from golfpack.search.sensitivity import regularize
 
     deltas = sens["deltas"]
 
@@ -106,8 +106,8 @@ def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: di
 def joint_scorer(p: Problem, cfg: SearchConfig) -> Callable[[list[Alternative]], None]:
     """A function that fills `joint` for layouts: the objective with every tensor of the layout quantized,
     on held-out calibration. The batch and the raw model's predictions are set up once."""
+    from golfpack.budget import sensitivity as S
     from golfpack.packer.calibration import calib_halves, make_batch
-    from golfpack.search import sensitivity as S
 
     # the HELD-OUT half: every layout's parts were measured (and GPTQ fitted) on the other one
     batch = make_batch(calib_halves(cfg.calib, tokenizer=cfg.tokenizer)[1], cfg.select_batch, cfg.calib_seq, vocab_size=p.vocab_size)
