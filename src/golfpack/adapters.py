@@ -172,6 +172,8 @@ class ModelAdapter:
     sha256: str | None = None  # of that file's bytes, recorded in the artifact header
     factory: Any = None  # the NAME object (callable or nn.Module class)
     module: Any = field(default=None, repr=False)  # the imported file
+    config: dict[str, Any] | None = None  # the JSON config of `FILE.py[:NAME]@CONFIG.json`, handed to NAME
+    config_sha256: str | None = None  # of that JSON file's bytes, recorded in the artifact header
 
     @property
     def is_baseline(self) -> bool:
@@ -179,7 +181,12 @@ class ModelAdapter:
 
     def meta(self) -> dict[str, Any]:
         """Header meta naming the model code (empty for the baseline family: its artifacts stay byte-identical)."""
-        return {} if self.file is None else {"model_adapter": self.name, "model_sha256": self.sha256}
+        if self.file is None:
+            return {}
+        meta: dict[str, Any] = {"model_adapter": self.name, "model_sha256": self.sha256}
+        if self.config_sha256 is not None:
+            meta["model_config_sha256"] = self.config_sha256
+        return meta
 
     def build(self, state_dict: dict[str, Tensor], config: Any = None, device: str | torch.device = "cpu") -> nn.Module:
         """The model in fp32 on `device`, weights loaded strictly; a user's module is checked to give (B, T, V) logits."""
@@ -191,7 +198,7 @@ class ModelAdapter:
                                  "pass model='FILE.py[:NAME]' with your own model code (see docs/models.md)", param="model")
             cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
             return build_model(cfg, state_dict, device=device)
-        net = self._construct(state_dict, config if isinstance(config, dict) else None)
+        net = self._construct(state_dict, config if isinstance(config, dict) else self.config)
         load_weights(net, state_dict, self.name)
         lm = LanguageModel(net.float(), getattr(self.module, "logits", None), self.name,
                            getattr(self.module, "HESSIAN_INPUTS", None)).to(device)
@@ -234,16 +241,22 @@ class ModelAdapter:
 
 
 BASELINE = ModelAdapter(BASELINE_NAME)
-_LOADED: dict[tuple[str, str, str], ModelAdapter] = {}
+_LOADED: dict[tuple[str, str, str, str], ModelAdapter] = {}
 
 
 def load_adapter(spec: str | ModelAdapter | None) -> ModelAdapter:
-    """`None` -> the baseline family; "FILE.py[:NAME]" -> the user's code (imported once per file content)."""
+    """`None` -> the baseline family; "FILE.py[:NAME]" -> the user's code (imported once per file content);
+    "FILE.py[:NAME]@CONFIG.json" -> the same, with that JSON object passed to NAME as its `config`."""
     if spec is None:
         return BASELINE
     if isinstance(spec, ModelAdapter):
         return spec
     text = str(spec)
+    config, config_sha = None, None
+    head_c, at, cfg_s = text.rpartition("@")
+    if at and cfg_s.lower().endswith(".json") and not Path(text).is_file():  # FILE.py[:NAME]@CONFIG.json
+        text = head_c
+        config, config_sha = _read_model_config(Path(cfg_s))
     path_s, name = text, ""
     head, sep, tail = text.rpartition(":")
     if sep and tail.isidentifier() and not Path(text).is_file():  # FILE.py:NAME (a bare path may hold a colon)
@@ -254,9 +267,14 @@ def load_adapter(spec: str | ModelAdapter | None) -> ModelAdapter:
         raise UsageError(f"model file {path}: not found (pass model='FILE.py[:NAME]')", param="model")
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
-    key = (str(path.resolve()), sha, name)
+    key = (str(path.resolve()), sha, name, config_sha or "")
     if key in _LOADED:
         return _LOADED[key]
+    same_code = next((a for k, a in _LOADED.items() if k[:3] == key[:3]), None)
+    if same_code is not None:  # the same code with another config: import the file once, not per config
+        ad = ModelAdapter(same_code.name, path, sha, same_code.factory, same_code.module, config, config_sha)
+        _LOADED[key] = ad
+        return ad
     mod_name = f"golfpack_user_model_{sha[:16]}"
     ispec = importlib.util.spec_from_file_location(mod_name, path)
     if ispec is None or ispec.loader is None:
@@ -278,9 +296,34 @@ def load_adapter(spec: str | ModelAdapter | None) -> ModelAdapter:
                       and getattr(v, "__module__", None) == mod_name)
         raise UsageError(f"model file {path} defines no {name!r} (callables defined there: {', '.join(have) or 'none'}); "
                          f"name one as model='{path}:NAME', or define build_model(state_dict)", param="model")
-    ad = ModelAdapter(f"{path.name}:{name}", path, sha, factory, module)
+    ad = ModelAdapter(f"{path.name}:{name}", path, sha, factory, module, config, config_sha)
     _LOADED[key] = ad
     return ad
+
+
+MAX_MODEL_CONFIG_BYTES = 1 << 20  # a model config is a few hundred bytes; refuse anything absurd before parsing
+
+
+def _read_model_config(path: Path) -> tuple[dict[str, Any], str]:
+    """The JSON object of `@CONFIG.json` and its sha256; UsageError naming the file for anything else."""
+    import json
+
+    def refuse(c: str) -> float:
+        raise ValueError(f"non-finite number {c}")
+
+    if not path.is_file():
+        raise UsageError(f"model config {path}: not found (pass model='FILE.py[:NAME]@CONFIG.json')", param="model")
+    data = path.read_bytes()
+    if len(data) > MAX_MODEL_CONFIG_BYTES:
+        raise UsageError(f"model config {path}: {len(data):,} bytes, over the {MAX_MODEL_CONFIG_BYTES:,}-byte limit",
+                         param="model")
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=refuse)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise UsageError(f"model config {path}: not valid JSON ({e})", param="model") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"model config {path}: must hold a JSON object, got {type(obj).__name__}", param="model")
+    return obj, hashlib.sha256(data).hexdigest()
 
 
 __all__ = ["BASELINE", "BASELINE_NAME", "DEFAULT_NAME", "LanguageModel", "ModelAdapter", "extra_inputs", "load_adapter",

@@ -70,5 +70,6 @@ class ForeignLM(nn.Module):
 
 
 def build_model(state_dict: dict[str, Tensor], config: dict | None = None) -> nn.Module:
-    hp = Hyperparameters
-    return ForeignLM(int(state_dict["tok_emb.weight"].shape[0]), hp.dim, hp.heads, hp.hidden, hp.bigram_buckets, hp.loops)
+    hp, cfg = Hyperparameters, config or {}  # a JSON config (`foreign_lm.py@cfg.json`) may change the loop count
+    return ForeignLM(int(state_dict["tok_emb.weight"].shape[0]), hp.dim, hp.heads, hp.hidden, hp.bigram_buckets,
+                     int(cfg.get("loops", hp.loops)))

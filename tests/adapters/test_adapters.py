@@ -110,3 +110,32 @@ def test_self_calibration_samples_through_the_adapter_without_a_cache(foreign_ck
     g = torch.Generator().manual_seed(0)
     p = torch.softmax(lm.logits(torch.ones((1, 1), dtype=torch.long))[:, -1], -1)
     assert int(torch.multinomial(p, 1, generator=g)) == int(toks[1])
+
+
+def test_a_json_config_reaches_name_and_is_named_in_the_header(foreign_ckpt, tmp_path) -> None:
+    import json
+
+    import pytest
+
+    from golfpack.errors import UsageError
+
+    sd = torch.load(foreign_ckpt)
+    same, two = tmp_path / "loops3.json", tmp_path / "loops2.json"
+    same.write_text(json.dumps({"loops": 3}))
+    two.write_text(json.dumps({"loops": 2}))
+    plain = load_adapter(str(FOREIGN))
+    ad3, ad2 = load_adapter(f"{FOREIGN}@{same}"), load_adapter(f"{FOREIGN}:build_model@{two}")
+    assert ad3.config == {"loops": 3} and ad3.module is plain.module  # the code is imported once
+    assert ad3.meta()["model_config_sha256"] == __import__("hashlib").sha256(same.read_bytes()).hexdigest()
+    assert "model_config_sha256" not in plain.meta()
+    ids = torch.randint(0, 1024, (2, 16))
+    assert torch.equal(ad3.build(sd).logits(ids), plain.build(sd).logits(ids))  # loops=3 is the default
+    assert ad2.build(sd).net.loops == 2 and not torch.equal(ad2.build(sd).logits(ids), plain.build(sd).logits(ids))
+    for text, msg in (("[1, 2]", "must hold a JSON object"), ("{bad", "not valid JSON"), ('{"x": NaN}', "not valid JSON")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(UsageError, match=msg) as e:
+            load_adapter(f"{FOREIGN}@{bad}")
+        assert str(bad) in str(e.value) and e.value.param == "model"
+    with pytest.raises(UsageError, match="model config .*: not found"):
+        load_adapter(f"{FOREIGN}@{tmp_path / 'missing.json'}")

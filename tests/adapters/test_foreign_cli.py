@@ -92,3 +92,14 @@ def test_verify_says_when_the_model_code_changed(foreign_ckpt, tmp_path) -> None
     rep = json.loads(r.output)
     assert any("model code changed since packing" in p for p in rep["problems"])
     assert json.loads(run("verify", str(out), *M, "--json").output)["ok"]
+
+
+def test_eval_takes_the_model_config_through_the_cli(foreign_ckpt, sp1024_model, val_shard, tmp_path) -> None:
+    (tmp_path / "loops3.json").write_text('{"loops": 3}')  # the file's default
+    (tmp_path / "loops2.json").write_text('{"loops": 2}')
+    common = ["eval", str(foreign_ckpt), "--val", str(val_shard), "--tokenizer", str(sp1024_model), "--seq-len", "128",
+              "--max-tokens", "1025", "--json"]
+    default = json.loads(run(*common, *M).output)["val_bpb"]
+    loops3 = json.loads(run(*common, "--model", f"{FOREIGN}@{tmp_path / 'loops3.json'}").output)["val_bpb"]
+    loops2 = json.loads(run(*common, "--model", f"{FOREIGN}@{tmp_path / 'loops2.json'}").output)["val_bpb"]
+    assert loops3 == default and loops2 != default
