@@ -82,11 +82,13 @@ def row_stats(sd: dict[str, torch.Tensor]) -> dict[str, dict[str, np.ndarray | f
     return {k: {"stds": np.concatenate(stds[k]), "excess_kurtosis": float(np.median(np.concatenate(kurts[k])))} for k in stds}
 
 
-def synthetic_baseline(stats: dict[str, dict[str, np.ndarray | float]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """9x512 baseline-shaped state dict; each row: std drawn from the real rows of that kind, Student-t
-    values with the degrees of freedom that give the real median kurtosis (excess = 6 / (df - 4))."""
+def synthetic_baseline(stats: dict[str, dict[str, np.ndarray | float]], seed: int = 0, *, layers: int = 9,
+                       dim: int = 512, hidden: int = 1536, vocab: int = 1024) -> dict[str, torch.Tensor]:
+    """Baseline-shaped state dict (default 9x512, MLP 3x, vocab 1024; KV width dim/2); each row: std drawn from
+    the real rows of that kind, Student-t values with the degrees of freedom that give the real median
+    kurtosis (excess = 6 / (df - 4))."""
     rng = np.random.default_rng(seed)
-    L, d, hidden, vocab, kv = 9, 512, 1536, 1024, 256
+    L, d, kv = layers, dim, dim // 2
 
     def mat(kind: str, rows: int, cols: int) -> torch.Tensor:
         st = stats[kind]
@@ -97,7 +99,8 @@ def synthetic_baseline(stats: dict[str, dict[str, np.ndarray | float]], seed: in
         return torch.from_numpy((z * s[:, None]).astype(np.float32))
 
     sd: dict[str, torch.Tensor] = {"tok_emb.weight": mat("tok_emb", vocab, d).to(torch.bfloat16)}
-    sd["skip_weights"] = torch.ones(L // 2, d)
+    if L // 2:  # a single block has no U-Net skip
+        sd["skip_weights"] = torch.ones(L // 2, d)
     for i in range(L):
         p = f"blocks.{i}."
         sd[p + "attn.c_q.weight"] = mat("attn.c_q", d, d)

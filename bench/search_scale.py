@@ -42,41 +42,15 @@ PHASES = ("floor", "calibration", "costs", "sensitivity", "fit", "select")
 
 
 def make_checkpoint(size: str, path: Path) -> int:
-    import numpy as np
     import torch
 
     sys.path.insert(0, str(REPO / "bench"))
     from golfpack.formats.checkpoint import load_state_dict
-    from pack_bytes import row_stats
+    from pack_bytes import row_stats, synthetic_baseline
 
     stats = row_stats(load_state_dict(SHARED / "checkpoints/nolanvild_final_model.pt"))
     L, d, hidden, vocab = SIZES[size]
-    kv = d // 2
-    rng = np.random.default_rng(0)
-
-    def mat(kind: str, rows: int, cols: int) -> torch.Tensor:
-        st = stats[kind]
-        ek = max(float(st["excess_kurtosis"]), 0.05)
-        df = 4.0 + 6.0 / ek
-        z = rng.standard_t(df, size=(rows, cols)) / math.sqrt(df / (df - 2.0))
-        s = rng.choice(np.asarray(st["stds"]), size=rows, replace=True)
-        return torch.from_numpy((z * s[:, None]).astype(np.float32))
-
-    sd = {"tok_emb.weight": mat("tok_emb", vocab, d).to(torch.bfloat16)}
-    if L // 2:
-        sd["skip_weights"] = torch.ones(L // 2, d)
-    for i in range(L):
-        p = f"blocks.{i}."
-        sd[p + "attn.c_q.weight"] = mat("attn.c_q", d, d)
-        sd[p + "attn.c_k.weight"] = mat("attn.c_k", kv, d)
-        sd[p + "attn.c_v.weight"] = mat("attn.c_v", kv, d)
-        sd[p + "attn.proj.weight"] = mat("attn.proj", d, d)
-        sd[p + "attn.q_gain"] = torch.full((8,), 1.5)
-        sd[p + "mlp.fc.weight"] = mat("mlp.fc", hidden, d)
-        sd[p + "mlp.proj.weight"] = mat("mlp.proj", d, hidden)
-        sd[p + "attn_scale"] = torch.ones(d)
-        sd[p + "mlp_scale"] = torch.ones(d)
-        sd[p + "resid_mix"] = torch.stack((torch.ones(d), torch.zeros(d)))
+    sd = synthetic_baseline(stats, 0, layers=L, dim=d, hidden=hidden, vocab=vocab)
     torch.save(sd, path)
     return sum(int(t.numel()) for t in sd.values())
 
