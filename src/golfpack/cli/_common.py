@@ -93,6 +93,20 @@ def run_module(cmd: click.Command, argv: list[str] | None, prog_name: str) -> in
     return 0
 
 
+MODEL_HELP = "Your model code, for a model outside the baseline family (docs/models.md)."
+
+
+def model_option(help: str = MODEL_HELP) -> Callable[[Any], Any]:
+    """`--model FILE.py[:NAME][@CONFIG.json]`: the user's model code (golfpack.adapters), on every command that builds a model."""
+    return click.option("--model", "model", default=None, metavar="FILE.py[:NAME]", help=help)
+
+
+def code_option() -> Callable[[Any], Any]:
+    """`--code PATH` (repeatable): submission code files counted in the byte budget."""
+    return click.option("--code", "code", multiple=True, type=click.Path(dir_okay=False), metavar="PATH",
+                        help="Submission code file counted in the budget (repeatable).")
+
+
 def emit(report: dict[str, Any], as_json: bool, lines: list[str] | None = None) -> None:
     """Print a report: JSON (one object on stdout) for scripts, or human lines."""
     if as_json:

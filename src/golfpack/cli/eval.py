@@ -7,6 +7,7 @@ import sys
 import click
 
 from golfpack._progress import progress_option
+from golfpack.cli._common import model_option
 from golfpack.errors import UsageError
 from golfpack.model import ACTIVATIONS
 
@@ -26,8 +27,7 @@ from golfpack.model import ACTIVATIONS
 @click.option("--num-heads", type=int, default=None, help="Head count for raw checkpoints (default: from q_gain).")
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=None,
               help="MLP activation for raw checkpoints (shapes cannot tell; default relu2).")
-@click.option("--model", "model", default=None, metavar="FILE.py[:NAME]",
-              help="Your model code, for a model outside the baseline family (docs/models.md).")
+@model_option()
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from golfpack._progress import progress_option
-from golfpack.cli._common import emit
+from golfpack.cli._common import code_option, emit, model_option
 from golfpack.errors import UsageError
 from golfpack.model import ACTIVATIONS
 from golfpack.packer.pack import DEFAULT_BUDGET, DEFAULT_CODEC
@@ -54,14 +54,7 @@ def _budget_lines(rep: dict[str, Any]) -> list[str]:
 )
 @click.option("--dry-run", is_flag=True, help="Print the per-tensor plan and exact byte total; write nothing.")
 @click.option("--budget", type=int, default=DEFAULT_BUDGET, show_default=True, help="Byte cap for model + code bytes.")
-@click.option(
-    "--code",
-    "code",
-    multiple=True,
-    type=click.Path(dir_okay=False),
-    metavar="PATH",
-    help="Submission code file counted in the budget (repeatable).",
-)
+@code_option()
 @click.option("--num-heads", type=int, default=None, help="Override the inferred head count.")
 @click.option(
     "--activation", type=click.Choice(ACTIVATIONS), default=None, help="MLP activation (not inferable from shapes)."
@@ -76,8 +69,7 @@ def _budget_lines(rep: dict[str, Any]) -> list[str]:
 @click.option(
     "--tokenizer", default=None, type=click.Path(dir_okay=False), help="SentencePiece model (for --calib pydoc)."
 )
-@click.option("--model", "model", default=None, metavar="FILE.py[:NAME]",
-              help="Your model code, for a model outside the baseline family (docs/models.md).")
+@model_option()
 @progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def pack_cmd(
@@ -176,8 +168,7 @@ def _plan_table(rows: list[dict[str, Any]]) -> list[str]:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--num-heads", type=int, default=None)
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default=None)
-@click.option("--model", "model", default=None, metavar="FILE.py[:NAME]",
-              help="Your model code for --eval (imported in the fresh process; docs/models.md).")
+@model_option("Your model code for --eval (imported in the fresh process; docs/models.md).")
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(
     artifact: str,

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from golfpack._progress import progress_option
-from golfpack.cli._common import emit
+from golfpack.cli._common import code_option, emit, model_option
 from golfpack.errors import UsageError
 from golfpack.model import ACTIVATIONS
 from golfpack.packer.pack import DEFAULT_BUDGET
@@ -54,14 +54,7 @@ def make_scorer(
 @click.option(
     "--budget", type=int, default=DEFAULT_BUDGET, show_default=True, help="Byte cap for artifact + code bytes."
 )
-@click.option(
-    "--code",
-    "code",
-    multiple=True,
-    type=click.Path(dir_okay=False),
-    metavar="PATH",
-    help="Submission code file counted in the budget (repeatable).",
-)
+@code_option()
 @click.option(
     "--calib",
     default="self",
@@ -158,8 +151,7 @@ def make_scorer(
 @click.option(
     "--activation", type=click.Choice(ACTIVATIONS), default=None, help="MLP activation (not inferable from shapes)."
 )
-@click.option("--model", "model", default=None, metavar="FILE.py[:NAME]",
-              help="Your model code, for a model outside the baseline family (docs/models.md).")
+@model_option()
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @progress_option
