@@ -62,6 +62,10 @@ def frontier(
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[int, ...], dict[str, Any]] = {}
     done: set[tuple[int, ...]] = set()
+
+    def row(choice: tuple[int, ...], model_bytes: int, pred: float, mb: int, chosen: bool) -> dict[str, Any]:
+        return _row(p, choice, model_bytes, pred, mb, result, seen, scorer, base, bpb_per_nat, decode_qgv3, chosen)
+
     for mb in progress_bar(budgets, desc="frontier", unit="pt", enabled=progress):
         cfg.target_headroom = max(2048, mb // 50)  # a frontier point need not be fitted to the byte
         try:
@@ -71,38 +75,9 @@ def frontier(
         if f.choice == result.choice or f.choice in done:
             continue  # the same layout twice (a budget above what any better layout needs)
         done.add(f.choice)
-        rows.append(
-            _row(
-                p,
-                f.choice,
-                f.model_bytes,
-                f.predicted_loss,
-                mb,
-                result,
-                seen,
-                scorer,
-                base,
-                bpb_per_nat,
-                decode_qgv3,
-                chosen=False,
-            )
-        )
-    rows.append(
-        _row(
-            p,
-            result.choice,
-            result.model_bytes,
-            result.predicted_loss,
-            result.budget - result.code_bytes,
-            result,
-            seen,
-            scorer,
-            base,
-            bpb_per_nat,
-            decode_qgv3,
-            chosen=True,
-        )
-    )
+        rows.append(row(f.choice, f.model_bytes, f.predicted_loss, mb, chosen=False))
+    rows.append(row(result.choice, result.model_bytes, result.predicted_loss, result.budget - result.code_bytes,
+                    chosen=True))
     rows.sort(key=lambda r: r["model_bytes"])
     return rows
 
