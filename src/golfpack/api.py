@@ -73,27 +73,26 @@ def pack(
     `model_code`: 'FILE.py[:NAME]', your model code for a model outside the baseline family (docs/models.md):
     it runs the `+gptq` calibration forwards and is named in the header.
     """
-    from golfpack.packer.pack import count_code_bytes, gptq_hessians, pack_file, pack_state_dict
+    from golfpack.packer.pack import count_code_bytes, pack_file, pack_loaded
 
     pol = _policy(policy, overrides)
     tok = None if tokenizer is None else os.fspath(tokenizer)
     cap = DEFAULT_BUDGET if budget is None else int(budget)
     codes = [os.fspath(c) for c in code]
+    code_path = None if model_code is None else os.fspath(model_code)
     if isinstance(model, LoadedModel):
-        code_bytes, code_files = count_code_bytes(codes)
-        Policy.check_overrides_match(list(overrides), list(model.state_dict))
         from golfpack.adapters import load_adapter
 
-        ad = load_adapter(None if model_code is None else os.fspath(model_code))
-        hessians, pol = gptq_hessians(model.state_dict, model.config, pol, calib=calib, tokenizer=tok, model=ad)
-        art = pack_state_dict(model.state_dict, pol, codec=codec, config=model.config if ad.is_baseline else None,
-                              meta={"source_kind": model.kind, **ad.meta()}, hessians=hessians, progress=progress)
+        code_bytes, code_files = count_code_bytes(codes)
+        ad = load_adapter(code_path)
+        art = pack_loaded(model.state_dict, model.config, pol, meta={"source_kind": model.kind, **ad.meta()},
+                          codec=codec, overrides=overrides, calib=calib, tokenizer=tok, model=ad, progress=progress)
         art.budget, art.code_bytes, art.code_files = cap, code_bytes, code_files
     elif isinstance(model, (str, os.PathLike)):
         # dry_run: the same code path as `golfpack pack`, minus the write (the caller saves)
         art = pack_file(model, None, policy=pol, codec=codec, budget=cap, code=codes, dry_run=True,
                         require_config=False, overrides=overrides, calib=calib, tokenizer=tok, progress=progress,
-                        model=None if model_code is None else os.fspath(model_code))
+                        model=code_path)
     else:
         raise UsageError(f"model must be a path or a LoadedModel (from golfpack.load), got {type(model).__name__}",
                          param="model")

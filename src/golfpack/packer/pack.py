@@ -237,6 +237,42 @@ def load_input(
     return lm.state_dict, lm.config, lm.kind
 
 
+def pack_loaded(
+    sd: dict[str, Tensor],
+    config: ModelConfig | None,
+    policy: Policy,
+    *,
+    meta: dict[str, Any],
+    codec: str = DEFAULT_CODEC,
+    overrides: list[str] | tuple[str, ...] = (),
+    calib: str | None = None,
+    tokenizer: str | None = None,
+    model: Any = None,
+    require_config: bool = False,
+    source: str = "state dict",
+    progress: bool | None = False,
+) -> Artifact:
+    """Pack a loaded state dict in memory: the overrides must match, the model code (if any) must build it,
+    `+gptq` specs get their Hessians, then quantize and encode. `pack_file` and `golfpack.pack` both end here."""
+    from golfpack.adapters import load_adapter
+
+    adapter = load_adapter(model)
+    Policy.check_overrides_match(overrides, list(sd))
+    if not adapter.is_baseline:
+        config = None  # the user's code defines the architecture; the header names it (meta) instead
+        if not policy.uses_gptq:
+            adapter.build(sd)  # check the code builds this state dict now, not at eval time
+    elif config is None and require_config:
+        raise UsageError(
+            f"{source}: cannot infer a baseline-family model config from its keys/shapes; pass num_heads/activation "
+            "if that is the problem, model='FILE.py[:NAME]' with your own model code (docs/models.md), or "
+            "require_config=False to pack the tensors anyway",
+            param="require_config",
+        )
+    hessians, policy = gptq_hessians(sd, config, policy, calib=calib, tokenizer=tokenizer, model=adapter)
+    return pack_state_dict(sd, policy, codec=codec, config=config, meta=meta, hessians=hessians, progress=progress)
+
+
 def pack_file(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str] | None,
@@ -274,21 +310,9 @@ def pack_file(
 
     adapter = load_adapter(model)
     sd, config, kind = load_input(src, num_heads=num_heads, activation=activation)
-    Policy.check_overrides_match(overrides, list(sd))
-    if not adapter.is_baseline:
-        config = None  # the user's code defines the architecture; the header names it (meta) instead
-        if not policy.uses_gptq:
-            adapter.build(sd)  # check the code builds this state dict now, not at eval time
-    elif config is None and require_config:
-        raise UsageError(
-            f"{src}: cannot infer a baseline-family model config from its keys/shapes; pass num_heads/activation "
-            "if that is the problem, model='FILE.py[:NAME]' with your own model code (docs/models.md), or "
-            "require_config=False to pack the tensors anyway",
-            param="require_config",
-        )
-    meta = artifact_meta(src, kind, Path(src).read_bytes(), adapter)
-    hessians, policy = gptq_hessians(sd, config, policy, calib=calib, tokenizer=tokenizer, model=adapter)
-    res = pack_state_dict(sd, policy, codec=codec, config=config, meta=meta, hessians=hessians, progress=progress)
+    res = pack_loaded(sd, config, policy, meta=artifact_meta(src, kind, Path(src).read_bytes(), adapter), codec=codec,
+                      overrides=overrides, calib=calib, tokenizer=tokenizer, model=adapter,
+                      require_config=require_config, source=str(src), progress=progress)
     res.budget, res.code_bytes, res.code_files = budget, code_bytes, code_files
     if dry_run:
         return res
@@ -434,6 +458,7 @@ __all__ = [
     "PackResult",
     "count_code_bytes",
     "pack_file",
+    "pack_loaded",
     "pack_state_dict",
     "payload_bytes",
     "quantize_state_dict",
