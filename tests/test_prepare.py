@@ -144,9 +144,20 @@ def _old_and_new(sp1024_model, tmp_path):
     return a, b, old, new
 
 
-def test_a_crash_at_any_step_of_the_swap_leaves_the_old_or_the_new_set(sp1024_model, tmp_path, monkeypatch):
-    """Every os.replace/unlink of the swap can be the last thing a killed run did; the next run (or
-    recover_shard_set) must then find exactly one of the two sets, and readers refuse the folder meanwhile."""
+def _no_exchange(monkeypatch):
+    """Make the folder exchange fail as on a filesystem without RENAME_EXCHANGE: prepare takes the journal path."""
+    import errno
+
+    import golfpack.prepare as P
+
+    def refuse(a, b):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(P, "_exchange_dirs", refuse)
+
+
+def test_journal_fallback_crash_at_any_step_leaves_the_old_or_the_new_set(sp1024_model, tmp_path, monkeypatch):
+    """Journal path (no exchange): every os.replace/unlink of the swap can be the last thing a killed run did; the
+    next run (or recover_shard_set) must then find exactly one of the two sets, and readers refuse the folder meanwhile."""
     import os
 
     import golfpack.prepare as P
@@ -156,6 +167,7 @@ def test_a_crash_at_any_step_of_the_swap_leaves_the_old_or_the_new_set(sp1024_mo
     a, b, old, new = _old_and_new(sp1024_model, tmp_path)
     real_replace, real_unlink = os.replace, os.unlink
     step = 0
+    journal_seen = False
     while True:
         out = tmp_path / f"o{step}"
         prepare([a], sp1024_model, out, shard_tokens=150, per_line=True, prefix="p")
@@ -169,6 +181,7 @@ def test_a_crash_at_any_step_of_the_swap_leaves_the_old_or_the_new_set(sp1024_mo
                 return real(*args, **kw)
             return f
 
+        _no_exchange(monkeypatch)
         monkeypatch.setattr(P.os, "replace", crash(real_replace))
         monkeypatch.setattr(P.Path, "unlink", lambda self, missing_ok=False, _u=crash(real_unlink): _u(self))
         try:
@@ -178,30 +191,161 @@ def test_a_crash_at_any_step_of_the_swap_leaves_the_old_or_the_new_set(sp1024_mo
             finished = False
         monkeypatch.undo()
         if not finished and (out / ".p.swap.json").exists():
+            journal_seen = True
             with pytest.raises(DataError, match="interrupted"):
                 load_tokens(str(out / "p_*.bin"))
         recover_shard_set(out, "p")
         got = _set_of(out)
         assert got in (old, new), (step, sorted(got))
-        assert not list(out.glob(".p.*"))  # no journal, no temp folder left
+        assert not list(out.glob(".p.*")) and not list(tmp_path.glob(f".{out.name}.golfpack-new-*"))
         if finished:
             break
         step += 1
-    assert step > len(new)  # every move and every removal was a crash point
+    assert step > len(new) and journal_seen  # every move and every removal was a crash point
 
 
-KILL_CHILD = r"""
-import sys
+def _others(folder):
+    """Files of another prefix and of the user in the shard folder: the swap must carry them over untouched."""
+    (folder / "q_000000.bin").write_bytes(b"another prefix's shard")
+    (folder / "notes.txt").write_text("mine")
+    return {"q_000000.bin": b"another prefix's shard", "notes.txt": b"mine"}
+
+
+def _listing(folder, prefix="p"):
+    """(the prefix's set, every other entry's bytes): what a kill may leave, read WITHOUT any recovery step."""
+    files = {f.name: f.read_bytes() for f in folder.iterdir()}
+    shards = {n: v for n, v in files.items() if n.startswith(f"{prefix}_")}
+    return shards, {n: v for n, v in files.items() if n not in shards}
+
+
+def test_exchange_crash_at_any_step_leaves_the_old_or_the_new_set_without_recovery(sp1024_model, tmp_path, monkeypatch):
+    """Exchange path: a crash at each hard link, at the exchange and at the removal of the old folder leaves
+    out_dir holding exactly one of the two sets (no recovery run), the other files untouched; the next
+    run removes the temp folder left beside out_dir."""
+    import shutil
+
+    import golfpack.prepare as P
+
+    a, b, old, new = _old_and_new(sp1024_model, tmp_path)
+    real = {"link": P.os.link, "_exchange_dirs": P._exchange_dirs, "rmtree": shutil.rmtree}
+    seen, step, finished = set(), 0, False
+    while not finished:
+        out = tmp_path / f"x{step}"
+        prepare([a], sp1024_model, out, shard_tokens=150, per_line=True, prefix="p")
+        others = _others(out)
+        calls = {"n": 0}
+
+        def crash(fn, calls=calls, step=step):
+            def f(*args, **kw):
+                calls["n"] += 1
+                if calls["n"] == step + 1:
+                    raise KeyboardInterrupt("killed")
+                return fn(*args, **kw)
+            return f
+
+        monkeypatch.setattr(P.os, "link", crash(real["link"]))
+        monkeypatch.setattr(P, "_exchange_dirs", crash(real["_exchange_dirs"]))
+        monkeypatch.setattr(P.shutil, "rmtree", crash(real["rmtree"]))
+        try:
+            prepare([b], sp1024_model, out, shard_tokens=250, per_line=True, prefix="p", overwrite=True)
+            finished = True
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.undo()
+        shards, rest = _listing(out)
+        assert shards in (old, new) and rest == others, (step, sorted(shards))
+        assert not (out / ".p.swap.json").exists()  # the exchange path never writes a journal
+        seen.add("old" if shards == old else "new")
+        step += 1
+        prepare([b], sp1024_model, out, shard_tokens=250, per_line=True, prefix="p", overwrite=True)  # the next run
+        assert _listing(out) == (new, others) and not list(tmp_path.glob(f".{out.name}.golfpack-new-*"))
+    assert step >= 5 and seen == {"old", "new"}  # 2 links, the exchange, 2 removals: crashes before and after it
+
+
+def test_symlinked_out_dir_keeps_its_link_and_mode(sp1024_model, tmp_path):
+    import os
+    import stat
+
+    a, b, old, new = _old_and_new(sp1024_model, tmp_path)
+    target = tmp_path / "real"
+    prepare([a], sp1024_model, target, shard_tokens=150, per_line=True, prefix="p")
+    os.chmod(target, 0o750)
+    link = tmp_path / "link"
+    link.symlink_to("real")  # relative link
+    prepare([b], sp1024_model, link, shard_tokens=250, per_line=True, prefix="p", overwrite=True)
+    assert link.is_symlink() and os.readlink(link) == "real"
+    assert _set_of(target) == new and stat.S_IMODE(target.stat().st_mode) == 0o750
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing left beside
+
+
+def test_a_second_prepare_into_a_busy_folder_is_refused(sp1024_model, tmp_path):
+    import golfpack.prepare as P
+    from golfpack.errors import DataError
+
+    a, b, old, new = _old_and_new(sp1024_model, tmp_path)
+    out = tmp_path / "o"
+    prepare([a], sp1024_model, out, shard_tokens=150, per_line=True, prefix="p")
+    fd = P._lock(out)  # what a running prepare holds
+    try:
+        with pytest.raises(DataError, match="another `golfpack prepare` is writing"):
+            prepare([b], sp1024_model, out, shard_tokens=250, per_line=True, prefix="q")
+    finally:
+        P._unlock(fd)
+    assert _set_of(out) == old and not list(out.glob("q_*"))
+
+
+def test_a_subfolder_in_out_dir_takes_the_journal_path(sp1024_model, tmp_path, monkeypatch):
+    """Folders cannot be hard-linked into the new folder: the set is swapped by journal and the folder stays."""
+    import golfpack.prepare as P
+
+    a, b, old, new = _old_and_new(sp1024_model, tmp_path)
+    out = tmp_path / "o"
+    prepare([a], sp1024_model, out, shard_tokens=150, per_line=True, prefix="p")
+    (out / "sub").mkdir()
+    (out / "sub" / "f").write_text("kept")
+    exchanged = []
+    monkeypatch.setattr(P, "_exchange_dirs", lambda x, y: exchanged.append(1))
+    prepare([b], sp1024_model, out, shard_tokens=250, per_line=True, prefix="p", overwrite=True)
+    assert exchanged == [] and _set_of(out) == new and (out / "sub" / "f").read_text() == "kept"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("p_")) == ["sub"]
+
+
+# A fork server: imports once, then forks one process per run, so each SIGKILL hits a real process in the middle
+# of prepare and a trial costs the prepare alone. It reaps a run only when told, so the pid we kill cannot have been
+# reused. golfpack.tokenizer is replaced by its sentencepiece loader alone: the module imports torch (3 s here),
+# and what is under test is the swap, not the tokenizer.
+FORK_SERVER = r"""
+import os, sys, types
+import sentencepiece as spm
+sys.modules["golfpack.tokenizer"] = types.SimpleNamespace(load_sentencepiece=lambda p: spm.SentencePieceProcessor(model_file=str(p)))
 from golfpack.prepare import prepare
-prepare([sys.argv[1]], sys.argv[2], sys.argv[3], shard_tokens=40, per_line=True, prefix="p", overwrite=True)
+print("ready", flush=True)
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            prepare([sys.argv[1]], sys.argv[2], line.strip(), shard_tokens=40, per_line=True, prefix="p", overwrite=True)
+            code = 0
+        finally:
+            os._exit(code)
+    print(pid, flush=True)
+    sys.stdin.readline()
+    print(os.waitpid(pid, 0)[1], flush=True)
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("trials,lines", [(24, 3000)])
-def test_kill_9_during_prepare_overwrite_leaves_old_or_new_set(sp1024_model, tmp_path, trials, lines):
+@pytest.mark.parametrize("trials,old_lines,lines", [
+    (5, 30, 40),  # ~6 old and ~10 new shards (each write is fsynced: the shard count sets the time)
+    pytest.param(40, 100, 300, marks=pytest.mark.slow),
+])
+def test_kill_9_during_prepare_overwrite_leaves_old_or_new_set(sp1024_model, tmp_path, trials, old_lines, lines):
+    """SIGKILL at random moments of `prepare --overwrite`; WITHOUT any recovery step the folder holds exactly the
+    old or exactly the new set (bytes compared) and the other files untouched; the next run then removes the
+    temp folder a kill may leave beside it."""
     import os
     import random
+    import shutil
     import signal
     import subprocess
     import sys
@@ -211,32 +355,48 @@ def test_kill_9_during_prepare_overwrite_leaves_old_or_new_set(sp1024_model, tmp
 
     a = tmp_path / "a.txt"
     b = tmp_path / "b.txt"
-    a.write_text("\n".join(f"old line {i}" for i in range(300)))
+    a.write_text("\n".join(f"old line {i}" for i in range(old_lines)))
     b.write_text("\n".join(f"a new and longer line {i}" for i in range(lines)))
     prepare([a], sp1024_model, tmp_path / "ref_old", shard_tokens=30, per_line=True, prefix="p")
     prepare([b], sp1024_model, tmp_path / "ref_new", shard_tokens=40, per_line=True, prefix="p")
     old, new = _set_of(tmp_path / "ref_old"), _set_of(tmp_path / "ref_new")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    # time a full run, then kill at random points of it (the swap is the last part)
-    out = tmp_path / "timing"
-    prepare([a], sp1024_model, out, shard_tokens=30, per_line=True, prefix="p")
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", KILL_CHILD, str(b), str(sp1024_model), str(out)], env=env, check=True)
-    full = time.perf_counter() - t
-    rng = random.Random(5)
-    outcomes = []
-    for i in range(trials):
-        out = tmp_path / f"k{i}"
-        prepare([a], sp1024_model, out, shard_tokens=30, per_line=True, prefix="p")
-        proc = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(b), str(sp1024_model), str(out)], env=env)
-        time.sleep(rng.uniform(0.5, 1.0) * full)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        recover_shard_set(out, "p")  # what the next prepare run does first
-        got = _set_of(out)
-        assert got in (old, new), (i, sorted(got))
-        assert not list(out.glob(".p.*"))
-        outcomes.append("old" if got == old else "new")
+    server = subprocess.Popen([sys.executable, "-c", FORK_SERVER, str(b), str(sp1024_model)], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert server.stdin and server.stdout
+
+    def run(out, kill_after=None):
+        server.stdin.write(f"{out}\n")
+        server.stdin.flush()
+        t, pid = time.perf_counter(), int(server.stdout.readline())
+        if kill_after is not None:
+            time.sleep(kill_after)
+            os.kill(pid, signal.SIGKILL)  # still ours: the server has not reaped it
+        server.stdin.write("reap\n")
+        server.stdin.flush()
+        return int(server.stdout.readline()), time.perf_counter() - t
+
+    try:
+        assert server.stdout.readline() == "ready\n"
+        shutil.copytree(tmp_path / "ref_old", tmp_path / "timing")
+        status, full = run(tmp_path / "timing")  # time a full run, then kill at random points of it
+        assert status == 0 and _set_of(tmp_path / "timing") == new
+        rng = random.Random(5)
+        outcomes = []
+        for i in range(trials):
+            out = tmp_path / f"k{i}"
+            shutil.copytree(tmp_path / "ref_old", out)
+            others = _others(out)
+            run(out, kill_after=rng.uniform(0.0, 1.1) * full)
+            shards, rest = _listing(out)  # no recovery first
+            assert shards in (old, new) and rest == others, (i, sorted(shards))
+            assert not list(out.glob(".p.*"))
+            outcomes.append("old" if shards == old else "new")
+            recover_shard_set(out, "p")  # what the next prepare run does first
+            assert not list(tmp_path.glob(f".k{i}.golfpack-new-*")) and _listing(out) == (shards, others)
+    finally:
+        server.stdin.close()
+        server.wait(timeout=30)
     assert outcomes  # (which of the two each kill left depends on timing; both are correct)
 
 

@@ -8,22 +8,36 @@ Inputs: `.jsonl`/`.ndjson` files hold one JSON object per line with the text in 
 lines (one document per blank-line-separated paragraph, its lines joined with newlines); with
 `per_line=True` every non-empty line is a document instead.
 
-Nothing is half-written: shards go to a hidden temp folder in the output folder
-(`.{prefix}.partial-*`). Once every input is encoded, a journal `.{prefix}.swap.json` is written
-atomically, naming that folder, the new shard names and the old ones to drop; then the shards are
-moved into place and the journal removed. The journal is the commit point: a run killed before it
-leaves the old set untouched (its temp folder is removed by the next run), a run killed after it is
-rolled forward by the next `prepare` (or `recover_shard_set`), so the folder ends with exactly the
-old set or exactly the new one. Shard readers refuse a folder with a journal in it (formats/shards.py).
+A shard set is replaced as one unit, with no recovery step. The new set is built in a hidden folder
+beside `out_dir` (same parent, so the same filesystem: `.{name}.golfpack-new-XXXXXXXX`), every other
+entry of `out_dir` (not an old `{prefix}_NNNNNN.bin`, not our own temp) is hard-linked into it, and
+the two folders are exchanged in one `renameat2(RENAME_EXCHANGE)` (Linux; `renamex_np(RENAME_SWAP)`
+on macOS); the old folder, now at the temp name, is then removed. After a kill at any moment
+`out_dir` holds exactly the old set or exactly the new one; the temp folder it may leave beside it
+is removed by the next run. A symlinked `out_dir` keeps its link: its target is exchanged. The new
+folder gets `out_dir`'s mode bits (not its owner, ACLs or extended attributes). One prepare at a time
+per folder: the run holds an flock on `out_dir` (and on the new folder it exchanges in), and a second
+run into the same folder is refused.
+
+Fallback (no exchange: another OS, a filesystem that answers EINVAL/ENOSYS, `out_dir` on its own
+mount, a parent we cannot write, or an `out_dir` holding subfolders, which cannot be hard-linked):
+the journal path. Shards go to `.{prefix}.partial-*` inside `out_dir`, a journal `.{prefix}.swap.json`
+is written atomically (the commit point), then the shards are moved and the journal removed. A run
+killed after the journal leaves a mixed folder until the next `prepare` (or `recover_shard_set`)
+rolls it forward; shard readers refuse a folder with a journal in it (formats/shards.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import re
 import shutil
+import stat
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -141,17 +155,90 @@ def _finish_swap(out: Path, prefix: str) -> bool:
     return True
 
 
+NEW_TAG = ".golfpack-new-"  # `.{out_dir name}{NEW_TAG}XXXXXXXX`: the new folder built beside out_dir
+_AT_FDCWD, _RENAME_EXCHANGE, _RENAME_SWAP = -100, 2, 2
+
+
+def _exchange_dirs(a: Path, b: Path) -> None:
+    """Swap two folders of one filesystem in one atomic step. OSError (ENOSYS, EINVAL, ...) where the OS or the
+    filesystem cannot: the caller then falls back to the journal."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        fn = libc.renameat2
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        fn = libc.renamex_np
+        fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+        rc = fn(os.fsencode(a), os.fsencode(b), _RENAME_SWAP)
+    else:
+        raise OSError(errno.ENOSYS, f"no atomic folder exchange on {sys.platform}")
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _lock(folder: Path) -> int | None:
+    """Take an exclusive flock on `folder` (the folder now at that path); DataError if another run holds it.
+    None where flock is not available (Windows, some network filesystems): concurrent runs are then the user's problem."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    for _ in range(10):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataError(f"{folder}: another `golfpack prepare` is writing into this folder; wait for it to finish") from None
+        except OSError:
+            os.close(fd)
+            return None
+        st, now = os.fstat(fd), os.stat(folder)
+        if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+            return fd
+        os.close(fd)  # a run that just finished exchanged the folder under us: lock the one now at the path
+    raise DataError(f"{folder}: the folder keeps being replaced while we try to lock it; is another prepare looping?")
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops its flock
+
+
+def _stale_new_dirs(real: Path) -> list[Path]:
+    """Our folders beside `real` left by a killed run: a new set never exchanged in, or an old one not yet removed."""
+    pat = re.compile(re.escape("." + real.name + NEW_TAG) + r"[a-z0-9_]{8}")
+    try:
+        return [Path(e.path) for e in os.scandir(real.parent) if pat.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _recover(real: Path, prefix: str) -> bool:
+    done = _finish_swap(real, prefix)
+    for stale in real.glob(f".{prefix}.partial-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    for stale in _stale_new_dirs(real):
+        shutil.rmtree(stale, ignore_errors=True)
+    return done
+
+
 def recover_shard_set(out_dir: str | os.PathLike[str], prefix: str = "tokens") -> bool:
-    """Finish or undo what a killed `prepare` left in `out_dir` for `prefix`: a committed swap is rolled
-    forward (True), then stale `.{prefix}.partial-*` temp folders are removed. prepare calls it first."""
+    """Clean up what a killed `prepare` left for `out_dir` and `prefix`: a committed journal swap (fallback path) is
+    rolled forward (True), stale `.{prefix}.partial-*` folders inside and `.{name}.golfpack-new-*` folders beside
+    `out_dir` are removed. prepare does this first; a folder replaced by exchange never needs it to be correct."""
     out = Path(out_dir)
     if not out.is_dir():
         return False
-    done = _finish_swap(out, prefix)
-    for stale in out.glob(f".{prefix}.partial-*"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-    return done
+    real = Path(os.path.realpath(out))
+    fd = _lock(real)
+    try:
+        return _recover(real, prefix)
+    finally:
+        _unlock(fd)
 
 
 def prepare(
@@ -214,16 +301,78 @@ def _missing_dirs(out: Path) -> list[Path]:
     return missing
 
 
+def _is_ours(name: str, prefix: str) -> bool:
+    """An entry of out_dir the new folder must not inherit: an old shard of `prefix`, or our own temp/journal."""
+    return (re.fullmatch(re.escape(prefix) + r"_\d{6}\.bin", name) is not None or name.startswith(f".{prefix}.partial-")
+            or name == _journal(Path(), prefix).name)
+
+
+def _has_subfolder(real: Path, prefix: str) -> bool:
+    return any(e.is_dir(follow_symlinks=False) and not _is_ours(e.name, prefix) for e in os.scandir(real))
+
+
+def _new_dir_beside(real: Path, prefix: str) -> Path | None:
+    """The folder the new set is built in, beside `real`; None where the exchange cannot work (journal path)."""
+    try:
+        if os.stat(real.parent).st_dev != os.stat(real).st_dev or _has_subfolder(real, prefix):
+            return None  # out_dir is a mount point (rename would be EXDEV), or holds folders we cannot hard-link
+        return Path(tempfile.mkdtemp(prefix=f".{real.name}{NEW_TAG}", dir=real.parent))
+    except OSError:
+        return None  # e.g. the parent is not writable
+
+
+def _swap_in(real: Path, new: Path, prefix: str) -> bool:
+    """Give `new` (holding the new shards) every other entry of `real` as a hard link, then exchange the two folders.
+    False (nothing exchanged) where that cannot be done: the caller takes the journal path."""
+    lock = None
+    try:
+        for e in os.scandir(real):
+            if _is_ours(e.name, prefix):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                return False  # a folder appeared during the run
+            os.link(e.path, new / e.name, follow_symlinks=False)
+        os.chmod(new, stat.S_IMODE(os.stat(real).st_mode))
+        _fsync_dir(new)
+        lock = _lock(new)  # so the folder at out_dir stays locked after the exchange, until we are done
+        _exchange_dirs(new, real)
+    except (OSError, DataError):
+        _unlock(lock)
+        return False
+    try:
+        _fsync_dir(real.parent)
+        # `new` now names the old folder: bring over entries that appeared after the links were made, then drop it
+        for e in os.scandir(new):
+            if not _is_ours(e.name, prefix) and not os.path.lexists(real / e.name):
+                with contextlib.suppress(OSError):
+                    os.rename(e.path, real / e.name)
+        shutil.rmtree(new, ignore_errors=True)
+    finally:
+        _unlock(lock)
+    return True
+
+
 def _encode_into(out: Path, paths: list[Path], sp, bos: int, *, shard_tokens: int, prefix: str, fmt: str,
                  per_line: bool, text_field: str, overwrite: bool, progress: bool | None) -> PrepareReport:
-    recover_shard_set(out, prefix)
-    old = sorted(out.glob(f"{prefix}_[0-9][0-9][0-9][0-9][0-9][0-9].bin"))
+    real = Path(os.path.realpath(out))  # a symlinked out_dir: exchange its target, keep the link
+    fd = _lock(real)
+    try:
+        return _encode_locked(out, real, paths, sp, bos, shard_tokens=shard_tokens, prefix=prefix, fmt=fmt,
+                              per_line=per_line, text_field=text_field, overwrite=overwrite, progress=progress)
+    finally:
+        _unlock(fd)
+
+
+def _encode_locked(out: Path, real: Path, paths: list[Path], sp, bos: int, *, shard_tokens: int, prefix: str, fmt: str,
+                   per_line: bool, text_field: str, overwrite: bool, progress: bool | None) -> PrepareReport:
+    _recover(real, prefix)
+    old = sorted(real.glob(f"{prefix}_[0-9][0-9][0-9][0-9][0-9][0-9].bin"))
     if old and not overwrite:
         raise UsageError(f"{out} already has {len(old)} '{prefix}_*.bin' shard(s); pass overwrite=True or another prefix/out_dir", param="overwrite")
 
     t0 = time.perf_counter()
     report = PrepareReport(documents=0, tokens=0)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}.partial-", dir=out))
+    tmp = _new_dir_beside(real, prefix) or Path(tempfile.mkdtemp(prefix=f".{prefix}.partial-", dir=real))
     written: list[tuple[Path, int]] = []
     buf: list[np.ndarray] = []
     buffered = 0
@@ -273,15 +422,21 @@ def _encode_into(out: Path, paths: list[Path], sp, bos: int, *, shard_tokens: in
         flush(final=True)
         if not written:
             raise DataError("the inputs contain no documents; nothing to write")
-        # Everything encoded: commit (the journal), then swap the set in and drop stale shards of an earlier run.
         names = [_shard_name(prefix, i) for i in range(len(written))]
-        drop = [p.name for p in old if p.name not in set(names)]
-        write_bytes_atomic(_journal(out, prefix), json.dumps({"from": tmp.name, "names": names, "drop": drop}).encode())
-        _finish_swap(out, prefix)
+        if tmp.parent == real.parent and not _swap_in(real, tmp, prefix):
+            # no exchange after all: move the new set inside out_dir (same filesystem) and take the journal path
+            inside = Path(tempfile.mkdtemp(prefix=f".{prefix}.partial-", dir=real))
+            os.replace(tmp, inside)
+            tmp = inside
+        if tmp.parent == real:
+            # Journal path: commit (the journal), then move the set in and drop stale shards of an earlier run.
+            drop = [p.name for p in old if p.name not in set(names)]
+            write_bytes_atomic(_journal(real, prefix), json.dumps({"from": tmp.name, "names": names, "drop": drop}).encode())
+            _finish_swap(real, prefix)
         report.shards = [{"path": str(out / name), "tokens": n} for name, (_src, n) in zip(names, written)]
     finally:
         bar.close()
-        if not _journal(out, prefix).exists():  # committed but interrupted: the next run rolls it forward from tmp
+        if not _journal(real, prefix).exists():  # committed but interrupted: the next run rolls it forward from tmp
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp)
     report.input_bytes = total
@@ -289,4 +444,4 @@ def _encode_into(out: Path, paths: list[Path], sp, bos: int, *, shard_tokens: in
     return report
 
 
-__all__ = ["DEFAULT_SHARD_TOKENS", "PrepareReport", "iter_documents", "prepare", "recover_shard_set"]
+__all__ = ["DEFAULT_SHARD_TOKENS", "NEW_TAG", "PrepareReport", "iter_documents", "prepare", "recover_shard_set"]
