@@ -22,6 +22,7 @@ import torch
 from golfpack.errors import FormatError, GolfpackError, UsageError
 from golfpack.formats import qgv3_constants as K
 from golfpack.formats.codecs import codec_id, decompress
+from golfpack.formats.policy_schema import check_policy
 from golfpack.formats.qgv3_constants import DEFAULT_LIMITS, PREAMBLE, Codec, Layout, Limits, StreamKind
 from golfpack.formats.qgv3_streams import STORAGE_DTYPES, stream_key, stream_raw_size, tensor_digest, unlayout
 from golfpack.formats.records import TORCH_DTYPES, TensorRecord
@@ -444,6 +445,8 @@ def validate_header(h: dict, start: int, data_len: int, limits: Limits = DEFAULT
         if h[k] is not None and not isinstance(h[k], dict):
             raise _fail(f"header {k} must be an object or null")
         _check_tree(h[k], f"header {k}", 0)
+    if h["policy"] is not None:  # its shape too (known keys, types, ranges, spec labels): formats/policy_schema.py
+        check_policy(h["policy"], _fail, "header policy")
     for k in ("tensors", "streams", "blocks"):
         if not isinstance(h[k], list):
             raise _fail(f"header {k} must be a list")

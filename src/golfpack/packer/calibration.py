@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from golfpack.errors import DataError, FormatError, UsageError
+from golfpack.formats.policy_schema import CALIBRATION_KEYS
 
 CALIB_MAX_TOKENS = 1 << 20  # calibration reads at most this many tokens (a glob may match GBs of train shards)
 DEFAULT_GPTQ_BATCH = 32  # calibration sequences for the Hessians
@@ -161,7 +162,7 @@ class GptqCalibration:
     def from_dict(cls, d: Any, where: str = "policy calibration") -> GptqCalibration:
         if not isinstance(d, dict) or not isinstance(d.get("source"), str):
             raise FormatError(f"{where}: expected {{source, batch, seq, digest}}, got {d!r}")
-        unknown = set(d) - {"source", "batch", "seq", "digest"}
+        unknown = set(d) - CALIBRATION_KEYS
         if unknown:
             raise FormatError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         try:

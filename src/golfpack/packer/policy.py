@@ -28,6 +28,7 @@ from typing import Any
 from torch import Tensor
 
 from golfpack.errors import UsageError
+from golfpack.formats.policy_schema import POLICY_KEYS, RULE_KEYS
 from golfpack.formats.spec import TensorSpec
 from golfpack.model import CONTROL_TENSOR_NAME_PATTERNS
 
@@ -37,7 +38,7 @@ BASELINE_KEEP_FLOAT_MAX_NUMEL = 65_536
 # the integer levels save (a 2x128 matrix would pay 4 bytes of scales for 256 int6 levels).
 TINY_MATRIX_MAX_NUMEL = 256
 
-_RULE_KEYS = {"match", "control", "ndim", "min_numel", "max_numel", "dtype", "spec"}
+_RULE_KEYS = RULE_KEYS  # one definition with the reader's check of a stored policy (formats/policy_schema.py)
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ class Policy:
     def from_dict(cls, d: dict[str, Any], name: str | None = None) -> Policy:
         if not isinstance(d, dict):
             raise UsageError(f"policy must be a table/object, got {type(d).__name__}")
-        unknown = sorted(set(d) - {"name", "rules", "default", "base", "calibration"})
+        unknown = sorted(set(d) - POLICY_KEYS)
         if unknown:
             raise UsageError(f"policy: unknown key(s) {', '.join(unknown)} (allowed: name, base, rules, default, calibration)")
         calibration = None
