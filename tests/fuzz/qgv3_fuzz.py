@@ -6,16 +6,27 @@ hostile, a key dropped or added, list entries duplicated or swapped, a number sp
 flipped, cut or grown - and then RECOMPUTES every checksum and size field, so the mutation reaches the
 parser instead of stopping at a crc.
 
-Every case is judged by three readers:
-    lib  golfpack.formats.qgv3.decode_qgv3 (+ check_digests)
-    dec  the exported standalone decoder (load(check=False), then load(check=True))
-    cli  `golfpack inspect --json` in-process (load_any: also checks the stored config against the shapes)
-and must get the same verdict from lib and dec ("ok" / "refused" / "digest"); cli must agree with
-load_any. Only GolfpackError (lib, cli) and ValueError (dec) count as a refusal; anything else is a crash.
+Every case is judged by the three readers the issue names, plus the loader behind the CLI:
+    lib       golfpack.formats.qgv3.decode_qgv3 (+ check_digests): "ok" / "digest" / "refused"
+    dec       the exported standalone decoder (load(check=False), then load(check=True)): same verdicts
+    cli       `golfpack inspect` in-process (click's runner): "ok" / "refused"
+    load_any  what every command loads with (lib + the stored config checked against the shapes)
+Only GolfpackError (lib, cli, load_any) and ValueError (dec) count as a refusal; anything else is a crash.
+They must agree, and the two places where they may differ by design are checked, not waved through,
+and counted in "justified":
+    policy  lib refuses, dec accepts: the stored policy's shape is checked by the library only (the decoder
+            ignores policy content). Justified only if the same file with `policy: null` gets dec's verdict.
+    config  lib accepts, load_any and cli refuse: the stored config is checked (ModelConfig, shapes) only by
+            load_any. Justified only if the same file with `config: null` is accepted by load_any.
+    digest  lib/dec "digest" = cli "ok": inspect reads structure and does not recompute digests (`verify`
+            does, in a fresh process per file: too slow per case).
+A few cases per run also go through a real `golfpack` process (`golfpack.cli.main` on a real stdout,
+as the console script runs it, with PYTHONIOENCODING=ascii: the strictest console), whose verdict must
+equal the in-process one ("subprocess" in the report): stdout encoding bugs only show there.
 
 Run as a script (the tests do, in a child with resource limits):
-    python tests/fuzz/qgv3_fuzz.py SEED CASES MEM_MIB SECONDS_PER_CASE
-prints one JSON line: {"cases", "verdicts", "failures", "max_case_s", "seconds", "maxrss_mib"}.
+    python tests/fuzz/qgv3_fuzz.py SEED CASES MEM_MIB SECONDS_PER_CASE [SUBPROCESS_SAMPLES]
+prints one JSON line: {"cases", "verdicts", "justified", "subprocess", "failures", "max_case_s", "seconds", "maxrss_mib"}.
 """
 
 from __future__ import annotations
@@ -23,10 +34,12 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import random
 import resource
 import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -256,18 +269,117 @@ def verdicts(data: bytes, path: Path, dec, runner, cli) -> dict[str, str]:
     return out
 
 
-def problems(v: dict[str, str]) -> list[str]:
+def _nulled(data: bytes, key: str) -> bytes | None:
+    """`data` with header `key` set to null (checksums recomputed); None if the header is not JSON we can edit."""
+    try:
+        hc, h, blocks = split(data)
+    except Exception:  # noqa: BLE001 - a text-level edit made the header unreadable
+        return None
+    if not isinstance(h, dict):
+        return None
+    h[key] = None
+    return build(hc, h, blocks)
+
+
+def _lib(data: bytes) -> str:
+    from golfpack.errors import GolfpackError
+    from golfpack.formats.qgv3 import decode_qgv3
+
+    try:
+        return "digest" if decode_qgv3(data).check_digests() else "ok"
+    except GolfpackError:
+        return "refused"
+
+
+def _load_any_ok(data: bytes, path: Path) -> bool:
+    from golfpack.errors import GolfpackError
+    from golfpack.loading import load_any
+
+    path.write_bytes(data)
+    try:
+        load_any(path)
+        return True
+    except GolfpackError:
+        return False
+
+
+def problems(v: dict[str, str], data: bytes, scratch: Path) -> tuple[list[str], str | None]:
+    """(what is wrong, the justified difference if any) for one case's verdicts."""
     bad = [f"{k}: {x}" for k, x in v.items() if x.startswith("CRASH")]
-    if not bad and v["lib"] != v["dec"]:
-        bad.append(f"lib says {v['lib']}, decoder says {v['dec']}")
-    if not bad and v["cli"] != v["load_any"]:
-        bad.append(f"load_any says {v['load_any']}, cli says {v['cli']}")
-    if not bad and v["load_any"] == "ok" and v["lib"] == "refused":
-        bad.append("load_any accepts what decode_qgv3 refuses")
-    return bad
+    if bad:
+        return bad, None
+    why = None
+    if v["lib"] != v["dec"]:
+        nulled = _nulled(data, "policy")
+        if v["lib"] == "refused" and nulled is not None and _lib(nulled) == v["dec"]:
+            why = "policy"
+        else:
+            return [f"lib says {v['lib']}, decoder says {v['dec']}"], None
+    if v["cli"] != v["load_any"]:
+        return [f"load_any says {v['load_any']}, cli says {v['cli']}"], why
+    lib_ok = v["lib"] in ("ok", "digest")
+    if v["load_any"] == "ok" and not lib_ok:
+        return ["load_any accepts what decode_qgv3 refuses"], why
+    if lib_ok and v["load_any"] == "refused":
+        nulled = _nulled(data, "config")
+        if nulled is None or not _load_any_ok(nulled, scratch):
+            return [f"lib says {v['lib']} but load_any and cli refuse, and not for the stored config"], why
+        why = "config"
+    return [], why
 
 
-def run(seed: int, cases: int, mem_mib: int, per_case_s: float) -> dict:
+# A real `golfpack` process (the console script's entry point, on a real stdout) reading file paths from
+# stdin; it brackets each run with a marker line on stdout and stderr and the exit code.
+CLI_LOOP = r"""
+import sys, traceback
+from golfpack.cli import main
+for line in sys.stdin:
+    path = line.rstrip("\n")
+    for f in (sys.stdout, sys.stderr):
+        print("=== " + path, file=f, flush=True)
+    try:
+        main(["inspect", path], prog_name="golfpack")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = "crash"
+    for f in (sys.stdout, sys.stderr):
+        f.flush()
+    print("=== exit " + str(code), file=sys.stdout, flush=True)
+"""
+
+
+def _subprocess_verdicts(out: str, err: str) -> dict[str, str]:
+    """path -> verdict from CLI_LOOP's output files, judged as the in-process cli verdict is."""
+    def sections(text: str) -> dict[str, str]:
+        parts: dict[str, str] = {}
+        cur = None
+        for line in text.splitlines(keepends=True):
+            if line.startswith("=== ") and not line.startswith("=== exit "):
+                cur = line[4:].rstrip("\n")
+                parts[cur] = ""
+            elif cur is not None:
+                parts[cur] += line
+        return parts
+
+    outs, errs = sections(out), sections(err)
+    res = {}
+    for path, text in outs.items():
+        body, _sep, code = text.rpartition("=== exit ")
+        code = code.strip()
+        e = errs.get(path, "")
+        if code == "crash" or "Traceback" in e or "Traceback" in body:
+            res[path] = "CRASH traceback printed"
+        elif code == "0":
+            res[path] = "CRASH control character printed" if any(ord(c) < 32 and c != "\n" for c in body) else "ok"
+        else:
+            res[path] = "refused" if e.startswith("Error: ") and e.count("\n") == 1 else f"CRASH unexpected stderr {e[:80]!r}"
+    return res
+
+
+def run(seed: int, cases: int, mem_mib: int, per_case_s: float, samples: int = 0) -> dict:
     import torch
     from click.testing import CliRunner
 
@@ -277,6 +389,14 @@ def run(seed: int, cases: int, mem_mib: int, per_case_s: float) -> dict:
     bases = base_artifacts()
     dec, d = load_decoder()
     runner = CliRunner()
+    # started before the address-space limit (a fresh interpreter importing torch needs more than the cases do);
+    # its imports overlap the cases, so the real-process check costs little wall time
+    sub = None
+    if samples:
+        sub_out, sub_err = open(d / "sub.out", "w+", encoding="utf-8"), open(d / "sub.err", "w+", encoding="utf-8")
+        sub = subprocess.Popen([sys.executable, "-c", CLI_LOOP], stdin=subprocess.PIPE, stdout=sub_out, stderr=sub_err,
+                               text=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})  # the strictest console
+    sampled: dict[str, str] = {}
     # Memory bound: the address space the process has now (torch, numpy, codecs mapped) plus mem_mib.
     vm = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmSize:"))) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + (mem_mib << 20), resource.RLIM_INFINITY))
@@ -287,6 +407,7 @@ def run(seed: int, cases: int, mem_mib: int, per_case_s: float) -> dict:
     signal.signal(signal.SIGALRM, alarm)
     rng = random.Random(seed)
     tally: dict[str, int] = {}
+    justified: dict[str, int] = {}
     failures, worst = [], 0.0
     t0 = time.perf_counter()
     for i in range(cases):
@@ -302,14 +423,35 @@ def run(seed: int, cases: int, mem_mib: int, per_case_s: float) -> dict:
         worst = max(worst, time.perf_counter() - t)
         key = v["lib"] if not v["lib"].startswith("CRASH") else "crash"
         tally[key] = tally.get(key, 0) + 1
-        bad = problems(v)
+        bad, why = problems(v, data, d / "scratch.qg3")
+        if why:
+            justified[why] = justified.get(why, 0) + 1
         if bad and len(failures) < 20:
             failures.append({"case": i, "problems": bad, "file_hex": data.hex() if len(data) < 4000 else None})
+        if sub is not None and sub.stdin and i % max(1, cases // samples) == 0 and len(sampled) < samples:
+            sample = d / f"sample{i}.qg3"
+            sample.write_bytes(data)
+            sampled[str(sample)] = v["cli"]
+            sub.stdin.write(f"{sample}\n")
+            sub.stdin.flush()
+    sub_report: dict[str, int] = {}
+    if sub is not None and sub.stdin:
+        sub.stdin.close()
+        sub.wait(timeout=300)
+        sub_out.seek(0)
+        sub_err.seek(0)
+        got = _subprocess_verdicts(sub_out.read(), sub_err.read())
+        for path, want in sampled.items():
+            real = got.get(path, "CRASH no output")
+            sub_report[real] = sub_report.get(real, 0) + 1
+            if real != want and len(failures) < 20:
+                failures.append({"case": path, "problems": [f"in-process cli says {want}, a real golfpack process says {real}"],
+                                 "file_hex": None})
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"cases": cases, "verdicts": tally, "failures": failures, "max_case_s": round(worst, 3),
-            "seconds": round(time.perf_counter() - t0, 1), "maxrss_mib": round(rss)}
+    return {"cases": cases, "verdicts": tally, "justified": justified, "subprocess": sub_report, "failures": failures,
+            "max_case_s": round(worst, 3), "seconds": round(time.perf_counter() - t0, 1), "maxrss_mib": round(rss)}
 
 
 if __name__ == "__main__":
     seed, n, mem, per = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-    print(json.dumps(run(seed, n, mem, per)))
+    print(json.dumps(run(seed, n, mem, per, int(sys.argv[5]) if len(sys.argv) > 5 else 0)))

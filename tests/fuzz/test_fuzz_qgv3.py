@@ -19,16 +19,18 @@ MEM_MIB = 1536  # address space the child may add to what it has after imports
 PER_CASE_S = 5.0
 
 
-def _campaign(seed: int, cases: int) -> dict:
+def _campaign(seed: int, cases: int, samples: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1] / "src")}
-    proc = subprocess.run([sys.executable, str(HERE / "qgv3_fuzz.py"), str(seed), str(cases), str(MEM_MIB), str(PER_CASE_S)],
+    proc = subprocess.run([sys.executable, str(HERE / "qgv3_fuzz.py"), str(seed), str(cases), str(MEM_MIB), str(PER_CASE_S),
+                           str(samples)],
                           capture_output=True, text=True, env=env, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _check(rep: dict, cases: int) -> None:
+def _check(rep: dict, cases: int, samples: int) -> None:
     assert rep["cases"] == cases
+    assert sum(rep["subprocess"].values()) == samples and set(rep["subprocess"]) <= {"ok", "refused"}
     assert rep["failures"] == [], json.dumps(rep["failures"][:3])[:3000]
     assert rep["verdicts"].get("crash", 0) == 0
     # the mutations reach every verdict: refused, accepted, and accepted-but-digest-mismatch
@@ -37,15 +39,17 @@ def _check(rep: dict, cases: int) -> None:
 
 
 def test_fuzz_a_few_hundred_cases() -> None:
-    rep = _campaign(seed=20261201, cases=300)
-    _check(rep, 300)
+    rep = _campaign(seed=20261201, cases=300, samples=6)
+    _check(rep, 300, 6)
+    assert rep["justified"].get("config", 0) > 0  # the config-only refusals are reached (and each was re-checked)
 
 
 @pytest.mark.slow
 def test_fuzz_twenty_thousand_cases() -> None:
-    rep = _campaign(seed=11, cases=20_000)
-    print(f"20,000 cases in {rep['seconds']} s, worst case {rep['max_case_s']} s, maxrss {rep['maxrss_mib']} MiB, {rep['verdicts']}")
-    _check(rep, 20_000)
+    rep = _campaign(seed=11, cases=20_000, samples=40)
+    print(f"20,000 cases in {rep['seconds']} s, worst case {rep['max_case_s']} s, maxrss {rep['maxrss_mib']} MiB, {rep['verdicts']}, "
+          f"justified {rep['justified']}, subprocess {rep['subprocess']}")
+    _check(rep, 20_000, 40)
 
 
 def test_decoder_limits_are_the_readers() -> None:
@@ -86,3 +90,23 @@ def test_mutations_recompute_checksums() -> None:
                 assert zlib.crc32(s) == b["crc"]
         checked += 1
     assert checked > 30
+
+
+def test_the_justified_differences_are_rechecked_not_waved_through(tmp_path) -> None:
+    """A policy-only refusal (lib refuses, decoder accepts) counts as justified only because the same file with
+    `policy: null` gets the decoder's verdict; the same verdicts for a file that lib refuses for more are a failure."""
+    from click.testing import CliRunner
+
+    from golfpack.cli import main as cli
+    from tests.fuzz.qgv3_fuzz import base_artifacts, build, load_decoder, problems, split, verdicts
+
+    dec, d = load_decoder()
+    hc, h, blocks = split(base_artifacts()[0])
+    h["policy"] = {"rules": [{"spec": "INT6"}]}
+    data = build(hc, h, blocks)
+    v = verdicts(data, tmp_path / "p.qg3", dec, CliRunner(), cli)
+    assert (v["lib"], v["dec"]) == ("refused", "ok")
+    assert problems(v, data, tmp_path / "s.qg3") == ([], "policy")
+    h["tensors"][0]["dtype"] = ["float32"]  # refused for this too: nulling the policy does not make lib agree
+    both = build(hc, h, blocks)
+    assert problems(v, both, tmp_path / "s.qg3")[0] == ["lib says refused, decoder says ok"]
