@@ -278,12 +278,13 @@ def inspect_cmd(artifact: str, plot: str | None, as_json: bool) -> None:
     show_default=True,
     help="Where to write the standalone decoder.",
 )
+@click.option("--minify", is_flag=True, help="The same decoder in ~40% fewer bytes (needs python-minifier).")
 @click.option("--json", "as_json", is_flag=True)
-def export_decoder_cmd(out: str, as_json: bool) -> None:
+def export_decoder_cmd(out: str, minify: bool, as_json: bool) -> None:
     """Write the standalone QGv3 decoder (to ship with a submission) and report its size."""
     from golfpack.packer.decoder import export_decoder
 
-    res = export_decoder(out)
+    res = export_decoder(out, minify=minify)
     size = Path(out).stat().st_size if Path(out).is_file() else None
     rep: dict[str, Any] = {"out": out, "bytes": size}
     if isinstance(res, dict):
