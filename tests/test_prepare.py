@@ -410,3 +410,16 @@ def test_stale_temp_folders_are_removed_by_the_next_run(sp1024_model, tmp_path):
     src.write_text("hello world\n")
     prepare([src], sp1024_model, out, per_line=True, prefix="p")
     assert sorted(p.name for p in out.iterdir()) == [".q.partial-keep", "p_000000.bin"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0, reason="needs root to chown")
+def test_the_new_folder_keeps_the_old_ones_owner(sp1024_model, tmp_path):
+    """root preparing into a user's folder: the exchanged-in folder must not become root's."""
+    import os
+
+    a, b, old, new = _old_and_new(sp1024_model, tmp_path)
+    out = tmp_path / "o"
+    prepare([a], sp1024_model, out, shard_tokens=150, per_line=True, prefix="p")
+    os.chown(out, 12345, 12346)
+    prepare([b], sp1024_model, out, shard_tokens=250, per_line=True, prefix="p", overwrite=True)
+    assert _set_of(out) == new and (out.stat().st_uid, out.stat().st_gid) == (12345, 12346)

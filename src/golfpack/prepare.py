@@ -15,7 +15,7 @@ the two folders are exchanged in one `renameat2(RENAME_EXCHANGE)` (Linux; `renam
 on macOS); the old folder, now at the temp name, is then removed. After a kill at any moment
 `out_dir` holds exactly the old set or exactly the new one; the temp folder it may leave beside it
 is removed by the next run. A symlinked `out_dir` keeps its link: its target is exchanged. The new
-folder gets `out_dir`'s mode bits (not its owner, ACLs or extended attributes). One prepare at a time
+folder gets `out_dir`'s mode bits and (where allowed) owner, not its ACLs or extended attributes. One prepare at a time
 per folder: the run holds an flock on `out_dir` (and on the new folder it exchanges in), and a second
 run into the same folder is refused.
 
@@ -313,6 +313,8 @@ def _has_subfolder(real: Path, prefix: str) -> bool:
 
 def _new_dir_beside(real: Path, prefix: str) -> Path | None:
     """The folder the new set is built in, beside `real`; None where the exchange cannot work (journal path)."""
+    if not (sys.platform.startswith("linux") or sys.platform == "darwin"):
+        return None  # no folder exchange (nor hard links of symlinks) to build on
     try:
         if os.stat(real.parent).st_dev != os.stat(real).st_dev or _has_subfolder(real, prefix):
             return None  # out_dir is a mount point (rename would be EXDEV), or holds folders we cannot hard-link
@@ -332,7 +334,11 @@ def _swap_in(real: Path, new: Path, prefix: str) -> bool:
             if e.is_dir(follow_symlinks=False):
                 return False  # a folder appeared during the run
             os.link(e.path, new / e.name, follow_symlinks=False)
-        os.chmod(new, stat.S_IMODE(os.stat(real).st_mode))
+        st = os.stat(real)
+        os.chmod(new, stat.S_IMODE(st.st_mode))
+        if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):  # e.g. root preparing into a user's folder
+            with contextlib.suppress(OSError):
+                os.chown(new, st.st_uid, st.st_gid)
         _fsync_dir(new)
         lock = _lock(new)  # so the folder at out_dir stays locked after the exchange, until we are done
         _exchange_dirs(new, real)
