@@ -428,7 +428,8 @@ def run(seed: int, cases: int, mem_mib: int, per_case_s: float, samples: int = 0
             justified[why] = justified.get(why, 0) + 1
         if bad and len(failures) < 20:
             failures.append({"case": i, "problems": bad, "file_hex": data.hex() if len(data) < 4000 else None})
-        if sub is not None and sub.stdin and i % max(1, cases // samples) == 0 and len(sampled) < samples:
+        first_ok = v["cli"] == "ok" and "ok" not in sampled.values()  # so the sample holds an accepted file too
+        if sub is not None and sub.stdin and (i % max(1, cases // samples) == 0 or first_ok) and len(sampled) < samples:
             sample = d / f"sample{i}.qg3"
             sample.write_bytes(data)
             sampled[str(sample)] = v["cli"]

@@ -30,7 +30,7 @@ def _campaign(seed: int, cases: int, samples: int) -> dict:
 
 def _check(rep: dict, cases: int, samples: int) -> None:
     assert rep["cases"] == cases
-    assert sum(rep["subprocess"].values()) == samples and set(rep["subprocess"]) <= {"ok", "refused"}
+    assert sum(rep["subprocess"].values()) == samples and set(rep["subprocess"]) == {"ok", "refused"}
     assert rep["failures"] == [], json.dumps(rep["failures"][:3])[:3000]
     assert rep["verdicts"].get("crash", 0) == 0
     # the mutations reach every verdict: refused, accepted, and accepted-but-digest-mismatch
@@ -110,3 +110,17 @@ def test_the_justified_differences_are_rechecked_not_waved_through(tmp_path) -> 
     h["tensors"][0]["dtype"] = ["float32"]  # refused for this too: nulling the policy does not make lib agree
     both = build(hc, h, blocks)
     assert problems(v, both, tmp_path / "s.qg3")[0] == ["lib says refused, decoder says ok"]
+
+
+def test_real_process_verdicts_are_parsed_as_the_in_process_ones() -> None:
+    """CLI_LOOP's output: exit 0 = ok, one `Error:` line = refused; a traceback, a control character on stdout or
+    anything else on stderr is a crash (what a stdout encoding bug in a real process looks like)."""
+    from tests.fuzz.qgv3_fuzz import _subprocess_verdicts
+
+    out = ("=== a\nfine\n=== exit 0\n=== b\n=== exit 1\n=== c\n=== exit crash\n=== d\nname \x1b[31m\n=== exit 0\n"
+           "=== e\n=== exit 1\n")
+    err = ("=== a\n=== b\nError: b: not a QGv3 file\n=== c\nTraceback (most recent call last):\nUnicodeEncodeError\n=== d\n"
+           "=== e\nsome warning\nError: e: bad\n")
+    got = _subprocess_verdicts(out, err)
+    assert got["a"] == "ok" and got["b"] == "refused" and got["c"] == "CRASH traceback printed"
+    assert got["d"] == "CRASH control character printed" and got["e"].startswith("CRASH unexpected stderr")
