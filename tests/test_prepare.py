@@ -159,6 +159,7 @@ def test_journal_fallback_crash_at_any_step_leaves_the_old_or_the_new_set(sp1024
     """Journal path (no exchange): every os.replace/unlink of the swap can be the last thing a killed run did; the
     next run (or recover_shard_set) must then find exactly one of the two sets, and readers refuse the folder meanwhile."""
     import os
+    import shutil
 
     import golfpack.prepare as P
     from golfpack.errors import DataError
@@ -170,7 +171,7 @@ def test_journal_fallback_crash_at_any_step_leaves_the_old_or_the_new_set(sp1024
     journal_seen = False
     while True:
         out = tmp_path / f"o{step}"
-        prepare([a], sp1024_model, out, shard_tokens=150, per_line=True, prefix="p")
+        shutil.copytree(tmp_path / "ref_old", out)  # the old set, without re-encoding it
         calls = {"n": 0}
 
         def crash(real, calls=calls, step=step):
@@ -231,7 +232,7 @@ def test_exchange_crash_at_any_step_leaves_the_old_or_the_new_set_without_recove
     seen, step, finished = set(), 0, False
     while not finished:
         out = tmp_path / f"x{step}"
-        prepare([a], sp1024_model, out, shard_tokens=150, per_line=True, prefix="p")
+        shutil.copytree(tmp_path / "ref_old", out)  # the old set, without re-encoding it
         others = _others(out)
         calls = {"n": 0}
 
