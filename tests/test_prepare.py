@@ -424,3 +424,18 @@ def test_the_new_folder_keeps_the_old_ones_owner(sp1024_model, tmp_path):
     os.chown(out, 12345, 12346)
     prepare([b], sp1024_model, out, shard_tokens=250, per_line=True, prefix="p", overwrite=True)
     assert _set_of(out) == new and (out.stat().st_uid, out.stat().st_gid) == (12345, 12346)
+
+
+def test_relative_out_dir_and_stale_new_folders_of_our_naming_only(sp1024_model, tmp_path, monkeypatch):
+    """A relative -o works; the next run removes `.NAME.golfpack-new-XXXXXXXX` left beside it by a kill, and
+    nothing that merely looks similar (another folder's, a longer name)."""
+    a, b, old, new = _old_and_new(sp1024_model, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    prepare([a], sp1024_model, "rel", shard_tokens=150, per_line=True, prefix="p")
+    stale = tmp_path / ".rel.golfpack-new-abcd_123"
+    keep = [tmp_path / ".relx.golfpack-new-abcd_123", tmp_path / ".rel.golfpack-new-abcd_123x"]
+    for d in [stale, *keep]:
+        d.mkdir()
+        (d / "p_000000.bin").write_bytes(b"left by a kill")
+    prepare([b], sp1024_model, "rel", shard_tokens=250, per_line=True, prefix="p", overwrite=True)
+    assert _set_of(tmp_path / "rel") == new and not stale.exists() and all(d.is_dir() for d in keep)
