@@ -8,7 +8,21 @@ import pytest
 from golfpack.errors import FormatError, UsageError
 from golfpack.formats.policy_schema import check_policy
 from golfpack.formats.qgv3 import decode_qgv3, encode_qgv3
-from tests.formats.test_hostile import _records, _rebuild, _set, decoder, good  # noqa: F401 - fixtures
+from tests.formats.test_hostile import _rebuild, _records, _set
+
+
+@pytest.fixture(scope="module")
+def good() -> bytes:
+    return encode_qgv3(_records(), codec="zlib", blocks="separate")
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    from golfpack.packer.decoder import decoder_source
+
+    ns: dict = {"__name__": "qg3_decode"}
+    exec(compile(decoder_source(), "qg3_decode.py", "exec"), ns)  # noqa: S102 - our own decoder
+    return type("Decoder", (), {"load": staticmethod(ns["load"])})
 
 HOSTILE_POLICIES = [
     ({"rules": "int6"}, "rules must be a list"),
