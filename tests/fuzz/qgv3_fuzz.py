@@ -380,6 +380,15 @@ def _subprocess_verdicts(out: str, err: str) -> dict[str, str]:
 
 
 def run(seed: int, cases: int, mem_mib: int, per_case_s: float, samples: int = 0) -> dict:
+    # The real-process CLI starts first, before our own imports and the address-space limit (a fresh interpreter
+    # importing torch needs more than the cases do): its start-up overlaps ours and the cases, so on an idle
+    # 2-core machine the real-process check costs next to no wall time.
+    sub = None
+    if samples:
+        sd = Path(tempfile.mkdtemp(prefix="qg3fuzz-cli-"))
+        sub_out, sub_err = open(sd / "sub.out", "w+", encoding="utf-8"), open(sd / "sub.err", "w+", encoding="utf-8")
+        sub = subprocess.Popen([sys.executable, "-c", CLI_LOOP], stdin=subprocess.PIPE, stdout=sub_out, stderr=sub_err,
+                               text=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})  # the strictest console
     import torch
     from click.testing import CliRunner
 
@@ -389,13 +398,6 @@ def run(seed: int, cases: int, mem_mib: int, per_case_s: float, samples: int = 0
     bases = base_artifacts()
     dec, d = load_decoder()
     runner = CliRunner()
-    # started before the address-space limit (a fresh interpreter importing torch needs more than the cases do);
-    # its imports overlap the cases, so the real-process check costs little wall time
-    sub = None
-    if samples:
-        sub_out, sub_err = open(d / "sub.out", "w+", encoding="utf-8"), open(d / "sub.err", "w+", encoding="utf-8")
-        sub = subprocess.Popen([sys.executable, "-c", CLI_LOOP], stdin=subprocess.PIPE, stdout=sub_out, stderr=sub_err,
-                               text=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})  # the strictest console
     sampled: dict[str, str] = {}
     # Memory bound: the address space the process has now (torch, numpy, codecs mapped) plus mem_mib.
     vm = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmSize:"))) * 1024
