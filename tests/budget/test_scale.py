@@ -146,3 +146,28 @@ def test_prefix_cached_sensitivity_on_cuda_matches_cpu():
     _, gpu = S.measure_direct(m.to("cuda"), sd, cands, batch, device="cuda")
     for n in cands:
         assert gpu["kl"][n]["int4"] == pytest.approx(cpu["kl"][n]["int4"], rel=1e-3, abs=1e-7)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_batched_candidates_score_like_one_at_a_time(tie, monkeypatch):
+    """scores_many stacks candidates of one block weight along the batch after that block (encoder and
+    decoder blocks, groups split by BATCH_ROWS): the numbers of `scores`, one candidate at a time, to 1e-6."""
+    m = _model(tie)
+    batch = make_batch((np.arange(4000) * 13 % 64).astype(np.int64), 4, 24, vocab_size=64)
+    ref = S.reference_logprobs(m, batch, micro=2)
+    pc = S.PrefixCache(m, batch, micro=2)
+    monkeypatch.setattr(S, "BATCH_ROWS", 4)  # two candidates per batched forward: 3 candidates make 2 groups
+    params = dict(m.named_parameters())
+    for name in ("blocks.0.attn.c_q.weight", "blocks.1.mlp.fc.weight", "blocks.2.attn.proj.weight", "blocks.4.mlp.proj.weight"):
+        p = params[name]
+        orig = p.data.clone()
+        vals = [orig + 0.05 * torch.randn_like(orig) for _ in range(3)]
+        one = []
+        for v in vals:
+            p.data.copy_(v)
+            one.append(pc.scores(name, ref))
+        many = pc.scores_many(name, p.data, vals, ref)
+        p.data.copy_(orig)
+        for (a, b), (c, d) in zip(one, many):
+            assert abs(a - c) <= 1e-6 and abs(b - d) <= 1e-6, name
+        assert len({round(b, 9) for _, b in many}) == 3  # three different candidates, three different scores
