@@ -402,7 +402,7 @@ class GPT(nn.Module):
         """
         cache = [LayerCache(capacity=prefix.shape[1] + steps) for _ in self.blocks]
         for b in self.blocks:  # one RoPE table for every position, not one rebuild per step
-            b.attn.rotary(prefix.shape[1] + steps, prefix.device, torch.float32)
+            b.attn.rotary(prefix.shape[1] + steps, prefix.device, torch.float32)  # type: ignore[union-attr,operator]
         out = [prefix]
         logits = self.logits(prefix, cache)[:, -1]
         for step in range(steps):

@@ -149,14 +149,13 @@ def test_prefix_cached_sensitivity_on_cuda_matches_cpu():
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_batched_candidates_score_like_one_at_a_time(tie, monkeypatch):
+def test_batched_candidates_score_like_one_at_a_time(tie):
     """scores_many stacks candidates of one block weight along the batch after that block (encoder and
-    decoder blocks, groups split by BATCH_ROWS): the numbers of `scores`, one candidate at a time, to 1e-6."""
+    decoder blocks, groups split by batch_rows; on the CPU only when asked): the numbers of `scores`, one candidate at a time, to 1e-6."""
     m = _model(tie)
     batch = make_batch((np.arange(4000) * 13 % 64).astype(np.int64), 4, 24, vocab_size=64)
     ref = S.reference_logprobs(m, batch, micro=2)
-    pc = S.PrefixCache(m, batch, micro=2)
-    monkeypatch.setattr(S, "BATCH_ROWS", 4)  # two candidates per batched forward: 3 candidates make 2 groups
+    pc = S.PrefixCache(m, batch, micro=2, batch_rows=4)  # two candidates per batched forward: 3 candidates make 2 groups
     params = dict(m.named_parameters())
     for name in ("blocks.0.attn.c_q.weight", "blocks.1.mlp.fc.weight", "blocks.2.attn.proj.weight", "blocks.4.mlp.proj.weight"):
         p = params[name]
@@ -171,3 +170,32 @@ def test_batched_candidates_score_like_one_at_a_time(tie, monkeypatch):
         for (a, b), (c, d) in zip(one, many):
             assert abs(a - c) <= 1e-6 and abs(b - d) <= 1e-6, name
         assert len({round(b, 9) for _, b in many}) == 3  # three different candidates, three different scores
+
+
+def test_the_device_reaches_every_phase(small_ckpt, shard, monkeypatch):
+    """--device reaches calibration sampling, the GPTQ Hessians, the proxy and direct forwards and the joint
+    selection: every model the search builds is built on it, and the Hessians' forwards run on it ('cpu:0' is
+    the CPU under another name, so a CPU run proves the string is passed along, not defaulted)."""
+    from golfpack.budget import problem as P
+    from golfpack.packer import hessian as H
+
+    seen: list[tuple[str, str]] = []
+    build, hess = P.Problem.build, H.hessians_for
+
+    def rec_build(self, state_dict=None, device="cpu"):
+        seen.append(("build", str(device)))
+        return build(self, state_dict, device=device)
+
+    def rec_hess(*a, **kw):
+        seen.append(("hessians", str(kw.get("device", "cpu"))))
+        return hess(*a, **kw)
+
+    monkeypatch.setattr(P.Problem, "build", rec_build)
+    monkeypatch.setattr(H, "hessians_for", rec_hess)
+    r = run_search(small_ckpt, _cfg(shard, device="cpu:0", gptq=True, gptq_batch=2, calib="self", self_sequences=8, workers=1,
+                               bits=(4,), clips=("quantile",), passthrough=()))
+    assert r.report()["device"] == "cpu:0"
+    assert ("hessians", "cpu:0") in seen
+    builds = [d for k, d in seen if k == "build"]
+    assert len(builds) >= 3 and set(builds) == {"cpu:0"}  # self-calibration, sensitivity, joint selection (+ each layout)
+    assert set(r.peak_rss) == set(r.timings) and all(v > 0 for v in r.peak_rss.values())
