@@ -199,3 +199,11 @@ def test_the_device_reaches_every_phase(small_ckpt, shard, monkeypatch):
     builds = [d for k, d in seen if k == "build"]
     assert len(builds) >= 3 and set(builds) == {"cpu:0"}  # self-calibration, sensitivity, joint selection (+ each layout)
     assert set(r.peak_rss) == set(r.timings) and all(v > 0 for v in r.peak_rss.values())
+
+
+def test_phase_line_tells_each_phases_share():
+    from golfpack.cli.search import phase_line
+
+    rep = {"timings": {"floor": 1.0, "sensitivity": 3.0}, "cpu_seconds": {"floor": 0.5, "sensitivity": 5.9},
+           "peak_rss_mb": {"floor": 300.0, "sensitivity": 1234.0}, "device": "cpu"}
+    assert phase_line(rep) == "phases (4.0 s wall on cpu): floor 1.0 s (25%, CPU 0.5 s), sensitivity 3.0 s (75%, CPU 5.9 s); peak RSS 1,234 MiB"
