@@ -156,6 +156,7 @@ def test_batched_candidates_score_like_one_at_a_time(tie):
     batch = make_batch((np.arange(4000) * 13 % 64).astype(np.int64), 4, 24, vocab_size=64)
     ref = S.reference_logprobs(m, batch, micro=2)
     pc = S.PrefixCache(m, batch, micro=2, batch_rows=4)  # two candidates per batched forward: 3 candidates make 2 groups
+    assert all(torch.equal(a, b) for a, b in zip(pc.reference(), ref))  # the raw predictions from the cache: no extra forward
     params = dict(m.named_parameters())
     for name in ("blocks.0.attn.c_q.weight", "blocks.1.mlp.fc.weight", "blocks.2.attn.proj.weight", "blocks.4.mlp.proj.weight"):
         p = params[name]

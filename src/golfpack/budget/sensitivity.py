@@ -161,6 +161,11 @@ class PrefixCache:
                 for i in range(0, batch.inputs.shape[0], micro):
                     self.cached.append(model.block_inputs(batch.inputs[i : i + micro].to(device)))  # type: ignore[operator]
 
+    @torch.inference_mode()
+    def reference(self) -> list[Tensor]:
+        """`reference_logprobs` from the cached final hidden states (the same numbers, no forward)."""
+        return [torch.log_softmax(self.model.logits_from_hidden(h).float(), dim=-1) for *_, h in self.cached]  # type: ignore[operator]
+
     def _where(self, name: str | None) -> int | str | None:
         return None if name is None or not self.enabled else start_layer(self.model, name)
 
@@ -253,7 +258,9 @@ def measure_direct(
     get = values or (lambda n, s: fake_quantize(state_dict[n], s))
     model.eval()
     params = dict(model.named_parameters())
-    ref = reference_logprobs(model, batch, device=device)
+    todo = [(n, s) for n, specs in candidates.items() for s in specs if not have_(done, n, s.label())]
+    pc = PrefixCache(model, batch, device=device, enabled=prefix_cache and bool(todo))
+    ref = pc.reference() if pc.enabled else reference_logprobs(model, batch, device=device)
     # the base loss from the reference predictions: the numbers `batch_scores` gives, without another forward
     base = -sum(float(r.gather(-1, batch.targets[i : i + 8].to(device).unsqueeze(-1)).double().sum())
                 for r, i in zip(ref, range(0, batch.inputs.shape[0], 8))) / batch.tokens
@@ -262,10 +269,8 @@ def measure_direct(
     def have(name: str, label: str) -> bool:
         return all(label in out[o].get(name, {}) for o in OBJECTIVES)
 
-    todo = [(n, s) for n, specs in candidates.items() for s in specs if not have(n, s.label())]
     if not todo:
         return base, out
-    pc = PrefixCache(model, batch, device=device, enabled=prefix_cache)
     bar = progress_bar(total=len(todo), desc="sensitivity (direct)", unit="cand", enabled=progress)
     for name, specs in candidates.items():
         missing = [s for s in specs if not have(name, s.label())]
@@ -300,6 +305,10 @@ def measure_direct(
             on_tensor(name, {o: out[o][name] for o in OBJECTIVES})
     bar.close()
     return base, out
+
+
+def have_(done: dict[str, dict[str, dict[str, float]]] | None, name: str, label: str) -> bool:
+    return all(label in (done or {}).get(o, {}).get(name, {}) for o in OBJECTIVES)
 
 
 # ------------------------------------------------------------------------------------------------
