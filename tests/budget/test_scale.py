@@ -74,9 +74,9 @@ def test_identical_values_cost_no_forward():
         h.remove()
     assert out["kl"][n]["fp32"] == 0.0 and out["nll"][n]["fp32"] == 0.0
     assert out["kl"][n]["int4"] == out["kl"][n]["int4:mse"] > 0
-    # setup: the raw predictions and the prefix cache (a full forward each), then ONE forward from block 1
-    # on for the two int candidates; the lossless one needs none
-    assert calls["n"] == 2 * len(m.blocks) + (len(m.blocks) - 1)
+    # setup: the prefix cache (one full forward; its final hidden states give the raw predictions too), then
+    # ONE forward from block 1 on for the two int candidates; the lossless one needs none
+    assert calls["n"] == len(m.blocks) + (len(m.blocks) - 1)
 
 
 def test_screen_keeps_the_proxy_frontier_and_samples_the_rest():
