@@ -10,8 +10,12 @@ its finished workers) so each phase gets its wall, CPU and peak RSS; the load av
 "old" is the search as it was before the scale work (commit OLD_COMMIT, extracted with `git archive` into a temp
 folder and imported from there), run only for the sizes in --old-sizes and cut off after --old-timeout seconds.
 
-    python bench/search_scale.py [--sizes 2.9M,5.2M,10M,21.8M] [--old-sizes 2.9M] [--jobs search,old,pack]
-Prints a table and writes bench/results/search_scale.json.
+    python bench/search_scale.py [--sizes 2.9M,5.2M,10M,21.8M] [--old-sizes 2.9M] [--jobs search,old,pack] [--old-commit REV]
+    python bench/search_scale.py --sizes 21.8M --jobs search      # one whole default search: the per-phase table + JSON
+    python bench/search_scale.py --sizes 36M                       # per-phase old vs new (--mode phases)
+--jobs implies --mode e2e (whole searches in child processes); without it the default is --mode phases. In e2e each
+phase row has the wall/CPU the search itself reports (`cpu_seconds`, its own peak-RSS high-water mark) beside the
+sampled ones. Prints a table and writes bench/results/search_scale.json.
 """
 
 from __future__ import annotations
@@ -60,10 +64,10 @@ def make_checkpoint(size: str, path: Path) -> int:
 
 
 class Sampler:
-    """(wall, rss bytes, cpu seconds) every `dt` seconds, in a thread."""
+    """(wall, rss bytes, cpu seconds, 1-minute load average) every `dt` seconds, in a thread."""
 
     def __init__(self, dt: float = 0.1) -> None:
-        self.samples: list[tuple[float, int, float]] = []
+        self.samples: list[tuple[float, int, float, float]] = []
         self.stop = threading.Event()
         self.t = threading.Thread(target=self.run, args=(dt,), daemon=True)
 
@@ -73,7 +77,7 @@ class Sampler:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1]) * 1024
-        self.samples.append((time.perf_counter(), rss, o.user + o.system + o.children_user + o.children_system))
+        self.samples.append((time.perf_counter(), rss, o.user + o.system + o.children_user + o.children_system, os.getloadavg()[0]))
 
     def run(self, dt: float) -> None:
         while not self.stop.wait(dt):
@@ -82,7 +86,8 @@ class Sampler:
     def window(self, a: float, b: float) -> dict:
         inside = [s for s in self.samples if a <= s[0] <= b] or [min(self.samples, key=lambda s: abs(s[0] - b))]
         before = max((s for s in self.samples if s[0] <= a), key=lambda s: s[0], default=inside[0])
-        return {"peak_rss_mb": max(s[1] for s in inside) / 2**20, "cpu_s": inside[-1][2] - before[2]}
+        return {"peak_rss_mb": max(s[1] for s in inside) / 2**20, "cpu_s": inside[-1][2] - before[2],
+                "load1": sum(s[3] for s in inside) / len(inside)}
 
 
 def child(job: str, ckpt: str, budget: int, codec: str) -> dict:
@@ -104,6 +109,8 @@ def child(job: str, ckpt: str, budget: int, codec: str) -> dict:
             phases[ph] = {"wall_s": w, **sm.window(at, at + w)}
             if getattr(r, "cpu_timings", None):
                 phases[ph]["cpu_s_reported"] = r.cpu_timings[ph]
+            if getattr(r, "peak_rss", None):
+                phases[ph]["peak_rss_mb_reported"] = r.peak_rss[ph]
             at += w
         out.update(phases=phases, model_bytes=r.model_bytes, layout=r.report()["layout"],
                    screen=r.sens.get("screen"), agreement=r.sens.get("agreement"))
@@ -302,10 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--old-sizes", default="2.9M")
     ap.add_argument("--old-timeout", type=float, default=900.0)
     ap.add_argument("--timeout", type=float, default=3600.0)
-    ap.add_argument("--jobs", default="search,old,pack")
+    ap.add_argument("--jobs", default=None, help="e2e jobs: search,old,pack (default all three; implies --mode e2e)")
+    ap.add_argument("--old-commit", default=OLD_COMMIT, help="the commit 'old' runs (git archive of its src/golfpack)")
     ap.add_argument("--budget-frac", type=float, default=0.7, help="budget = this x parameters (bytes): binds between int5 and int6")
     ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--mode", default="phases", choices=("phases", "e2e", "direct"), help="phases: old vs new per phase, one process; e2e: whole searches")
+    ap.add_argument("--mode", default=None, choices=("phases", "e2e", "direct"),
+                    help="phases: old vs new per phase, one process; e2e: whole searches (default: e2e with --jobs, else phases)")
     ap.add_argument("--sample", type=int, default=24, help="phases: records encoded / candidates measured per way")
     ap.add_argument("--self-sequences", type=int, default=72, help="phases: self-calibration sequences (search default 128; 66 at least)")
     ap.add_argument("--workers", type=int, default=2)
@@ -315,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--codec", default="lzma")
     ap.add_argument("--child-out")
     args = ap.parse_args(argv)
+    if args.mode is None:
+        args.mode = "e2e" if args.jobs else "phases"
+    args.jobs = args.jobs or "search,old,pack"
     if args.child:
         import torch
 
@@ -365,12 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     if "old" in jobs:
         old = tmp / "old"
         old.mkdir()
-        arch = subprocess.run(["git", "-C", str(REPO), "archive", OLD_COMMIT, "src/golfpack"], check=True, capture_output=True).stdout
+        arch = subprocess.run(["git", "-C", str(REPO), "archive", args.old_commit, "src/golfpack"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=arch, check=True)
         old_path = str(old / "src")
     rows = []
     results: dict = {"bench": "search_scale", "weights": "synthetic: per-row std/kurtosis of the trained nolanvild checkpoint, per matrix kind",
-                     "old_commit": OLD_COMMIT, "cores": os.cpu_count(), "rows": rows}
+                     "old_commit": args.old_commit, "cores": os.cpu_count(), "rows": rows}
 
     def save() -> None:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
@@ -395,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: r.get(k) for k in ("size", "job", "codec", "wall_s", "cpu_s", "peak_rss_mb", "load_start", "timed_out")}),
                   file=sys.stderr)
     # table
-    print(f"{'size':>6} {'params':>11} {'job':<12} {'phase':<12} {'wall s':>9} {'cpu s':>9} {'peak MB':>8} {'load1':>6}")
+    print(f"{'size':>6} {'params':>11} {'job':<12} {'phase':<12} {'wall s':>9} {'cpu s':>9} {'cpu rep':>8} {'peak MB':>8} {'load1':>6}")
     for r in rows:
         name = r["job"] + (f":{r['codec']}" if r["job"] == "pack" else "")
         if r.get("timed_out") or r.get("error"):
@@ -403,8 +415,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         head = f"{r['size']:>6} {r['params']:>11,} {name:<12}"
         for ph, v in (r.get("phases") or {}).items():
-            print(f"{head} {ph:<12} {v['wall_s']:>9.1f} {v['cpu_s']:>9.1f} {v['peak_rss_mb']:>8.0f} {r['load_start']:>6.2f}")
-        print(f"{head} {'TOTAL':<12} {r['wall_s']:>9.1f} {r['cpu_s']:>9.1f} {r['peak_rss_mb']:>8.0f} {r['load_start']:>6.2f}")
+            rep = v.get("cpu_s_reported")
+            print(f"{head} {ph:<12} {v['wall_s']:>9.1f} {v['cpu_s']:>9.1f} {'' if rep is None else f'{rep:.1f}':>8} {v['peak_rss_mb']:>8.0f} "
+                  f"{v.get('load1', r['load_start']):>6.2f}")
+        print(f"{head} {'TOTAL':<12} {r['wall_s']:>9.1f} {r['cpu_s']:>9.1f} {'':>8} {r['peak_rss_mb']:>8.0f} {r['load_start']:>6.2f}")
     # growth exponents: wall ~ params^k, least squares in log-log over the sizes that finished
     fits = {}
     for job in ("search", "pack:lzma", "pack:best"):

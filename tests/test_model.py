@@ -105,3 +105,27 @@ def test_kv_cache_decoding_matches_full_recompute() -> None:
     assert torch.equal(out, m.generate(ids[:, :1], 20, generator=g2))  # seeded: reproducible
     with pytest.raises(ValueError, match="one token per step"):
         m.logits(ids[:, :3], cache)
+
+
+def test_preallocated_kv_cache_decodes_like_the_growing_one() -> None:
+    """LayerCache(capacity=N) writes each step into buffers allocated once (no per-token torch.cat); past its
+    capacity it falls back to growing. Same logits either way, and generate() samples the same tokens."""
+    from golfpack.model import LayerCache
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(vocab_size=64, num_layers=3, model_dim=32, num_heads=4, num_kv_heads=2))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids = torch.randint(0, 64, (2, 12))
+    outs = []
+    for cap in (0, 8, 12):  # growing, preallocated then overflowing, preallocated exactly
+        cache = [LayerCache(capacity=cap) for _ in m.blocks]
+        with torch.no_grad():
+            step = [m.logits(ids[:, :5], cache)] + [m.logits(ids[:, t : t + 1], cache) for t in range(5, 12)]
+        assert cache[0].length == 12 and cache[0].k is not None and cache[0].k.shape[2] >= 12
+        outs.append(torch.cat(step, dim=1))
+    assert torch.allclose(outs[0], outs[1], atol=1e-6) and torch.allclose(outs[0], outs[2], atol=1e-6)
+    ticks = []
+    out = m.generate(ids[:, :1], 9, generator=torch.Generator().manual_seed(3), on_step=lambda: ticks.append(1))
+    assert len(ticks) == 9 and out.shape == (2, 10)

@@ -7,8 +7,10 @@ checkpoint written by that script loads here and scores the same; the knobs that
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,13 +207,29 @@ class CausalSelfAttention(nn.Module):
 
 @dataclass
 class LayerCache:
-    """One block's keys/values of every token seen so far (incremental decoding only)."""
+    """One block's keys/values of every token seen so far (incremental decoding only).
+
+    With `capacity`, the buffers are allocated once for that many tokens and each step writes in place
+    (no growing torch.cat: that copies the whole cache every token, quadratic in the length)."""
 
     k: Tensor | None = None  # (B, kv_heads, T, head_dim), RoPE already applied
     v: Tensor | None = None
     length: int = 0  # tokens cached (= position of the next token)
+    capacity: int = 0  # tokens the preallocated buffers hold (0: grow by concatenation)
 
     def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        n = k.shape[2]
+        if self.capacity and self.length + n <= self.capacity:
+            if self.k is None or self.v is None:
+                shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
+                self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+            self.k[:, :, self.length : self.length + n] = k
+            self.v[:, :, self.length : self.length + n] = v
+            self.length += n
+            return self.k[:, :, : self.length], self.v[:, :, : self.length]
+        if self.capacity:  # full buffers: keep only what is filled, then grow
+            assert self.k is not None and self.v is not None
+            self.k, self.v, self.capacity = self.k[:, :, : self.length], self.v[:, :, : self.length], 0
         self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
         self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
         self.length = self.k.shape[2]
@@ -322,20 +340,47 @@ class GPT(nn.Module):
             x = self.blocks[self.num_encoder_layers + i](x, x0)
         return x0, xs, enc, self.final_norm(x)
 
-    def hidden_from(self, layer: int, x0: Tensor, xs: list[Tensor], enc: list[Tensor]) -> Tensor:
-        """Final-normed hidden states recomputed from block `layer` on, the earlier ones taken from
-        `block_inputs`' cache: the same operations in the same order as `hidden`, so bit-for-bit the same."""
+    def block_output(self, layer: int, x0: Tensor, xs: list[Tensor], enc: list[Tensor]) -> Tensor:
+        """The output of block `layer` alone from `block_inputs`' cache (a decoder step adds its skip first):
+        what `hidden_from(..., out=)` continues from, so several variants of that block's weights can share
+        the blocks after it in one batched forward."""
         ne = self.num_encoder_layers
         x = xs[layer]
+        if layer >= ne:
+            i = layer - ne
+            if ne - i > 0 and self.skip_weights is not None:
+                x = x + self.skip_weights[i].to(x.dtype)[None, None, :] * enc[ne - i - 1]
+        return self.blocks[layer](x, x0)
+
+    def hidden_from(self, layer: int, x0: Tensor, xs: list[Tensor], enc: list[Tensor], out: Tensor | None = None) -> Tensor:
+        """Final-normed hidden states recomputed from block `layer` on, the earlier ones taken from
+        `block_inputs`' cache: the same operations in the same order as `hidden`, so bit-for-bit the same.
+
+        `out`: block `layer`'s output already computed (`block_output`), for k variants stacked along the
+        batch (k x B rows): the cached tensors are repeated k times and the rest runs once for all of them."""
+        ne = self.num_encoder_layers
+        k = 1 if out is None else out.shape[0] // x0.shape[0]
+        assert out is None or out.shape[0] == k * x0.shape[0], "out must stack whole copies of the cached batch"
+
+        def rep(t: Tensor) -> Tensor:
+            return t if k == 1 else t.repeat(k, *([1] * (t.ndim - 1)))
+
+        x0 = rep(x0)
+        x = xs[layer] if out is None else out
         if layer < ne:
-            skips = list(enc[:layer])
+            skips = [rep(e) for e in enc[:layer]]
             for i in range(layer, ne):
-                x = self.blocks[i](x, x0)
+                if out is None or i > layer:
+                    x = self.blocks[i](x, x0)
                 skips.append(x)
             first = 0
         else:
             first = layer - ne
-            skips = list(enc[: max(0, ne - first)])
+            skips = [rep(e) for e in enc[: max(0, ne - first)]]
+            if out is not None:  # block `layer` (decoder step `first`, its skip included) is done
+                if skips and self.skip_weights is not None:
+                    skips.pop()
+                first += 1
         for i in range(first, self.num_decoder_layers):
             if skips and self.skip_weights is not None:
                 x = x + self.skip_weights[i].to(x.dtype)[None, None, :] * skips.pop()
@@ -347,19 +392,25 @@ class GPT(nn.Module):
         return self.logits_from_hidden(self.hidden(input_ids, cache))
 
     @torch.no_grad()
-    def generate(self, prefix: Tensor, steps: int, *, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+    def generate(self, prefix: Tensor, steps: int, *, generator: torch.Generator | None = None, temperature: float = 1.0,
+                 on_step: Callable[[], None] | None = None) -> Tensor:
         """Sample `steps` tokens after `prefix` (B, P) with a KV cache; returns (B, P + steps).
 
         Used to write the model's own calibration text: in-distribution for the model, and never
         the validation tokens. Same arithmetic as `logits` (tested against full recomputation).
+        `on_step` is called after each sampled token (a progress bar).
         """
-        cache = [LayerCache() for _ in self.blocks]
+        cache = [LayerCache(capacity=prefix.shape[1] + steps) for _ in self.blocks]
+        for b in self.blocks:  # one RoPE table for every position, not one rebuild per step
+            b.attn.rotary(prefix.shape[1] + steps, prefix.device, torch.float32)  # type: ignore[union-attr,operator]
         out = [prefix]
         logits = self.logits(prefix, cache)[:, -1]
         for step in range(steps):
             probs = torch.softmax(logits.float() / temperature, dim=-1)
             nxt = torch.multinomial(probs, 1, generator=generator)
             out.append(nxt)
+            if on_step is not None:
+                on_step()
             if step + 1 < steps:
                 logits = self.logits(nxt, cache)[:, -1]
         return torch.cat(out, dim=1)
@@ -392,6 +443,15 @@ def build_model(cfg: ModelConfig, state_dict: dict[str, Tensor] | None = None, d
     return model.to(device)
 
 
+def autocast(device: str | torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on a CUDA device (matmuls in bf16, the model's fp32 logits and norms stay fp32), a no-op
+    elsewhere: the one switch every phase's forwards go through, so a CPU run takes the same code path."""
+    dev = torch.device(device)
+    if enabled and dev.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def count_params(cfg: ModelConfig) -> int:
     """Parameter count implied by a config (no model is built)."""
     d, kv = cfg.model_dim, cfg.num_kv_heads * cfg.head_dim
@@ -402,4 +462,4 @@ def count_params(cfg: ModelConfig) -> int:
     return total
 
 
-__all__ = ["ACTIVATIONS", "CONTROL_TENSOR_NAME_PATTERNS", "GPT", "LayerCache", "ModelConfig", "build_model", "count_params"]
+__all__ = ["ACTIVATIONS", "CONTROL_TENSOR_NAME_PATTERNS", "GPT", "LayerCache", "ModelConfig", "autocast", "build_model", "count_params"]

@@ -74,9 +74,9 @@ def test_identical_values_cost_no_forward():
         h.remove()
     assert out["kl"][n]["fp32"] == 0.0 and out["nll"][n]["fp32"] == 0.0
     assert out["kl"][n]["int4"] == out["kl"][n]["int4:mse"] > 0
-    # setup: the raw predictions and the prefix cache (a full forward each), then ONE forward from block 1
-    # on for the two int candidates; the lossless one needs none
-    assert calls["n"] == 2 * len(m.blocks) + (len(m.blocks) - 1)
+    # setup: the prefix cache (one full forward; its final hidden states give the raw predictions too), then
+    # ONE forward from block 1 on for the two int candidates; the lossless one needs none
+    assert calls["n"] == len(m.blocks) + (len(m.blocks) - 1)
 
 
 def test_screen_keeps_the_proxy_frontier_and_samples_the_rest():
@@ -146,3 +146,65 @@ def test_prefix_cached_sensitivity_on_cuda_matches_cpu():
     _, gpu = S.measure_direct(m.to("cuda"), sd, cands, batch, device="cuda")
     for n in cands:
         assert gpu["kl"][n]["int4"] == pytest.approx(cpu["kl"][n]["int4"], rel=1e-3, abs=1e-7)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_batched_candidates_score_like_one_at_a_time(tie):
+    """scores_many stacks candidates of one block weight along the batch after that block (encoder and
+    decoder blocks, groups split by batch_rows; on the CPU only when asked): the numbers of `scores`, one candidate at a time, to 1e-6."""
+    m = _model(tie)
+    batch = make_batch((np.arange(4000) * 13 % 64).astype(np.int64), 4, 24, vocab_size=64)
+    ref = S.reference_logprobs(m, batch, micro=2)
+    pc = S.PrefixCache(m, batch, micro=2, batch_rows=4)  # two candidates per batched forward: 3 candidates make 2 groups
+    assert all(torch.equal(a, b) for a, b in zip(pc.reference(), ref))  # the raw predictions from the cache: no extra forward
+    params = dict(m.named_parameters())
+    for name in ("blocks.0.attn.c_q.weight", "blocks.1.mlp.fc.weight", "blocks.2.attn.proj.weight", "blocks.4.mlp.proj.weight"):
+        p = params[name]
+        orig = p.data.clone()
+        vals = [orig + 0.05 * torch.randn_like(orig) for _ in range(3)]
+        one = []
+        for v in vals:
+            p.data.copy_(v)
+            one.append(pc.scores(name, ref))
+        many = pc.scores_many(name, p.data, vals, ref)
+        p.data.copy_(orig)
+        for (a, b), (c, d) in zip(one, many):
+            assert abs(a - c) <= 1e-6 and abs(b - d) <= 1e-6, name
+        assert len({round(b, 9) for _, b in many}) == 3  # three different candidates, three different scores
+
+
+def test_the_device_reaches_every_phase(small_ckpt, shard, monkeypatch):
+    """--device reaches calibration sampling, the GPTQ Hessians, the proxy and direct forwards and the joint
+    selection: every model the search builds is built on it, and the Hessians' forwards run on it ('cpu:0' is
+    the CPU under another name, so a CPU run proves the string is passed along, not defaulted)."""
+    from golfpack.budget import problem as P
+    from golfpack.packer import hessian as H
+
+    seen: list[tuple[str, str]] = []
+    build, hess = P.Problem.build, H.hessians_for
+
+    def rec_build(self, state_dict=None, device="cpu"):
+        seen.append(("build", str(device)))
+        return build(self, state_dict, device=device)
+
+    def rec_hess(*a, **kw):
+        seen.append(("hessians", str(kw.get("device", "cpu"))))
+        return hess(*a, **kw)
+
+    monkeypatch.setattr(P.Problem, "build", rec_build)
+    monkeypatch.setattr(H, "hessians_for", rec_hess)
+    r = run_search(small_ckpt, _cfg(shard, device="cpu:0", gptq=True, gptq_batch=2, calib="self", self_sequences=8, workers=1,
+                               bits=(4,), clips=("quantile",), passthrough=()))
+    assert r.report()["device"] == "cpu:0"
+    assert ("hessians", "cpu:0") in seen
+    builds = [d for k, d in seen if k == "build"]
+    assert len(builds) >= 3 and set(builds) == {"cpu:0"}  # self-calibration, sensitivity, joint selection (+ each layout)
+    assert set(r.peak_rss) == set(r.timings) and all(v > 0 for v in r.peak_rss.values())
+
+
+def test_phase_line_tells_each_phases_share():
+    from golfpack.cli.search import phase_line
+
+    rep = {"timings": {"floor": 1.0, "sensitivity": 3.0}, "cpu_seconds": {"floor": 0.5, "sensitivity": 5.9},
+           "peak_rss_mb": {"floor": 300.0, "sensitivity": 1234.0}, "device": "cpu"}
+    assert phase_line(rep) == "phases (4.0 s wall on cpu): floor 1.0 s (25%, CPU 0.5 s), sensitivity 3.0 s (75%, CPU 5.9 s); peak RSS 1,234 MiB"

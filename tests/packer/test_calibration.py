@@ -96,3 +96,17 @@ def test_windows_spread_over_the_whole_stream():
     assert torch.equal(b.targets[0], torch.arange(1, 65))
     one = make_batch(toks, 1, 64)
     assert one.inputs[0, 0] == 0 and one.tokens == 64
+
+
+def test_self_tokens_sample_all_sequences_together_when_their_cache_fits(monkeypatch) -> None:
+    """generation_chunk: every sequence in one generate call when the KV cache fits GEN_CACHE_BYTES (from the
+    architecture alone, so the same text on every machine), fewer per call when it does not."""
+    from golfpack.packer import calibration as C
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(vocab_size=50, num_layers=2, model_dim=16, num_heads=2, num_kv_heads=1))
+    assert C.generation_chunk(m, 128, 256) == 128
+    per_seq = 2 * 4 * 257 * 1 * 8 * 2
+    monkeypatch.setattr(C, "GEN_CACHE_BYTES", 10 * per_seq)
+    assert C.generation_chunk(m, 128, 256) == 10
+    assert np.array_equal(C.self_tokens(m, sequences=5, length=7, seed=1), C.self_tokens(m, sequences=5, length=7, seed=1, chunk=5))

@@ -71,6 +71,7 @@ class Problem:
     alone: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (name, label, codec) -> one-record artifact bytes
     adapter: Any = None  # golfpack.adapters.ModelAdapter that builds the model (None: the baseline family)
     _vocab: int | None = None  # a user's model: V read from its logits at load
+    device: str = "cpu"  # torch device of the search's forwards (the GPTQ Hessians' calibration pass included)
 
     def build(self, state_dict: dict[str, Tensor] | None = None, device: str = "cpu") -> torch.nn.Module:
         """The runnable model with `state_dict` (default: the raw checkpoint's) through the adapter."""
@@ -122,7 +123,7 @@ class Problem:
             assert self.calibration.digest is not None, "GPTQ records before the calibration tokens were pinned (Problem.pin_calibration)"
             names = [n for n, c in self.candidates.items() if any(s.needs_hessian for s in c)]
             self.hessians, self.calibration = hessians_for(self.state_dict, self.config, names, self.calibration,
-                                                           tokenizer=self.tokenizer, model=self.adapter)
+                                                           tokenizer=self.tokenizer, model=self.adapter, device=self.device)
         return self.hessians
 
     def pin_calibration(self, source: str) -> None:
@@ -204,7 +205,7 @@ def load_problem(ckpt: str | Path, cfg: SearchConfig, model: Any = None) -> Prob
     # the tokens are pinned (digest) by `pin_calibration`, after the floor check
     cal = GptqCalibration(source=cfg.calib, batch=cfg.gptq_batch, seq=cfg.calib_seq)
     return Problem(src, src.read_bytes(), kind, sd, config, list(sd), cands, code_bytes, code_files, cal, cfg.tokenizer,
-                   adapter=None if adapter.is_baseline else adapter, _vocab=vocab)
+                   adapter=None if adapter.is_baseline else adapter, _vocab=vocab, device=cfg.device)
 
 
 def self_calibration(p: Problem, cfg: SearchConfig) -> Path:
@@ -215,7 +216,8 @@ def self_calibration(p: Problem, cfg: SearchConfig) -> Path:
     from golfpack.formats.shards import write_shard
     from golfpack.packer.calibration import self_tokens
 
-    key = cache_key("selfcal", p.sha, cfg.self_sequences, cfg.calib_seq, cfg.self_seed, __version__,
+    # "gen2": sampled all sequences per generate call (calibration.generation_chunk), not 16 at a time
+    key = cache_key("selfcal", p.sha, cfg.self_sequences, cfg.calib_seq, cfg.self_seed, __version__, "gen2",
                     *([] if p.adapter is None else [p.adapter.sha256]))
     cached = None if cfg.cache_dir is None else Path(cfg.cache_dir) / f"selfcal-{key}_train.bin"
     # no cache, no output: the temp folder under a content key (a rerun reuses it instead of piling up)

@@ -42,6 +42,7 @@ class SearchResult:
     problem: Problem  # the checkpoint, candidates and records every phase shared
     timings: dict[str, float]  # seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase (this process + its finished workers)
+    peak_rss: dict[str, float] = field(default_factory=dict)  # MiB: this process's peak resident memory by the end of each phase
     chosen: Alternative | None = None  # the selected layout (source, joint score)
     alternatives: list[Alternative] = field(default_factory=list)  # every layout compared jointly
     _artifact: Artifact | None = field(default=None, repr=False)  # packed on first use of .artifact
@@ -123,40 +124,32 @@ class SearchResult:
             "alternatives": [a.to_dict() for a in self.alternatives],
             "timings": self.timings,
             "cpu_seconds": self.cpu_timings,
+            "peak_rss_mb": self.peak_rss,
+            "device": self.problem.device,
         }
 
 
 def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> SearchResult:
     """Phases 1-6 (see module doc); writes nothing but the cache. `model`: the user's model code
     ('FILE.py[:NAME]', docs/models.md) for a model outside the baseline family."""
-    t: dict[str, float] = {}
-    cpu: dict[str, float] = {}
-    t0, c1 = time.perf_counter(), _cpu()
+    clock = PhaseClock(enabled=cfg.progress)
     p = load_problem(ckpt, cfg, model)  # cfg was validated when it was built
     codecs = cfg.codec_list()
     cache = Cache(cfg.cache_dir)
     floor, floor_codec, _ = floor_bytes(p, codecs)
-    t["floor"] = time.perf_counter() - t0
-    cpu["floor"], c1 = _cpu() - c1, _cpu()
+    clock.lap("floor")
     if cfg.budget < floor:
         raise InfeasibleBudget(cfg.budget, floor, f"layout (all tensors at their cheapest spec, codec {floor_codec}, code {p.code_bytes:,} bytes)")
-    t1 = time.perf_counter()
     if cfg.calib == "self":
         cfg = cfg.replace(calib=str(self_calibration(p, cfg)))
     p.pin_calibration(cfg.calib)
-    t["calibration"] = time.perf_counter() - t1
-    cpu["calibration"], c1 = _cpu() - c1, _cpu()
-    t1 = time.perf_counter()
+    clock.lap("calibration")
     # one cost table, priced with the first codec; every codec's fit recalibrates it with exact packs
     table = cost_tables(p, codecs[:1], cache, progress=cfg.progress, workers=cfg.workers)[codecs[0]]
     tables = {c: table for c in codecs}
-    t["costs"] = time.perf_counter() - t1
-    cpu["costs"], c1 = _cpu() - c1, _cpu()
-    t1 = time.perf_counter()
+    clock.lap("costs")
     sens = sensitivity(p, cfg, cache, table)
-    t["sensitivity"] = time.perf_counter() - t1
-    cpu["sensitivity"], c1 = _cpu() - c1, _cpu()
-    t1 = time.perf_counter()
+    clock.lap("sensitivity")
     model_budget = cfg.budget - p.code_bytes
     fits: dict[str, Fit] = {}
     bar = progress_bar(total=len(codecs), desc="fit", unit="codec", enabled=cfg.progress)
@@ -169,9 +162,7 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
     bar.close()
     if not fits:
         raise InfeasibleBudget(cfg.budget, floor)
-    t["fit"] = time.perf_counter() - t1
-    cpu["fit"], c1 = _cpu() - c1, _cpu()
-    t1 = time.perf_counter()
+    clock.lap("fit")
     alts = alternatives(p, cfg, fits, tables, sens, model_budget) if cfg.select else []
     if alts:
         score = joint_scorer(p, cfg)
@@ -190,14 +181,55 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
     else:
         chosen = min((Alternative(f"solver:{f.codec}", f.codec, f.choice, f.model_bytes, f.predicted_loss) for f in fits.values()),
                      key=lambda a: (a.predicted_loss, a.model_bytes))
-    t["select"] = time.perf_counter() - t1
-    cpu["select"], c1 = _cpu() - c1, _cpu()
+    clock.lap("select")
     specs = p.specs_of(chosen.choice)
     return SearchResult(
         codec=chosen.codec, specs=specs, policy=p.policy_of(specs), model_bytes=chosen.model_bytes,
         code_bytes=p.code_bytes, budget=cfg.budget, predicted_loss=chosen.predicted_loss, floor=floor, fits=fits,
-        sens=sens, tables=tables, problem=p, timings=t, cpu_timings=cpu, chosen=chosen, alternatives=alts,
+        sens=sens, tables=tables, problem=p, timings=clock.wall, cpu_timings=clock.cpu, peak_rss=clock.rss, chosen=chosen,
+        alternatives=alts,
     )
+
+
+PHASES = ("floor", "calibration", "costs", "sensitivity", "fit", "select")  # run_search's phases, in order
+
+
+class PhaseClock:
+    """Wall seconds, CPU seconds and the peak-RSS high-water mark of each phase, laps taken in PHASES order;
+    with `enabled` (the progress flag: None = stderr is a terminal) each finished phase prints one line:
+    its place among the phases, its wall and CPU time, its share of the time so far."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        import sys
+
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.rss: dict[str, float] = {}
+        self.show = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = self.t = time.perf_counter()
+        self.c = _cpu()
+
+    def lap(self, phase: str) -> None:
+        import sys
+
+        t, c = time.perf_counter(), _cpu()
+        self.wall[phase], self.cpu[phase], self.t, self.c = t - self.t, c - self.c, t, c
+        self.rss[phase] = _peak_rss_mb()
+        if self.show:
+            k = PHASES.index(phase) + 1 if phase in PHASES else len(self.wall)
+            total = t - self.t0
+            print(f"search [{k}/{len(PHASES)}] {phase}: {self.wall[phase]:.1f} s wall, {self.cpu[phase]:.1f} s CPU "
+                  f"({100 * self.wall[phase] / max(total, 1e-9):.0f}% of {total:.1f} s so far), peak RSS {self.rss[phase]:.0f} MiB",
+                  file=sys.stderr, flush=True)
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set so far (MiB; ru_maxrss is KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if sys.platform == "darwin" else r / 2**10
 
 
 def _cpu() -> float:
@@ -206,4 +238,4 @@ def _cpu() -> float:
     return o.user + o.system + o.children_user + o.children_system
 
 
-__all__ = ["SearchResult", "run_search"]
+__all__ = ["PHASES", "PhaseClock", "SearchResult", "run_search"]

@@ -113,7 +113,9 @@ def joint_scorer(p: Problem, cfg: SearchConfig) -> Callable[[list[Alternative]],
     batch = make_batch(calib_halves(cfg.calib, tokenizer=cfg.tokenizer)[1], cfg.select_batch, cfg.calib_seq, vocab_size=p.vocab_size)
     model = p.build(device=cfg.device)
     ref = S.reference_logprobs(model, batch, device=cfg.device)
-    base, _ = S.batch_scores(model, batch, None, device=cfg.device)
+    # the raw model's loss from its own predictions: `batch_scores`' number without a second forward
+    base = -sum(float(r.gather(-1, batch.targets[i : i + 8].to(cfg.device).unsqueeze(-1)).double().sum())
+                for r, i in zip(ref, range(0, batch.inputs.shape[0], 8))) / batch.tokens
     scored: dict[tuple[int, ...], float] = {}
 
     def score(alts: list[Alternative]) -> None:

@@ -135,24 +135,44 @@ def start_layer(model: torch.nn.Module, name: str) -> int | str | None:
     return None
 
 
+# direct measurement on CUDA: sequences one batched suffix forward may hold (candidates x micro-batch rows). On the CPU
+# one candidate per forward: stacking 6 candidates of a 21.8M model's MLP cost 23% MORE CPU time (larger activations
+# fall out of the caches; the matmuls are already large at 8 x 256 rows), while on a GPU small forwards are launch-bound.
+BATCH_ROWS = 64
+
+
 class PrefixCache:
     """Each calibration micro-batch's block inputs under the raw weights, kept once: a candidate of block L is
     scored by rerunning blocks L.. only (the head: only the logits). Without a GPT that can (no `hidden_from`)
-    or with `enabled=False` every score is a full forward - the same numbers, slower."""
+    or with `enabled=False` every score is a full forward - the same numbers, slower.
 
-    def __init__(self, model: torch.nn.Module, batch: CalibBatch, *, device: str = "cpu", micro: int = 8, enabled: bool = True):
+    `scores_many` scores several candidates of ONE block weight together: block L runs once per candidate,
+    then the blocks after it run once over all of them stacked along the batch (fewer, larger matmuls)."""
+
+    def __init__(self, model: torch.nn.Module, batch: CalibBatch, *, device: str = "cpu", micro: int = 8, enabled: bool = True,
+                 batch_rows: int | None = None):
         self.model, self.batch, self.device, self.micro = model, batch, device, micro
+        self.batch_rows = batch_rows if batch_rows is not None else BATCH_ROWS if torch.device(device).type == "cuda" else micro
         self.enabled = enabled and hasattr(model, "hidden_from") and hasattr(model, "block_inputs")
+        self.batched = self.enabled and hasattr(model, "block_output")
         self.cached: list[tuple[Tensor, list[Tensor], list[Tensor], Tensor]] = []
         if self.enabled:
-            with torch.no_grad():
+            with torch.inference_mode():
                 for i in range(0, batch.inputs.shape[0], micro):
                     self.cached.append(model.block_inputs(batch.inputs[i : i + micro].to(device)))  # type: ignore[operator]
 
-    @torch.no_grad()
+    @torch.inference_mode()
+    def reference(self) -> list[Tensor]:
+        """`reference_logprobs` from the cached final hidden states (the same numbers, no forward)."""
+        return [torch.log_softmax(self.model.logits_from_hidden(h).float(), dim=-1) for *_, h in self.cached]  # type: ignore[operator]
+
+    def _where(self, name: str | None) -> int | str | None:
+        return None if name is None or not self.enabled else start_layer(self.model, name)
+
+    @torch.inference_mode()
     def scores(self, name: str | None, ref: list[Tensor] | None) -> tuple[float, float]:
         """(mean NLL, mean KL(ref || model)) like `batch_scores`, rerunning only what parameter `name` can change."""
-        where = None if name is None or not self.enabled else start_layer(self.model, name)
+        where = self._where(name)
         if where is None:
             return batch_scores(self.model, self.batch, ref, device=self.device, micro=self.micro)
         nll = kl = 0.0
@@ -160,13 +180,48 @@ class PrefixCache:
             x0, xs, enc, h = self.cached[k]
             if where != "head":
                 h = self.model.hidden_from(int(where), x0, xs, enc)  # type: ignore[operator]
-            logp = torch.log_softmax(self.model.logits_from_hidden(h).float(), dim=-1)  # type: ignore[operator]
-            y = self.batch.targets[i : i + self.micro].to(self.device)
-            nll -= float(logp.gather(-1, y.unsqueeze(-1)).double().sum())
-            if ref is not None:
-                r = ref[k].to(self.device)
-                kl += float((r.exp() * (r - logp)).sum(dim=-1).double().sum())
+            a, b = self._head(h, i, None if ref is None else ref[k])
+            nll, kl = nll + a, kl + b
         return nll / self.batch.tokens, kl / self.batch.tokens
+
+    def _head(self, h: Tensor, i: int, r: Tensor | None) -> tuple[float, float]:
+        """Summed NLL and KL(r || model) of hidden states `h` for the micro-batch starting at row `i`."""
+        logp = torch.log_softmax(self.model.logits_from_hidden(h).float(), dim=-1)  # type: ignore[operator]
+        y = self.batch.targets[i : i + self.micro].to(self.device)
+        nll = -float(logp.gather(-1, y.unsqueeze(-1)).double().sum())
+        kl = 0.0 if r is None else float((r.exp() * (r - logp)).sum(dim=-1).double().sum())
+        return nll, kl
+
+    @torch.inference_mode()
+    def scores_many(self, name: str, param: Tensor, values: list[Tensor], ref: list[Tensor] | None) -> list[tuple[float, float]]:
+        """`scores(name, ref)` with `param` (the parameter called `name`) holding each of `values` in turn;
+        `param` is left holding the last one. Candidates of a block's own weight share one forward of the
+        blocks after it (at most `batch_rows` sequences at once); anything else is scored one by one."""
+        where = self._where(name)
+        m = re.match(r"blocks\.(\d+)\.", name)
+        per = max(1, self.batch_rows // self.micro)  # candidates per batched forward
+        if not (self.batched and isinstance(where, int) and m and int(m.group(1)) == where) or len(values) < 2 or per < 2:
+            out = []
+            for v in values:
+                param.copy_(v)
+                out.append(self.scores(name, ref))
+            return out
+        sums = [[0.0, 0.0] for _ in values]
+        for k, i in enumerate(range(0, self.batch.inputs.shape[0], self.micro)):
+            x0, xs, enc, _ = self.cached[k]
+            rows = x0.shape[0]
+            for c0 in range(0, len(values), per):
+                group = values[c0 : c0 + per]
+                outs = []
+                for v in group:
+                    param.copy_(v)
+                    outs.append(self.model.block_output(where, x0, xs, enc))  # type: ignore[operator]
+                h = self.model.hidden_from(where, x0, xs, enc, out=torch.cat(outs))  # type: ignore[operator]
+                for j in range(len(group)):
+                    a, b = self._head(h[j * rows : (j + 1) * rows], i, None if ref is None else ref[k])
+                    sums[c0 + j][0] += a
+                    sums[c0 + j][1] += b
+        return [(a / self.batch.tokens, b / self.batch.tokens) for a, b in sums]
 
 
 def measure_direct(
@@ -203,7 +258,9 @@ def measure_direct(
     get = values or (lambda n, s: fake_quantize(state_dict[n], s))
     model.eval()
     params = dict(model.named_parameters())
-    ref = reference_logprobs(model, batch, device=device)
+    todo = [(n, s) for n, specs in candidates.items() for s in specs if not have_(done, n, s.label())]
+    pc = PrefixCache(model, batch, device=device, enabled=prefix_cache and bool(todo))
+    ref = pc.reference() if pc.enabled else reference_logprobs(model, batch, device=device)
     # the base loss from the reference predictions: the numbers `batch_scores` gives, without another forward
     base = -sum(float(r.gather(-1, batch.targets[i : i + 8].to(device).unsqueeze(-1)).double().sum())
                 for r, i in zip(ref, range(0, batch.inputs.shape[0], 8))) / batch.tokens
@@ -212,10 +269,8 @@ def measure_direct(
     def have(name: str, label: str) -> bool:
         return all(label in out[o].get(name, {}) for o in OBJECTIVES)
 
-    todo = [(n, s) for n, specs in candidates.items() for s in specs if not have(n, s.label())]
     if not todo:
         return base, out
-    pc = PrefixCache(model, batch, device=device, enabled=prefix_cache)
     bar = progress_bar(total=len(todo), desc="sensitivity (direct)", unit="cand", enabled=progress)
     for name, specs in candidates.items():
         missing = [s for s in specs if not have(name, s.label())]
@@ -225,27 +280,35 @@ def measure_direct(
             raise UsageError(f"{name}: not a parameter of the model built from this checkpoint", param="candidates")
         p = params[name]
         orig = p.data.clone()
-        seen: list[tuple[Tensor, float, float]] = [(orig, 0.0, 0.0)]  # stored values -> (delta nll, kl) measured
-        try:
-            for spec in missing:
-                v = get(name, spec).to(device=p.device, dtype=p.dtype)
-                same = next((r for r in seen if torch.equal(r[0], v)), None)
-                if same is not None:
-                    dn, dk = same[1], same[2]  # the very same weights: the very same forward
-                else:
-                    p.data.copy_(v)
-                    nll, dk = pc.scores(name, ref)
-                    dn = nll - base
-                    seen.append((v, dn, dk))
-                out["nll"].setdefault(name, {})[spec.label()] = dn
-                out["kl"].setdefault(name, {})[spec.label()] = dk
+        # stored values -> the candidates that store them; equal weights give equal forwards, so one each
+        uniq: list[tuple[Tensor, list[str]]] = []
+        for spec in missing:
+            v = get(name, spec).to(device=p.device, dtype=p.dtype)
+            if torch.equal(v, orig):
+                dn_dk = (0.0, 0.0)  # the raw weights: no damage, no forward
+                out["nll"].setdefault(name, {})[spec.label()], out["kl"].setdefault(name, {})[spec.label()] = dn_dk
                 bar.update(1)
+                continue
+            same = next((u for u in uniq if torch.equal(u[0], v)), None)
+            (same[1].append(spec.label()) if same is not None else uniq.append((v, [spec.label()])))
+        try:
+            with torch.inference_mode():
+                res = pc.scores_many(name, p.data, [u[0] for u in uniq], ref)
         finally:
             p.data.copy_(orig)
+        for (_, labels), (nll, dk) in zip(uniq, res):
+            for label in labels:
+                out["nll"].setdefault(name, {})[label] = nll - base
+                out["kl"].setdefault(name, {})[label] = dk
+            bar.update(len(labels))
         if on_tensor is not None:
             on_tensor(name, {o: out[o][name] for o in OBJECTIVES})
     bar.close()
     return base, out
+
+
+def have_(done: dict[str, dict[str, dict[str, float]]] | None, name: str, label: str) -> bool:
+    return all(label in (done or {}).get(o, {}).get(name, {}) for o in OBJECTIVES)
 
 
 # ------------------------------------------------------------------------------------------------

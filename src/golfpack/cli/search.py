@@ -372,6 +372,8 @@ def human_lines(rep: dict[str, Any]) -> list[str]:
     ag = rep.get("proxy_vs_direct")
     if ag:
         lines.append(f"proxy vs direct: Spearman {ag['spearman']:.3f} over {ag['pairs']} (tensor, spec) pairs")
+    if rep.get("timings"):
+        lines.append(phase_line(rep))
     if rep.get("frontier_table"):
         lines.append("Pareto frontier:")
         lines += ["  " + ln for ln in rep["frontier_table"]]
@@ -394,6 +396,15 @@ def human_lines(rep: dict[str, Any]) -> list[str]:
     return lines
 
 
+def phase_line(rep: dict[str, Any]) -> str:
+    """One line: each phase's wall seconds and share of the whole, CPU seconds, and the peak RSS."""
+    wall, cpu, rss = rep["timings"], rep.get("cpu_seconds") or {}, rep.get("peak_rss_mb") or {}
+    total = sum(wall.values()) or 1e-9
+    parts = [f"{ph} {w:.1f} s ({100 * w / total:.0f}%" + (f", CPU {cpu[ph]:.1f} s)" if ph in cpu else ")") for ph, w in wall.items()]
+    peak = f"; peak RSS {max(rss.values()):,.0f} MiB" if rss else ""
+    return f"phases ({total:.1f} s wall{' on ' + rep['device'] if rep.get('device') else ''}): " + ", ".join(parts) + peak
+
+
 def _layout_summary(layout: dict[str, str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for v in layout.values():
@@ -401,4 +412,4 @@ def _layout_summary(layout: dict[str, str]) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-__all__ = ["human_lines", "make_scorer", "search_cmd", "search_outputs"]
+__all__ = ["human_lines", "make_scorer", "phase_line", "search_cmd", "search_outputs"]

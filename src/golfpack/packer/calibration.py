@@ -57,26 +57,47 @@ def pydoc_tokens(tokenizer: str) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+GEN_CACHE_BYTES = 1 << 30  # self-calibration: KV-cache memory one generate call may use (sets how many sequences share it)
+
+
+def generation_chunk(model: torch.nn.Module, sequences: int, length: int) -> int:
+    """How many sequences one `generate` call samples together: all of them when their KV cache fits in
+    GEN_CACHE_BYTES (each step then reads the weights once for every sequence instead of once per 16 - the
+    step is memory-bound on the weights at small batch). From the architecture only, never from free memory,
+    so the same model samples the same text on every machine. A model without a baseline config: 16."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "num_kv_heads"):
+        return min(sequences, 16)
+    per_seq = 2 * 4 * (length + 1) * cfg.num_kv_heads * cfg.head_dim * cfg.num_layers  # k and v, fp32
+    return max(1, min(sequences, GEN_CACHE_BYTES // per_seq))
+
+
 def self_tokens(model: torch.nn.Module, *, sequences: int, length: int, seed: int = 0, bos: int = 1,
-                device: str = "cpu", chunk: int = 16, progress: bool | None = False) -> np.ndarray:
+                device: str = "cpu", chunk: int | None = None, progress: bool | None = False) -> np.ndarray:
     """The model's own text: `sequences` samples of `length` tokens, each after a BOS, as one stream
     (BOS-separated like documents in a shard). In-distribution calibration with no data at all - and
     never the validation tokens. Sampled at temperature 1 with a seeded generator, through the model's
-    `generate`: the baseline family keeps a KV cache; a user's model (no cache) recomputes every prefix,
-    which the progress line says."""
+    `generate`, `chunk` sequences per call (default `generation_chunk`: all that fit); on CUDA under bf16
+    autocast (`model.autocast`). The baseline family keeps a KV cache; a user's model (no cache) recomputes
+    every prefix, which the progress line says."""
     from golfpack._progress import bar as progress_bar
+    from golfpack.model import GPT, autocast
 
+    chunk = generation_chunk(model, sequences, length) if chunk is None else chunk
     gen = torch.Generator(device=device).manual_seed(seed)
     cached = getattr(model, "kv_cache", True)
     desc = "self-calib" if cached else "self-calib (no KV cache: recomputing each prefix)"
-    bar = progress_bar(total=sequences, desc=desc, unit="seq", enabled=progress)
+    bar = progress_bar(total=sequences * length, desc=desc, unit="tok", enabled=progress, unit_scale=True)
     rows = []
     try:
-        for i in range(0, sequences, chunk):
-            n = min(chunk, sequences - i)
-            prefix = torch.full((n, 1), bos, dtype=torch.long, device=device)
-            rows.append(model.generate(prefix, length, generator=gen).cpu())  # type: ignore[operator]
-            bar.update(n)
+        with torch.inference_mode(), autocast(device):
+            for i in range(0, sequences, chunk):
+                n = min(chunk, sequences - i)
+                prefix = torch.full((n, 1), bos, dtype=torch.long, device=device)
+                kw = {"on_step": lambda n=n: bar.update(n)} if isinstance(model, GPT) else {}
+                rows.append(model.generate(prefix, length, generator=gen, **kw).cpu())  # type: ignore[operator]
+                if not kw:
+                    bar.update(n * length)
     finally:
         bar.close()
     return torch.cat(rows).reshape(-1).numpy().astype(np.int64)

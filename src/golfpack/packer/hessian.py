@@ -66,7 +66,9 @@ def _baseline_weight_inputs(model: torch.nn.Module) -> dict[str, tuple[torch.nn.
 @torch.no_grad()
 def collect_hessians(model: torch.nn.Module, batch: Any, names: Iterable[str] | None = None, *,
                      device: str = "cpu", micro: int = 8, feeds: dict[str, Any] | None = None) -> dict[str, Tensor]:
-    """H = 2/n X^T X (float64, CPU) for each requested linear weight over every token of `batch`.
+    """H = 2/n X^T X (float64, returned on the CPU) for each requested linear weight over every token of `batch`,
+    from ONE forward pass per micro-batch (hooks on every layer at once), accumulated on `device` (no autocast:
+    GPTQ needs full precision).
 
     Weights fed by the same tensor (c_q, c_k and c_v all read the normed block input) share one
     X^T X per forward instead of computing it three times. A block called k times (depth recurrence)
@@ -79,7 +81,7 @@ def collect_hessians(model: torch.nn.Module, batch: Any, names: Iterable[str] | 
 
     def add(name: str, x: Tensor) -> None:
         if last[0] is not x:
-            x2 = x.detach().reshape(-1, x.shape[-1]).to("cpu", torch.float64)
+            x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)  # on the device: no transfer per layer
             last[0], last[1] = x, (x2.T @ x2, x2.shape[0])
         gram, n = last[1]
         if name in acc:
@@ -104,7 +106,7 @@ def collect_hessians(model: torch.nn.Module, batch: Any, names: Iterable[str] | 
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return {n: (2.0 / max(1, count[n])) * acc[n] for n in want if n in acc}
+    return {n: ((2.0 / max(1, count[n])) * acc[n]).cpu() for n in want if n in acc}
 
 
 def hessians_for(state_dict: dict[str, Tensor], config: Any, names: Iterable[str], cal: GptqCalibration, *,
