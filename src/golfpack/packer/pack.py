@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ def quantize_state_dict(
     for name, t in progress_bar(list(state_dict.items()), desc="quantize", unit="tensor", enabled=progress):
         spec, h = specs[name], (hessians or {}).get(name)
         if spec.gptq and h is None and hessians is not None:
-            spec = spec.rounded()  # not a linear layer's weight: GPTQ has no input to trade error through
+            spec = replace(spec, gptq=False)  # not a linear layer's weight: GPTQ has no input to trade error through
         info: dict[str, Any] = {}
         try:
             out.append(quantize_tensor(name, t, spec, h, info))
