@@ -128,3 +128,30 @@ def test_activation_aware_factors_cut_the_output_error_more() -> None:
     base = float(torch.einsum("ij,jk,ik->", e.double(), h.double(), e.double()))
     plain, aware = out_err(4, None), out_err(4, h)
     assert aware < 0.9 * plain < base
+
+
+def test_pack_and_inspect_show_rank_and_factor_bytes(tmp_path) -> None:
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from golfpack.cli import main
+    from golfpack.model import GPT, ModelConfig
+    from golfpack.packer.pack import describe_artifact, pack_state_dict
+    from golfpack.packer.policy import _layered
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1, mlp_hidden=64)
+    sd = GPT(cfg).state_dict()
+    art = pack_state_dict(sd, _layered("t", embed="int8", mlp="int4:sd12+lqer4", attn="int5:sd12", other="int5:sd12"), config=cfg, codec="zlib")
+    path = tmp_path / "m.qg3"
+    path.write_bytes(art.data)
+    rep = describe_artifact(path)
+    fc = next(r for r in rep["tensors"] if r["name"].endswith("mlp.fc.weight"))
+    assert fc["spec"] == "int4:sd12+lqer4" and fc["lqer_rank"] == 4
+    assert fc["lqer_raw_bytes"] == 4 * (64 + 32) + 2 * 4 * 2 and 0 < fc["lqer_stored_bytes"] < fc["stored_bytes"]
+    assert not any("lqer_rank" in r for r in rep["tensors"] if ".attn." in r["name"])
+    out = CliRunner().invoke(main, ["inspect", str(path)])
+    assert out.exit_code == 0 and "LQER corrections" in out.output and "rank 4" in out.output
+    js = _json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)
+    assert any(r.get("lqer_rank") == 4 for r in js["tensors"])

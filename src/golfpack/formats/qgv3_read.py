@@ -532,7 +532,7 @@ class QGv3Artifact:
         """Per tensor: bytes its values take in the streams before compression (levels at their layout's
         width - bits/8 per value dense, 1 byte in a byte container - plus its scales; or its passthrough bytes)."""
         out = {r.name: 0.0 for r in self.records}
-        for name, _s, b in self._members():
+        for name, _s, b, _lq in self._members():
             out[name] += b
         return out
 
@@ -540,34 +540,48 @@ class QGv3Artifact:
         """Per tensor: ESTIMATED compressed bytes. Each stream's stored bytes are split over its tensors in
         proportion to their raw bytes in it (codecs are not additive, so this is an attribution, not a
         measurement). Shares sum to the blocks' stored bytes; preamble + header are not included."""
+        return self._shares(lqer_only=False)
+
+    def lqer_bytes(self) -> dict[str, tuple[int, float, float]]:
+        """Per tensor with an LQER correction: (rank, raw bytes of its factor levels and scales, their ESTIMATED
+        compressed share, attributed as `tensor_shares` does). Included in raw_sizes/tensor_shares too."""
+        raw: dict[str, float] = {}
+        for name, _s, b, lq in self._members():
+            if lq:
+                raw[name] = raw.get(name, 0.0) + b
+        shares = self._shares(lqer_only=True)
+        ranks = {e["name"]: e["lqer"]["rank"] for e in self.header["tensors"] if "lqer" in e}
+        return {n: (ranks[n], raw[n], shares[n]) for n in ranks}
+
+    def _shares(self, *, lqer_only: bool) -> dict[str, float]:
         raw_in: dict[int, float] = {}
         mem = self._members()
-        for _n, s, b in mem:
+        for _n, s, b, _lq in mem:
             raw_in[s] = raw_in.get(s, 0.0) + b
         out = {r.name: 0.0 for r in self.records}
-        for name, s, b in mem:
-            if raw_in[s] > 0:
+        for name, s, b, lq in mem:
+            if raw_in[s] > 0 and (lq or not lqer_only):
                 out[name] += self.streams[s]["stored_bytes"] * b / raw_in[s]
         return out
 
-    def _members(self) -> list[tuple[str, int, float]]:
+    def _members(self) -> list[tuple[str, int, float, bool]]:
         res = []
         for e in self.header["tensors"]:
             numel = math.prod(e["shape"])
             g = self.streams[e["group"]]
             if g["kind"] == "levels":
-                res.append((e["name"], e["group"], numel * (g["bits"] / 8 if g["layout"] == "dense" else 1)))
+                res.append((e["name"], e["group"], numel * (g["bits"] / 8 if g["layout"] == "dense" else 1), False))
                 sc = self.streams[e["scales"]]
                 per_row = -(-e["shape"][1] // e["scale_group"]) if "scale_group" in e else 1
-                res.append((e["name"], e["scales"], e.get("rows", 1) * per_row * STORAGE_DTYPES[sc["dtype"]].itemsize))
+                res.append((e["name"], e["scales"], e.get("rows", 1) * per_row * STORAGE_DTYPES[sc["dtype"]].itemsize, False))
                 if "lqer" in e:  # the correction's factor levels and scales count to the tensor
                     lq = e["lqer"]
                     li = next(i for i, x in enumerate(self.streams) if x["kind"] == "levels" and x["bits"] == lq["bits"])
                     lay = self.streams[li]["layout"]
-                    res.append((e["name"], li, lq["rank"] * sum(e["shape"]) * (lq["bits"] / 8 if lay == "dense" else 1)))
-                    res.append((e["name"], e["scales"], 2 * lq["rank"] * STORAGE_DTYPES[sc["dtype"]].itemsize))
+                    res.append((e["name"], li, lq["rank"] * sum(e["shape"]) * (lq["bits"] / 8 if lay == "dense" else 1), True))
+                    res.append((e["name"], e["scales"], 2 * lq["rank"] * STORAGE_DTYPES[sc["dtype"]].itemsize, True))
             else:
-                res.append((e["name"], e["group"], numel * STORAGE_DTYPES[g["dtype"]].itemsize))
+                res.append((e["name"], e["group"], numel * STORAGE_DTYPES[g["dtype"]].itemsize, False))
         return res
 
 
