@@ -155,3 +155,33 @@ def test_pack_and_inspect_show_rank_and_factor_bytes(tmp_path) -> None:
     assert out.exit_code == 0 and "LQER corrections" in out.output and "rank 4" in out.output
     js = _json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)
     assert any(r.get("lqer_rank") == 4 for r in js["tensors"])
+
+
+@pytest.mark.slow  # ~13 s at load 6: a real checkpoint, every matrix quantized twice, three forwards
+def test_lqer_reduces_the_output_error_of_a_real_trained_model(nolanvild_pt, val_shard) -> None:
+    """nolanvild (a real trained checkpoint): every block matrix at int3:sd12, with and without +lqer4. The
+    model's next-token distribution moves less from the raw model's with the correction (measured: KL to the
+    raw model 1.039 -> 0.480 nats/token, -54%, on 1,024 val tokens; the fit reads no tokens)."""
+    import numpy as np
+
+    from golfpack.formats.shards import load_tokens
+    from golfpack.loading import load_any
+    from golfpack.model import build_model
+
+    lm = load_any(nolanvild_pt)
+    sd, cfg = lm.state_dict, lm.config
+    toks = torch.from_numpy(load_tokens(val_shard, 4 * 257).astype(np.int64)).view(4, 257)
+    x = toks[:, :-1]
+
+    def logp(state: dict) -> torch.Tensor:
+        m = build_model(cfg, state).eval()
+        with torch.no_grad():
+            return torch.log_softmax(m.logits(x).float(), dim=-1)
+
+    def quantized(spec: str) -> dict:
+        return {n: (quantize_tensor(n, t, TensorSpec.parse(spec)).dequantize() if t.ndim == 2 and n.startswith("blocks.") else t)
+                for n, t in sd.items()}
+
+    raw = logp(sd)
+    kl = {s: float((raw.exp() * (raw - logp(quantized(s)))).sum(-1).mean()) for s in ("int3:sd12", "int3:sd12+lqer4")}
+    assert kl["int3:sd12+lqer4"] < 0.6 * kl["int3:sd12"], kl
