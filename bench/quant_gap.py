@@ -233,7 +233,7 @@ def plot(model: str, res: dict) -> None:
     ax.set_title(f"{model}: bytes vs gap (dashed: int6+tok8 size, dotted: 85%; squares: the 85% pick)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(RESULTS.parent / f"quant_gap_{model}.png", dpi=110)
+    fig.savefig(RESULTS.parent / f"{RESULTS.stem}_{model}.png", dpi=110)
     plt.close(fig)
 
 
