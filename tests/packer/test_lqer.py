@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from golfpack.formats.qgv3 import decode_qgv3, encode_qgv3
-from golfpack.formats.records import lqer_apply, lqer_payload_bytes
+from golfpack.formats.records import lqer_apply, lqer_payload_bytes, payload_bytes
 from golfpack.formats.spec import LQER_BITS, TensorSpec
 from golfpack.packer.decoder import decoder_source
 from golfpack.packer.quantize import (
+    fake_quantize,
     hessian_from_activations,
     lqer_error_bound,
     lqer_factors,
@@ -78,6 +79,9 @@ def test_lqer_record_shape_bytes_and_vectors() -> None:
     assert quantize_tensor("s", _weight(3, 20), TensorSpec.parse("int4+lqer8")).spec.label() == "int4+lqer3"
     v = quantize_tensor("v", torch.randn(7), TensorSpec.parse("int6+lqer4"))
     assert v.spec.label() == "int6" and v.lqer_q is None
+    assert payload_bytes(TensorSpec.parse("int4+lqer8"), (3, 20), "float32") == 30 + 6 + lqer_payload_bytes(3, 8, 3, 20)
+    # QAT's fake_quantize of an LQER spec is exactly what the loader rebuilds
+    assert torch.equal(fake_quantize(w, TensorSpec.parse("int5:sd12+lqer4")), quantize_tensor("w", w, TensorSpec.parse("int5:sd12+lqer4")).dequantize())
 
 
 def test_round_trip_exact_through_qgv3_and_the_exported_decoder(tmp_path) -> None:

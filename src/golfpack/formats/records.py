@@ -52,7 +52,8 @@ def payload_bytes(spec: TensorSpec, shape: Sequence[int], dtype: str) -> float:
             scales = int(shape[0]) * per_row * _itemsize(SCALES_PER_ROW)
         else:
             scales = _itemsize(SCALES_PER_TENSOR)
-        extra = lqer_payload_bytes(spec.lqer, LQER_BITS, int(shape[0]), int(shape[1])) if spec.lqer and len(shape) == 2 else 0.0
+        rows, cols = (int(shape[0]), int(shape[1])) if len(shape) == 2 else (0, 0)
+        extra = lqer_payload_bytes(min(spec.lqer, rows, cols), LQER_BITS, rows, cols) if spec.lqer else 0.0  # the packer clamps r
         return numel * spec.bits / 8 + scales + extra
     storage = PASS_STORAGE.get(spec.dtype, dtype)
     if storage not in STORAGE_DTYPES:
