@@ -200,6 +200,7 @@ def _scale_count(e: dict[str, Any], spec: TensorSpec, shape: list[int], name: st
         raise _fail(f"{name}: scale_group {g!r} does not match its spec {spec.label()} (groups: {', '.join(map(str, K.SCALE_GROUPS))})")
     return rows * (-(-cols // g))
 
+
 def _lqer(e: dict[str, Any], spec: TensorSpec, shape: list[int], name: str, streams: list[StreamEntry]) -> tuple[int, int]:
     """The `lqer` object of a tensor entry (docs/qgv3.md 8b), checked: present exactly when the spec has +lqer<r>, only
     on a 2-D int tensor with per-row scales, exactly LQER_KEYS, rank == the spec's and <= min(rows, cols), bits 2..8
