@@ -16,6 +16,8 @@ tensors fp16, as every int6-family preset):
     g64, g128  int8:mse / int<b>:g64, int<b>:g128           (absmax scale per 64/128 input columns)
     gptq       int8:mse+gptq / int<b>:mse+gptq              (GPTQ act-order; the tied embedding through
     gptq_g64   int8:mse+gptq / int<b>:g64+gptq               the LM-head input's Hessian)
+    gptq_lqer      int8:mse+gptq / int<b>:mse+gptq+lqer4     GPTQ + LQER: a rank-4 int8 correction of every
+    gptq_g64_lqer  int8:mse+gptq / int<b>:g64+gptq+lqer4     block matrix's GPTQ residual (docs/qgv3.md 8b)
     records    bench/records_recipe.py (GPTQ act-order, SDClip k 12/13, GPTQ'd int8 k=20 embedding;
                +lqer: rank 4 on the 3 worst tensors), at ITS OWN size (an lzma estimate, no QGv3 file)
 
@@ -70,6 +72,8 @@ FAMILIES = {  # name -> (embedding spec, block-matrix spec with {b})
     "g128": ("int8:mse", "int{b}:g128"),
     "gptq": ("int8:mse+gptq", "int{b}:mse+gptq"),
     "gptq_g64": ("int8:mse+gptq", "int{b}:g64+gptq"),
+    "gptq_lqer": ("int8:mse+gptq", "int{b}:mse+gptq+lqer4"),
+    "gptq_g64_lqer": ("int8:mse+gptq", "int{b}:g64+gptq+lqer4"),
 }
 TARGETS = (1.0, 0.85)
 
@@ -86,8 +90,12 @@ def main() -> int:
     ap.add_argument("--families", default=",".join([*FAMILIES, "records", "presets"]))
     ap.add_argument("--calib-seqs", type=int, default=16)
     ap.add_argument("--ladder", default=",".join(map(str, LADDER)), help="block-matrix widths to try, widest first")
+    ap.add_argument("--results", type=Path, default=None, help="results JSON to write (default bench/results/quant_gap.json)")
     ap.add_argument("--table", action="store_true", help="only print the tables and draw the plots from the results file")
     args = ap.parse_args()
+    if args.results is not None:
+        global RESULTS
+        RESULTS = args.results
     if args.table:
         tables()
         return 0
@@ -225,7 +233,7 @@ def plot(model: str, res: dict) -> None:
     ax.set_title(f"{model}: bytes vs gap (dashed: int6+tok8 size, dotted: 85%; squares: the 85% pick)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(RESULTS.parent / f"quant_gap_{model}.png", dpi=110)
+    fig.savefig(RESULTS.parent / f"{RESULTS.stem}_{model}.png", dpi=110)
     plt.close(fig)
 
 

@@ -16,9 +16,10 @@ What it does, exactly:
     input Hessian when tied (round-to-nearest with the SDClip scale when no Hessian is given).
   * Everything else (1-D gains, resid_mix, skip_weights, q_gain, ...) passes through as fp16.
   * LQER: for the 3 tensors with the largest Hessian-weighted error tr(E H E^T) (E = W - Q(W); plain
-    Frobenius norm where there is no Hessian), a rank-4 correction A B from the truncated SVD of E
-    (A = U_r S_r, B = V_r^T), each factor stored int8 with one fp16 scale per row (or fp16), added
-    to the dequantized weight at load.
+    Frobenius norm where there is no Hessian), a rank-4 correction A B of E, golfpack's own LQER
+    (packer/quantize.py lqer_factors: truncated SVD, A = U_r S_r^1/2, B = S_r^1/2 V_r^T, int8 with one
+    fp16 scale per component, A refitted to the quantized B; added at load by formats/records.lqer_apply),
+    or (lqer_factor_dtype="fp16") A = U_r S_r, B = V_r^T stored fp16.
   * Bytes: per tensor, the stored streams (int8 containers of the levels as the records ship them,
     fp16 scales, fp16 passthrough, LQER factors) serialized raw and compressed with lzma (preset 9e)
     and brotli (q11, when the module is installed); both per tensor and for the whole concatenated
@@ -39,6 +40,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+
+from golfpack.formats.records import lqer_apply
+from golfpack.packer.quantize import lqer_factors
 
 try:  # optional
     import brotli  # type: ignore
@@ -270,18 +274,18 @@ def quantize_records_recipe(
         for name in lqer_names:
             w = state_dict[name].float()
             E = w - deq[name]
+            if lqer_factor_dtype == "int8":  # golfpack's LQER (packer/quantize.lqer_factors, formats/records.lqer_apply)
+                fq, fs = lqer_factors(E, lqer_rank)
+                before = float((E * E).sum())
+                deq[name] = lqer_apply(deq[name].float(), fq.numpy(), fs.numpy(), lqer_rank)
+                tb[name].streams += [fq.numpy().tobytes(), fs.numpy().tobytes()]
+                after = float(((w - deq[name]) ** 2).sum())
+                info[name]["lqer"] = {"rank": lqer_rank, "factors": "int8 (golfpack)", "err_before": before, "err_after": after}
+                continue
             U, S, Vh = torch.linalg.svd(E, full_matrices=False)
-            A = U[:, :lqer_rank] * S[:lqer_rank]
-            B = Vh[:lqer_rank]
-            if lqer_factor_dtype == "int8":
-                qa, sa = quantize_int8_rows(A)
-                qb, sb = quantize_int8_rows(B)
-                A_, B_ = qa * sa.half().float()[:, None], qb * sb.half().float()[:, None]
-                tb[name].streams += [qa.to(torch.int8).numpy().tobytes(), sa.half().numpy().tobytes(),
-                                     qb.to(torch.int8).numpy().tobytes(), sb.half().numpy().tobytes()]
-            else:
-                A_, B_ = A.half().float(), B.half().float()
-                tb[name].streams += [A.half().numpy().tobytes(), B.half().numpy().tobytes()]
+            A, B = U[:, :lqer_rank] * S[:lqer_rank], Vh[:lqer_rank]
+            A_, B_ = A.half().float(), B.half().float()
+            tb[name].streams += [A.half().numpy().tobytes(), B.half().numpy().tobytes()]
             before = float((E * E).sum())
             deq[name] = deq[name] + A_ @ B_
             after = float(((w - deq[name]) ** 2).sum())

@@ -23,3 +23,18 @@ def test_regularize_keeps_group_and_row_specs_apart():
     r = regularize({"w": {"int6:g64": 0.01, "int4:g64": 0.0, "int6": 0.5, "int4": 0.2}})["w"]
     assert r["int4:g64"] == 0.01  # narrower groups never better than wider groups
     assert r["int4"] == 0.5 and r["int6:g64"] == 0.01  # per-row quantile does not leak into the group family
+
+
+def test_lqer_candidates_on_the_cheapest_widths_of_big_enough_matrices():
+    labels = [s.label() for s in candidate_specs(torch.zeros(64, 256), bits=(6, 5, 4), clips=("quantile",), gptq=True, groups=())]
+    assert [lb for lb in labels if "lqer" in lb] == ["int5:sd12+lqer4", "int5:sd12+gptq+lqer4", "int4:sd12+lqer4", "int4:sd12+gptq+lqer4"]
+    assert len(labels) == 2 + 3 * 2 * 2 + 4  # at most 4 more a matrix
+    # too small a matrix (rank 4 would cost over 1/16 of its levels), lqer=0, or a vector: none
+    assert not [s for s in candidate_specs(torch.zeros(63, 256), bits=(4,)) if s.lqer]
+    assert not [s for s in candidate_specs(torch.zeros(64, 256), bits=(4,), lqer=0) if s.lqer]
+    assert not [s for s in candidate_specs(torch.zeros(4096), bits=(4,)) if s.lqer]
+
+
+def test_regularize_keeps_lqer_apart_from_its_base_spec():
+    r = regularize({"w": {"int5:sd12": 0.3, "int4:sd12": 0.5, "int4:sd12+lqer4": 0.1, "int5:sd12+lqer4": 0.2}})["w"]
+    assert r["int4:sd12+lqer4"] == 0.2 and r["int4:sd12"] == 0.5  # monotone within each family, not across them

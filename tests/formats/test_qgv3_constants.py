@@ -53,7 +53,8 @@ def test_enums_and_preamble_pinned() -> None:
 def test_key_sets_and_storage_tables_pinned() -> None:
     assert K.HEADER_KEYS == {"config", "policy", "meta", "tensors", "streams", "blocks"}
     assert K.TENSOR_KEYS_REQUIRED == {"name", "shape", "dtype", "spec", "digest", "group", "offset"}
-    assert K.TENSOR_KEYS_INT == {"scales", "scale_offset"} and K.TENSOR_KEYS_OPTIONAL == {"rows", "scale_group"}
+    assert K.TENSOR_KEYS_INT == {"scales", "scale_offset"} and K.TENSOR_KEYS_OPTIONAL == {"rows", "scale_group", "lqer"}
+    assert K.LQER_KEYS == {"rank", "bits", "offset", "scale_offset"} and list(K.LQER_RANKS) == list(range(1, 65))
     assert K.STREAM_KEYS == {"kind", "count", "layout", "block", "at"} and K.STREAM_KEYS_OPTIONAL == {"bits", "dtype", "alone"}
     assert K.BLOCK_KEYS == {"codec", "raw", "stored", "crc"}
     # order matters: it is the canonical stream order

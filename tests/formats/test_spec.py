@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from golfpack.errors import UsageError
 from golfpack.formats.spec import TensorSpec
 
 
@@ -82,3 +83,19 @@ def test_constructor_validates_group_and_clip() -> None:
         TensorSpec("passthrough", dtype="fp16", group=64)
     with pytest.raises(ValueError, match="clip"):
         TensorSpec("int", bits=6, clip="sd12.0")
+
+
+def test_lqer_suffix_parses_labels_and_rejects() -> None:
+    s = TensorSpec.parse("int5:g64:sd12+gptq+lqer4")
+    assert (s.bits, s.group, s.clip, s.gptq, s.lqer) == (5, 64, "sd12", True, 4) and s.label() == "int5:g64:sd12+gptq+lqer4"
+    assert TensorSpec.parse("int6+lqer64").lqer == 64 and TensorSpec.parse("int8+lqer1").label() == "int8+lqer1"
+    assert TensorSpec.parse("int6+gptq+lqer8").rounded() == TensorSpec.parse("int6")  # QAT simulates the grid only
+    for bad in ("int6+lqer0", "int6+lqer65", "int6+lqer04", "int6+lqer4+gptq", "int6+lqer4+lqer4", "fp16+lqer4", "int6+lqer",
+                "int6+gptq+", "int6+", "int6+lqerx"):
+        with pytest.raises(UsageError):
+            TensorSpec.parse(bad)
+    for bad_rank in (0.5, True, 65, -1):
+        with pytest.raises(UsageError, match="lqer"):
+            TensorSpec("int", bits=6, lqer=bad_rank)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="integer specs only"):
+        TensorSpec("passthrough", dtype="fp16", lqer=4)

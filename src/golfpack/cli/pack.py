@@ -260,6 +260,12 @@ def inspect_cmd(artifact: str, plot: str | None, as_json: bool) -> None:
             f"  {_shown(g['group']):<{w - 2}}  {'':<11} {g['params']:>10,} {_fmt_bytes(g['raw_bytes']):>11} "
             f"{_fmt_bytes(g['stored_bytes']):>11} {100 * g['share']:>6.2f}%"
         )
+    lq = [r for r in rows if "lqer_rank" in r]
+    if lq:  # LQER corrections: their factor bytes are inside each tensor's row above
+        lines.append("LQER corrections (factor levels + scales, included above):")
+        for r in lq:
+            lines.append(f"  {_shown(r['name']):<{w}}  rank {r['lqer_rank']:<3} raw B {_fmt_bytes(r['lqer_raw_bytes']):>9}  "
+                         f"stored B {_fmt_bytes(r['lqer_stored_bytes']):>9}")
     if rep.get("overhead_bytes") is not None:
         lines.append(f"header/framing bytes {rep['overhead_bytes']:,}")
     if plot:

@@ -79,7 +79,11 @@ PASS_STORAGE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}  # pas
 HEADER_KEYS = frozenset({"config", "policy", "meta", "tensors", "streams", "blocks"})
 TENSOR_KEYS_REQUIRED = frozenset({"name", "shape", "dtype", "spec", "digest", "group", "offset"})
 TENSOR_KEYS_INT = frozenset({"scales", "scale_offset"})  # int tensors only
-TENSOR_KEYS_OPTIONAL = frozenset({"rows", "scale_group"})  # rows: 2-D int tensors; scale_group: group-wise scales (rows x ceil(cols/g))
+TENSOR_KEYS_OPTIONAL = frozenset({"rows", "scale_group", "lqer"})  # rows: 2-D int tensors; scale_group: group-wise scales (rows x ceil(cols/g))
+# lqer: a 2-D int tensor's low-rank error correction (docs/qgv3.md 8b): r * (rows + cols) factor levels of width
+# `bits` at `offset` in that width's LEVELS stream, 2r float16 factor scales at `scale_offset` in the float16 SCALES stream
+LQER_KEYS = frozenset({"rank", "bits", "offset", "scale_offset"})
+LQER_RANKS = range(1, 65)  # ranks an `lqer` entry may have (also at most min(rows, cols))
 SCALE_GROUPS = (32, 64, 128, 256)  # the group sizes a `scale_group` may name
 STREAM_KEYS = frozenset({"kind", "count", "layout", "block", "at"})
 STREAM_KEYS_OPTIONAL = frozenset({"bits", "dtype", "alone"})  # bits: LEVELS; dtype: the others; alone: solid blocks
@@ -140,6 +144,8 @@ __all__ = [
     "HEADER_KEYS",
     "LEVEL_BITS",
     "LEVEL_LAYOUTS",
+    "LQER_KEYS",
+    "LQER_RANKS",
     "Layout",
     "Limits",
     "MAGIC",

@@ -100,6 +100,10 @@ class TensorEntry:
     scales: int | None = None  # int specs: the scales stream; else None
     scale_offset: int | None = None  # int specs: first scale in that stream
     nscales: int = 0  # int specs: rows for per-row, 1 for per-tensor
+    lqer_bits: int = 0  # spec.lqer: width of the factor levels; else 0
+    lqer_levels: int | None = None  # spec.lqer: the LEVELS stream of that width
+    lqer_offset: int | None = None  # spec.lqer: first factor level in it (r (rows + cols) of them)
+    lqer_scale_offset: int | None = None  # spec.lqer: first factor scale in the scales stream (2r of them)
 
     @property
     def cols(self) -> int:
@@ -196,6 +200,30 @@ def _scale_count(e: dict[str, Any], spec: TensorSpec, shape: list[int], name: st
     if isinstance(g, bool) or not isinstance(g, int) or g not in K.SCALE_GROUPS or g != spec.group:
         raise _fail(f"{name}: scale_group {g!r} does not match its spec {spec.label()} (groups: {', '.join(map(str, K.SCALE_GROUPS))})")
     return rows * (-(-cols // g))
+
+
+def _lqer(e: dict[str, Any], spec: TensorSpec, shape: list[int], name: str, streams: list[StreamEntry]) -> tuple[int, int]:
+    """The `lqer` object of a tensor entry (docs/qgv3.md 8b), checked: present exactly when the spec has +lqer<r>, only
+    on a 2-D int tensor with per-row scales, exactly LQER_KEYS, rank == the spec's and <= min(rows, cols), bits 2..8
+    with a LEVELS stream of that width. Returns (bits, that stream's index); 0, -1 when the tensor has none."""
+    if "lqer" not in e:
+        if spec.lqer:
+            raise _fail(f"{name}: {spec.label()} tensor lacks its lqer entry")
+        return 0, -1
+    if not spec.lqer:
+        raise _fail(f"{name}: lqer entry on a tensor whose spec {spec.label()} has no +lqer<r>")
+    d = _keys(e["lqer"], K.LQER_KEYS, frozenset(), f"{name} lqer")
+    if "rows" not in e:
+        raise _fail(f"{name}: lqer needs a 2-D int tensor with per-row scales ('rows')")
+    rank = _int(d["rank"], f"{name} lqer rank", K.LQER_RANKS.start, K.LQER_RANKS.stop - 1)
+    if rank != spec.lqer or rank > min(shape):
+        raise _fail(f"{name}: lqer rank {rank} must equal its spec's ({spec.label()}) and be at most min(rows, cols) = {min(shape)}")
+    bits = _int(d["bits"], f"{name} lqer bits", K.LEVEL_BITS.start, K.LEVEL_BITS.stop - 1)
+    for s in streams:
+        if s.kind == StreamKind.LEVELS and s.bits == bits:
+            return bits, s.index
+    raise _fail(f"{name}: lqer factors of {bits} bits but the file has no int{bits} levels stream")
+
 
 def _int(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
@@ -423,15 +451,20 @@ def _tensors(h: dict, streams: list[StreamEntry], lim: Limits) -> tuple[list[Ten
                 raise _fail(f"{name}: scales must be in the {sdt} scales stream, stream {si} is not")
             extra["scales"], extra["nscales"] = si, nsc
             extra["scale_offset"] = take(si, e["scale_offset"], nsc, name)
+            lbits, lsi = _lqer(e, spec, shape, name, streams)
         else:
-            if K.TENSOR_KEYS_INT & e.keys() or "rows" in e or "scale_group" in e:
-                raise _fail(f"{name}: passthrough tensor must not have scales/rows/scale_group")
+            if K.TENSOR_KEYS_INT & e.keys() or "rows" in e or "scale_group" in e or "lqer" in e:
+                raise _fail(f"{name}: passthrough tensor must not have scales/rows/scale_group/lqer")
             if spec.dtype != "exact" and dtype not in K.FLOAT_DTYPES:
                 raise _fail(f"{name}: a {dtype} tensor can only be stored 'exact', not {spec.label()}")
             want = K.PASS_STORAGE.get(spec.dtype, dtype)
             if g.kind != StreamKind.PASSTHROUGH or g.dtype != want:
                 raise _fail(f"{name}: {spec.label()} {dtype} tensor must be in the {want} passthrough stream, stream {gi} is not")
         off = take(gi, e["offset"], numel, name)
+        if spec.lqer:  # after the tensor's own levels and scales (the same streams when the widths agree)
+            r = spec.lqer
+            extra.update(lqer_bits=lbits, lqer_levels=lsi, lqer_offset=take(lsi, e["lqer"]["offset"], r * sum(shape), f"{name} lqer"),
+                         lqer_scale_offset=take(extra["scales"], e["lqer"]["scale_offset"], 2 * r, f"{name} lqer"))
         tensors.append(TensorEntry(i, name, tuple(shape), numel, dtype, spec, d, gi, off, **extra))
     for s in streams:
         if fill[s.index] != s.count:
@@ -503,7 +536,7 @@ class QGv3Artifact:
         """Per tensor: bytes its values take in the streams before compression (levels at their layout's
         width - bits/8 per value dense, 1 byte in a byte container - plus its scales; or its passthrough bytes)."""
         out = {r.name: 0.0 for r in self.records}
-        for name, _s, b in self._members():
+        for name, _s, b, _lq in self._members():
             out[name] += b
         return out
 
@@ -511,28 +544,48 @@ class QGv3Artifact:
         """Per tensor: ESTIMATED compressed bytes. Each stream's stored bytes are split over its tensors in
         proportion to their raw bytes in it (codecs are not additive, so this is an attribution, not a
         measurement). Shares sum to the blocks' stored bytes; preamble + header are not included."""
+        return self._shares(lqer_only=False)
+
+    def lqer_bytes(self) -> dict[str, tuple[int, float, float]]:
+        """Per tensor with an LQER correction: (rank, raw bytes of its factor levels and scales, their ESTIMATED
+        compressed share, attributed as `tensor_shares` does). Included in raw_sizes/tensor_shares too."""
+        raw: dict[str, float] = {}
+        for name, _s, b, lq in self._members():
+            if lq:
+                raw[name] = raw.get(name, 0.0) + b
+        shares = self._shares(lqer_only=True)
+        ranks = {e["name"]: e["lqer"]["rank"] for e in self.header["tensors"] if "lqer" in e}
+        return {n: (ranks[n], raw[n], shares[n]) for n in ranks}
+
+    def _shares(self, *, lqer_only: bool) -> dict[str, float]:
         raw_in: dict[int, float] = {}
         mem = self._members()
-        for _n, s, b in mem:
+        for _n, s, b, _lq in mem:
             raw_in[s] = raw_in.get(s, 0.0) + b
         out = {r.name: 0.0 for r in self.records}
-        for name, s, b in mem:
-            if raw_in[s] > 0:
+        for name, s, b, lq in mem:
+            if raw_in[s] > 0 and (lq or not lqer_only):
                 out[name] += self.streams[s]["stored_bytes"] * b / raw_in[s]
         return out
 
-    def _members(self) -> list[tuple[str, int, float]]:
+    def _members(self) -> list[tuple[str, int, float, bool]]:
         res = []
         for e in self.header["tensors"]:
             numel = math.prod(e["shape"])
             g = self.streams[e["group"]]
             if g["kind"] == "levels":
-                res.append((e["name"], e["group"], numel * (g["bits"] / 8 if g["layout"] == "dense" else 1)))
+                res.append((e["name"], e["group"], numel * (g["bits"] / 8 if g["layout"] == "dense" else 1), False))
                 sc = self.streams[e["scales"]]
                 per_row = -(-e["shape"][1] // e["scale_group"]) if "scale_group" in e else 1
-                res.append((e["name"], e["scales"], e.get("rows", 1) * per_row * STORAGE_DTYPES[sc["dtype"]].itemsize))
+                res.append((e["name"], e["scales"], e.get("rows", 1) * per_row * STORAGE_DTYPES[sc["dtype"]].itemsize, False))
+                if "lqer" in e:  # the correction's factor levels and scales count to the tensor
+                    lq = e["lqer"]
+                    li = next(i for i, x in enumerate(self.streams) if x["kind"] == "levels" and x["bits"] == lq["bits"])
+                    lay = self.streams[li]["layout"]
+                    res.append((e["name"], li, lq["rank"] * sum(e["shape"]) * (lq["bits"] / 8 if lay == "dense" else 1), True))
+                    res.append((e["name"], e["scales"], 2 * lq["rank"] * STORAGE_DTYPES[sc["dtype"]].itemsize, True))
             else:
-                res.append((e["name"], e["group"], numel * STORAGE_DTYPES[g["dtype"]].itemsize))
+                res.append((e["name"], e["group"], numel * STORAGE_DTYPES[g["dtype"]].itemsize, False))
         return res
 
 
@@ -547,6 +600,12 @@ def _record(t: TensorEntry, arrays: list[np.ndarray | None]) -> TensorRecord:
         scales = sc[t.scale_offset : t.scale_offset + t.nscales]
         if t.spec.group and t.rows is not None:  # group-wise: (rows, ceil(cols / group)), as the packer made them
             scales = scales.reshape(t.rows, -1)
+        if t.spec.lqer:
+            fq, r = arrays[t.lqer_levels], t.spec.lqer  # type: ignore[index]
+            assert fq is not None and t.lqer_offset is not None and t.lqer_scale_offset is not None
+            return TensorRecord(t.name, t.shape, t.dtype, t.spec, q=q, scales=scales,
+                                lqer_q=fq[t.lqer_offset : t.lqer_offset + r * sum(t.shape)],
+                                lqer_scales=sc[t.lqer_scale_offset : t.lqer_scale_offset + 2 * r], lqer_bits=t.lqer_bits)
         return TensorRecord(t.name, t.shape, t.dtype, t.spec, q=q, scales=scales)
     if t.dtype == "bool" and t.spec.dtype == "exact":
         vals = vals.view(np.bool_)

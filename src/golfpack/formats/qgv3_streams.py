@@ -164,6 +164,20 @@ def _check_record(rec: TensorRecord) -> None:
         want = rec.n_scales
         if rec.scales.size != want:
             raise bad(f"{rec.name}: {rec.scales.size} scales, expected {want}")
+        if rec.spec.lqer:
+            r = rec.spec.lqer
+            if not rec.per_row or rec.lqer_q is None or rec.lqer_scales is None:
+                raise bad(f"{rec.name}: {rec.spec.label()} needs a 2-D tensor with LQER factor levels and scales")
+            rows, cols = rec.q.shape
+            if r > min(rows, cols):
+                raise bad(f"{rec.name}: LQER rank {r} exceeds min(rows, cols) = {min(rows, cols)}")
+            if rec.lqer_bits not in K.LEVEL_BITS or isinstance(rec.lqer_bits, bool):
+                raise bad(f"{rec.name}: LQER factor width must be 2..8 bits, got {rec.lqer_bits!r}")
+            if rec.lqer_q.size != r * (rows + cols) or rec.lqer_scales.size != 2 * r:
+                raise bad(f"{rec.name}: LQER rank {r} needs {r * (rows + cols)} factor levels and {2 * r} scales, "
+                          f"got {rec.lqer_q.size} and {rec.lqer_scales.size}")
+        elif rec.lqer_q is not None or rec.lqer_scales is not None:
+            raise bad(f"{rec.name}: LQER factors given but the spec {rec.spec.label()} has no +lqer<r>")
     elif rec.data is None or rec.data.size != rec.numel:
         raise bad(f"{rec.name}: passthrough record data does not match its shape {rec.shape}")
 
@@ -223,6 +237,19 @@ def collect(records: Iterable[TensorRecord], *, config: dict | None = None, poli
                 e["rows"] = int(rec.q.shape[0])
             if rec.grouped:  # group-wise scales: rows x ceil(cols / scale_group) of them, row-major
                 e["scale_group"] = int(rec.spec.group)
+            if rec.spec.lqer:  # factor levels in their width's LEVELS stream, factor scales after the tensor's own
+                assert rec.lqer_q is not None and rec.lqer_scales is not None
+                fq = np.ascontiguousarray(rec.lqer_q).astype(np.int8, copy=False).reshape(-1)
+                fm = K.qmax(rec.lqer_bits)
+                if fq.size and (int(fq.min()) < -fm or int(fq.max()) > fm):
+                    raise UsageError(f"{rec.name}: int{rec.lqer_bits} LQER levels outside [-{fm}, {fm}]", param="records")
+                fs = np.asarray(rec.lqer_scales).reshape(-1)
+                fs16 = fs.astype(STORAGE_DTYPES[K.SCALES_PER_ROW])
+                if not np.array_equal(fs16.astype(np.float64), fs.astype(np.float64), equal_nan=True):
+                    raise UsageError(f"{rec.name}: LQER scales are not exactly representable as float16", param="records")
+                e["lqer"] = {"rank": int(rec.spec.lqer), "bits": int(rec.lqer_bits),
+                             "offset": stream(StreamKind.LEVELS, bits=rec.lqer_bits).add(rec.name, fq),
+                             "scale_offset": st.add(rec.name, fs16)}
         else:
             sdt, vals = _storage_of(rec)
             ps = stream(StreamKind.PASSTHROUGH, dtype=sdt)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from golfpack.formats.qgv3_constants import (
     STORAGE_DTYPES,
     TENSOR_DTYPES,
 )
-from golfpack.formats.spec import TensorSpec
+from golfpack.formats.spec import LQER_BITS, TensorSpec
 
 # torch dtype name (as in str(dtype) without "torch.") <-> torch dtype, for the dtypes we store.
 TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in TENSOR_DTYPES}
@@ -52,11 +52,34 @@ def payload_bytes(spec: TensorSpec, shape: Sequence[int], dtype: str) -> float:
             scales = int(shape[0]) * per_row * _itemsize(SCALES_PER_ROW)
         else:
             scales = _itemsize(SCALES_PER_TENSOR)
-        return numel * spec.bits / 8 + scales
+        rows, cols = (int(shape[0]), int(shape[1])) if len(shape) == 2 else (0, 0)
+        extra = lqer_payload_bytes(min(spec.lqer, rows, cols), LQER_BITS, rows, cols) if spec.lqer else 0.0  # the packer clamps r
+        return numel * spec.bits / 8 + scales + extra
     storage = PASS_STORAGE.get(spec.dtype, dtype)
     if storage not in STORAGE_DTYPES:
         raise UsageError(f"unsupported tensor dtype {dtype!r}", param="dtype")
     return float(numel * _itemsize(storage))
+
+
+def lqer_payload_bytes(rank: int, bits: int, rows: int, cols: int) -> float:
+    """Bytes of a rank-`rank` LQER correction before entropy coding: r (rows + cols) levels at `bits` + 2r fp16 scales."""
+    return rank * (rows + cols) * bits / 8 + 2 * rank * _itemsize(SCALES_PER_ROW)
+
+
+def lqer_apply(w: torch.Tensor, q: np.ndarray, scales: np.ndarray, rank: int) -> torch.Tensor:
+    """THE LQER arithmetic (docs/qgv3.md 8b): w (rows, cols) fp32 + sum_k a_k b_k^T, added to w in order k = 0..r-1.
+
+    q: r (rows + cols) int8 factor levels, A^T (r, rows) then B (r, cols), row-major; scales: 2r fp16, one per
+    row of A^T then of B. Factor k is levels * scale in fp32; each step is one fp32 multiply and one fp32 add per
+    element (no matmul: a BLAS may sum in any order, this gives the same bits on every machine)."""
+    rows = w.shape[0]
+    lv = torch.from_numpy(np.ascontiguousarray(q).reshape(-1).astype(np.float32))
+    s = torch.from_numpy(np.ascontiguousarray(scales).reshape(-1).astype(np.float32))
+    a = lv[: rank * rows].view(rank, rows) * s[:rank, None]
+    b = lv[rank * rows :].view(rank, -1) * s[rank:, None]
+    for k in range(rank):
+        w = w + a[k, :, None] * b[k]
+    return w
 
 
 @dataclass
@@ -70,6 +93,9 @@ class TensorRecord:
     q: np.ndarray | None = None  # int8 levels in [-qmax, qmax]; shape (rows, cols) per-row, (numel,) per-tensor
     scales: np.ndarray | None = None  # per-row: float16 (rows,); group-wise: float16 (rows, ceil(cols/group)); per-tensor: float32 (1,)
     data: np.ndarray | None = None  # passthrough values in their storage dtype (bf16 held as uint16 bits)
+    lqer_q: np.ndarray | None = None  # spec.lqer: int8 factor levels, flat r (rows + cols): A^T (r, rows) then B (r, cols)
+    lqer_scales: np.ndarray | None = None  # spec.lqer: float16 (2r,): one per row of A^T, then one per row of B
+    lqer_bits: int = LQER_BITS  # spec.lqer: the factor levels' integer width (levels in +-qmax(lqer_bits))
 
     @property
     def per_row(self) -> bool:
@@ -95,6 +121,9 @@ class TensorRecord:
 
     def payload_bytes(self) -> float:
         """`payload_bytes(spec, shape, orig_dtype)`: this record's size before entropy coding."""
+        if self.spec.lqer and self.per_row and self.lqer_bits != LQER_BITS:  # a factor width the spec's default does not say
+            base = payload_bytes(replace(self.spec, lqer=0), self.shape, self.orig_dtype)
+            return base + lqer_payload_bytes(self.spec.lqer, self.lqer_bits, *self.shape)
         return payload_bytes(self.spec, self.shape, self.orig_dtype)
 
     def dequantize(self) -> torch.Tensor:
@@ -111,6 +140,9 @@ class TensorRecord:
                 w = q * s.view(-1, 1)
             else:
                 w = q * float(s.reshape(-1)[0])
+            if self.spec.lqer and self.per_row:  # + A @ B in fp32, before the one cast (lqer_apply)
+                assert self.lqer_q is not None and self.lqer_scales is not None
+                w = lqer_apply(w, self.lqer_q, self.lqer_scales, self.spec.lqer)
             return w.to(out_dtype).reshape(self.shape).contiguous()
         assert self.data is not None
         arr = np.ascontiguousarray(self.data)

@@ -11,8 +11,12 @@ Clip rules: `quantile` (baseline, floored), `absmax`, `mse` (per-row clip search
 of the layer input, llama.cpp's imatrix; plain `mse` where no Hessian is given).
 `g<N>` (N in 32, 64, 128, 256): one fp16 scale per (row, group of N input columns) instead of per row;
 a group spec's default clip is `absmax` (`quantile` is per-row only). Canonical label order:
-`int<b>[:g<N>][:<clip>][+gptq]`; the clip is left out when it is the default (quantile per row, absmax
-per group).
+`int<b>[:g<N>][:<clip>][+gptq][+lqer<r>]`; the clip is left out when it is the default (quantile per row,
+absmax per group).
+`+lqer<r>` (r in 1..64, after `+gptq` when both): a rank-r correction of the quantization error of a 2-D
+tensor, E = W - dequant(Q(W)) ~ A @ B by truncated SVD, the factors stored as int8 levels with one fp16
+scale per component (docs/qgv3.md section 8b); the loader adds A @ B back. The factor width is the
+file's (`LQER_BITS` is what the packer writes).
 """
 
 from __future__ import annotations
@@ -21,13 +25,16 @@ import re
 from dataclasses import dataclass, replace
 
 from golfpack.errors import UsageError
-from golfpack.formats.qgv3_constants import LEVEL_BITS, qmax
+from golfpack.formats.qgv3_constants import LEVEL_BITS, LQER_RANKS, qmax
 
 INT_BITS = LEVEL_BITS
 CLIP_RULES = ("absmax", "quantile", "mse", "hmse")  # fixed names; plus `sd<k>` (SDClip, see is_sd_clip)
 GROUP_SIZES = (32, 64, 128, 256)  # `g<N>` group sizes along the input dimension (0 = one scale per row)
 SD_MAX_K = 64.0  # largest SDClip multiplier accepted
 _SD_RE = re.compile(r"sd(\d{1,2}(?:\.\d)?)")
+_LQER_RE = re.compile(r"lqer([1-9]\d?)")
+LQER_MAX_RANK = LQER_RANKS.stop - 1  # largest `+lqer<r>` rank
+LQER_BITS = 8  # integer width of the LQER factors the packer writes (int8: measured best at equal bytes, docs/policies.md)
 
 
 def sd_k(clip: str) -> float | None:
@@ -56,6 +63,7 @@ class TensorSpec:
     dtype: str = "fp16"  # storage dtype for kind == "passthrough": fp16 | bf16 | fp32 | exact
     gptq: bool = False  # kind == "int": Hessian-aware (GPTQ) rounding instead of round-to-nearest
     group: int = 0  # kind == "int": 0 = one scale per row; else one scale per (row, `group` input columns)
+    lqer: int = 0  # kind == "int": 0 = none; else the rank of the low-rank error correction (+lqer<r>, 1..64)
 
     def __post_init__(self) -> None:
         if self.kind == "int":
@@ -70,11 +78,15 @@ class TensorSpec:
             if self.group and self.clip == "quantile":
                 raise UsageError("the quantile clip (the baseline's floored per-row rule) has no group form; use absmax, mse, "
                                  "hmse or sd<k> with g<N>", param="clip")
+            if isinstance(self.lqer, bool) or not isinstance(self.lqer, int) or not (self.lqer == 0 or self.lqer in LQER_RANKS):
+                raise UsageError(f"lqer rank must be 0 (none) or an int in 1..{LQER_MAX_RANK}, got {self.lqer!r}", param="lqer")
         elif self.kind == "passthrough":
             if self.gptq:
                 raise UsageError("gptq applies to integer specs only", param="gptq")
             if self.group:
                 raise UsageError("group applies to integer specs only", param="group")
+            if self.lqer:
+                raise UsageError("lqer applies to integer specs only", param="lqer")
             if self.dtype not in PASSTHROUGH_DTYPES:
                 raise UsageError(f"passthrough dtype must be one of {', '.join(PASSTHROUGH_DTYPES)}, got {self.dtype!r}", param="dtype")
         else:
@@ -93,7 +105,9 @@ class TensorSpec:
             base += f":g{self.group}"
         if self.clip != ("absmax" if self.group else "quantile"):
             base += f":{self.clip}"
-        return base + "+gptq" if self.gptq else base
+        if self.gptq:
+            base += "+gptq"
+        return base + f"+lqer{self.lqer}" if self.lqer else base
 
     @property
     def needs_hessian(self) -> bool:
@@ -101,8 +115,9 @@ class TensorSpec:
         return self.kind == "int" and (self.gptq or self.clip == "hmse")
 
     def rounded(self) -> TensorSpec:
-        """The same grid with round-to-nearest levels (what QAT simulates: it has no Hessian)."""
-        return replace(self, gptq=False) if self.gptq else self
+        """The same grid with round-to-nearest levels and no LQER correction (what QAT simulates: it has no
+        Hessian, and the correction is fitted to the final weights at pack time)."""
+        return replace(self, gptq=False, lqer=0) if (self.gptq or self.lqer) else self
 
     @classmethod
     def parse(cls, text: str) -> TensorSpec:
@@ -110,13 +125,24 @@ class TensorSpec:
         t = text.strip().lower()
         if t in PASSTHROUGH_DTYPES:
             return cls(kind="passthrough", dtype=t)
-        body, plus, suffix = t.partition("+")
+        body, _, suffix = t.partition("+")
         head, *parts = body.split(":")
         bad = UsageError(
             f"cannot parse tensor spec {text!r}: use int2..int8 with an optional ':g32|g64|g128|g256', an optional "
-            f"':absmax|quantile|mse|hmse|sd<k>' (in that order) and an optional '+gptq', or one of {', '.join(PASSTHROUGH_DTYPES)}"
+            f"':absmax|quantile|mse|hmse|sd<k>' (in that order), an optional '+gptq' and an optional '+lqer<r>' "
+            f"(r in 1..{LQER_MAX_RANK}), or one of {', '.join(PASSTHROUGH_DTYPES)}"
         )
-        if not (head.startswith("int") and head[3:].isdigit() and head[3:] == str(int(head[3:]))) or (plus and suffix != "gptq"):
+        if not (head.startswith("int") and head[3:].isdigit() and head[3:] == str(int(head[3:]))):
+            raise bad
+        plus = suffix.split("+") if suffix or "+" in t else []
+        gptq = bool(plus) and plus[0] == "gptq"
+        rank = 0
+        if plus[gptq:]:
+            m = _LQER_RE.fullmatch(plus[gptq])
+            if len(plus) - gptq != 1 or m is None or int(m.group(1)) not in LQER_RANKS:
+                raise bad
+            rank = int(m.group(1))
+        elif len(plus) != int(gptq):
             raise bad
         group, clip = 0, None
         if parts and parts[0].startswith("g"):
@@ -128,7 +154,8 @@ class TensorSpec:
             clip = parts.pop(0)
         if parts or clip == "":
             raise bad
-        return cls(kind="int", bits=int(head[3:]), clip=clip or ("absmax" if group else "quantile"), gptq=bool(plus), group=group)
+        return cls(kind="int", bits=int(head[3:]), clip=clip or ("absmax" if group else "quantile"), gptq=gptq, group=group,
+                   lqer=rank)
 
     def __str__(self) -> str:
         return self.label()

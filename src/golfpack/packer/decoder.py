@@ -37,7 +37,8 @@ def _mod(name):
 
 
 # canonical labels only
-SPEC = re.compile(r"int[2-8](:g(32|64|128|256))?(:absmax|:mse|:hmse|:sd([1-9]|[1-5][0-9]|6[0-4])(\.[1-9])?)?(\+gptq)?|fp16|bf16|fp32|exact")
+SPEC = re.compile(r"int[2-8](:g(32|64|128|256))?(:absmax|:mse|:hmse|:sd([1-9]|[1-5][0-9]|6[0-4])(\.[1-9])?)?(\+gptq)?"
+                  r"(\+lqer([1-9]|[1-5][0-9]|6[0-4]))?|fp16|bf16|fp32|exact")
 HEX = re.compile(r"[0-9a-f]{64}")
 L = {"header": 16 << 20, "raw": 256 << 20, "numel": 1 << 28, "blocks": 64, "streams": 64, "tensors": 100000, "name": 1024, "ndim": 8, "out": 512 << 20}
 
@@ -215,7 +216,7 @@ def _load(path, check):
         return arrays[g][o:o + n]
 
     for e in h["tensors"]:
-        _keys(e, ("name", "shape", "dtype", "spec", "digest", "group", "offset"), ("scales", "scale_offset", "rows", "scale_group"))
+        _keys(e, ("name", "shape", "dtype", "spec", "digest", "group", "offset"), ("scales", "scale_offset", "rows", "scale_group", "lqer"))
         name, shape = e["name"], e["shape"]
         if type(name) is not str or not 0 < len(name) <= L["name"] or not name.isprintable() or name in sd:
             raise ValueError(f"bad tensor name {ascii(name)[:80]}")
@@ -230,7 +231,8 @@ def _load(path, check):
         out += numel * np.dtype(DT[e["dtype"]]).itemsize
         if total > L["numel"] or out > L["out"]:
             raise ValueError(f"{name}: too many elements or bad dtype")
-        if not (type(e["spec"]) is str and SPEC.fullmatch(e["spec"]) and type(e["digest"]) is str and HEX.fullmatch(e["digest"])):
+        if not (type(e["spec"]) is str and SPEC.fullmatch(e["spec"]) and type(e["digest"]) is str and HEX.fullmatch(e["digest"])) or \
+                ("lqer" in e) != ("+lqer" in e["spec"]):
             raise ValueError(f"{name}: bad spec or digest")
         dtype, sp, st = getattr(torch, e["dtype"]), e["spec"], h["streams"][_i(e["group"], len(arrays) - 1)]
         fl = e["dtype"] in ("float32", "float16", "bfloat16", "float64")
@@ -258,6 +260,16 @@ def _load(path, check):
                 t = v.float().view(r, shape[1]) * torch.from_numpy(sc.copy()).float().view(-1, 1)
             else:
                 t = v.float() * float(sc[0])
+            if "lqer" in e:  # t += a_j b_j^T in fp32, j in order (A^T, B: levels * row scale)
+                k = _keys(e["lqer"], ("rank", "bits", "offset", "scale_offset"))
+                n, lb = _i(k["rank"], min(shape)), (0, _i(k["bits"], 8), None)
+                if r is None or not sp.endswith(f"+lqer{n}") or lb not in keys:
+                    raise ValueError(f"{name}: bad lqer")
+                f = torch.from_numpy(take(keys.index(lb), k["offset"], n * sum(shape)) * np.repeat(take(e["scales"], k["scale_offset"], 2 * n)
+                                     .astype("f4"), np.repeat(shape, n)))
+                a, f = f[:n * r].view(n, r), f[n * r:].view(n, -1)
+                for j in range(n):
+                    t = t + a[j, :, None] * f[j]
         elif h["streams"][e["group"]]["dtype"] == "bfloat16":
             t = v.view(torch.bfloat16)
         else:

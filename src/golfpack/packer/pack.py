@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ def quantize_state_dict(
     for name, t in progress_bar(list(state_dict.items()), desc="quantize", unit="tensor", enabled=progress):
         spec, h = specs[name], (hessians or {}).get(name)
         if spec.gptq and h is None and hessians is not None:
-            spec = spec.rounded()  # not a linear layer's weight: GPTQ has no input to trade error through
+            spec = replace(spec, gptq=False)  # not a linear layer's weight: GPTQ has no input to trade error through
         info: dict[str, Any] = {}
         try:
             out.append(quantize_tensor(name, t, spec, h, info))
@@ -385,7 +385,9 @@ def describe_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
         codecs = sorted({b["codec"] for b in art.blocks})
         codec: str | None = codecs[0] if len(codecs) == 1 else ("mixed: " + ", ".join(codecs) if codecs else None)
         overhead: int | None = art.header_bytes
+        lqer = art.lqer_bytes()
     else:
+        lqer = {}
         records = [quantize_tensor(n, t, TensorSpec("passthrough", dtype="exact")) for n, t in lm.state_dict.items()]
         raw = {r.name: payload_bytes(r) for r in records}
         denom = sum(raw.values()) or 1.0
@@ -401,6 +403,8 @@ def describe_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
             "raw_bytes": raw[r.name],
             "stored_bytes": stored[r.name],
             "share": stored[r.name] / total if total else 0.0,
+            **({"lqer_rank": lqer[r.name][0], "lqer_raw_bytes": lqer[r.name][1], "lqer_stored_bytes": lqer[r.name][2]}
+               if r.name in lqer else {}),
         }
         for r in records
     ]

@@ -32,12 +32,14 @@ Everything here is plain torch, device-agnostic and autograd-free, so the traine
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from golfpack.formats.records import TensorRecord, dtype_name
-from golfpack.formats.spec import TensorSpec, sd_k
+from golfpack.formats.spec import LQER_BITS, TensorSpec, sd_k
 
 # The baseline's clip quantile (INT8_CLIP_PERCENTILE = 99.99984 in train_gpt.py).
 BASELINE_CLIP_Q = 99.99984 / 100.0
@@ -358,6 +360,69 @@ def floor_warnings(state_dict: dict[str, Tensor], specs: dict[str, TensorSpec]) 
 
 
 # ----------------------------------------------------------------------------------------------
+# LQER: a low-rank correction of the quantization error (Zhang et al., 2024)
+
+
+def lqer_factors(err: Tensor, rank: int, bits: int = LQER_BITS, hessian: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Quantized rank-`rank` factors of the error `err` (rows, cols): E ~ A @ B with A = U_r S_r^1/2, B = S_r^1/2 V_r^T.
+
+    Returns (levels int8, flat r (rows + cols): A^T (r, rows) then B (r, cols); scales fp16 (2r,), one absmax scale
+    per row of A^T, then per row of B) - the layout `lqer_apply` and docs/qgv3.md 8b read. B is quantized first,
+    then A is refitted by least squares to the quantized B and quantized: the refit takes back part of B's
+    rounding error, never adds any (before A's own rounding). float64 throughout.
+
+    hessian: the layer input's (cols, cols) H. Given, the factors minimise the OUTPUT error tr((E - AB) H (E - AB)^T)
+    instead of ||E - AB||_F (activation-aware, as L2QER): the SVD is of E L with H + 1% mean(diag H) I = L L^T, and
+    B = S_r^1/2 V_r^T L^-1. Measured on nolanvild's GPTQ int3/int4 residuals (rank 4, int8, bench/lqer_factor_bits.py):
+    0.67x / 0.66x the calibration output error without LQER, against 0.72x / 0.71x for the plain SVD - yet the fresh-load
+    gap on val was worse (bench/quant_gap.py gptq int3 + lqer4: +0.0143 against +0.0132), so `quantize_tensor` (what
+    `+lqer<r>` stores) uses the plain fit; this one is for experiments."""
+    if err.ndim != 2 or not (1 <= rank <= min(err.shape)):
+        raise ValueError(f"LQER needs a 2-D error and 1 <= rank <= min(rows, cols), got shape {tuple(err.shape)} rank {rank}")
+    with torch.no_grad():
+        e = err.detach().double().cpu()
+        chol = None if hessian is None else _lqer_weight(hessian.detach().double().cpu())
+        if chol is None:
+            at0, b = lqer_svd(e, rank)
+        else:
+            at0, bw = lqer_svd(e @ chol, rank)
+            b = torch.linalg.solve_triangular(chol.T, bw.T, upper=True).T  # B L = B_w
+        qb, sb = quantize_rows(b.float(), bits, "absmax")
+        bq = qb.double() * sb.double()[:, None]
+        m, rhs = (bq.T, e.T) if chol is None else (chol.T @ bq.T, chol.T @ e.T)
+        # least squares refit of A to the quantized B (in the metric of H when given); lstsq copes with a B row rounded to 0
+        at = torch.linalg.lstsq(m, rhs, driver="gelsd").solution if bool(bq.abs().sum() > 0) else at0
+        qa, sa = quantize_rows(at.float(), bits, "absmax")
+        return torch.cat([qa.reshape(-1), qb.reshape(-1)]).contiguous(), torch.cat([sa, sb]).contiguous()
+
+
+def _lqer_weight(h: Tensor) -> Tensor | None:
+    """Lower Cholesky factor of H + d mean(diag H) I, d climbing DAMP_LADDER from 0.01 (None: H has no signal)."""
+    mean = float(torch.diag(h).mean())
+    if not mean > 0:
+        return None
+    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    for d in DAMP_LADDER:
+        chol, bad = torch.linalg.cholesky_ex(h + d * mean * eye)
+        if int(bad) == 0:
+            return chol
+    return None
+
+
+def lqer_svd(err: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """The unquantized factors (A^T (r, rows), B (r, cols)), float64: A = U_r S_r^1/2, B = S_r^1/2 V_r^T."""
+    u, sv, vh = torch.linalg.svd(err.detach().double().cpu(), full_matrices=False)
+    root = sv[:rank].sqrt()
+    return (u[:, :rank] * root).T.contiguous(), (root[:, None] * vh[:rank]).contiguous()
+
+
+def lqer_error_bound(err: Tensor, rank: int) -> float:
+    """Eckart-Young: the least ||E - A B||_F^2 any rank-`rank` factors reach, sum_{i > rank} sigma_i^2 (float64)."""
+    sv = torch.linalg.svdvals(err.detach().double().cpu())
+    return float((sv[rank:] ** 2).sum())
+
+
+# ----------------------------------------------------------------------------------------------
 # tensor -> record
 
 
@@ -392,6 +457,16 @@ def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | No
     shape = tuple(int(d) for d in t.shape)
     if spec.kind == "int":
         q, s = _levels_and_scales(t, spec, hessian, info)
+        if spec.lqer and t.ndim == 2 and min(shape) > 0:
+            spec = replace(spec, lqer=min(spec.lqer, *shape))  # no more components than the matrix has
+            base = TensorRecord(name, shape, "float32", replace(spec, lqer=0), q=q.cpu().numpy(), scales=s.cpu().numpy())
+            # E = W - dequant(Q(W)), in fp32 before the cast. The plain SVD fit, Hessian or not: the activation-aware
+            # fit cut the calibration output error more but lost fresh-load bpb on nolanvild (docs/policies.md, "LQER")
+            fq, fs = lqer_factors(t.float() - base.dequantize(), spec.lqer)
+            return TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=spec, q=base.q, scales=base.scales,
+                                lqer_q=fq.numpy(), lqer_scales=fs.numpy(), lqer_bits=LQER_BITS)
+        if spec.lqer:  # a vector or an empty matrix has no low-rank error to correct: stored without it
+            spec = replace(spec, lqer=0)
         return TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=spec, q=q.cpu().numpy(), scales=s.cpu().numpy())
     if not t.is_floating_point() and spec.dtype != "exact":
         raise ValueError(f"{name}: {orig} tensor can only be stored 'exact', not {spec.dtype}")
@@ -412,6 +487,8 @@ def fake_quantize(w: Tensor, spec: TensorSpec, hessian: Tensor | None = None) ->
     with torch.no_grad():
         if spec.kind == "passthrough":
             return _passthrough_values(w.detach(), spec.dtype).to(w.dtype)
+        if spec.lqer and w.ndim == 2:  # the correction is fitted on the CPU, as the packer does
+            return quantize_tensor("w", w, spec, hessian).dequantize().to(w.device)
         q, s = _levels_and_scales(w.detach(), spec, hessian)
         if w.ndim == 2 and s.ndim == 2:
             out = q.float() * expand_group_scales(s, spec.group, w.shape[1])
@@ -436,6 +513,9 @@ __all__ = [
     "fake_quantize",
     "gptq_quantize",
     "hessian_from_activations",
+    "lqer_error_bound",
+    "lqer_factors",
+    "lqer_svd",
     "qmax_for",
     "quantize_per_tensor",
     "quantize_rows",
