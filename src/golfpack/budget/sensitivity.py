@@ -347,11 +347,11 @@ def regularize(deltas: dict[str, dict[str, float]]) -> dict[str, dict[str, float
     out: dict[str, dict[str, float]] = {}
     for name, row in deltas.items():
         new = {k: max(0.0, float(v)) for k, v in row.items()}
-        by_clip: dict[tuple[str, int, bool], list[tuple[int, str]]] = {}
+        by_clip: dict[tuple[str, int, int, bool], list[tuple[int, str]]] = {}
         for label in new:
             spec = TensorSpec.parse(label)
             if spec.kind == "int":
-                by_clip.setdefault((spec.clip, spec.group, spec.gptq), []).append((spec.bits, label))
+                by_clip.setdefault((spec.clip, spec.group, spec.subscale, spec.gptq), []).append((spec.bits, label))
         for items in by_clip.values():
             run = 0.0
             for _, label in sorted(items, reverse=True):

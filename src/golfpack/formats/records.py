@@ -43,13 +43,17 @@ def payload_bytes(spec: TensorSpec, shape: Sequence[int], dtype: str) -> float:
     """Bytes one tensor costs before entropy coding: THE pre-compression size.
 
     int specs: bit-packed levels (bits/8 per value) + scales (one fp16 per row for a 2-D tensor, else
-    one fp32); passthrough: the values in their storage dtype (`exact`: the original `dtype`).
+    one fp32; group-wise rows x ceil(cols / g) fp16, or with k-bit sub-scales one fp16 a row + k bits a group);
+    passthrough: the values in their storage dtype (`exact`: the original `dtype`).
     It is the DENSE layout's size; a byte-per-level stream (QGv3Artifact.raw_sizes) can be larger."""
     numel = math.prod(int(d) for d in shape)
     if spec.kind == "int":
         if len(shape) == 2:
             per_row = -(-int(shape[1]) // spec.group) if spec.group else 1  # group-wise: ceil(cols / group) scales a row
-            scales = int(shape[0]) * per_row * _itemsize(SCALES_PER_ROW)
+            if spec.subscale:  # one fp16 row scale + a k-bit sub-scale per group
+                scales = int(shape[0]) * (_itemsize(SCALES_PER_ROW) + per_row * spec.subscale / 8)
+            else:
+                scales = int(shape[0]) * per_row * _itemsize(SCALES_PER_ROW)
         else:
             scales = _itemsize(SCALES_PER_TENSOR)
         return numel * spec.bits / 8 + scales
@@ -70,6 +74,8 @@ class TensorRecord:
     q: np.ndarray | None = None  # int8 levels in [-qmax, qmax]; shape (rows, cols) per-row, (numel,) per-tensor
     scales: np.ndarray | None = None  # per-row: float16 (rows,); group-wise: float16 (rows, ceil(cols/group)); per-tensor: float32 (1,)
     data: np.ndarray | None = None  # passthrough values in their storage dtype (bf16 held as uint16 bits)
+    # spec.subscale: uint8 (rows, ceil(cols/group)) sub-scales in 1..2^k-1; the group scale is scales[r] * subscales[r, g]
+    subscales: np.ndarray | None = None
 
     @property
     def per_row(self) -> bool:
@@ -82,12 +88,28 @@ class TensorRecord:
 
     @property
     def n_scales(self) -> int:
-        """How many scales this int record must have: rows x groups, rows, or 1."""
+        """How many fp16/fp32 scales this int record must have: rows x groups, rows (per row, or with sub-scales), or 1."""
         assert self.q is not None
         if not self.per_row:
             return 1
         rows, cols = self.q.shape
-        return rows * (-(-cols // self.spec.group) if self.spec.group else 1)
+        return rows * (-(-cols // self.spec.group) if self.spec.group and not self.spec.subscale else 1)
+
+    @property
+    def sub_quantized(self) -> bool:
+        """Quantized sub-scales: a group-wise record whose spec has `s<k>` (scales (rows,), subscales (rows, groups))."""
+        return self.grouped and self.spec.subscale > 0
+
+    def group_scales(self) -> torch.Tensor:
+        """The fp32 (rows, groups) scales a grouped record dequantizes with: the fp16 scales, or with sub-scales
+        float32(row scale) * float32(sub-scale) (exact in fp32: 11 x 8 significant bits)."""
+        assert self.scales is not None and self.q is not None
+        s = torch.from_numpy(np.ascontiguousarray(self.scales)).float()
+        if not self.sub_quantized:
+            return s.view(self.q.shape[0], -1)
+        assert self.subscales is not None
+        sub = torch.from_numpy(np.ascontiguousarray(self.subscales).astype(np.float32)).view(self.q.shape[0], -1)
+        return s.view(-1, 1) * sub
 
     @property
     def numel(self) -> int:
@@ -106,7 +128,7 @@ class TensorRecord:
             s = torch.from_numpy(np.ascontiguousarray(self.scales)).float()
             if self.grouped:  # w[r, c] = q[r, c] * scale[r, c // group]
                 cols = q.shape[1]
-                w = q * s.view(q.shape[0], -1).repeat_interleave(self.spec.group, dim=1)[:, :cols]
+                w = q * self.group_scales().repeat_interleave(self.spec.group, dim=1)[:, :cols]
             elif self.per_row:
                 w = q * s.view(-1, 1)
             else:

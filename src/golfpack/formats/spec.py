@@ -10,9 +10,11 @@ Clip rules: `quantile` (baseline, floored), `absmax`, `mse` (per-row clip search
 = k * std(row or group) / qmax, k in (0, 64], at most one decimal), `hmse` (clip search weighted by diag(H)
 of the layer input, llama.cpp's imatrix; plain `mse` where no Hessian is given).
 `g<N>` (N in 32, 64, 128, 256): one fp16 scale per (row, group of N input columns) instead of per row;
-a group spec's default clip is `absmax` (`quantile` is per-row only). Canonical label order:
-`int<b>[:g<N>][:<clip>][+gptq]`; the clip is left out when it is the default (quantile per row, absmax
-per group).
+a group spec's default clip is `absmax` (`quantile` is per-row only).
+`g<N>s<k>` (k in 2..8): quantized sub-scales (llama.cpp k-quant style): each group's scale is an unsigned
+k-bit integer 1..2^k-1 times one fp16 scale per row, e.g. `int6:g32s6`, `int5:g64s6:mse+gptq`.
+Canonical label order: `int<b>[:g<N>[s<k>]][:<clip>][+gptq]`; the clip is left out when it is the
+default (quantile per row, absmax per group).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from golfpack.formats.qgv3_constants import LEVEL_BITS, qmax
 INT_BITS = LEVEL_BITS
 CLIP_RULES = ("absmax", "quantile", "mse", "hmse")  # fixed names; plus `sd<k>` (SDClip, see is_sd_clip)
 GROUP_SIZES = (32, 64, 128, 256)  # `g<N>` group sizes along the input dimension (0 = one scale per row)
+SUBSCALE_BITS = range(2, 9)  # `s<k>` widths of quantized sub-scales (0 = fp16 group scales)
+_GROUP_RE = re.compile(r"g(\d+)(?:s(\d))?")
 SD_MAX_K = 64.0  # largest SDClip multiplier accepted
 _SD_RE = re.compile(r"sd(\d{1,2}(?:\.\d)?)")
 
@@ -56,6 +60,7 @@ class TensorSpec:
     dtype: str = "fp16"  # storage dtype for kind == "passthrough": fp16 | bf16 | fp32 | exact
     gptq: bool = False  # kind == "int": Hessian-aware (GPTQ) rounding instead of round-to-nearest
     group: int = 0  # kind == "int": 0 = one scale per row; else one scale per (row, `group` input columns)
+    subscale: int = 0  # kind == "int" with a group: 0 = fp16 group scales; k = k-bit sub-scales x one fp16 scale per row
 
     def __post_init__(self) -> None:
         if self.kind == "int":
@@ -67,14 +72,16 @@ class TensorSpec:
             if self.group not in (0, *GROUP_SIZES):
                 raise UsageError(f"group must be 0 (per row) or one of {', '.join(map(str, GROUP_SIZES))}, got {self.group!r}",
                                  param="group")
+            if self.subscale and (not self.group or self.subscale not in SUBSCALE_BITS):
+                raise UsageError(f"subscale must be 0 or 2..8 with a group (e.g. int6:g32s6), got {self.subscale!r}", param="subscale")
             if self.group and self.clip == "quantile":
                 raise UsageError("the quantile clip (the baseline's floored per-row rule) has no group form; use absmax, mse, "
                                  "hmse or sd<k> with g<N>", param="clip")
         elif self.kind == "passthrough":
             if self.gptq:
                 raise UsageError("gptq applies to integer specs only", param="gptq")
-            if self.group:
-                raise UsageError("group applies to integer specs only", param="group")
+            if self.group or self.subscale:
+                raise UsageError("group and subscale apply to integer specs only", param="group")
             if self.dtype not in PASSTHROUGH_DTYPES:
                 raise UsageError(f"passthrough dtype must be one of {', '.join(PASSTHROUGH_DTYPES)}, got {self.dtype!r}", param="dtype")
         else:
@@ -90,7 +97,7 @@ class TensorSpec:
             return self.dtype
         base = f"int{self.bits}"
         if self.group:
-            base += f":g{self.group}"
+            base += f":g{self.group}" + (f"s{self.subscale}" if self.subscale else "")
         if self.clip != ("absmax" if self.group else "quantile"):
             base += f":{self.clip}"
         return base + "+gptq" if self.gptq else base
@@ -113,22 +120,24 @@ class TensorSpec:
         body, plus, suffix = t.partition("+")
         head, *parts = body.split(":")
         bad = UsageError(
-            f"cannot parse tensor spec {text!r}: use int2..int8 with an optional ':g32|g64|g128|g256', an optional "
+            f"cannot parse tensor spec {text!r}: use int2..int8 with an optional ':g32|g64|g128|g256' (optionally with "
+            f"quantized sub-scales 's2'..'s8', e.g. ':g32s6'), an optional "
             f"':absmax|quantile|mse|hmse|sd<k>' (in that order) and an optional '+gptq', or one of {', '.join(PASSTHROUGH_DTYPES)}"
         )
         if not (head.startswith("int") and head[3:].isdigit() and head[3:] == str(int(head[3:]))) or (plus and suffix != "gptq"):
             raise bad
-        group, clip = 0, None
+        group, sub, clip = 0, 0, None
         if parts and parts[0].startswith("g"):
-            gtext = parts.pop(0)[1:]
-            if gtext not in {str(g) for g in GROUP_SIZES}:
+            m = _GROUP_RE.fullmatch(parts.pop(0))
+            if m is None or m.group(1) not in {str(g) for g in GROUP_SIZES} or (m.group(2) and int(m.group(2)) not in SUBSCALE_BITS):
                 raise bad
-            group = int(gtext)
+            group, sub = int(m.group(1)), int(m.group(2) or 0)
         if parts:
             clip = parts.pop(0)
         if parts or clip == "":
             raise bad
-        return cls(kind="int", bits=int(head[3:]), clip=clip or ("absmax" if group else "quantile"), gptq=bool(plus), group=group)
+        return cls(kind="int", bits=int(head[3:]), clip=clip or ("absmax" if group else "quantile"), gptq=bool(plus), group=group,
+                   subscale=sub)
 
     def __str__(self) -> str:
         return self.label()

@@ -20,6 +20,12 @@ Clip rules (how the per-row range is chosen before rounding):
   with the lowest squared reconstruction error (with the stored fp16 scale). r = 1 is exactly the absmax
   candidate, so `mse` can never be worse than `absmax` on any row.
 
+Quantized sub-scales (`int6:g32s6`, llama.cpp k-quant style): the clip rule first gives each (row, group) its
+scale d (fp16, as `g<N>`); then the row gets ONE fp16 scale S = max_g d / (2^k - 1), rounded UP to fp16 so the
+largest group still fits, and each group the k-bit integer sub = clamp(round(d / S), 1, 2^k - 1). The group
+scale the loader uses is S * sub (exact in fp32), within S/2 of d - never a fixed floor: S follows the row's own
+range, so small-range rows (absmax << 1) keep their levels. The levels are then rounded with S * sub.
+
 GPTQ (`int6+gptq`, `int5:mse+gptq`, ...) is a rounding choice on top of any clip rule: the scales come
 from the clip rule (so the grid, and roughly the compressed size, are the same as plain rounding), the
 levels are then chosen column by column, each column's rounding error pushed onto the columns not yet
@@ -158,6 +164,41 @@ def quantize_groups(w2d: Tensor, bits: int, clip: str, group: int, hdiag: Tensor
         return _levels(w, expand_group_scales(scales, group, cols), qmax), scales.contiguous()
 
 
+def quantize_subscales(d: Tensor, sbits: int) -> tuple[Tensor, Tensor]:
+    """(rows, groups) group scales -> (S fp16 (rows,), sub uint8 (rows, groups) in 1..2^sbits-1) with S * sub ~ d
+    (module doc): S = max_g d / (2^sbits - 1) rounded up to fp16, sub = clamp(round(d / S), 1, 2^sbits - 1)."""
+    top = (1 << sbits) - 1
+    d = d.float()
+    need = d.amax(dim=1) / top if d.shape[1] else torch.zeros(d.shape[0], device=d.device)
+    s16 = need.to(torch.float16)
+    low = s16.float() < need  # rounded down: step to the next fp16 up (positive fp16 bit patterns are ordered)
+    s16 = torch.where(low, (s16.view(torch.int16) + 1).view(torch.float16), s16)
+    s16 = s16.clamp_min(_FP16_TINY)
+    return s16.contiguous(), subscales_for(d, s16, sbits)
+
+
+def subscales_for(d: Tensor, s16: Tensor, sbits: int) -> Tensor:
+    """The k-bit sub-scales of group scales `d` (rows, groups) on the row scales `s16` (rows,): round(d / S) in 1..2^k-1."""
+    top = (1 << sbits) - 1
+    return torch.clamp(torch.round(d.float() / s16.float()[:, None]), 1, top).to(torch.uint8).contiguous()
+
+
+def dequant_subscales(s16: Tensor, sub: Tensor) -> Tensor:
+    """float32(S) * float32(sub): the (rows, groups) fp32 group scales the loader uses (TensorRecord.group_scales)."""
+    return s16.float()[:, None] * sub.float()
+
+
+def quantize_groups_sub(w2d: Tensor, bits: int, clip: str, group: int, sbits: int,
+                        hdiag: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """`quantize_groups` with k-bit sub-scales: (q int8 (rows, cols), S fp16 (rows,), sub uint8 (rows, groups)).
+    The levels are rounded with the dequantized group scales S * sub, the ones the loader uses."""
+    _, d = quantize_groups(w2d, bits, clip, group, hdiag)
+    s16, sub = quantize_subscales(d, sbits)
+    w = w2d.detach().float()
+    q = _levels(w, dequant_subscales(s16, sub).repeat_interleave(group, dim=1)[:, : w.shape[1]], qmax_for(bits))
+    return q, s16, sub
+
+
 def expand_group_scales(scales: Tensor, group: int, cols: int) -> Tensor:
     """(rows, ngroups) scales -> (rows, cols) fp32, each scale repeated over its group's columns."""
     return scales.float().repeat_interleave(group, dim=1)[:, :cols]
@@ -246,6 +287,8 @@ def gptq_quantize(
     act_order: bool = True,
     group: int = 0,
     info: dict | None = None,
+    sub_rows: Tensor | None = None,
+    subscale: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Hessian-aware quantization of a (rows, cols) weight used as y = x @ w.T (Frantar et al., 2022).
 
@@ -257,7 +300,10 @@ def gptq_quantize(
     factor of H^-1, lazily in blocks of `block_size`. The damping starts at `percdamp` x mean(diag H) and
     climbs DAMP_LADDER while the Cholesky fails; `info["damp"]` gets the damping used. float64 throughout,
     so the levels do not hinge on the last bits of a float32 sum. Returns (q int8, scales fp16) like
-    `quantize_rows` / `quantize_groups`.
+    `quantize_rows` / `quantize_groups`. With `subscale` k (and `group`), `sub_rows` are the fp16 row scales S
+    (fixed first, from the unupdated weights: `quantize_groups_sub`); each group's clip-rule scale is then
+    quantized to S * sub the moment the loop reaches it and its columns are rounded with that dequantized
+    scale; the returned scales are then fp32 S * sub (rows, groups) (`subscales_for` recovers sub).
     """
     if w.ndim != 2:
         raise ValueError(f"gptq_quantize needs a 2-D weight, got shape {tuple(w.shape)}")
@@ -274,7 +320,7 @@ def gptq_quantize(
         W[:, dead] = 0.0
         if group:
             ng = n_groups(cols, group)
-            gscale = torch.ones(rows, ng, dtype=torch.float16, device=W.device)
+            gscale = torch.ones(rows, ng, dtype=torch.float32 if subscale else torch.float16, device=W.device)
             have = [False] * ng
         else:
             s16 = quantize_rows(w.detach().float(), bits, clip, hdiag)[1]
@@ -304,6 +350,9 @@ def gptq_quantize(
                                 cur[:, j] = W1[:, m - i1]
                         hd = None if clip != "hmse" else hdiag[g * group:min(cols, (g + 1) * group)]
                         gscale[:, g] = row_scales(cur.float(), qmax, clip, hd)
+                        if subscale:  # the dequantized k-bit sub-scale, the scale the loader will use
+                            assert sub_rows is not None
+                            gscale[:, g] = dequant_subscales(sub_rows, subscales_for(gscale[:, g:g + 1], sub_rows, subscale))[:, 0]
                         have[g] = True
                     s = gscale[:, g].double()
                 else:
@@ -361,19 +410,28 @@ def floor_warnings(state_dict: dict[str, Tensor], specs: dict[str, TensorSpec]) 
 # tensor -> record
 
 
-def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None, info: dict | None = None) -> tuple[Tensor, Tensor]:
+def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None,
+                       info: dict | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(levels, scales, sub-scales or None): sub-scales only for a 2-D tensor whose spec has `s<k>`."""
     if not t.is_floating_point():
         raise ValueError(f"cannot integer-quantize a {dtype_name(t.dtype)} tensor; use 'exact' passthrough")
     if t.ndim == 2:
+        hdiag = torch.diag(hessian.detach().float()) if (spec.clip == "hmse" and hessian is not None) else None
         if spec.gptq:
             if hessian is None:
                 raise ValueError(f"{spec.label()} needs a Hessian from calibration tokens (pack with calib='TRAIN_SHARDS'); none was given")
-            return gptq_quantize(t, hessian, spec.bits, clip=spec.clip, group=spec.group, info=info)
-        hdiag = torch.diag(hessian.detach().float()) if (spec.clip == "hmse" and hessian is not None) else None
+            if spec.subscale:
+                s16 = quantize_groups_sub(t, spec.bits, spec.clip, spec.group, spec.subscale, hdiag)[1]
+                q, gs = gptq_quantize(t, hessian, spec.bits, clip=spec.clip, group=spec.group, info=info, sub_rows=s16,
+                                      subscale=spec.subscale)
+                return q, s16, subscales_for(gs, s16, spec.subscale)
+            return (*gptq_quantize(t, hessian, spec.bits, clip=spec.clip, group=spec.group, info=info), None)
+        if spec.subscale:
+            return quantize_groups_sub(t, spec.bits, spec.clip, spec.group, spec.subscale, hdiag)
         if spec.group:
-            return quantize_groups(t, spec.bits, spec.clip, spec.group, hdiag)
-        return quantize_rows(t, spec.bits, spec.clip, hdiag)
-    return quantize_per_tensor(t, spec.bits, spec.clip)  # no rows: one scale, whatever the group
+            return (*quantize_groups(t, spec.bits, spec.clip, spec.group, hdiag), None)
+        return (*quantize_rows(t, spec.bits, spec.clip, hdiag), None)
+    return (*quantize_per_tensor(t, spec.bits, spec.clip), None)  # no rows: one scale, whatever the group
 
 
 def _passthrough_values(t: Tensor, dtype: str) -> Tensor:
@@ -391,8 +449,9 @@ def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | No
     orig = dtype_name(t.dtype)
     shape = tuple(int(d) for d in t.shape)
     if spec.kind == "int":
-        q, s = _levels_and_scales(t, spec, hessian, info)
-        return TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=spec, q=q.cpu().numpy(), scales=s.cpu().numpy())
+        q, s, sub = _levels_and_scales(t, spec, hessian, info)
+        return TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=spec, q=q.cpu().numpy(), scales=s.cpu().numpy(),
+                            subscales=None if sub is None else sub.cpu().numpy())
     if not t.is_floating_point() and spec.dtype != "exact":
         raise ValueError(f"{name}: {orig} tensor can only be stored 'exact', not {spec.dtype}")
     v = _passthrough_values(t, spec.dtype).contiguous()
@@ -412,8 +471,10 @@ def fake_quantize(w: Tensor, spec: TensorSpec, hessian: Tensor | None = None) ->
     with torch.no_grad():
         if spec.kind == "passthrough":
             return _passthrough_values(w.detach(), spec.dtype).to(w.dtype)
-        q, s = _levels_and_scales(w.detach(), spec, hessian)
-        if w.ndim == 2 and s.ndim == 2:
+        q, s, sub = _levels_and_scales(w.detach(), spec, hessian)
+        if sub is not None:
+            out = q.float() * dequant_subscales(s, sub).repeat_interleave(spec.group, dim=1)[:, : w.shape[1]]
+        elif w.ndim == 2 and s.ndim == 2:
             out = q.float() * expand_group_scales(s, spec.group, w.shape[1])
         elif w.ndim == 2:
             out = q.float() * s.float().view(-1, 1)
@@ -426,11 +487,15 @@ __all__ = [
     "BASELINE_CLIP_Q",
     "DAMP_LADDER",
     "FLOOR_SWALLOW_FRACTION",
+    "dequant_subscales",
     "expand_group_scales",
     "floor_warning",
     "floor_warnings",
     "n_groups",
     "quantize_groups",
+    "quantize_groups_sub",
+    "quantize_subscales",
+    "subscales_for",
     "row_scales",
     "MSE_CLIP_RATIOS",
     "fake_quantize",
