@@ -23,7 +23,14 @@ from golfpack.errors import FormatError, GolfpackError, UsageError
 from golfpack.formats import qgv3_constants as K
 from golfpack.formats.codecs import codec_id, decompress
 from golfpack.formats.qgv3_constants import DEFAULT_LIMITS, PREAMBLE, Codec, Layout, Limits, StreamKind
-from golfpack.formats.qgv3_streams import STORAGE_DTYPES, levels_to_sub, stream_key, stream_raw_size, tensor_digest, unlayout
+from golfpack.formats.qgv3_streams import (
+    STORAGE_DTYPES,
+    levels_to_sub,
+    stream_key,
+    stream_raw_size,
+    tensor_digest,
+    unlayout,
+)
 from golfpack.formats.records import TORCH_DTYPES, TensorRecord
 from golfpack.formats.spec import TensorSpec
 
