@@ -244,6 +244,7 @@ def collect(records: Iterable[TensorRecord], *, config: dict | None = None, poli
             if rec.grouped:  # group-wise scales: rows x ceil(cols / scale_group) of them, row-major
                 e["scale_group"] = int(rec.spec.group)
             if rec.sub_quantized:  # k-bit sub-scales, rows x ceil(cols / scale_group), row-major; the fp16 scales are per row
+                assert rec.subscales is not None
                 sst = stream(StreamKind.SUBSCALES, bits=rec.spec.subscale)
                 e["subscales"] = id(sst)
                 e["subscale_offset"] = sst.add(rec.name, sub_to_levels(rec.subscales, rec.spec.subscale))
