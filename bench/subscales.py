@@ -44,6 +44,9 @@ from quant_gap import MODELS  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "subscales.json"
 CONFIGS = ("int6+tok8", "int6:g64", "int6:g64s6", "int6:g32s6", "int5:g64", "int5:g64s6", "int5:g32s6", "int5:g32s4",
            "int4:g32s6", "int4:g64", "asym4:g32s6", "asym5:g32s6")
+# the narrow widths, where the scales are a larger share and the gaps rise above the noise of 32k tokens
+LOW = ("int4:g32", "int4:g32s6", "int4:g64", "int4:g64s6", "int4:g32s4", "int3:g32", "int3:g32s6", "int3:g64s6", "asym3:g32s6",
+       "asym4:g32s6")
 
 
 def policy(mat: str):
@@ -82,6 +85,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=("samtruss", "nolanvild"), required=True)
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--low", action="store_true", help="the LOW configs instead (results under '<model> low')")
     ap.add_argument("--tokens", type=int, default=32_769)
     args = ap.parse_args()
     m = MODELS[args.model]
@@ -101,7 +105,7 @@ def main() -> int:
     log(f"raw {raw:.4f}")
     rows: list[dict] = []
     arts: dict[str, tuple[int, dict]] = {}
-    for c in args.configs.split(","):
+    for c in (LOW if args.low else args.configs.split(",")):
         t = time.perf_counter()
         if c.startswith("asym"):
             bits, rest = int(c[4]), c.split(":")[1]
@@ -136,7 +140,7 @@ def main() -> int:
                          "load": os.getloadavg()[0]})
         log(f"{c}: {rows[-1]['bytes']:,} bytes, gap {rows[-1]['gap']:+.4f}")
     allres = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    allres[args.model] = {"raw_val_bpb": raw, "val_tokens": int(len(val)), "seq_len": m["seq"], "rows": rows,
+    allres[args.model + (" low" if args.low else "")] = {"raw_val_bpb": raw, "val_tokens": int(len(val)), "seq_len": m["seq"], "rows": rows,
                           "seconds": round(time.perf_counter() - t0, 1), "loadavg_end": os.getloadavg()[0]}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(allres, indent=1) + "\n")
