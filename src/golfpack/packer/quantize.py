@@ -22,12 +22,12 @@ Clip rules (how the per-row range is chosen before rounding):
 
 Quantized sub-scales (`int6:g32s6`, llama.cpp k-quant style): the clip rule first gives each (row, group) its
 scale d (fp16, as `g<N>`); then the row gets ONE fp16 scale S = max_g d / (2^k - 1), rounded UP to fp16 so the
-largest group still fits, and each group the k-bit integer sub, floor(d / S) or ceil(d / S) (in 1..2^k - 1),
-whichever rounds that group's weights with the smaller (diag-H weighted, for hmse) squared error: rounding
-d to the nearest step instead clipped the largest weights of groups whose scale went down (measured worse on
-SamTruss, docs/quantizers.md). The group scale the loader uses is S * sub (exact in fp32), within one step S
-of d - never a fixed floor: S follows the row's own range, so small-range rows (absmax << 1) keep their
-levels. The levels are then rounded with S * sub.
+largest group still fits, and each group the k-bit integer sub = clamp(ceil(d / S), 1, 2^k - 1): the step at
+or just above what the clip rule asked, so no group is clipped harder than its rule chose. (Rounding d to the
+nearest step, or picking floor/ceil by squared error, clipped the largest weights of the groups whose scale
+went down, and measured worse in val_bpb: docs/quantizers.md.) The group scale the loader uses is S * sub
+(exact in fp32), less than one step S above d - never a fixed floor: S follows the row's own range, so
+small-range rows (absmax << 1) keep their levels. The levels are then rounded with S * sub.
 
 GPTQ (`int6+gptq`, `int5:mse+gptq`, ...) is a rounding choice on top of any clip rule: the scales come
 from the clip rule (so the grid, and roughly the compressed size, are the same as plain rounding), the
@@ -169,7 +169,7 @@ def quantize_groups(w2d: Tensor, bits: int, clip: str, group: int, hdiag: Tensor
 
 def quantize_subscales(d: Tensor, sbits: int) -> tuple[Tensor, Tensor]:
     """(rows, groups) group scales -> (S fp16 (rows,), sub uint8 (rows, groups) in 1..2^sbits-1) with S * sub ~ d
-    (module doc): S = max_g d / (2^sbits - 1) rounded up to fp16, sub = clamp(round(d / S), 1, 2^sbits - 1)."""
+    (module doc): S = max_g d / (2^sbits - 1) rounded up to fp16, sub = clamp(ceil(d / S), 1, 2^sbits - 1)."""
     top = (1 << sbits) - 1
     d = d.float()
     need = d.amax(dim=1) / top if d.shape[1] else torch.zeros(d.shape[0], device=d.device)
@@ -177,7 +177,7 @@ def quantize_subscales(d: Tensor, sbits: int) -> tuple[Tensor, Tensor]:
     low = s16.float() < need  # rounded down: step to the next fp16 up (positive fp16 bit patterns are ordered)
     s16 = torch.where(low, (s16.view(torch.int16) + 1).view(torch.float16), s16)
     s16 = s16.clamp_min(_FP16_TINY)
-    return s16.contiguous(), subscales_for(d, s16, sbits)
+    return s16.contiguous(), ceil_subscales(d, s16, sbits)
 
 
 def subscales_for(d: Tensor, s16: Tensor, sbits: int) -> Tensor:
@@ -187,23 +187,10 @@ def subscales_for(d: Tensor, s16: Tensor, sbits: int) -> Tensor:
     return torch.clamp(torch.round(d.float() / s16.float()[:, None]), 1, top).to(torch.uint8).contiguous()
 
 
-def pick_subscales(w: Tensor, d: Tensor, s16: Tensor, group: int, qmax: int, sbits: int, weight: Tensor | None = None) -> Tensor:
-    """Per (row, group) of `w` (rows, cols): floor(d / S) or ceil(d / S) in 1..2^k-1, whichever rounds the group's
-    weights with the smaller squared error (weighted along the columns by `weight`, e.g. diag H); ties take ceil."""
+def ceil_subscales(d: Tensor, s16: Tensor, sbits: int) -> Tensor:
+    """The k-bit sub-scales of group scales `d` (rows, groups) on the row scales `s16`: ceil(d / S) in 1..2^k-1 (module doc)."""
     top = (1 << sbits) - 1
-    rows, cols = w.shape
-    ng = n_groups(cols, group)
-    r = d.float() / s16.float()[:, None]
-    lo, hi = torch.clamp(torch.floor(r), 1, top), torch.clamp(torch.ceil(r), 1, top)
-
-    def err(sub: Tensor) -> Tensor:
-        gs = dequant_subscales(s16, sub).repeat_interleave(group, dim=1)[:, :cols]
-        e = (torch.clamp(torch.round(w / gs), -qmax, qmax) * gs - w) ** 2
-        if weight is not None:
-            e = e * weight[None, :cols]
-        return torch.nn.functional.pad(e, (0, ng * group - cols)).view(rows, ng, group).sum(-1)
-
-    return torch.where(err(lo) < err(hi), lo, hi).to(torch.uint8).contiguous()
+    return torch.clamp(torch.ceil(d.float() / s16.float()[:, None]), 1, top).to(torch.uint8).contiguous()
 
 
 def dequant_subscales(s16: Tensor, sub: Tensor) -> Tensor:
@@ -216,10 +203,8 @@ def quantize_groups_sub(w2d: Tensor, bits: int, clip: str, group: int, sbits: in
     """`quantize_groups` with k-bit sub-scales: (q int8 (rows, cols), S fp16 (rows,), sub uint8 (rows, groups)).
     The levels are rounded with the dequantized group scales S * sub, the ones the loader uses."""
     _, d = quantize_groups(w2d, bits, clip, group, hdiag)
-    s16, _ = quantize_subscales(d, sbits)
+    s16, sub = quantize_subscales(d, sbits)
     w = w2d.detach().float()
-    weight = hdiag.float().to(w.device).clamp_min(0.0) if (clip == "hmse" and hdiag is not None) else None
-    sub = pick_subscales(w, d, s16, group, qmax_for(bits), sbits, weight)
     q = _levels(w, dequant_subscales(s16, sub).repeat_interleave(group, dim=1)[:, : w.shape[1]], qmax_for(bits))
     return q, s16, sub
 
@@ -375,11 +360,9 @@ def gptq_quantize(
                                 cur[:, j] = W1[:, m - i1]
                         hd = None if clip != "hmse" else hdiag[g * group:min(cols, (g + 1) * group)]
                         gscale[:, g] = row_scales(cur.float(), qmax, clip, hd)
-                        if subscale:  # the dequantized k-bit sub-scale (floor or ceil step), the scale the loader will use
+                        if subscale:  # the dequantized k-bit sub-scale (the ceil step), the scale the loader will use
                             assert sub_rows is not None
-                            hw = None if hd is None else hd.clamp_min(0.0)
-                            sub = pick_subscales(cur.float(), gscale[:, g:g + 1], sub_rows, cur.shape[1], qmax, subscale, hw)
-                            gscale[:, g] = dequant_subscales(sub_rows, sub)[:, 0]
+                            gscale[:, g] = dequant_subscales(sub_rows, ceil_subscales(gscale[:, g:g + 1], sub_rows, subscale))[:, 0]
                         have[g] = True
                     s = gscale[:, g].double()
                 else:
@@ -521,7 +504,7 @@ __all__ = [
     "n_groups",
     "quantize_groups",
     "quantize_groups_sub",
-    "pick_subscales",
+    "ceil_subscales",
     "quantize_subscales",
     "subscales_for",
     "row_scales",
