@@ -36,9 +36,10 @@ DEFAULT_CLIPS = ("quantile", "mse")
 # SDClip with the records' k, and 64-column groups (absmax scales) - each also with GPTQ when `gptq`.
 DEFAULT_SD = "sd12"
 DEFAULT_GROUPS = (64,)
-# The groups' scales are 6-bit sub-scales x one fp16 per row (`g64s6`), not fp16 each: measured (bench/results/
-# subscales.json, docs/quantizers.md) as good at fewer bytes on a float-trained model, within noise on SamTruss.
-DEFAULT_SUBSCALE = 6
+# Each group size comes twice: fp16 group scales (`g64`) and 6-bit sub-scales x one fp16 per row (`g64s6`).
+# Measured (docs/quantizers.md): g64s6 smaller and better on a float-trained model (nolanvild), worse on the
+# int8-origin SamTruss, so neither dominates and the search measures both.
+DEFAULT_SUBSCALES = (0, 6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -54,13 +55,13 @@ def candidate_specs(
     gptq: bool = False,
     sd: str | None = DEFAULT_SD,
     groups: Iterable[int] = DEFAULT_GROUPS,
-    subscale: int = DEFAULT_SUBSCALE,
+    subscales: Iterable[int] = DEFAULT_SUBSCALES,
 ) -> list[TensorSpec]:
     """Specs worth trying for one tensor: its lossless store, cheaper passthroughs, and int widths x clips
     (x GPTQ rounding for matrices, when `gptq`). Matrices also get, at every width, the floor-free SDClip
-    rule `sd` and group-wise scales `int<b>:g<N>s<subscale>` for each of `groups` (k-bit sub-scales;
-    `subscale=0`: fp16 group scales `int<b>:g<N>`) (each with GPTQ too, when `gptq`):
-    at most (len(clips) + 1 + len(groups)) x 2 int candidates a width, not every combination.
+    rule `sd` and group-wise scales for each of `groups` x `subscales` (0: fp16 group scales `int<b>:g<N>`;
+    k: k-bit sub-scales `int<b>:g<N>s<k>`) (each with GPTQ too, when `gptq`): at most
+    (len(clips) + 1 + len(groups) x len(subscales)) x 2 int candidates a width, not every combination.
 
     Non-float tensors only ever get `exact`. The lossless store of a float tensor is its own dtype
     (fp32 -> fp32, bf16 -> bf16, fp16 -> fp16), so "keep it as it is" is always a candidate.
@@ -78,7 +79,8 @@ def candidate_specs(
             if t.ndim == 2:
                 if sd is not None and sd not in clips:
                     grid.append(TensorSpec("int", bits=int(b), clip=sd))
-                grid += [TensorSpec("int", bits=int(b), clip="absmax", group=int(g), subscale=subscale) for g in groups if g < t.shape[1]]
+                grid += [TensorSpec("int", bits=int(b), clip="absmax", group=int(g), subscale=int(k))
+                         for g in groups if g < t.shape[1] for k in subscales]
             for spec in grid:
                 out.append(spec)
                 if gptq and t.ndim == 2:
