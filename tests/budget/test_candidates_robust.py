@@ -7,13 +7,15 @@ import torch
 from golfpack.budget.sensitivity import candidate_specs, regularize
 
 
-def test_matrices_get_sdclip_and_groups_at_every_width_with_and_without_gptq():
+def test_matrices_get_sdclip_and_sub_scaled_groups_at_every_width_with_and_without_gptq():
     labels = [s.label() for s in candidate_specs(torch.zeros(8, 256), bits=(6, 4), clips=("quantile", "mse"), gptq=True)]
-    assert labels == ["fp32", "fp16",
-                      "int6", "int6+gptq", "int6:mse", "int6:mse+gptq", "int6:sd12", "int6:sd12+gptq", "int6:g64", "int6:g64+gptq",
-                      "int4", "int4+gptq", "int4:mse", "int4:mse+gptq", "int4:sd12", "int4:sd12+gptq", "int4:g64", "int4:g64+gptq"]
-    # (clips + sd + groups) x 2 a width, linear in every knob
-    assert len(candidate_specs(torch.zeros(8, 256), bits=(8, 7, 6, 5, 4), gptq=True, groups=(32, 64, 128))) == 2 + 5 * (2 + 1 + 3) * 2
+    per_width = ["", "+gptq", ":mse", ":mse+gptq", ":sd12", ":sd12+gptq", ":g64", ":g64+gptq", ":g64s6", ":g64s6+gptq"]
+    assert labels == ["fp32", "fp16", *(f"int{b}{x}" for b in (6, 4) for x in per_width)]
+    # one group form on request
+    one = candidate_specs(torch.zeros(8, 256), bits=(6,), clips=(), sd=None, subscales=(6,))
+    assert [s.label() for s in one] == ["fp32", "fp16", "int6:g64s6"]
+    # (clips + sd + groups x subscales) x 2 a width, linear in every knob
+    assert len(candidate_specs(torch.zeros(8, 256), bits=(8, 7, 6, 5, 4), gptq=True, groups=(32, 64, 128))) == 2 + 5 * (2 + 1 + 3 * 2) * 2
     # vectors: no groups, no SDClip (one per-tensor scale); sd=None and groups=() give the old set back
     assert [s.label() for s in candidate_specs(torch.zeros(300), bits=(6,))] == ["fp32", "fp16", "int6", "int6:mse"]
     assert [s.label() for s in candidate_specs(torch.zeros(8, 256), bits=(6,), sd=None, groups=())] == ["fp32", "fp16", "int6", "int6:mse"]

@@ -1,4 +1,4 @@
-"""A layout that uses every new spec form (SDClip, hmse, group-wise scales, LQER, each with GPTQ) replays through
+"""A layout that uses every new spec form (SDClip, hmse, group-wise scales, quantized sub-scales, LQER, each with GPTQ) replays through
 `golfpack pack --policy` to the search's bytes exactly."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from golfpack.formats.qgv3 import decode_qgv3
 from golfpack.formats.spec import TensorSpec
 
 NEW_SPECS = ["int6:sd12", "int5:g32", "int4:g32:sd12+gptq", "int4:g32+gptq", "int6:sd12+gptq", "int5:g32:mse", "int4:hmse+gptq",
-             "int5:hmse", "int4:sd12+lqer4", "int5:g32+gptq+lqer2"]
+             "int5:hmse", "int4:sd12+lqer4", "int5:g32+gptq+lqer2", "int5:g32s6", "int4:g32s6:sd12+gptq", "int6:g64s6:mse"]
 
 
 def test_replay_of_every_new_spec_is_byte_identical(small_ckpt, sp1024_model, tmp_path):

@@ -42,6 +42,10 @@ DEFAULT_GROUPS = (64,)
 DEFAULT_LQER = 4
 LQER_WIDTHS = (5, 4)
 LQER_MIN_SIDE = 64
+# Each group size comes twice: fp16 group scales (`g64`) and 6-bit sub-scales x one fp16 per row (`g64s6`).
+# Measured (docs/quantizers.md): g64s6 smaller and better on a float-trained model (nolanvild), worse on the
+# int8-origin SamTruss, so neither dominates and the search measures both.
+DEFAULT_SUBSCALES = (0, 6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -57,14 +61,16 @@ def candidate_specs(
     gptq: bool = False,
     sd: str | None = DEFAULT_SD,
     groups: Iterable[int] = DEFAULT_GROUPS,
+    subscales: Iterable[int] = DEFAULT_SUBSCALES,
     lqer: int = DEFAULT_LQER,
 ) -> list[TensorSpec]:
     """Specs worth trying for one tensor: its lossless store, cheaper passthroughs, and int widths x clips
     (x GPTQ rounding for matrices, when `gptq`). Matrices also get, at every width, the floor-free SDClip
-    rule `sd` and group-wise scales `int<b>:g<N>` for each of `groups` (each with GPTQ too, when `gptq`):
-    at most (len(clips) + 1 + len(groups)) x 2 int candidates a width, not every combination. LQER: matrices
-    with min(rows, cols) >= LQER_MIN_SIDE also get `int<b>:<sd>+lqer<lqer>` (and its `+gptq` twin) at the
-    widths of LQER_WIDTHS offered: at most 4 more candidates a matrix (lqer=0: none).
+    rule `sd` and group-wise scales for each of `groups` x `subscales` (0: fp16 group scales `int<b>:g<N>`;
+    k: k-bit sub-scales `int<b>:g<N>s<k>`) (each with GPTQ too, when `gptq`): at most
+    (len(clips) + 1 + len(groups) x len(subscales)) x 2 int candidates a width, not every combination. LQER:
+    matrices with min(rows, cols) >= LQER_MIN_SIDE also get `int<b>:<sd>+lqer<lqer>` (and its `+gptq` twin) at
+    the widths of LQER_WIDTHS offered: at most 4 more candidates a matrix (lqer=0: none).
 
     Non-float tensors only ever get `exact`. The lossless store of a float tensor is its own dtype
     (fp32 -> fp32, bf16 -> bf16, fp16 -> fp16), so "keep it as it is" is always a candidate.
@@ -82,7 +88,8 @@ def candidate_specs(
             if t.ndim == 2:
                 if sd is not None and sd not in clips:
                     grid.append(TensorSpec("int", bits=int(b), clip=sd))
-                grid += [TensorSpec("int", bits=int(b), clip="absmax", group=int(g)) for g in groups if g < t.shape[1]]
+                grid += [TensorSpec("int", bits=int(b), clip="absmax", group=int(g), subscale=int(k))
+                         for g in groups if g < t.shape[1] for k in subscales]
             if lqer and sd is not None and b in LQER_WIDTHS and t.ndim == 2 and min(t.shape) >= LQER_MIN_SIDE:
                 grid.append(TensorSpec("int", bits=int(b), clip=sd, lqer=lqer))
             for spec in grid:
@@ -421,11 +428,11 @@ def regularize(deltas: dict[str, dict[str, float]]) -> dict[str, dict[str, float
     out: dict[str, dict[str, float]] = {}
     for name, row in deltas.items():
         new = {k: max(0.0, float(v)) for k, v in row.items()}
-        by_clip: dict[tuple[str, int, bool, int], list[tuple[int, str]]] = {}
+        by_clip: dict[tuple[str, int, int, bool, int], list[tuple[int, str]]] = {}
         for label in new:
             spec = TensorSpec.parse(label)
             if spec.kind == "int":  # an LQER candidate is its own family: the correction is not monotone in the width
-                by_clip.setdefault((spec.clip, spec.group, spec.gptq, spec.lqer), []).append((spec.bits, label))
+                by_clip.setdefault((spec.clip, spec.group, spec.subscale, spec.gptq, spec.lqer), []).append((spec.bits, label))
         for items in by_clip.values():
             run = 0.0
             for _, label in sorted(items, reverse=True):

@@ -39,6 +39,7 @@ class StreamKind(IntEnum):
     LEVELS = 0  # integer levels of every int-`bits` tensor
     SCALES = 1  # dequantization scales: float16 (one per row) or float32 (one per tensor)
     PASSTHROUGH = 2  # passthrough values of one storage dtype
+    SUBSCALES = 3  # quantized group sub-scales (k-quant style): unsigned `bits`-bit ints 1..2^bits-1, stored as sub - 1
 
 
 class Layout(IntEnum):
@@ -51,7 +52,9 @@ class Layout(IntEnum):
 
 
 LEVEL_BITS = range(2, 9)  # integer widths a LEVELS stream may hold
-LEVEL_LAYOUTS = (Layout.DENSE, Layout.BYTE)  # layouts of a LEVELS stream
+LEVEL_LAYOUTS = (Layout.DENSE, Layout.BYTE)  # layouts of a LEVELS (and a SUBSCALES) stream
+SUBSCALE_BITS = range(2, 9)  # widths a SUBSCALES stream may hold
+BIT_KINDS = (StreamKind.LEVELS, StreamKind.SUBSCALES)  # stream kinds with `bits` (and LEVEL_LAYOUTS), not `dtype`
 VALUE_LAYOUTS = (Layout.PLAIN, Layout.SHUFFLE)  # layouts of SCALES and PASSTHROUGH streams
 
 # Storage dtypes of SCALES/PASSTHROUGH streams: name (torch's) -> numpy dtype string of the stored bytes,
@@ -84,6 +87,8 @@ TENSOR_KEYS_OPTIONAL = frozenset({"rows", "scale_group", "lqer"})  # rows: 2-D i
 # `bits` at `offset` in that width's LEVELS stream, 2r float16 factor scales at `scale_offset` in the float16 SCALES stream
 LQER_KEYS = frozenset({"rank", "bits", "offset", "scale_offset"})
 LQER_RANKS = range(1, 65)  # ranks an `lqer` entry may have (also at most min(rows, cols))
+# quantized sub-scales (with scale_group): the SUBSCALES stream and first value of the tensor's rows x ceil(cols/g) sub-scales
+TENSOR_KEYS_SUBSCALES = frozenset({"subscales", "subscale_offset"})
 SCALE_GROUPS = (32, 64, 128, 256)  # the group sizes a `scale_group` may name
 STREAM_KEYS = frozenset({"kind", "count", "layout", "block", "at"})
 STREAM_KEYS_OPTIONAL = frozenset({"bits", "dtype", "alone"})  # bits: LEVELS; dtype: the others; alone: solid blocks
@@ -135,6 +140,7 @@ def qmax(bits: int) -> int:
 
 
 __all__ = [
+    "BIT_KINDS",
     "BLOCK_KEYS",
     "CODECS",
     "Codec",
@@ -158,12 +164,14 @@ __all__ = [
     "SCALES_PER_TENSOR",
     "STORAGE_DTYPES",
     "STREAM_KEYS",
+    "SUBSCALE_BITS",
     "STREAM_KEYS_OPTIONAL",
     "StreamKind",
     "TENSOR_DTYPES",
     "TENSOR_KEYS_INT",
     "TENSOR_KEYS_OPTIONAL",
     "TENSOR_KEYS_REQUIRED",
+    "TENSOR_KEYS_SUBSCALES",
     "VALUE_LAYOUTS",
     "VERSION",
     "qmax",

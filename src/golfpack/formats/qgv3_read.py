@@ -24,7 +24,14 @@ from golfpack.formats import qgv3_constants as K
 from golfpack.formats.codecs import codec_id, decompress
 from golfpack.formats.policy_schema import check_policy
 from golfpack.formats.qgv3_constants import DEFAULT_LIMITS, PREAMBLE, Codec, Layout, Limits, StreamKind
-from golfpack.formats.qgv3_streams import STORAGE_DTYPES, stream_key, stream_raw_size, tensor_digest, unlayout
+from golfpack.formats.qgv3_streams import (
+    STORAGE_DTYPES,
+    levels_to_sub,
+    stream_key,
+    stream_raw_size,
+    tensor_digest,
+    unlayout,
+)
 from golfpack.formats.records import TORCH_DTYPES, TensorRecord
 from golfpack.formats.spec import TensorSpec
 
@@ -104,6 +111,8 @@ class TensorEntry:
     lqer_levels: int | None = None  # spec.lqer: the LEVELS stream of that width
     lqer_offset: int | None = None  # spec.lqer: first factor level in it (r (rows + cols) of them)
     lqer_scale_offset: int | None = None  # spec.lqer: first factor scale in the scales stream (2r of them)
+    subscales: int | None = None  # quantized sub-scales: their SUBSCALES stream; else None
+    subscale_offset: int | None = None  # quantized sub-scales: first sub-scale in that stream
 
     @property
     def cols(self) -> int:
@@ -189,8 +198,8 @@ def _check_tree(v: Any, what: str, depth: int) -> None:
 
 
 def _scale_count(e: dict[str, Any], spec: TensorSpec, shape: list[int], name: str) -> int:
-    """Scales of a 2-D int tensor: one per row, or rows x ceil(cols / scale_group) with group-wise scales.
-    `scale_group` must be present exactly when the spec has a group, and equal it."""
+    """Scales of a 2-D int tensor: one per row (also with quantized sub-scales), or rows x ceil(cols / scale_group)
+    with fp16 group-wise scales. `scale_group` must be present exactly when the spec has a group, and equal it."""
     rows, cols = shape
     if "scale_group" not in e:
         if spec.group:
@@ -199,7 +208,8 @@ def _scale_count(e: dict[str, Any], spec: TensorSpec, shape: list[int], name: st
     g = e["scale_group"]
     if isinstance(g, bool) or not isinstance(g, int) or g not in K.SCALE_GROUPS or g != spec.group:
         raise _fail(f"{name}: scale_group {g!r} does not match its spec {spec.label()} (groups: {', '.join(map(str, K.SCALE_GROUPS))})")
-    return rows * (-(-cols // g))
+    return rows if spec.subscale else rows * (-(-cols // g))
+
 
 
 def _lqer(e: dict[str, Any], spec: TensorSpec, shape: list[int], name: str, streams: list[StreamEntry]) -> tuple[int, int]:
@@ -337,12 +347,14 @@ def _streams(h: dict, blocks: list[BlockEntry], lim: Limits) -> list[StreamEntry
         kind = StreamKind(_int(_keys(s, K.STREAM_KEYS, K.STREAM_KEYS_OPTIONAL, f"stream {i}")["kind"], f"stream {i} kind", 0, max(StreamKind)))
         layout = Layout(_int(s["layout"], f"stream {i} layout", 0, max(Layout)))
         bits = dtype = None
-        if kind == StreamKind.LEVELS:
+        if kind in K.BIT_KINDS:
+            what = kind.name.lower()
             if "bits" not in s or "dtype" in s:
-                raise _fail(f"stream {i} (levels) needs 'bits' and no 'dtype'")
-            bits = _int(s["bits"], f"stream {i} bits", K.LEVEL_BITS.start, K.LEVEL_BITS.stop - 1)
+                raise _fail(f"stream {i} ({what}) needs 'bits' and no 'dtype'")
+            widths = K.LEVEL_BITS if kind == StreamKind.LEVELS else K.SUBSCALE_BITS
+            bits = _int(s["bits"], f"stream {i} bits", widths.start, widths.stop - 1)
             if layout not in K.LEVEL_LAYOUTS:
-                raise _fail(f"stream {i} (levels) has layout {int(layout)}, expected dense (2) or byte (3)")
+                raise _fail(f"stream {i} ({what}) has layout {int(layout)}, expected dense (2) or byte (3)")
         else:
             if "dtype" not in s or "bits" in s:
                 raise _fail(f"stream {i} needs 'dtype' and no 'bits'")
@@ -391,7 +403,7 @@ def _tensors(h: dict, streams: list[StreamEntry], lim: Limits) -> tuple[list[Ten
         return off
 
     for i, e in enumerate(h["tensors"]):
-        _keys(e, K.TENSOR_KEYS_REQUIRED, K.TENSOR_KEYS_INT | K.TENSOR_KEYS_OPTIONAL, f"tensor {i}")
+        _keys(e, K.TENSOR_KEYS_REQUIRED, K.TENSOR_KEYS_INT | K.TENSOR_KEYS_OPTIONAL | K.TENSOR_KEYS_SUBSCALES, f"tensor {i}")
         name = check_name(e["name"], lim, f"tensor {i} name", _fail)
         if name in names:
             raise _fail(f"duplicate tensor name {name!r}")
@@ -452,9 +464,19 @@ def _tensors(h: dict, streams: list[StreamEntry], lim: Limits) -> tuple[list[Ten
             extra["scales"], extra["nscales"] = si, nsc
             extra["scale_offset"] = take(si, e["scale_offset"], nsc, name)
             lbits, lsi = _lqer(e, spec, shape, name, streams)
+            has_sub = K.TENSOR_KEYS_SUBSCALES & e.keys()
+            if bool(has_sub) != bool(spec.subscale) or (has_sub and has_sub != K.TENSOR_KEYS_SUBSCALES):
+                raise _fail(f"{name}: subscales/subscale_offset must be present exactly when the spec has sub-scales ({spec.label()})")
+            if spec.subscale:  # "rows" and scale_group were checked above (_scale_count)
+                ui = _int(e["subscales"], f"{name} subscales", 0, len(streams) - 1)
+                ust = streams[ui]
+                if ust.kind != StreamKind.SUBSCALES or ust.bits != spec.subscale:
+                    raise _fail(f"{name}: sub-scales must be in the {spec.subscale}-bit subscales stream, stream {ui} is not")
+                extra["subscales"] = ui
+                extra["subscale_offset"] = take(ui, e["subscale_offset"], shape[0] * -(-shape[1] // spec.group), name)
         else:
-            if K.TENSOR_KEYS_INT & e.keys() or "rows" in e or "scale_group" in e or "lqer" in e:
-                raise _fail(f"{name}: passthrough tensor must not have scales/rows/scale_group/lqer")
+            if K.TENSOR_KEYS_INT & e.keys() or "rows" in e or "scale_group" in e or "lqer" in e or K.TENSOR_KEYS_SUBSCALES & e.keys():
+                raise _fail(f"{name}: passthrough tensor must not have scales/rows/scale_group/lqer/subscales")
             if spec.dtype != "exact" and dtype not in K.FLOAT_DTYPES:
                 raise _fail(f"{name}: a {dtype} tensor can only be stored 'exact', not {spec.label()}")
             want = K.PASS_STORAGE.get(spec.dtype, dtype)
@@ -577,7 +599,12 @@ class QGv3Artifact:
                 res.append((e["name"], e["group"], numel * (g["bits"] / 8 if g["layout"] == "dense" else 1), False))
                 sc = self.streams[e["scales"]]
                 per_row = -(-e["shape"][1] // e["scale_group"]) if "scale_group" in e else 1
-                res.append((e["name"], e["scales"], e.get("rows", 1) * per_row * STORAGE_DTYPES[sc["dtype"]].itemsize, False))
+                if "subscales" in e:  # one fp16 a row + the k-bit sub-scales (at their layout's width)
+                    u = self.streams[e["subscales"]]
+                    res.append((e["name"], e["scales"], e["rows"] * STORAGE_DTYPES[sc["dtype"]].itemsize, False))
+                    res.append((e["name"], e["subscales"], e["rows"] * per_row * (u["bits"] / 8 if u["layout"] == "dense" else 1), False))
+                else:
+                    res.append((e["name"], e["scales"], e.get("rows", 1) * per_row * STORAGE_DTYPES[sc["dtype"]].itemsize, False))
                 if "lqer" in e:  # the correction's factor levels and scales count to the tensor
                     lq = e["lqer"]
                     li = next(i for i, x in enumerate(self.streams) if x["kind"] == "levels" and x["bits"] == lq["bits"])
@@ -598,15 +625,21 @@ def _record(t: TensorEntry, arrays: list[np.ndarray | None]) -> TensorRecord:
         assert sc is not None and t.scale_offset is not None
         q = vals.reshape(t.rows, t.cols) if t.rows is not None else vals
         scales = sc[t.scale_offset : t.scale_offset + t.nscales]
-        if t.spec.group and t.rows is not None:  # group-wise: (rows, ceil(cols / group)), as the packer made them
+        sub = None
+        if t.spec.subscale and t.rows is not None:  # k-bit sub-scales (rows, ceil(cols / group)) x one fp16 scale a row
+            us = arrays[t.subscales]  # type: ignore[index]
+            assert us is not None and t.subscale_offset is not None
+            n = t.rows * -(-t.cols // t.spec.group)
+            sub = levels_to_sub(us[t.subscale_offset : t.subscale_offset + n], t.spec.subscale).reshape(t.rows, -1)
+        elif t.spec.group and t.rows is not None:  # group-wise: (rows, ceil(cols / group)), as the packer made them
             scales = scales.reshape(t.rows, -1)
         if t.spec.lqer:
             fq, r = arrays[t.lqer_levels], t.spec.lqer  # type: ignore[index]
             assert fq is not None and t.lqer_offset is not None and t.lqer_scale_offset is not None
-            return TensorRecord(t.name, t.shape, t.dtype, t.spec, q=q, scales=scales,
+            return TensorRecord(t.name, t.shape, t.dtype, t.spec, q=q, scales=scales, subscales=sub,
                                 lqer_q=fq[t.lqer_offset : t.lqer_offset + r * sum(t.shape)],
                                 lqer_scales=sc[t.lqer_scale_offset : t.lqer_scale_offset + 2 * r], lqer_bits=t.lqer_bits)
-        return TensorRecord(t.name, t.shape, t.dtype, t.spec, q=q, scales=scales)
+        return TensorRecord(t.name, t.shape, t.dtype, t.spec, q=q, scales=scales, subscales=sub)
     if t.dtype == "bool" and t.spec.dtype == "exact":
         vals = vals.view(np.bool_)
     return TensorRecord(t.name, t.shape, t.dtype, t.spec, data=vals.reshape(t.shape))
@@ -668,7 +701,7 @@ def _stream_infos(h: Header) -> list[dict[str, Any]]:
              "codec": b.codec.name.lower(), "block": s.block, "count": s.count, "raw_bytes": s.size,
              "stored_bytes": shares[s.index], "stored_exact": sum(1 for x in h.streams if x.block == s.block) == 1,
              "tensors": list(s.tensors)}
-        d["bits" if s.kind == StreamKind.LEVELS else "dtype"] = s.bits if s.kind == StreamKind.LEVELS else s.dtype
+        d["bits" if s.kind in K.BIT_KINDS else "dtype"] = s.bits if s.kind in K.BIT_KINDS else s.dtype
         out.append(d)
     return out
 

@@ -39,16 +39,27 @@ def stream_key(kind: int, bits: int | None, dtype: str | None) -> tuple:
     return (int(kind), bits or 0, order.index(dtype) if dtype else 0)
 
 
+def sub_to_levels(sub: np.ndarray, bits: int) -> np.ndarray:
+    """Sub-scales 1..2^bits-1 -> the int8 levels their stream stores (sub - 1 - qmax: unsigned u = sub - 1 packed
+    exactly as a level is, so a SUBSCALES stream has the LEVELS stream's layouts and one packed form)."""
+    return (np.asarray(sub).astype(np.int16) - 1 - qmax_of(bits)).astype(np.int8)
+
+
+def levels_to_sub(levels: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of `sub_to_levels`: uint8 sub-scales 1..2^bits-1."""
+    return (np.asarray(levels).astype(np.int16) + 1 + qmax_of(bits)).astype(np.uint8)
+
+
 def stream_raw_size(kind: int, layout: int, count: int, bits: int | None, dtype: str | None) -> int:
     """Bytes a stream occupies in its block, from its element count (never stored, always derived)."""
-    if kind == StreamKind.LEVELS:
+    if kind in K.BIT_KINDS:
         return packed_size(count, bits) if layout == Layout.DENSE else count
     return count * STORAGE_DTYPES[dtype].itemsize
 
 
 def layout_bytes(kind: int, layout: int, values: np.ndarray, bits: int | None) -> bytes:
     """A stream's values as the bytes its layout stores (before compression)."""
-    if kind == StreamKind.LEVELS:
+    if kind in K.BIT_KINDS:
         if layout == Layout.DENSE:
             return pack_bits(values, bits)
         return (values.astype(np.int16) + qmax_of(bits)).astype(np.uint8).tobytes()
@@ -58,7 +69,7 @@ def layout_bytes(kind: int, layout: int, values: np.ndarray, bits: int | None) -
 
 def unlayout(kind: int, layout: int, raw: bytes, count: int, bits: int | None, dtype: str | None) -> np.ndarray:
     """Inverse of `layout_bytes` (FormatError for a level or bool byte out of range)."""
-    if kind == StreamKind.LEVELS:
+    if kind in K.BIT_KINDS:
         if layout == Layout.DENSE:
             return unpack_bits(raw, bits, count)
         u = np.frombuffer(raw, np.uint8)
@@ -79,9 +90,9 @@ class Stream:
     """One stream's values, gathered from the records (layout and codec are the plan's, not here)."""
 
     kind: StreamKind  # what it holds
-    bits: int | None  # LEVELS: the integer width; else None
+    bits: int | None  # LEVELS/SUBSCALES: the integer width; else None
     dtype: str | None  # SCALES/PASSTHROUGH: the storage dtype name; else None
-    parts: list[np.ndarray] = field(default_factory=list)  # each member tensor's flat values, in order
+    parts: list[np.ndarray] = field(default_factory=list)  # each member tensor's flat values, in order (SUBSCALES: sub_to_levels)
     members: list[str] = field(default_factory=list)  # tensor names, in order
     count: int = 0  # values in the stream
 
@@ -98,10 +109,10 @@ class Stream:
 
     @property
     def itemsize(self) -> int:
-        return 1 if self.kind == StreamKind.LEVELS else STORAGE_DTYPES[self.dtype].itemsize
+        return 1 if self.kind in K.BIT_KINDS else STORAGE_DTYPES[self.dtype].itemsize
 
     def values(self) -> np.ndarray:
-        if self.kind == StreamKind.LEVELS:
+        if self.kind in K.BIT_KINDS:
             empty = np.zeros(0, np.int8)
         else:
             empty = np.zeros(0, STORAGE_DTYPES[self.dtype])
@@ -109,7 +120,7 @@ class Stream:
 
     def layouts(self) -> list[Layout]:
         """The layouts this stream may take (the planner measures each)."""
-        if self.kind == StreamKind.LEVELS:
+        if self.kind in K.BIT_KINDS:
             return [Layout.DENSE] if self.bits == 8 else [Layout.DENSE, Layout.BYTE]  # int8: both are the same bytes
         return [Layout.PLAIN] if self.itemsize == 1 else [Layout.PLAIN, Layout.SHUFFLE]
 
@@ -178,6 +189,15 @@ def _check_record(rec: TensorRecord) -> None:
                           f"got {rec.lqer_q.size} and {rec.lqer_scales.size}")
         elif rec.lqer_q is not None or rec.lqer_scales is not None:
             raise bad(f"{rec.name}: LQER factors given but the spec {rec.spec.label()} has no +lqer<r>")
+        if rec.sub_quantized:
+            rows, cols = rec.q.shape
+            sub, top = rec.subscales, (1 << rec.spec.subscale) - 1
+            if sub is None or sub.size != rows * -(-cols // rec.spec.group):
+                raise bad(f"{rec.name}: {rec.spec.label()} needs {rows * -(-cols // rec.spec.group)} sub-scales")
+            if sub.size and (int(np.min(sub)) < 1 or int(np.max(sub)) > top):
+                raise bad(f"{rec.name}: sub-scales outside 1..{top}")
+        elif rec.subscales is not None:
+            raise bad(f"{rec.name}: sub-scales given for {rec.spec.label()}, which has none")
     elif rec.data is None or rec.data.size != rec.numel:
         raise bad(f"{rec.name}: passthrough record data does not match its shape {rec.shape}")
 
@@ -250,6 +270,11 @@ def collect(records: Iterable[TensorRecord], *, config: dict | None = None, poli
                 e["lqer"] = {"rank": int(rec.spec.lqer), "bits": int(rec.lqer_bits),
                              "offset": stream(StreamKind.LEVELS, bits=rec.lqer_bits).add(rec.name, fq),
                              "scale_offset": st.add(rec.name, fs16)}
+            if rec.sub_quantized:  # k-bit sub-scales, rows x ceil(cols / scale_group), row-major; the fp16 scales are per row
+                assert rec.subscales is not None
+                sst = stream(StreamKind.SUBSCALES, bits=rec.spec.subscale)
+                e["subscales"] = id(sst)
+                e["subscale_offset"] = sst.add(rec.name, sub_to_levels(rec.subscales, rec.spec.subscale))
         else:
             sdt, vals = _storage_of(rec)
             ps = stream(StreamKind.PASSTHROUGH, dtype=sdt)
@@ -260,12 +285,13 @@ def collect(records: Iterable[TensorRecord], *, config: dict | None = None, poli
     index = {id(s): i for i, s in enumerate(order)}
     for e in entries:  # python ids -> stream indices
         e["group"] = index[e["group"]]
-        if "scales" in e:
-            e["scales"] = index[e["scales"]]
+        for k in ("scales", "subscales"):
+            if k in e:
+                e[k] = index[e[k]]
     base = {"config": _jsonable(config, "config"), "policy": _jsonable(policy, "policy"), "meta": _jsonable(meta, "meta"),
             "tensors": entries}
     return Contents(base, order)
 
 
-__all__ = ["Contents", "STORAGE_DTYPES", "Stream", "collect", "layout_bytes", "stream_key", "stream_raw_size", "tensor_digest",
-           "unlayout"]
+__all__ = ["Contents", "STORAGE_DTYPES", "Stream", "collect", "layout_bytes", "levels_to_sub", "stream_key", "stream_raw_size",
+           "sub_to_levels", "tensor_digest", "unlayout"]

@@ -16,6 +16,7 @@ from typing import Any
 from golfpack.errors import UsageError
 from golfpack.formats.codecs import compress
 from golfpack.formats.qgv3_constants import (
+    BIT_KINDS,
     FLAGS_NONE,
     LEVEL_LAYOUTS,
     MAGIC,
@@ -36,7 +37,7 @@ class StreamPlan:
     """How one stream is written."""
 
     kind: StreamKind  # must match the Contents stream at the same index
-    bits: int | None  # LEVELS: the width (must match); else None
+    bits: int | None  # LEVELS/SUBSCALES: the width (must match); else None
     dtype: str | None  # SCALES/PASSTHROUGH: the storage dtype (must match); else None
     layout: Layout  # its bytes before compression: DENSE/BYTE for levels, PLAIN/SHUFFLE for values
     codec: Codec  # its block's codec when streams get separate blocks
@@ -44,7 +45,7 @@ class StreamPlan:
     alone: int | None = None  # its size compressed alone; written into solid files (how `inspect` apportions the block)
 
     def __post_init__(self) -> None:
-        allowed = LEVEL_LAYOUTS if self.kind == StreamKind.LEVELS else VALUE_LAYOUTS
+        allowed = LEVEL_LAYOUTS if self.kind in BIT_KINDS else VALUE_LAYOUTS
         if self.layout not in allowed:
             raise UsageError(f"stream layout {Layout(self.layout).name.lower()} is not one of "
                              f"{', '.join(Layout(x).name.lower() for x in allowed)} for a {StreamKind(self.kind).name.lower()} stream",
@@ -113,7 +114,7 @@ def header_json(contents: Contents, plan: QGv3Plan, stored_blocks: Sequence[byte
         raw = s.raw_size(sp.layout)
         d: dict[str, Any] = {"kind": int(s.kind), "count": s.count, "layout": int(sp.layout), "block": 0 if plan.solid else i,
                              "at": at if plan.solid else 0}
-        d["bits" if s.kind == StreamKind.LEVELS else "dtype"] = s.bits if s.kind == StreamKind.LEVELS else s.dtype
+        d["bits" if s.kind in BIT_KINDS else "dtype"] = s.bits if s.kind in BIT_KINDS else s.dtype
         if plan.solid and sp.alone is not None:
             d["alone"] = sp.alone
         streams.append(d)

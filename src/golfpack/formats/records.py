@@ -43,13 +43,17 @@ def payload_bytes(spec: TensorSpec, shape: Sequence[int], dtype: str) -> float:
     """Bytes one tensor costs before entropy coding: THE pre-compression size.
 
     int specs: bit-packed levels (bits/8 per value) + scales (one fp16 per row for a 2-D tensor, else
-    one fp32); passthrough: the values in their storage dtype (`exact`: the original `dtype`).
+    one fp32; group-wise rows x ceil(cols / g) fp16, or with k-bit sub-scales one fp16 a row + k bits a group);
+    passthrough: the values in their storage dtype (`exact`: the original `dtype`).
     It is the DENSE layout's size; a byte-per-level stream (QGv3Artifact.raw_sizes) can be larger."""
     numel = math.prod(int(d) for d in shape)
     if spec.kind == "int":
         if len(shape) == 2:
             per_row = -(-int(shape[1]) // spec.group) if spec.group else 1  # group-wise: ceil(cols / group) scales a row
-            scales = int(shape[0]) * per_row * _itemsize(SCALES_PER_ROW)
+            if spec.subscale:  # one fp16 row scale + a k-bit sub-scale per group
+                scales = int(shape[0]) * (_itemsize(SCALES_PER_ROW) + per_row * spec.subscale / 8)
+            else:
+                scales = int(shape[0]) * per_row * _itemsize(SCALES_PER_ROW)
         else:
             scales = _itemsize(SCALES_PER_TENSOR)
         rows, cols = (int(shape[0]), int(shape[1])) if len(shape) == 2 else (0, 0)
@@ -96,6 +100,8 @@ class TensorRecord:
     lqer_q: np.ndarray | None = None  # spec.lqer: int8 factor levels, flat r (rows + cols): A^T (r, rows) then B (r, cols)
     lqer_scales: np.ndarray | None = None  # spec.lqer: float16 (2r,): one per row of A^T, then one per row of B
     lqer_bits: int = LQER_BITS  # spec.lqer: the factor levels' integer width (levels in +-qmax(lqer_bits))
+    # spec.subscale: uint8 (rows, ceil(cols/group)) sub-scales in 1..2^k-1; the group scale is scales[r] * subscales[r, g]
+    subscales: np.ndarray | None = None
 
     @property
     def per_row(self) -> bool:
@@ -108,12 +114,28 @@ class TensorRecord:
 
     @property
     def n_scales(self) -> int:
-        """How many scales this int record must have: rows x groups, rows, or 1."""
+        """How many fp16/fp32 scales this int record must have: rows x groups, rows (per row, or with sub-scales), or 1."""
         assert self.q is not None
         if not self.per_row:
             return 1
         rows, cols = self.q.shape
-        return rows * (-(-cols // self.spec.group) if self.spec.group else 1)
+        return rows * (-(-cols // self.spec.group) if self.spec.group and not self.spec.subscale else 1)
+
+    @property
+    def sub_quantized(self) -> bool:
+        """Quantized sub-scales: a group-wise record whose spec has `s<k>` (scales (rows,), subscales (rows, groups))."""
+        return self.grouped and self.spec.subscale > 0
+
+    def group_scales(self) -> torch.Tensor:
+        """The fp32 (rows, groups) scales a grouped record dequantizes with: the fp16 scales, or with sub-scales
+        float32(row scale) * float32(sub-scale) (exact in fp32: 11 x 8 significant bits)."""
+        assert self.scales is not None and self.q is not None
+        s = torch.from_numpy(np.ascontiguousarray(self.scales)).float()
+        if not self.sub_quantized:
+            return s.view(self.q.shape[0], -1)
+        assert self.subscales is not None
+        sub = torch.from_numpy(np.ascontiguousarray(self.subscales).astype(np.float32)).view(self.q.shape[0], -1)
+        return s.view(-1, 1) * sub
 
     @property
     def numel(self) -> int:
@@ -135,7 +157,7 @@ class TensorRecord:
             s = torch.from_numpy(np.ascontiguousarray(self.scales)).float()
             if self.grouped:  # w[r, c] = q[r, c] * scale[r, c // group]
                 cols = q.shape[1]
-                w = q * s.view(q.shape[0], -1).repeat_interleave(self.spec.group, dim=1)[:, :cols]
+                w = q * self.group_scales().repeat_interleave(self.spec.group, dim=1)[:, :cols]
             elif self.per_row:
                 w = q * s.view(-1, 1)
             else:

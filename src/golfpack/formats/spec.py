@@ -10,13 +10,15 @@ Clip rules: `quantile` (baseline, floored), `absmax`, `mse` (per-row clip search
 = k * std(row or group) / qmax, k in (0, 64], at most one decimal), `hmse` (clip search weighted by diag(H)
 of the layer input, llama.cpp's imatrix; plain `mse` where no Hessian is given).
 `g<N>` (N in 32, 64, 128, 256): one fp16 scale per (row, group of N input columns) instead of per row;
-a group spec's default clip is `absmax` (`quantile` is per-row only). Canonical label order:
-`int<b>[:g<N>][:<clip>][+gptq][+lqer<r>]`; the clip is left out when it is the default (quantile per row,
-absmax per group).
+a group spec's default clip is `absmax` (`quantile` is per-row only).
+`g<N>s<k>` (k in 2..8): quantized sub-scales (llama.cpp k-quant style): each group's scale is an unsigned
+k-bit integer 1..2^k-1 times one fp16 scale per row, e.g. `int6:g32s6`, `int5:g64s6:mse+gptq`.
+Canonical label order: `int<b>[:g<N>[s<k>]][:<clip>][+gptq][+lqer<r>]`; the clip is left out when it is the
+default (quantile per row, absmax per group).
 `+lqer<r>` (r in 1..64, after `+gptq` when both): a rank-r correction of the quantization error of a 2-D
 tensor, E = W - dequant(Q(W)) ~ A @ B by truncated SVD, the factors stored as int8 levels with one fp16
 scale per component (docs/qgv3.md section 8b); the loader adds A @ B back. The factor width is the
-file's (`LQER_BITS` is what the packer writes).
+file's (`LQER_BITS` is what the packer writes). Sub-scales and LQER do not combine (not measured, not offered).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from golfpack.formats.qgv3_constants import LEVEL_BITS, LQER_RANKS, qmax
 INT_BITS = LEVEL_BITS
 CLIP_RULES = ("absmax", "quantile", "mse", "hmse")  # fixed names; plus `sd<k>` (SDClip, see is_sd_clip)
 GROUP_SIZES = (32, 64, 128, 256)  # `g<N>` group sizes along the input dimension (0 = one scale per row)
+SUBSCALE_BITS = range(2, 9)  # `s<k>` widths of quantized sub-scales (0 = fp16 group scales)
+_GROUP_RE = re.compile(r"g(\d+)(?:s(\d))?")
 SD_MAX_K = 64.0  # largest SDClip multiplier accepted
 _SD_RE = re.compile(r"sd(\d{1,2}(?:\.\d)?)")
 _LQER_RE = re.compile(r"lqer([1-9]\d?)")
@@ -64,6 +68,7 @@ class TensorSpec:
     gptq: bool = False  # kind == "int": Hessian-aware (GPTQ) rounding instead of round-to-nearest
     group: int = 0  # kind == "int": 0 = one scale per row; else one scale per (row, `group` input columns)
     lqer: int = 0  # kind == "int": 0 = none; else the rank of the low-rank error correction (+lqer<r>, 1..64)
+    subscale: int = 0  # kind == "int" with a group: 0 = fp16 group scales; k = k-bit sub-scales x one fp16 scale per row
 
     def __post_init__(self) -> None:
         if self.kind == "int":
@@ -75,16 +80,21 @@ class TensorSpec:
             if self.group not in (0, *GROUP_SIZES):
                 raise UsageError(f"group must be 0 (per row) or one of {', '.join(map(str, GROUP_SIZES))}, got {self.group!r}",
                                  param="group")
+            if self.subscale and (not self.group or self.subscale not in SUBSCALE_BITS):
+                raise UsageError(f"subscale must be 0 or 2..8 with a group (e.g. int6:g32s6), got {self.subscale!r}", param="subscale")
             if self.group and self.clip == "quantile":
                 raise UsageError("the quantile clip (the baseline's floored per-row rule) has no group form; use absmax, mse, "
                                  "hmse or sd<k> with g<N>", param="clip")
             if isinstance(self.lqer, bool) or not isinstance(self.lqer, int) or not (self.lqer == 0 or self.lqer in LQER_RANKS):
                 raise UsageError(f"lqer rank must be 0 (none) or an int in 1..{LQER_MAX_RANK}, got {self.lqer!r}", param="lqer")
+            if self.lqer and self.subscale:
+                raise UsageError("+lqer<r> does not combine with quantized sub-scales (g<N>s<k>); use fp16 group scales (g<N>)",
+                                 param="lqer")
         elif self.kind == "passthrough":
             if self.gptq:
                 raise UsageError("gptq applies to integer specs only", param="gptq")
-            if self.group:
-                raise UsageError("group applies to integer specs only", param="group")
+            if self.group or self.subscale:
+                raise UsageError("group and subscale apply to integer specs only", param="group")
             if self.lqer:
                 raise UsageError("lqer applies to integer specs only", param="lqer")
             if self.dtype not in PASSTHROUGH_DTYPES:
@@ -102,7 +112,7 @@ class TensorSpec:
             return self.dtype
         base = f"int{self.bits}"
         if self.group:
-            base += f":g{self.group}"
+            base += f":g{self.group}" + (f"s{self.subscale}" if self.subscale else "")
         if self.clip != ("absmax" if self.group else "quantile"):
             base += f":{self.clip}"
         if self.gptq:
@@ -128,7 +138,8 @@ class TensorSpec:
         body, _, suffix = t.partition("+")
         head, *parts = body.split(":")
         bad = UsageError(
-            f"cannot parse tensor spec {text!r}: use int2..int8 with an optional ':g32|g64|g128|g256', an optional "
+            f"cannot parse tensor spec {text!r}: use int2..int8 with an optional ':g32|g64|g128|g256' (optionally with "
+            f"quantized sub-scales 's2'..'s8', e.g. ':g32s6'), an optional "
             f"':absmax|quantile|mse|hmse|sd<k>' (in that order), an optional '+gptq' and an optional '+lqer<r>' "
             f"(r in 1..{LQER_MAX_RANK}), or one of {', '.join(PASSTHROUGH_DTYPES)}"
         )
@@ -144,18 +155,18 @@ class TensorSpec:
             rank = int(m.group(1))
         elif len(plus) != int(gptq):
             raise bad
-        group, clip = 0, None
+        group, sub, clip = 0, 0, None
         if parts and parts[0].startswith("g"):
-            gtext = parts.pop(0)[1:]
-            if gtext not in {str(g) for g in GROUP_SIZES}:
+            m = _GROUP_RE.fullmatch(parts.pop(0))
+            if m is None or m.group(1) not in {str(g) for g in GROUP_SIZES} or (m.group(2) and int(m.group(2)) not in SUBSCALE_BITS):
                 raise bad
-            group = int(gtext)
+            group, sub = int(m.group(1)), int(m.group(2) or 0)
         if parts:
             clip = parts.pop(0)
         if parts or clip == "":
             raise bad
         return cls(kind="int", bits=int(head[3:]), clip=clip or ("absmax" if group else "quantile"), gptq=gptq, group=group,
-                   lqer=rank)
+                   subscale=sub, lqer=rank)
 
     def __str__(self) -> str:
         return self.label()

@@ -37,9 +37,10 @@ def _mod(name):
 
 
 # canonical labels only
-SPEC = re.compile(r"int[2-8](:g(32|64|128|256))?(:absmax|:mse|:hmse|:sd([1-9]|[1-5][0-9]|6[0-4])(\.[1-9])?)?(\+gptq)?"
+SPEC = re.compile(r"int[2-8](:g(32|64|128|256)(s[2-8])?)?(:absmax|:mse|:hmse|:sd([1-9]|[1-5][0-9]|6[0-4])(\.[1-9])?)?(\+gptq)?"
                   r"(\+lqer([1-9]|[1-5][0-9]|6[0-4]))?|fp16|bf16|fp32|exact")
 HEX = re.compile(r"[0-9a-f]{64}")
+OPT = ("scales", "scale_offset", "rows", "scale_group", "subscales", "subscale_offset", "lqer")  # a tensor's optional keys
 L = {"header": 16 << 20, "raw": 256 << 20, "numel": 1 << 28, "blocks": 64, "streams": 64, "tensors": 100000, "name": 1024, "ndim": 8, "out": 512 << 20}
 
 
@@ -172,16 +173,16 @@ def _load(path, check):
     if pos != len(b):
         raise ValueError("trailing bytes")
     arrays, used, keys = [], [], []
-    for s in h["streams"]:  # kind 0 levels, 1 scales, 2 passthrough; layout 0 plain, 1 shuffled, 2 dense, 3 byte
+    for s in h["streams"]:  # kind 0 levels, 1 scales, 2 passthrough, 3 sub-scales; layout 0 plain, 1 shuffle, 2 dense, 3 byte
         _keys(s, ("kind", "count", "layout", "block", "at"), ("bits", "dtype", "alone"))
         bi, n, lay = _i(s["block"], len(blocks) - 1), _i(s["count"], L["numel"]), _i(s["layout"], 3)
         if _i(s["at"]) != fill[bi] or ("bits" in s) == ("dtype" in s) or _i(s.get("alone", 0)) is None:
             raise ValueError("streams must be contiguous")
-        key = (_i(s["kind"], 2), s.get("bits"), s.get("dtype"))
+        key = (_i(s["kind"], 3), s.get("bits"), s.get("dtype"))
         if key in keys:
             raise ValueError("duplicate stream")
         keys.append(key)
-        if s["kind"] == 0:
+        if s["kind"] in (0, 3):  # sub-scales are stored as levels are (as sub - 1 - qmax)
             bits = _i(s["bits"], 8)
             size = -(-n * bits // 8) if s["layout"] == 2 else n
             if bits < 2 or lay not in (2, 3):
@@ -196,7 +197,7 @@ def _load(path, check):
         fill[bi] += size
         if len(raw) != size:
             raise ValueError("stream overruns its block")
-        if s["kind"] == 0:
+        if s["kind"] in (0, 3):
             arrays.append(_levels(raw, bits, n, lay == 2))
         elif s["layout"] == 1:  # byte planes back to elements
             arrays.append(np.frombuffer(np.frombuffer(raw, np.uint8).reshape(dt.itemsize, n).T.tobytes(), dt, n))
@@ -216,7 +217,7 @@ def _load(path, check):
         return arrays[g][o:o + n]
 
     for e in h["tensors"]:
-        _keys(e, ("name", "shape", "dtype", "spec", "digest", "group", "offset"), ("scales", "scale_offset", "rows", "scale_group", "lqer"))
+        _keys(e, ("name", "shape", "dtype", "spec", "digest", "group", "offset"), OPT)
         name, shape = e["name"], e["shape"]
         if type(name) is not str or not 0 < len(name) <= L["name"] or not name.isprintable() or name in sd:
             raise ValueError(f"bad tensor name {ascii(name)[:80]}")
@@ -241,31 +242,39 @@ def _load(path, check):
             want = (0, int(sp[3]), 1, "float16" if len(shape) == 2 else "float32", True)
             if (st["kind"], st.get("bits"), sc["kind"], sc["dtype"], fl) != want or ("rows" in e) != (len(shape) == 2):
                 raise ValueError(f"{name}: int tensor does not match its streams")
-        elif {"scales", "scale_offset", "rows", "scale_group"} & e.keys() or st["kind"] != 2 or (sp != "exact" and not fl) or \
+        elif set(OPT) & e.keys() or st["kind"] != 2 or (sp != "exact" and not fl) or \
                 st["dtype"] != {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}.get(sp, e["dtype"]):
             raise ValueError(f"{name}: passthrough tensor does not match its stream")
         v = torch.from_numpy(take(e["group"], e["offset"], numel).copy())
         if "scales" in e:  # levels * scale in fp32 (per row fp16 scales, else one fp32 scale)
             r = _i(e["rows"], numel) if "rows" in e else None
             g = e.get("scale_group")  # group-wise scales: rows x ceil(cols / g) of them, row-major
-            if (g is not None) != (":g" in sp) or (g is not None and (r is None or f":g{g}" not in sp)):
-                raise ValueError(f"{name}: scale_group does not match its spec")
+            gp = re.findall(r":g(\d+)s?(\d?)", sp)  # [(N, k)]; k-bit sub-scales x one fp16 scale a row
+            k, sk = int(gp[0][1] or 0) if gp else 0, set(OPT[4:6])
+            if [g, r is not None] != ([int(gp[0][0]), True] if gp else [None, r is not None]) or sk & e.keys() != (sk if k else set()):
+                raise ValueError(f"{name}: scale_group or subscales do not match its spec")
             if r is not None and (len(shape) != 2 or r != shape[0]):
                 raise ValueError(f"{name}: rows must be shape[0]")
-            sc = take(e["scales"], e["scale_offset"], 1 if r is None else r if g is None else r * (-(-shape[1] // g)))
+            n = r * (-(-shape[1] // g)) if g else 0
+            sc = take(e["scales"], e["scale_offset"], 1 if r is None else n if g and not k else r)
+            if k:  # group scale = float32(row scale) * float32(sub); sub = stored level + 2^(k-1), in 1..2^k-1
+                if (lambda u: (u["kind"], u.get("bits")))(h["streams"][_i(e["subscales"], len(arrays) - 1)]) != (3, k):
+                    raise ValueError(f"{name}: sub-scales not in the {k}-bit sub-scales stream")
+                u = torch.from_numpy(take(e["subscales"], e["subscale_offset"], n).astype(np.float32) + (1 << k - 1))
+                s = torch.from_numpy(sc.copy()).float().view(r, 1) * u.view(r, -1)
             if g is not None:
-                s = torch.from_numpy(sc.copy()).float().view(r, -1)
+                s = s if k else torch.from_numpy(sc.copy()).float().view(r, -1)
                 t = v.float().view(r, shape[1]) * s.repeat_interleave(g, dim=1)[:, : shape[1]]
             elif r is not None:
                 t = v.float().view(r, shape[1]) * torch.from_numpy(sc.copy()).float().view(-1, 1)
             else:
                 t = v.float() * float(sc[0])
             if "lqer" in e:  # t += a_j b_j^T in fp32, j in order (A^T, B: levels * row scale)
-                k = _keys(e["lqer"], ("rank", "bits", "offset", "scale_offset"))
-                n, lb = _i(k["rank"], min(shape)), (0, _i(k["bits"], 8), None)
-                if r is None or not sp.endswith(f"+lqer{n}") or lb not in keys:
+                q = _keys(e["lqer"], ("rank", "bits", "offset", "scale_offset"))
+                n, lb = _i(q["rank"], min(shape)), (0, _i(q["bits"], 8), None)
+                if r is None or k or not sp.endswith(f"+lqer{n}") or lb not in keys:
                     raise ValueError(f"{name}: bad lqer")
-                f = torch.from_numpy(take(keys.index(lb), k["offset"], n * sum(shape)) * np.repeat(take(e["scales"], k["scale_offset"], 2 * n)
+                f = torch.from_numpy(take(keys.index(lb), q["offset"], n * sum(shape)) * np.repeat(take(e["scales"], q["scale_offset"], 2 * n)
                                      .astype("f4"), np.repeat(shape, n)))
                 a, f = f[:n * r].view(n, r), f[n * r:].view(n, -1)
                 for j in range(n):

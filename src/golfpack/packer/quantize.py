@@ -20,6 +20,15 @@ Clip rules (how the per-row range is chosen before rounding):
   with the lowest squared reconstruction error (with the stored fp16 scale). r = 1 is exactly the absmax
   candidate, so `mse` can never be worse than `absmax` on any row.
 
+Quantized sub-scales (`int6:g32s6`, llama.cpp k-quant style): the clip rule first gives each (row, group) its
+scale d (fp16, as `g<N>`); then the row gets ONE fp16 scale S = max_g d / (2^k - 1), rounded UP to fp16 so the
+largest group still fits, and each group the k-bit integer sub = clamp(ceil(d / S), 1, 2^k - 1): the step at
+or just above what the clip rule asked, so no group is clipped harder than its rule chose. (Rounding d to the
+nearest step, or picking floor/ceil by squared error, clipped the largest weights of the groups whose scale
+went down, and measured worse in val_bpb: docs/quantizers.md.) The group scale the loader uses is S * sub
+(exact in fp32), less than one step S above d - never a fixed floor: S follows the row's own range, so
+small-range rows (absmax << 1) keep their levels. The levels are then rounded with S * sub.
+
 GPTQ (`int6+gptq`, `int5:mse+gptq`, ...) is a rounding choice on top of any clip rule: the scales come
 from the clip rule (so the grid, and roughly the compressed size, are the same as plain rounding), the
 levels are then chosen column by column, each column's rounding error pushed onto the columns not yet
@@ -160,6 +169,48 @@ def quantize_groups(w2d: Tensor, bits: int, clip: str, group: int, hdiag: Tensor
         return _levels(w, expand_group_scales(scales, group, cols), qmax), scales.contiguous()
 
 
+def quantize_subscales(d: Tensor, sbits: int) -> tuple[Tensor, Tensor]:
+    """(rows, groups) group scales -> (S fp16 (rows,), sub uint8 (rows, groups) in 1..2^sbits-1) with S * sub ~ d
+    (module doc): S = max_g d / (2^sbits - 1) rounded up to fp16, sub = clamp(ceil(d / S), 1, 2^sbits - 1)."""
+    top = (1 << sbits) - 1
+    d = d.float()
+    need = d.amax(dim=1) / top if d.shape[1] else torch.zeros(d.shape[0], device=d.device)
+    s16 = need.to(torch.float16)
+    low = s16.float() < need  # rounded down: step to the next fp16 up (positive fp16 bit patterns are ordered)
+    s16 = torch.where(low, (s16.view(torch.int16) + 1).view(torch.float16), s16)
+    s16 = s16.clamp_min(_FP16_TINY)
+    return s16.contiguous(), ceil_subscales(d, s16, sbits)
+
+
+def subscales_for(d: Tensor, s16: Tensor, sbits: int) -> Tensor:
+    """The k-bit sub-scales of group scales `d` (rows, groups) on the row scales `s16` (rows,): round(d / S) in 1..2^k-1
+    (exact when d is already S * sub: how GPTQ's dequantized scales give their sub-scales back)."""
+    top = (1 << sbits) - 1
+    return torch.clamp(torch.round(d.float() / s16.float()[:, None]), 1, top).to(torch.uint8).contiguous()
+
+
+def ceil_subscales(d: Tensor, s16: Tensor, sbits: int) -> Tensor:
+    """The k-bit sub-scales of group scales `d` (rows, groups) on the row scales `s16`: ceil(d / S) in 1..2^k-1 (module doc)."""
+    top = (1 << sbits) - 1
+    return torch.clamp(torch.ceil(d.float() / s16.float()[:, None]), 1, top).to(torch.uint8).contiguous()
+
+
+def dequant_subscales(s16: Tensor, sub: Tensor) -> Tensor:
+    """float32(S) * float32(sub): the (rows, groups) fp32 group scales the loader uses (TensorRecord.group_scales)."""
+    return s16.float()[:, None] * sub.float()
+
+
+def quantize_groups_sub(w2d: Tensor, bits: int, clip: str, group: int, sbits: int,
+                        hdiag: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """`quantize_groups` with k-bit sub-scales: (q int8 (rows, cols), S fp16 (rows,), sub uint8 (rows, groups)).
+    The levels are rounded with the dequantized group scales S * sub, the ones the loader uses."""
+    _, d = quantize_groups(w2d, bits, clip, group, hdiag)
+    s16, sub = quantize_subscales(d, sbits)
+    w = w2d.detach().float()
+    q = _levels(w, dequant_subscales(s16, sub).repeat_interleave(group, dim=1)[:, : w.shape[1]], qmax_for(bits))
+    return q, s16, sub
+
+
 def expand_group_scales(scales: Tensor, group: int, cols: int) -> Tensor:
     """(rows, ngroups) scales -> (rows, cols) fp32, each scale repeated over its group's columns."""
     return scales.float().repeat_interleave(group, dim=1)[:, :cols]
@@ -248,6 +299,8 @@ def gptq_quantize(
     act_order: bool = True,
     group: int = 0,
     info: dict | None = None,
+    sub_rows: Tensor | None = None,
+    subscale: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Hessian-aware quantization of a (rows, cols) weight used as y = x @ w.T (Frantar et al., 2022).
 
@@ -259,7 +312,10 @@ def gptq_quantize(
     factor of H^-1, lazily in blocks of `block_size`. The damping starts at `percdamp` x mean(diag H) and
     climbs DAMP_LADDER while the Cholesky fails; `info["damp"]` gets the damping used. float64 throughout,
     so the levels do not hinge on the last bits of a float32 sum. Returns (q int8, scales fp16) like
-    `quantize_rows` / `quantize_groups`.
+    `quantize_rows` / `quantize_groups`. With `subscale` k (and `group`), `sub_rows` are the fp16 row scales S
+    (fixed first, from the unupdated weights: `quantize_groups_sub`); each group's clip-rule scale is then
+    quantized to S * sub the moment the loop reaches it and its columns are rounded with that dequantized
+    scale; the returned scales are then fp32 S * sub (rows, groups) (`subscales_for` recovers sub).
     """
     if w.ndim != 2:
         raise ValueError(f"gptq_quantize needs a 2-D weight, got shape {tuple(w.shape)}")
@@ -276,7 +332,7 @@ def gptq_quantize(
         W[:, dead] = 0.0
         if group:
             ng = n_groups(cols, group)
-            gscale = torch.ones(rows, ng, dtype=torch.float16, device=W.device)
+            gscale = torch.ones(rows, ng, dtype=torch.float32 if subscale else torch.float16, device=W.device)
             have = [False] * ng
         else:
             s16 = quantize_rows(w.detach().float(), bits, clip, hdiag)[1]
@@ -306,6 +362,9 @@ def gptq_quantize(
                                 cur[:, j] = W1[:, m - i1]
                         hd = None if clip != "hmse" else hdiag[g * group:min(cols, (g + 1) * group)]
                         gscale[:, g] = row_scales(cur.float(), qmax, clip, hd)
+                        if subscale:  # the dequantized k-bit sub-scale (the ceil step), the scale the loader will use
+                            assert sub_rows is not None
+                            gscale[:, g] = dequant_subscales(sub_rows, ceil_subscales(gscale[:, g:g + 1], sub_rows, subscale))[:, 0]
                         have[g] = True
                     s = gscale[:, g].double()
                 else:
@@ -426,19 +485,28 @@ def lqer_error_bound(err: Tensor, rank: int) -> float:
 # tensor -> record
 
 
-def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None, info: dict | None = None) -> tuple[Tensor, Tensor]:
+def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None,
+                       info: dict | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(levels, scales, sub-scales or None): sub-scales only for a 2-D tensor whose spec has `s<k>`."""
     if not t.is_floating_point():
         raise ValueError(f"cannot integer-quantize a {dtype_name(t.dtype)} tensor; use 'exact' passthrough")
     if t.ndim == 2:
+        hdiag = torch.diag(hessian.detach().float()) if (spec.clip == "hmse" and hessian is not None) else None
         if spec.gptq:
             if hessian is None:
                 raise ValueError(f"{spec.label()} needs a Hessian from calibration tokens (pack with calib='TRAIN_SHARDS'); none was given")
-            return gptq_quantize(t, hessian, spec.bits, clip=spec.clip, group=spec.group, info=info)
-        hdiag = torch.diag(hessian.detach().float()) if (spec.clip == "hmse" and hessian is not None) else None
+            if spec.subscale:
+                s16 = quantize_groups_sub(t, spec.bits, spec.clip, spec.group, spec.subscale, hdiag)[1]
+                q, gs = gptq_quantize(t, hessian, spec.bits, clip=spec.clip, group=spec.group, info=info, sub_rows=s16,
+                                      subscale=spec.subscale)
+                return q, s16, subscales_for(gs, s16, spec.subscale)
+            return (*gptq_quantize(t, hessian, spec.bits, clip=spec.clip, group=spec.group, info=info), None)
+        if spec.subscale:
+            return quantize_groups_sub(t, spec.bits, spec.clip, spec.group, spec.subscale, hdiag)
         if spec.group:
-            return quantize_groups(t, spec.bits, spec.clip, spec.group, hdiag)
-        return quantize_rows(t, spec.bits, spec.clip, hdiag)
-    return quantize_per_tensor(t, spec.bits, spec.clip)  # no rows: one scale, whatever the group
+            return (*quantize_groups(t, spec.bits, spec.clip, spec.group, hdiag), None)
+        return (*quantize_rows(t, spec.bits, spec.clip, hdiag), None)
+    return (*quantize_per_tensor(t, spec.bits, spec.clip), None)  # no rows: one scale, whatever the group
 
 
 def _passthrough_values(t: Tensor, dtype: str) -> Tensor:
@@ -456,10 +524,12 @@ def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | No
     orig = dtype_name(t.dtype)
     shape = tuple(int(d) for d in t.shape)
     if spec.kind == "int":
-        q, s = _levels_and_scales(t, spec, hessian, info)
+        q, s, sub = _levels_and_scales(t, spec, hessian, info)
+        subs = None if sub is None else sub.cpu().numpy()
         if spec.lqer and t.ndim == 2 and min(shape) > 0:
             spec = replace(spec, lqer=min(spec.lqer, *shape))  # no more components than the matrix has
-            base = TensorRecord(name, shape, "float32", replace(spec, lqer=0), q=q.cpu().numpy(), scales=s.cpu().numpy())
+            base = TensorRecord(name, shape, "float32", replace(spec, lqer=0), q=q.cpu().numpy(), scales=s.cpu().numpy(),
+                                subscales=subs)
             # E = W - dequant(Q(W)), in fp32 before the cast. The plain SVD fit, Hessian or not: the activation-aware
             # fit cut the calibration output error more but lost fresh-load bpb on nolanvild (docs/policies.md, "LQER")
             fq, fs = lqer_factors(t.float() - base.dequantize(), spec.lqer)
@@ -467,7 +537,8 @@ def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | No
                                 lqer_q=fq.numpy(), lqer_scales=fs.numpy(), lqer_bits=LQER_BITS)
         if spec.lqer:  # a vector or an empty matrix has no low-rank error to correct: stored without it
             spec = replace(spec, lqer=0)
-        return TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=spec, q=q.cpu().numpy(), scales=s.cpu().numpy())
+        return TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=spec, q=q.cpu().numpy(), scales=s.cpu().numpy(),
+                            subscales=subs)
     if not t.is_floating_point() and spec.dtype != "exact":
         raise ValueError(f"{name}: {orig} tensor can only be stored 'exact', not {spec.dtype}")
     v = _passthrough_values(t, spec.dtype).contiguous()
@@ -489,8 +560,10 @@ def fake_quantize(w: Tensor, spec: TensorSpec, hessian: Tensor | None = None) ->
             return _passthrough_values(w.detach(), spec.dtype).to(w.dtype)
         if spec.lqer and w.ndim == 2:  # the correction is fitted on the CPU, as the packer does
             return quantize_tensor("w", w, spec, hessian).dequantize().to(w.device)
-        q, s = _levels_and_scales(w.detach(), spec, hessian)
-        if w.ndim == 2 and s.ndim == 2:
+        q, s, sub = _levels_and_scales(w.detach(), spec, hessian)
+        if sub is not None:
+            out = q.float() * dequant_subscales(s, sub).repeat_interleave(spec.group, dim=1)[:, : w.shape[1]]
+        elif w.ndim == 2 and s.ndim == 2:
             out = q.float() * expand_group_scales(s, spec.group, w.shape[1])
         elif w.ndim == 2:
             out = q.float() * s.float().view(-1, 1)
@@ -503,11 +576,16 @@ __all__ = [
     "BASELINE_CLIP_Q",
     "DAMP_LADDER",
     "FLOOR_SWALLOW_FRACTION",
+    "dequant_subscales",
     "expand_group_scales",
     "floor_warning",
     "floor_warnings",
     "n_groups",
     "quantize_groups",
+    "quantize_groups_sub",
+    "ceil_subscales",
+    "quantize_subscales",
+    "subscales_for",
     "row_scales",
     "MSE_CLIP_RATIOS",
     "fake_quantize",
