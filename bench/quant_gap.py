@@ -20,6 +20,8 @@ tensors fp16, as every int6-family preset):
     gptq_g64_lqer  int8:mse+gptq / int<b>:g64+gptq+lqer4     block matrix's GPTQ residual (docs/qgv3.md 8b)
     records    bench/records_recipe.py (GPTQ act-order, SDClip k 12/13, GPTQ'd int8 k=20 embedding;
                +lqer: rank 4 on the 3 worst tensors), at ITS OWN size (an lzma estimate, no QGv3 file)
+    search     `golfpack.search` with its defaults (self-calibration; the patho model: its train shard) at
+               budget = each target and each records row's bytes, one measurement cache per model
 
 Hessians from pydoc pages (16 x 1024 sp1024 tokens) or, for the pathological model, its TRAIN shard -
 never val. Results: bench/results/quant_gap.json and .md, and a bytes-vs-gap plot per model
@@ -87,7 +89,7 @@ def policy(family: str, b: int):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=sorted(MODELS))
-    ap.add_argument("--families", default=",".join([*FAMILIES, "records", "presets"]))
+    ap.add_argument("--families", default=",".join([*FAMILIES, "records", "presets", "search"]))
     ap.add_argument("--calib-seqs", type=int, default=16)
     ap.add_argument("--ladder", default=",".join(map(str, LADDER)), help="block-matrix widths to try, widest first")
     ap.add_argument("--results", type=Path, default=None, help="results JSON to write (default bench/results/quant_gap.json)")
@@ -176,6 +178,30 @@ def main() -> int:
                          "bytes_note": "lzma estimate of int8 containers + fp16 scales (no QGv3 file)"})
             log(f"records{'+lqer' if lq else ''}: ~{nb:,} bytes, gap {bpb - raw:+.4f}")
     allres = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    before = allres.get(args.model, {})
+    if "search" in want:
+        # golfpack's search (its defaults) at the byte targets and at the records recipe's own sizes (from this run or
+        # the results file), one measurement cache for all budgets so the later ones reuse the first one's work.
+        import golfpack as gp
+
+        known = rows + [r for r in before.get("rows", []) if r["family"].startswith("records")]
+        rec = {r["family"]: r["bytes"] for r in reversed(known) if r["family"].startswith("records")}
+        budgets = [("100%", int(T)), ("85%", int(T * 0.85))] + [(f, b) for f, b in rec.items()]
+        cache = tempfile.mkdtemp(prefix="qg-search-cache-")
+        for label, budget in budgets:
+            t = time.perf_counter()
+            res = gp.search(str(m["ckpt"]), gp.SearchConfig(budget=budget, calib=m["calib"] or "self", tokenizer=m["tok"],
+                                                            cache_dir=cache, progress=False))
+            art = res.artifact
+            bpb = fresh(art)
+            frac = {"100%": 1.0, "85%": 0.85}.get(label)
+            rows.append({"family": "search", "target": frac, "target_bytes": budget, "target_label": label, "bits": "mixed",
+                         "bytes": art.model_bytes, "val_bpb": bpb, "gap": bpb - raw, "search_s": round(time.perf_counter() - t, 1),
+                         "load1": round(os.getloadavg()[0], 1), "floor_warnings": len(art.warnings)})
+            log(f"search @ {label} ({budget:,} B): {art.model_bytes:,} bytes, gap {bpb - raw:+.4f}, {rows[-1]['search_s']} s")
+    # a partial run (--families) replaces only its families' rows
+    fams_run = {r["family"].split(" ")[0].split("+")[0] for r in rows}
+    rows = rows + [r for r in before.get("rows", []) if r["family"].split(" ")[0].split("+")[0] not in fams_run]
     allres[args.model] = {"raw_val_bpb": raw, "int6_tok8_bytes": T, "val_tokens": int(len(val)), "seq_len": m["seq"],
                           "ladder": {f"{f} int{b}": v[0] for (f, b), v in packs.items()}, "rows": rows,
                           "seconds": round(time.perf_counter() - t0, 1), "loadavg_end": os.getloadavg()[0]}
@@ -195,6 +221,8 @@ def tables() -> None:
                "| family | target | bits | bytes | val_bpb | gap | floor warnings |", "|---|---|---|---|---|---|---|"]
         for r in res["rows"]:
             tgt = "" if r.get("target") is None else f"{r['target']:.0%} ({r['target_bytes']:,})"
+            if r.get("target_label", "").startswith("records"):
+                tgt = f"= {r['target_label']} ({r['target_bytes']:,})"
             if r.get("bits", 0) is None:
                 md.append(f"| {r['family']} | {tgt} | none fits | | | | |")
                 continue
