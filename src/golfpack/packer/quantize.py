@@ -473,6 +473,27 @@ def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | No
     return TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=spec, data=data.copy())
 
 
+def quantize_candidates(name: str, t: Tensor, specs: list[TensorSpec], hessian: Tensor | None = None) -> list[TensorRecord]:
+    """`[quantize_tensor(name, t, s, hessian) for s in specs]`, the same records, with the +gptq specs of a matrix
+    run together (`gptq_quantize_many`, one batch per scale group): one Cholesky, one column loop."""
+    out: dict[int, TensorRecord] = {}
+    tc = t.detach().cpu().contiguous()
+    batched: dict[int, list[int]] = {}
+    if tc.ndim == 2 and tc.is_floating_point() and hessian is not None:
+        for j, s in enumerate(specs):
+            if s.kind == "int" and s.gptq:
+                batched.setdefault(s.group, []).append(j)
+    for group, js in batched.items():
+        res = gptq_quantize_many(tc, hessian, [(specs[j].bits, specs[j].clip) for j in js], group=group)
+        for j, (q, sc) in zip(js, res):
+            out[j] = TensorRecord(name=name, shape=tuple(int(d) for d in tc.shape), orig_dtype=dtype_name(tc.dtype),
+                                  spec=specs[j], q=q.cpu().numpy(), scales=sc.cpu().numpy())
+    for j, s in enumerate(specs):
+        if j not in out:
+            out[j] = quantize_tensor(name, tc, s, hessian if s.needs_hessian else None)
+    return [out[j] for j in range(len(specs))]
+
+
 def fake_quantize(w: Tensor, spec: TensorSpec, hessian: Tensor | None = None) -> Tensor:
     """The values `pack` would store for `w` under `spec`, same dtype/device as `w`, no autograd.
 
@@ -511,5 +532,6 @@ __all__ = [
     "qmax_for",
     "quantize_per_tensor",
     "quantize_rows",
+    "quantize_candidates",
     "quantize_tensor",
 ]
