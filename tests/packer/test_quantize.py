@@ -224,3 +224,108 @@ def test_gptq_beats_plain_rounding_on_correlated_inputs() -> None:
     v = torch.randn(64, generator=g)
     assert torch.equal(torch.from_numpy(quantize_tensor("v", v, TensorSpec.parse("int6+gptq")).q),
                        torch.from_numpy(quantize_tensor("v", v, TensorSpec.parse("int6")).q))
+
+
+# ------------------------------------------------------------------------------------------------
+# the fast paths give the answers of the plain ones, bit for bit
+
+
+def _mse_scales_one_ratio_at_a_time(w: torch.Tensor, qmax: int, weight: torch.Tensor | None) -> torch.Tensor:
+    # the mse search as first written: one clip ratio at a time, strict '<' (ties keep the larger clip)
+    from golfpack.packer.quantize import MSE_CLIP_RATIOS, _stored_scale
+
+    absmax = w.abs().amax(dim=1)
+
+    def err_of(s16: torch.Tensor) -> torch.Tensor:
+        s = s16.float()[:, None]
+        e = (torch.clamp(torch.round(w / s), -qmax, qmax) * s - w) ** 2
+        return (e * weight[None, :]).sum(dim=1) if weight is not None else e.sum(dim=1)
+
+    best_s = _stored_scale(absmax, qmax)
+    best_err = err_of(best_s)
+    for r in MSE_CLIP_RATIOS[1:]:
+        s16 = _stored_scale(absmax * r, qmax)
+        err = err_of(s16)
+        better = err < best_err
+        best_s = torch.where(better, s16, best_s)
+        best_err = torch.where(better, err, best_err)
+    return best_s
+
+
+def test_vectorized_mse_search_picks_the_scales_of_the_one_ratio_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import golfpack.packer.quantize as Q
+
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(37, 90, generator=g) * torch.rand(37, 1, generator=g)
+    w[4] = 0.0  # an all-zero row: the tiny floor, q = 0
+    w[5, 3] = 9.0  # an outlier row: a small clip wins
+    w[6] = torch.round(w[6] * 8) / 8  # ties between ratios
+    hd = torch.rand(90, generator=g)
+    monkeypatch.setattr(Q, "_MSE_CHUNK", 7 * 90 * len(Q.MSE_CLIP_RATIOS))  # several row chunks, the last one short
+    for bits in (8, 4, 2):
+        qmax = Q.qmax_for(bits)
+        for weight in (None, hd):
+            assert torch.equal(Q._rows_mse_scales(w, qmax, weight), _mse_scales_one_ratio_at_a_time(w, qmax, weight))
+
+
+def _gptq_row_major(w: torch.Tensor, H: torch.Tensor, bits: int, clip: str, block_size: int) -> torch.Tensor:
+    # GPTQ levels as first written (row-major weights, one candidate, act order, per-row scales)
+    from golfpack.packer.quantize import _damped_inverse_factor, qmax_for
+
+    qmax = qmax_for(bits)
+    rows, cols = w.shape
+    Hm = H.double().clone()
+    hdiag = torch.diag(Hm).float().clone()
+    W = w.double().clone()
+    dead = torch.diag(Hm) == 0
+    Hm[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    s = quantize_rows(w.float(), bits, clip, hdiag)[1].double()
+    perm = torch.argsort(-torch.diag(Hm), stable=True)
+    W, Hm = W[:, perm], Hm[perm][:, perm]
+    Hinv = _damped_inverse_factor(Hm, 0.01)[0]
+    Qm = torch.zeros_like(W)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1, E1, Hinv1 = W[:, i1:i2].clone(), torch.zeros(rows, i2 - i1, dtype=torch.float64), Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = W1[:, i]
+            qc = torch.clamp(torch.round(col / s), -qmax, qmax)
+            Qm[:, i1 + i] = qc
+            err = (col - qc * s) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            E1[:, i] = err
+        W[:, i1:i2] = W1
+        W[:, i2:] -= E1 @ Hinv[i1:i2, i2:]
+    return Qm[:, torch.argsort(perm)].to(torch.int8)
+
+
+def _gptq_case() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    rows, cols = 24, 70
+    x = torch.randn(300, cols, generator=g) @ (torch.eye(cols) + torch.randn(cols, cols, generator=g) / cols)
+    x[:, 9] = 0.0  # a dead input column
+    w = torch.randn(rows, cols, generator=g) * torch.rand(rows, 1, generator=g) * 0.1
+    return w, hessian_from_activations(x)
+
+
+def test_gptq_levels_are_those_of_the_row_major_loop() -> None:
+    w, H = _gptq_case()
+    for bits, clip in ((6, "quantile"), (4, "mse"), (3, "hmse"), (5, "sd12")):
+        assert torch.equal(gptq_quantize(w, H, bits, clip=clip, block_size=32)[0], _gptq_row_major(w, H, bits, clip, 32))
+
+
+def test_gptq_many_equals_one_candidate_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import golfpack.packer.quantize as Q
+
+    w, H = _gptq_case()
+    for group, act_order in ((0, True), (0, False), (16, True)):
+        specs = [(6, "mse"), (4, "hmse"), (3, "sd12"), (5, "absmax")] + ([] if group else [(8, "quantile")])
+        alone = [gptq_quantize(w, H, b, clip=c, group=group, act_order=act_order, block_size=32) for b, c in specs]
+        for stack in (Q.GPTQ_STACK_VALUES, 2 * w.numel()):  # one stack; stacks of two candidates
+            monkeypatch.setattr(Q, "GPTQ_STACK_VALUES", stack)
+            info: dict = {}
+            many = Q.gptq_quantize_many(w, H, specs, group=group, act_order=act_order, block_size=32, info=info)
+            assert info["damp"] == 0.01 and len(many) == len(specs)
+            for (qa, sa), (qm, sm) in zip(alone, many):
+                assert torch.equal(qa, qm) and torch.equal(sa, sm)

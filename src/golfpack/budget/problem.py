@@ -114,6 +114,34 @@ class Problem:
             self.records[key] = rec
         return rec
 
+    def quantize_all(self, pool: Any = None, on_done: Any = None) -> None:
+        """Quantize every candidate not yet held, once, a tensor at a time (`quantize_candidates`: the +gptq ones of a
+        matrix batched). `pool`: a concurrent.futures executor to run the tensors in (the Hessians are computed
+        here first); `on_done(k)` after each tensor's k records."""
+        from golfpack.packer.quantize import quantize_candidates
+
+        jobs = [(n, [s for s in self.candidates[n] if (n, s.label()) not in self.records]) for n in self.names]
+        jobs = [(n, specs) for n, specs in jobs if specs]
+        hs = self.gptq_hessians() if any(s.needs_hessian for _, specs in jobs for s in specs) else {}
+
+        def keep(specs: list[TensorSpec], recs: list[TensorRecord]) -> None:
+            for s, r in zip(specs, recs):
+                self.records[(r.name, s.label())] = r
+            if on_done is not None:
+                on_done(len(specs))
+
+        if pool is None:
+            for n, specs in jobs:
+                keep(specs, quantize_candidates(n, self.state_dict[n], specs, hs.get(n)))
+            return
+        from concurrent.futures import as_completed
+
+        # biggest first, so the last tensor to finish is a small one
+        order = sorted(jobs, key=lambda j: -self.state_dict[j[0]].numel() * len(j[1]))
+        futs = {pool.submit(quantize_candidates, n, self.state_dict[n], specs, hs.get(n)): specs for n, specs in order}
+        for f in as_completed(futs):
+            keep(futs[f], f.result())
+
     def gptq_hessians(self) -> dict[str, Tensor]:
         """Hessians of every matrix with a +gptq candidate, from the pinned calibration tokens (the
         same call `golfpack pack` makes when it replays the policy)."""

@@ -122,23 +122,25 @@ def _stored_scale(clip_abs: Tensor, qmax: int) -> Tensor:
 
 def _rows_mse_scales(w: Tensor, qmax: int, weight: Tensor | None) -> Tensor:
     # Per-row search over clip = absmax * r; the error is weighted by `weight` (diag H) along the columns when given.
+    # Every ratio at once, rows in chunks of about _MSE_CHUNK values x ratios: each (row, ratio) error is the same
+    # per-row sum as one ratio at a time, and argmin keeps the first minimum, i.e. the largest clip on ties.
+    rows, cols = w.shape
     absmax = w.abs().amax(dim=1)
+    s16 = torch.stack([_stored_scale(absmax * r, qmax) if k else _stored_scale(absmax, qmax)
+                       for k, r in enumerate(MSE_CLIP_RATIOS)], dim=1)  # (rows, ratios), ratio 1.0 exactly absmax
+    best = torch.empty(rows, dtype=torch.int64, device=w.device)
+    step = max(1, _MSE_CHUNK // max(1, cols * len(MSE_CLIP_RATIOS)))
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        wc = w[a:b, None, :]
+        s = s16[a:b].float()[:, :, None]
+        e = (torch.clamp(torch.round(wc / s), -qmax, qmax) * s - wc) ** 2
+        err = (e * weight[None, None, :]).sum(dim=2) if weight is not None else e.sum(dim=2)
+        best[a:b] = torch.argmin(err, dim=1)
+    return s16.gather(1, best[:, None])[:, 0]
 
-    def err_of(s16: Tensor) -> Tensor:
-        s = s16.float()[:, None]
-        e = (torch.clamp(torch.round(w / s), -qmax, qmax) * s - w) ** 2
-        return (e * weight[None, :]).sum(dim=1) if weight is not None else e.sum(dim=1)
 
-    best_s = _stored_scale(absmax, qmax)
-    best_err = err_of(best_s)
-    for r in MSE_CLIP_RATIOS[1:]:
-        s16 = _stored_scale(absmax * r, qmax)
-        err = err_of(s16)
-        better = err < best_err  # strict: ties keep the larger clip
-        if bool(better.any()):
-            best_s = torch.where(better, s16, best_s)
-            best_err = torch.where(better, err, best_err)
-    return best_s
+_MSE_CHUNK = 1 << 22  # values x ratios per chunk of the mse search (16 MB of fp32 per temporary)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,69 +319,146 @@ def gptq_quantize(
     quantized to S * sub the moment the loop reaches it and its columns are rounded with that dequantized
     scale; the returned scales are then fp32 S * sub (rows, groups) (`subscales_for` recovers sub).
     """
+    return gptq_quantize_many(w, H, [(bits, clip)], block_size=block_size, percdamp=percdamp, act_order=act_order,
+                              group=group, info=info, subscale=subscale,
+                              sub_rows=None if sub_rows is None else [sub_rows])[0]
+
+
+GPTQ_STACK_VALUES = 1 << 24  # at most this many float64 weights stacked in one column loop (128 MB a copy)
+
+
+def gptq_quantize_many(
+    w: Tensor,
+    H: Tensor,
+    specs: list[tuple[int, str]],
+    *,
+    block_size: int = 128,
+    percdamp: float = 0.01,
+    act_order: bool = True,
+    group: int = 0,
+    info: dict | None = None,
+    subscale: int = 0,
+    sub_rows: list[Tensor] | None = None,
+) -> list[tuple[Tensor, Tensor]]:
+    """`gptq_quantize(w, H, bits, clip=clip, ...)` for every (bits, clip) of `specs`, the same levels and scales
+    bit for bit, sharing the work: the damped Cholesky factor of H^-1 is computed once and the column loop runs
+    on the candidates stacked as one (len(specs) * rows, cols) weight (at most GPTQ_STACK_VALUES at a time).
+
+    Every step is elementwise per row except the lazy block update, which is one matmul per candidate on the same
+    (rows, block) operands as alone; the weights are kept transposed so each column is one contiguous row.
+    `subscale` k with `sub_rows` (one fp16 row-scale tensor per spec): k-bit sub-scales, as `gptq_quantize`."""
+    if subscale and (not group or sub_rows is None or len(sub_rows) != len(specs)):
+        raise ValueError("subscale needs a group and one sub_rows tensor per spec")
     if w.ndim != 2:
         raise ValueError(f"gptq_quantize needs a 2-D weight, got shape {tuple(w.shape)}")
     rows, cols = w.shape
     if tuple(H.shape) != (cols, cols):
         raise ValueError(f"Hessian shape {tuple(H.shape)} does not match weight columns {cols}")
-    qmax = qmax_for(bits)
     with torch.no_grad():
         Hm = H.detach().double().to(w.device).clone()
         hdiag = torch.diag(Hm).float().clone()
-        W = w.detach().double().clone()
+        W0 = w.detach().double().clone()
         dead = torch.diag(Hm) == 0
         Hm[dead, dead] = 1.0
-        W[:, dead] = 0.0
-        if group:
-            ng = n_groups(cols, group)
-            gscale = torch.ones(rows, ng, dtype=torch.float32 if subscale else torch.float16, device=W.device)
-            have = [False] * ng
-        else:
-            s16 = quantize_rows(w.detach().float(), bits, clip, hdiag)[1]
-            s_row = s16.double()
+        W0[:, dead] = 0.0
         # act-order: a stable sort, so equal diagonals keep column order and the result is deterministic
-        perm = torch.argsort(-torch.diag(Hm), stable=True) if act_order else torch.arange(cols, device=W.device)
+        perm = torch.argsort(-torch.diag(Hm), stable=True) if act_order else torch.arange(cols, device=W0.device)
         inv = torch.argsort(perm)
-        W = W[:, perm]
+        WT0 = W0[:, perm].T.contiguous()  # (cols, rows): column i of the permuted weight is row i
         Hm = Hm[perm][:, perm]
         Hinv, damp = _damped_inverse_factor(Hm, percdamp)
         if info is not None:
             info["damp"] = damp
-        Q = torch.zeros_like(W)
-        for i1 in range(0, cols, block_size):
-            i2 = min(i1 + block_size, cols)
-            W1 = W[:, i1:i2].clone()
-            E1 = torch.zeros_like(W1)
-            Hinv1 = Hinv[i1:i2, i1:i2]
-            for i in range(i2 - i1):
-                if group:
-                    g = int(perm[i1 + i]) // group
-                    if not have[g]:
-                        # the group's current (error-updated) values, wherever its columns sit in perm order
-                        cur = W[:, inv[g * group:min(cols, (g + 1) * group)]].clone()
-                        for j, m in enumerate(inv[g * group:min(cols, (g + 1) * group)].tolist()):
-                            if i1 <= m < i2:
-                                cur[:, j] = W1[:, m - i1]
-                        hd = None if clip != "hmse" else hdiag[g * group:min(cols, (g + 1) * group)]
-                        gscale[:, g] = row_scales(cur.float(), qmax, clip, hd)
-                        if subscale:  # the dequantized k-bit sub-scale (the ceil step), the scale the loader will use
-                            assert sub_rows is not None
-                            gscale[:, g] = dequant_subscales(sub_rows, ceil_subscales(gscale[:, g:g + 1], sub_rows, subscale))[:, 0]
-                        have[g] = True
-                    s = gscale[:, g].double()
-                else:
-                    s = s_row
-                col = W1[:, i]
-                d = Hinv1[i, i]
-                qc = torch.clamp(torch.round(col / s), -qmax, qmax)
-                Q[:, i1 + i] = qc
-                err = (col - qc * s) / d
-                W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-                E1[:, i] = err
-            W[:, i1:i2] = W1
-            W[:, i2:] -= E1 @ Hinv[i1:i2, i2:]
-        Q = Q[:, inv]
-        return Q.to(torch.int8).contiguous(), (gscale if group else s16).contiguous()
+        out: list[tuple[Tensor, Tensor]] = []
+        per = max(1, GPTQ_STACK_VALUES // max(1, rows * cols))
+        for a in range(0, len(specs), per):
+            out += _gptq_stacked(w, WT0, Hinv, perm, inv, hdiag, specs[a:a + per], block_size, group, subscale,
+                                 None if sub_rows is None else torch.cat(sub_rows[a:a + per]))
+        return out
+
+
+def _gptq_stacked(w: Tensor, WT0: Tensor, Hinv: Tensor, perm: Tensor, inv: Tensor, hdiag: Tensor,
+                  specs: list[tuple[int, str]], block_size: int, group: int, subscale: int = 0,
+                  sub_rows: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
+    rows, cols = w.shape
+    C = len(specs)
+    R = C * rows
+    qmaxes = [qmax_for(b) for b, _ in specs]
+    qm = torch.tensor([float(q) for q in qmaxes for _ in range(rows)], dtype=torch.float64, device=WT0.device)
+    WT = WT0.repeat(1, C)  # (cols, C * rows): candidate c owns rows c*rows .. (c+1)*rows of the stacked weight
+    if group:
+        ng = n_groups(cols, group)
+        gscale = torch.ones(R, ng, dtype=torch.float32 if subscale else torch.float16, device=WT.device)
+        have = [False] * ng
+    else:
+        s16s = [quantize_rows(w.detach().float(), b, c, hdiag)[1] for b, c in specs]
+        s_row = torch.cat(s16s).double()
+    QT = torch.zeros_like(WT)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1 = WT[i1:i2]  # a view: WT holds the current values of this block's columns
+        E1 = torch.zeros(R, i2 - i1, dtype=WT.dtype, device=WT.device)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        with _one_thread():  # thousands of small elementwise ops: threads cost more than they give (4x on 2 busy cores)
+            _gptq_block(W1, E1, QT, Hinv1, i1, perm, inv, WT, gscale if group else None, have if group else None,
+                        s_row if not group else None, qm, qmaxes, specs, hdiag, rows, group, subscale, sub_rows)
+        if i2 < cols:
+            for k in range(C):  # one matmul per candidate: the same operands, so the same sums, as alone
+                sl = slice(k * rows, (k + 1) * rows)
+                WT[i2:, sl] -= (E1[sl] @ Hinv[i1:i2, i2:]).T
+    Q = QT[inv].T
+    res = []
+    for k in range(C):
+        sl = slice(k * rows, (k + 1) * rows)
+        res.append((Q[sl].to(torch.int8).contiguous(), (gscale[sl] if group else s16s[k]).contiguous()))
+    return res
+
+
+def _gptq_block(W1: Tensor, E1: Tensor, QT: Tensor, Hinv1: Tensor, i1: int, perm: Tensor, inv: Tensor, WT: Tensor,
+                gscale: Tensor | None, have: list[bool] | None, s_row: Tensor | None, qm: Tensor, qmaxes: list[int],
+                specs: list[tuple[int, str]], hdiag: Tensor, rows: int, group: int, subscale: int = 0,
+                sub_rows: Tensor | None = None) -> None:
+    # One lazy block of the GPTQ column loop, in place on the stacked (transposed) weights.
+    cols = WT.shape[0]
+    for i in range(W1.shape[0]):
+        if group:
+            assert gscale is not None and have is not None
+            g = int(perm[i1 + i]) // group
+            if not have[g]:
+                # the group's current (error-updated) values, wherever its columns sit in perm order
+                cur = WT[inv[g * group:min(cols, (g + 1) * group)]].T
+                for k, (q, (_, clip)) in enumerate(zip(qmaxes, specs)):
+                    hd = None if clip != "hmse" else hdiag[g * group:min(cols, (g + 1) * group)]
+                    sl = slice(k * rows, (k + 1) * rows)
+                    gscale[sl, g] = row_scales(cur[sl].float(), q, clip, hd)
+                if subscale:  # the dequantized k-bit sub-scale (the ceil step): the scale the loader will use
+                    assert sub_rows is not None
+                    gscale[:, g] = dequant_subscales(sub_rows, ceil_subscales(gscale[:, g:g + 1], sub_rows, subscale))[:, 0]
+                have[g] = True
+            s = gscale[:, g].double()
+        else:
+            assert s_row is not None
+            s = s_row
+        col = W1[i]
+        d = Hinv1[i, i]
+        qc = torch.clamp(torch.round(col / s), -qm, qm)
+        QT[i1 + i] = qc
+        err = (col - qc * s) / d
+        W1[i:] -= Hinv1[i, i:][:, None] * err[None, :]
+        E1[:, i] = err
+
+
+class _one_thread:
+    """torch on one intra-op thread inside the block (restored after)."""
+
+    def __enter__(self) -> None:
+        self.n = torch.get_num_threads()
+        if self.n != 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.n != 1:
+            torch.set_num_threads(self.n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,20 +604,9 @@ def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | No
     shape = tuple(int(d) for d in t.shape)
     if spec.kind == "int":
         q, s, sub = _levels_and_scales(t, spec, hessian, info)
-        subs = None if sub is None else sub.cpu().numpy()
-        if spec.lqer and t.ndim == 2 and min(shape) > 0:
-            spec = replace(spec, lqer=min(spec.lqer, *shape))  # no more components than the matrix has
-            base = TensorRecord(name, shape, "float32", replace(spec, lqer=0), q=q.cpu().numpy(), scales=s.cpu().numpy(),
-                                subscales=subs)
-            # E = W - dequant(Q(W)), in fp32 before the cast. The plain SVD fit, Hessian or not: the activation-aware
-            # fit cut the calibration output error more but lost fresh-load bpb on nolanvild (docs/policies.md, "LQER")
-            fq, fs = lqer_factors(t.float() - base.dequantize(), spec.lqer)
-            return TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=spec, q=base.q, scales=base.scales,
-                                lqer_q=fq.numpy(), lqer_scales=fs.numpy(), lqer_bits=LQER_BITS)
-        if spec.lqer:  # a vector or an empty matrix has no low-rank error to correct: stored without it
-            spec = replace(spec, lqer=0)
-        return TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=spec, q=q.cpu().numpy(), scales=s.cpu().numpy(),
-                            subscales=subs)
+        base = TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=replace(spec, lqer=0), q=q.cpu().numpy(),
+                            scales=s.cpu().numpy(), subscales=None if sub is None else sub.cpu().numpy())
+        return _with_lqer(base, t, spec)
     if not t.is_floating_point() and spec.dtype != "exact":
         raise ValueError(f"{name}: {orig} tensor can only be stored 'exact', not {spec.dtype}")
     v = _passthrough_values(t, spec.dtype).contiguous()
@@ -547,6 +615,41 @@ def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | No
     else:
         data = v.numpy()
     return TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=spec, data=data.copy())
+
+
+def _with_lqer(base: TensorRecord, t: Tensor, spec: TensorSpec) -> TensorRecord:
+    """`base` (the tensor quantized as `spec` without +lqer) with the spec's LQER correction fitted on top; a vector
+    or an empty matrix has no low-rank error to correct and is stored without it."""
+    if not spec.lqer or t.ndim != 2 or min(base.shape) == 0:
+        return base
+    spec = replace(spec, lqer=min(spec.lqer, *base.shape))  # no more components than the matrix has
+    # E = W - dequant(Q(W)), in fp32 before the cast. The plain SVD fit, Hessian or not: the activation-aware
+    # fit cut the calibration output error more but lost fresh-load bpb on nolanvild (docs/policies.md, "LQER")
+    e = t.float() - replace(base, orig_dtype="float32").dequantize()
+    fq, fs = lqer_factors(e, spec.lqer)
+    return replace(base, spec=spec, lqer_q=fq.numpy(), lqer_scales=fs.numpy(), lqer_bits=LQER_BITS)
+
+
+def quantize_candidates(name: str, t: Tensor, specs: list[TensorSpec], hessian: Tensor | None = None) -> list[TensorRecord]:
+    """`[quantize_tensor(name, t, s, hessian) for s in specs]`, the same records, with the +gptq specs of a matrix
+    run together (`gptq_quantize_many`, one batch per scale group): one Cholesky, one column loop."""
+    out: dict[int, TensorRecord] = {}
+    tc = t.detach().cpu().contiguous()
+    batched: dict[int, list[int]] = {}
+    if tc.ndim == 2 and tc.is_floating_point() and hessian is not None:
+        for j, s in enumerate(specs):
+            if s.kind == "int" and s.gptq and not s.subscale:  # sub-scale specs go one at a time (quantize_tensor)
+                batched.setdefault(s.group, []).append(j)
+    for group, js in batched.items():
+        res = gptq_quantize_many(tc, hessian, [(specs[j].bits, specs[j].clip) for j in js], group=group)
+        for j, (q, sc) in zip(js, res):
+            out[j] = _with_lqer(TensorRecord(name=name, shape=tuple(int(d) for d in tc.shape), orig_dtype=dtype_name(tc.dtype),
+                                             spec=replace(specs[j], lqer=0), q=q.cpu().numpy(), scales=sc.cpu().numpy()),
+                                tc, specs[j])
+    for j, s in enumerate(specs):
+        if j not in out:
+            out[j] = quantize_tensor(name, tc, s, hessian if s.needs_hessian else None)
+    return [out[j] for j in range(len(specs))]
 
 
 def fake_quantize(w: Tensor, spec: TensorSpec, hessian: Tensor | None = None) -> Tensor:
@@ -590,6 +693,8 @@ __all__ = [
     "MSE_CLIP_RATIOS",
     "fake_quantize",
     "gptq_quantize",
+    "gptq_quantize_many",
+    "GPTQ_STACK_VALUES",
     "hessian_from_activations",
     "lqer_error_bound",
     "lqer_factors",
@@ -597,5 +702,6 @@ __all__ = [
     "qmax_for",
     "quantize_per_tensor",
     "quantize_rows",
+    "quantize_candidates",
     "quantize_tensor",
 ]
