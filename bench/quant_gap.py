@@ -13,7 +13,7 @@ tensors fp16, as every int6-family preset):
     quantile   int8 / int<b>              the seed-exact rule (b = 6 is the int6+tok8 preset)
     mse        int8:mse / int<b>:mse
     sdclip     int8:mse / int<b>:sd12
-    g64, g128  int8:mse / int<b>:g64, int<b>:g128           (absmax scale per 64/128 input columns)
+    g32, g64, g128  int8:mse / int<b>:g32|g64|g128  (absmax scale per 32/64/128 input columns)
     gptq       int8:mse+gptq / int<b>:mse+gptq              (GPTQ act-order; the tied embedding through
     gptq_g64   int8:mse+gptq / int<b>:g64+gptq               the LM-head input's Hessian)
     gptq_lqer      int8:mse+gptq / int<b>:mse+gptq+lqer4     GPTQ + LQER: a rank-4 int8 correction of every
@@ -70,6 +70,7 @@ FAMILIES = {  # name -> (embedding spec, block-matrix spec with {b})
     "quantile": ("int8", "int{b}"),
     "mse": ("int8:mse", "int{b}:mse"),
     "sdclip": ("int8:mse", "int{b}:sd12"),
+    "g32": ("int8:mse", "int{b}:g32"),
     "g64": ("int8:mse", "int{b}:g64"),
     "g128": ("int8:mse", "int{b}:g128"),
     "gptq": ("int8:mse+gptq", "int{b}:mse+gptq"),
