@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from golfpack.formats.qgv3_constants import outlier_count
 from golfpack.formats.records import TensorRecord, dtype_name
 from golfpack.formats.spec import LQER_BITS, TensorSpec, sd_k
 
@@ -526,6 +527,11 @@ def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | No
     if spec.kind == "int":
         q, s, sub = _levels_and_scales(t, spec, hessian, info)
         subs = None if sub is None else sub.cpu().numpy()
+        if spec.outliers:  # after rounding (GPTQ's or nearest): the largest-error weights, kept as fp16 of W
+            base = TensorRecord(name, shape, "float32", replace(spec, outliers=0), q=q.cpu().numpy(), scales=s.cpu().numpy(),
+                                subscales=subs)
+            idx, vals = select_outliers(t, base.dequantize(), spec.outliers)
+            return replace(base, orig_dtype=orig, spec=spec, outlier_idx=idx, outlier_vals=vals)
         if spec.lqer and t.ndim == 2 and min(shape) > 0:
             spec = replace(spec, lqer=min(spec.lqer, *shape))  # no more components than the matrix has
             base = TensorRecord(name, shape, "float32", replace(spec, lqer=0), q=q.cpu().numpy(), scales=s.cpu().numpy(),
@@ -549,6 +555,17 @@ def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | No
     return TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=spec, data=data.copy())
 
 
+def select_outliers(w: Tensor, deq: Tensor, rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `+out<rate>` outliers of `w` given its dequantized grid values `deq` (fp32, before the cast): the
+    outlier_count(numel, rate) flat indices with the largest |w - deq| (ties: the lower index; returned sorted) and the
+    float16 of w there."""
+    flat = w.detach().reshape(-1).cpu()
+    err = (flat.double() - deq.detach().reshape(-1).cpu().double()).abs().numpy()
+    n = outlier_count(err.size, rate)
+    idx = np.sort(np.argsort(-err, kind="stable")[:n]).astype(np.int64)
+    return idx, flat[torch.from_numpy(idx)].to(torch.float16).numpy()
+
+
 def fake_quantize(w: Tensor, spec: TensorSpec, hessian: Tensor | None = None) -> Tensor:
     """The values `pack` would store for `w` under `spec`, same dtype/device as `w`, no autograd.
 
@@ -558,7 +575,7 @@ def fake_quantize(w: Tensor, spec: TensorSpec, hessian: Tensor | None = None) ->
     with torch.no_grad():
         if spec.kind == "passthrough":
             return _passthrough_values(w.detach(), spec.dtype).to(w.dtype)
-        if spec.lqer and w.ndim == 2:  # the correction is fitted on the CPU, as the packer does
+        if (spec.lqer and w.ndim == 2) or spec.outliers:  # the correction / outliers are fitted on the CPU, as the packer does
             return quantize_tensor("w", w, spec, hessian).dequantize().to(w.device)
         q, s, sub = _levels_and_scales(w.detach(), spec, hessian)
         if sub is not None:
@@ -598,4 +615,5 @@ __all__ = [
     "quantize_per_tensor",
     "quantize_rows",
     "quantize_tensor",
+    "select_outliers",
 ]
