@@ -42,6 +42,7 @@ Everything here is plain torch, device-agnostic and autograd-free, so the traine
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -318,6 +319,50 @@ def gptq_quantize(
     quantized to S * sub the moment the loop reaches it and its columns are rounded with that dequantized
     scale; the returned scales are then fp32 S * sub (rows, groups) (`subscales_for` recovers sub).
     """
+    q, s, _ = _gptq(w, H, bits, clip=clip, block_size=block_size, percdamp=percdamp, act_order=act_order, group=group,
+                    info=info, sub_rows=sub_rows, subscale=subscale)
+    return q, s
+
+
+def gptq_with_outliers(w: Tensor, H: Tensor, bits: int, rate: int, **kw: Any) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray]:
+    """GPTQ with `+out<rate>` outliers kept inside the column loop (SpQR-style): a first GPTQ pass ranks the weights
+    by |W - deq(Q(W))|; the second pass stores the outlier_count largest as the float16 of their error-updated value
+    when the loop reaches them, so their (near-zero) error is what gets pushed onto the later columns. Returns
+    (q, scales, sorted flat indices, float16 values); `kw` as gptq_quantize."""
+    q0, s0, _ = _gptq(w, H, bits, **kw)
+    deq = _dequant_like(q0, s0, kw)
+    idx, _vals = select_outliers(w, deq, rate)
+    keep = torch.zeros(w.numel(), dtype=torch.bool)
+    keep[torch.from_numpy(idx)] = True
+    q, s, v = _gptq(w, H, bits, keep=keep.view(w.shape), **kw)
+    assert v is not None
+    return q, s, idx, v.reshape(-1)[torch.from_numpy(idx)].numpy()
+
+
+def _dequant_like(q: Tensor, s: Tensor, kw: dict[str, Any]) -> Tensor:
+    """fp32 q * scale for gptq's returned (q, scales): per row (rows,) fp16, or per group (rows, groups)."""
+    if s.ndim == 2:
+        return q.float() * expand_group_scales(s.float(), int(kw.get("group", 0)), q.shape[1])
+    return q.float() * s.float().view(-1, 1)
+
+
+def _gptq(
+    w: Tensor,
+    H: Tensor,
+    bits: int,
+    *,
+    clip: str = "mse",
+    block_size: int = 128,
+    percdamp: float = 0.01,
+    act_order: bool = True,
+    group: int = 0,
+    info: dict | None = None,
+    sub_rows: Tensor | None = None,
+    subscale: int = 0,
+    keep: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """gptq_quantize's loop; `keep` (rows, cols) bool: weights stored as the fp16 of their updated value (returned
+    as a (rows, cols) fp16 tensor, zero elsewhere) instead of their rounded level."""
     if w.ndim != 2:
         raise ValueError(f"gptq_quantize needs a 2-D weight, got shape {tuple(w.shape)}")
     rows, cols = w.shape
@@ -347,6 +392,8 @@ def gptq_quantize(
         if info is not None:
             info["damp"] = damp
         Q = torch.zeros_like(W)
+        keepP = None if keep is None else keep.to(W.device)[:, perm]
+        V = None if keep is None else torch.zeros(rows, cols, dtype=torch.float16, device=W.device)
         for i1 in range(0, cols, block_size):
             i2 = min(i1 + block_size, cols)
             W1 = W[:, i1:i2].clone()
@@ -374,13 +421,18 @@ def gptq_quantize(
                 d = Hinv1[i, i]
                 qc = torch.clamp(torch.round(col / s), -qmax, qmax)
                 Q[:, i1 + i] = qc
-                err = (col - qc * s) / d
+                deq = qc * s
+                if keepP is not None and V is not None and bool(keepP[:, i1 + i].any()):  # kept: its fp16, ~no error to push
+                    m = keepP[:, i1 + i]
+                    V[m, i1 + i] = col[m].to(torch.float16)
+                    deq = torch.where(m, V[:, i1 + i].double(), deq)
+                err = (col - deq) / d
                 W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
                 E1[:, i] = err
             W[:, i1:i2] = W1
             W[:, i2:] -= E1 @ Hinv[i1:i2, i2:]
         Q = Q[:, inv]
-        return Q.to(torch.int8).contiguous(), (gscale if group else s16).contiguous()
+        return Q.to(torch.int8).contiguous(), (gscale if group else s16).contiguous(), None if V is None else V[:, inv].contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,9 +538,10 @@ def lqer_error_bound(err: Tensor, rank: int) -> float:
 # tensor -> record
 
 
-def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None,
-                       info: dict | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(levels, scales, sub-scales or None): sub-scales only for a 2-D tensor whose spec has `s<k>`."""
+def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None, info: dict | None = None,
+                       kept: list | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(levels, scales, sub-scales or None): sub-scales only for a 2-D tensor whose spec has `s<k>`. With `kept` (a
+    list) and a `+gptq+out<k>` spec, the outliers are kept inside the GPTQ loop and appended as [indices, values]."""
     if not t.is_floating_point():
         raise ValueError(f"cannot integer-quantize a {dtype_name(t.dtype)} tensor; use 'exact' passthrough")
     if t.ndim == 2:
@@ -496,12 +549,17 @@ def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None,
         if spec.gptq:
             if hessian is None:
                 raise ValueError(f"{spec.label()} needs a Hessian from calibration tokens (pack with calib='TRAIN_SHARDS'); none was given")
+            kw: dict[str, Any] = {"clip": spec.clip, "group": spec.group, "info": info}
+            s16 = None
             if spec.subscale:
                 s16 = quantize_groups_sub(t, spec.bits, spec.clip, spec.group, spec.subscale, hdiag)[1]
-                q, gs = gptq_quantize(t, hessian, spec.bits, clip=spec.clip, group=spec.group, info=info, sub_rows=s16,
-                                      subscale=spec.subscale)
-                return q, s16, subscales_for(gs, s16, spec.subscale)
-            return (*gptq_quantize(t, hessian, spec.bits, clip=spec.clip, group=spec.group, info=info), None)
+                kw.update(sub_rows=s16, subscale=spec.subscale)
+            if spec.outliers and kept is not None:
+                q, gs, idx, vals = gptq_with_outliers(t, hessian, spec.bits, spec.outliers, **kw)
+                kept += [idx, vals]
+            else:
+                q, gs = gptq_quantize(t, hessian, spec.bits, **kw)
+            return (q, s16, subscales_for(gs, s16, spec.subscale)) if s16 is not None else (q, gs, None)
         if spec.subscale:
             return quantize_groups_sub(t, spec.bits, spec.clip, spec.group, spec.subscale, hdiag)
         if spec.group:
@@ -525,12 +583,13 @@ def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | No
     orig = dtype_name(t.dtype)
     shape = tuple(int(d) for d in t.shape)
     if spec.kind == "int":
-        q, s, sub = _levels_and_scales(t, spec, hessian, info)
+        kept: list = []
+        q, s, sub = _levels_and_scales(t, spec, hessian, info, kept)
         subs = None if sub is None else sub.cpu().numpy()
-        if spec.outliers:  # after rounding (GPTQ's or nearest): the largest-error weights, kept as fp16 of W
+        if spec.outliers:  # GPTQ: kept inside its loop (gptq_with_outliers); else after rounding, as fp16 of W
             base = TensorRecord(name, shape, "float32", replace(spec, outliers=0), q=q.cpu().numpy(), scales=s.cpu().numpy(),
                                 subscales=subs)
-            idx, vals = select_outliers(t, base.dequantize(), spec.outliers)
+            idx, vals = kept if kept else select_outliers(t, base.dequantize(), spec.outliers)
             return replace(base, orig_dtype=orig, spec=spec, outlier_idx=idx, outlier_vals=vals)
         if spec.lqer and t.ndim == 2 and min(shape) > 0:
             spec = replace(spec, lqer=min(spec.lqer, *shape))  # no more components than the matrix has
@@ -607,6 +666,7 @@ __all__ = [
     "MSE_CLIP_RATIOS",
     "fake_quantize",
     "gptq_quantize",
+    "gptq_with_outliers",
     "hessian_from_activations",
     "lqer_error_bound",
     "lqer_factors",
