@@ -115,3 +115,20 @@ def test_exported_decoder_loads_outliers_exactly(tmp_path) -> None:
     got = _run(dec, paths, tmp_path)
     for p in paths:
         assert got[str(p)] == want, p.name
+
+
+def test_describe_artifact_shows_outlier_bytes(tmp_path) -> None:
+    from golfpack.packer.pack import describe_artifact
+
+    w = _w()
+    recs = [quantize_tensor("a", w, TensorSpec.parse("int4:g64+out10")), quantize_tensor("b", w[:8], TensorSpec.parse("int4:g64+out30")),
+            quantize_tensor("c", w, TensorSpec.parse("int4:g64"))]
+    p = tmp_path / "m.qg3"
+    p.write_bytes(encode_qgv3(recs, codec="lzma", blocks="separate"))
+    rows = {r["name"]: r for r in describe_artifact(p)["tensors"]}
+    assert (rows["a"]["outliers"], rows["b"]["outliers"]) == (24, 24) and "outliers" not in rows["c"]
+    assert rows["a"]["outlier_raw_bytes"] == 6 * 24
+    from golfpack.formats.qgv3 import read_qgv3
+
+    stored = sum(s["stored_bytes"] for s in read_qgv3(p).streams if s["kind"] == "outliers")
+    assert rows["a"]["outlier_stored_bytes"] + rows["b"]["outlier_stored_bytes"] == pytest.approx(stored)

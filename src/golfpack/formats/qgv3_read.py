@@ -602,6 +602,14 @@ class QGv3Artifact:
         ranks = {e["name"]: e["lqer"]["rank"] for e in self.header["tensors"] if "lqer" in e}
         return {n: (ranks[n], raw[n], shares[n]) for n in ranks}
 
+    def outlier_bytes(self) -> dict[str, tuple[int, int, float]]:
+        """Per tensor with outliers: (count, raw bytes (6 an entry), ESTIMATED compressed share of the OUTLIERS stream,
+        split by count). Included in raw_sizes/tensor_shares too."""
+        counts = {e["name"]: e["outliers"]["count"] for e in self.header["tensors"] if "outliers" in e}
+        stored = sum(s["stored_bytes"] for s in self.streams if s["kind"] == "outliers")
+        total = sum(counts.values())
+        return {n: (c, c * K.OUTLIER_ENTRY.size, stored * c / total if total else 0.0) for n, c in counts.items()}
+
     def _shares(self, *, lqer_only: bool) -> dict[str, float]:
         raw_in: dict[int, float] = {}
         mem = self._members()
