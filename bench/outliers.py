@@ -11,6 +11,7 @@ outlier, delta-sorted, and its fp16 value) - a lower bound on what a real stream
 alternative use of those bytes is the base ladder itself (int4 -> int5 -> int6, g64 -> g32): the
 outlier points are compared with the bytes-vs-gap curve of the bases (bench/results/subscales.json
 has more). Results: bench/results/outliers.json (with the load average beside each timing).
+The format has outliers now (`+out<k>`, docs/qgv3.md 8d): bench/outliers_real.py measures them with real bytes.
 """
 
 from __future__ import annotations

@@ -40,3 +40,14 @@ def test_lqer_candidates_on_the_cheapest_widths_of_big_enough_matrices():
 def test_regularize_keeps_lqer_apart_from_its_base_spec():
     r = regularize({"w": {"int5:sd12": 0.3, "int4:sd12": 0.5, "int4:sd12+lqer4": 0.1, "int5:sd12+lqer4": 0.2}})["w"]
     assert r["int4:sd12+lqer4"] == 0.2 and r["int4:sd12"] == 0.5  # monotone within each family, not across them
+
+
+def test_one_outlier_candidate_a_matrix_at_int4_only_without_gptq():
+    plain = [s.label() for s in candidate_specs(torch.zeros(8, 256), bits=(6, 5, 4)) if s.outliers]
+    assert plain == ["int4:g64s6+out3"]
+    assert not [s for s in candidate_specs(torch.zeros(8, 256), bits=(6, 5, 4), gptq=True) if s.outliers]  # GPTQ: measured ~0
+    assert not [s for s in candidate_specs(torch.zeros(8, 256), bits=(6, 5)) if s.outliers]  # only on the int4 rung
+    assert not [s for s in candidate_specs(torch.zeros(8, 64), bits=(4,)) if s.outliers]  # no wider than one group
+    assert not [s for s in candidate_specs(torch.zeros(300), bits=(4,)) if s.outliers]  # matrices only
+    assert not [s for s in candidate_specs(torch.zeros(8, 256), bits=(4,), outliers=0) if s.outliers]
+    assert [s.label() for s in candidate_specs(torch.zeros(8, 256), bits=(4,), subscales=(0,)) if s.outliers] == ["int4:g64+out3"]

@@ -11,7 +11,7 @@ from golfpack.budget import SearchConfig, write_policy
 from golfpack.formats.qgv3 import decode_qgv3
 from golfpack.formats.spec import TensorSpec
 
-NEW_SPECS = ["int6:sd12", "int5:g32", "int4:g32:sd12+gptq", "int4:g32+gptq", "int6:sd12+gptq", "int5:g32:mse", "int4:hmse+gptq",
+NEW_SPECS = ["int6:sd12", "int5:g32", "int4:g32:sd12+gptq", "int4:g32+gptq+out3", "int6:sd12+gptq", "int5:g32:mse", "int4:hmse+gptq",
              "int5:hmse", "int4:sd12+lqer4", "int5:g32+gptq+lqer2", "int5:g32s6", "int4:g32s6:sd12+gptq", "int6:g64s6:mse"]
 
 

@@ -38,7 +38,7 @@ def test_codec_ids_never_renumber() -> None:
 
 
 def test_enums_and_preamble_pinned() -> None:
-    assert {k.name: int(k) for k in K.StreamKind} == {"LEVELS": 0, "SCALES": 1, "PASSTHROUGH": 2, "SUBSCALES": 3}
+    assert {k.name: int(k) for k in K.StreamKind} == {"LEVELS": 0, "SCALES": 1, "PASSTHROUGH": 2, "SUBSCALES": 3, "OUTLIERS": 4}
     assert {x.name: int(x) for x in K.Layout} == {"PLAIN": 0, "SHUFFLE": 1, "DENSE": 2, "BYTE": 3}
     assert K.MAGIC == b"QGv3\r\n\x1a\n" and K.VERSION == 3 and K.FLAGS_NONE == 0
     assert K.PREAMBLE.format == "<8sHBBIII" and K.PREAMBLE.size == 24

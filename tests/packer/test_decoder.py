@@ -86,7 +86,7 @@ def _run(decoder, paths, cwd) -> dict:
 def test_exported_decoder_loads_every_layout_exactly(tmp_path) -> None:
     dec = tmp_path / "qg3_decode.py"
     n = export_decoder(dec)
-    assert n == dec.stat().st_size == len(decoder_source().encode()) and n < 14_500  # it costs submission bytes (the reader's limits and checks included)
+    assert n == dec.stat().st_size == len(decoder_source().encode()) and n < 15_300  # it costs submission bytes (the reader's limits and checks included)
     compile(dec.read_text(), str(dec), "exec")
     records = _records()
     want = {r.name: [str(r.dequantize().dtype), list(r.shape), tensor_digest(r.dequantize())] for r in records}

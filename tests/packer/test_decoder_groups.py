@@ -14,7 +14,7 @@ from tests.packer.test_decoder import _run
 
 def test_exported_decoder_loads_group_wise_scales_exactly(tmp_path) -> None:
     dec = tmp_path / "qg3_decode.py"
-    assert export_decoder(dec) == len(decoder_source().encode()) < 14_500  # the size ceiling lives in test_decoder.py; this only guards against a blow-up
+    assert export_decoder(dec) == len(decoder_source().encode()) < 15_300  # the size ceiling lives in test_decoder.py; this only guards against a blow-up
     g = torch.Generator().manual_seed(11)
     records = []
     for bits in (2, 4, 5, 6, 8):

@@ -159,7 +159,7 @@ def record_class(r: TensorRecord) -> str:
         k = f"int{r.spec.bits}:{r.spec.clip}" + (":g" if r.grouped else (":t" if not r.per_row else ""))
         if r.sub_quantized:
             k += f"s{r.spec.subscale}"
-        return k + (":lqer" if r.lqer_q is not None else "")
+        return k + (":lqer" if r.lqer_q is not None else "") + (":out" if r.outlier_idx is not None else "")
     assert r.data is not None
     return f"pt:{r.data.dtype.str}"
 
@@ -189,6 +189,9 @@ def entropy_bytes(r: TensorRecord) -> float:
             bits += _h0_bits(np.ascontiguousarray(r.subscales).reshape(-1).astype(np.uint8))
         if r.lqer_q is not None and r.lqer_scales is not None:  # LQER factor levels and their scales
             bits += _h0_bits(np.ascontiguousarray(r.lqer_q).reshape(-1).view(np.uint8)) + _plane_entropy_bits(r.lqer_scales)
+        if r.outlier_idx is not None and r.outlier_vals is not None:  # (index delta, fp16 value) pairs, byte planes
+            idx = np.asarray(r.outlier_idx, dtype=np.int64)
+            bits += _plane_entropy_bits(np.diff(idx, prepend=0).astype("<u4")) + _plane_entropy_bits(np.asarray(r.outlier_vals))
         return bits / 8.0
     assert r.data is not None
     return _plane_entropy_bits(r.data) / 8.0
@@ -229,10 +232,10 @@ def estimate_table(p: Problem, codec: str) -> dict[str, dict[str, int]]:
     """tensor -> label -> bytes: real one-record bytes where `p.alone` has them, else header + entropy_bytes x the
     ratio (real - header) / entropy of its class's real encodes of records above EXACT_NUMEL (of all of them when
     the class has none). The header is measured once per (codec, bits) on a tiny record and corrected by name length."""
-    hdr: dict[tuple[int, bool, int, bool], int] = {}
+    hdr: dict[tuple[int, bool, int, bool, bool], int] = {}
 
     def head(n: str, s: TensorSpec) -> int:
-        k = (s.bits if s.kind == "int" else -1, s.group > 0, s.subscale, s.lqer > 0)
+        k = (s.bits if s.kind == "int" else -1, s.group > 0, s.subscale, s.lqer > 0, s.outliers > 0)
         if k not in hdr:
             hdr[k] = header_bytes("x", s, codec) - 1
         return hdr[k] + len(n)

@@ -46,6 +46,14 @@ LQER_MIN_SIDE = 64
 # Measured (docs/quantizers.md): g64s6 smaller and better on a float-trained model (nolanvild), worse on the
 # int8-origin SamTruss, so neither dominates and the search measures both.
 DEFAULT_SUBSCALES = (0, 6)
+# Outliers (`+out<k>`): ONE candidate a matrix, `int4:g64s6+out3`, where the matrix has no GPTQ candidates. Measured in
+# the real format (docs/quantizers.md, bench/results/outliers_real.json): on nolanvild's round-to-nearest int4 grids
+# 3 outliers per 1,000 weights buy 0.0006-0.0010 bpb per KB, 1.4-2.3x what finer groups or int5 buy; with GPTQ (kept
+# inside its loop) they buy ~0, and GPTQ's int4 is far better than either, so where GPTQ is offered they would only
+# cost search time. SamTruss: ~0 either way (the search measures per tensor and drops it there).
+DEFAULT_OUTLIERS = 3
+OUTLIER_WIDTHS = (4,)
+OUTLIER_GROUP = 64
 
 
 # ------------------------------------------------------------------------------------------------
@@ -63,6 +71,7 @@ def candidate_specs(
     groups: Iterable[int] = DEFAULT_GROUPS,
     subscales: Iterable[int] = DEFAULT_SUBSCALES,
     lqer: int = DEFAULT_LQER,
+    outliers: int = DEFAULT_OUTLIERS,
 ) -> list[TensorSpec]:
     """Specs worth trying for one tensor: its lossless store, cheaper passthroughs, and int widths x clips
     (x GPTQ rounding for matrices, when `gptq`). Matrices also get, at every width, the floor-free SDClip
@@ -70,7 +79,9 @@ def candidate_specs(
     k: k-bit sub-scales `int<b>:g<N>s<k>`) (each with GPTQ too, when `gptq`): at most
     (len(clips) + 1 + len(groups) x len(subscales)) x 2 int candidates a width, not every combination. LQER:
     matrices with min(rows, cols) >= LQER_MIN_SIDE also get `int<b>:<sd>+lqer<lqer>` (and its `+gptq` twin) at
-    the widths of LQER_WIDTHS offered: at most 4 more candidates a matrix (lqer=0: none).
+    the widths of LQER_WIDTHS offered: at most 4 more candidates a matrix (lqer=0: none). Outliers: a matrix without
+    GPTQ candidates, wider than OUTLIER_GROUP, also gets `int4:g64s6+out<outliers>` (g64 without `6` in `subscales`)
+    when 4 is among the widths: one more candidate (outliers=0: none).
 
     Non-float tensors only ever get `exact`. The lossless store of a float tensor is its own dtype
     (fp32 -> fp32, bf16 -> bf16, fp16 -> fp16), so "keep it as it is" is always a candidate.
@@ -92,6 +103,9 @@ def candidate_specs(
                          for g in groups if g < t.shape[1] for k in subscales]
             if lqer and sd is not None and b in LQER_WIDTHS and t.ndim == 2 and min(t.shape) >= LQER_MIN_SIDE:
                 grid.append(TensorSpec("int", bits=int(b), clip=sd, lqer=lqer))
+            if outliers and not gptq and b in OUTLIER_WIDTHS and t.ndim == 2 and OUTLIER_GROUP < t.shape[1]:
+                grid.append(TensorSpec("int", bits=int(b), clip="absmax", group=OUTLIER_GROUP, subscale=6 if 6 in subscales else 0,
+                                       outliers=outliers))
             for spec in grid:
                 out.append(spec)
                 if gptq and t.ndim == 2:
@@ -428,11 +442,11 @@ def regularize(deltas: dict[str, dict[str, float]]) -> dict[str, dict[str, float
     out: dict[str, dict[str, float]] = {}
     for name, row in deltas.items():
         new = {k: max(0.0, float(v)) for k, v in row.items()}
-        by_clip: dict[tuple[str, int, int, bool, int], list[tuple[int, str]]] = {}
+        by_clip: dict[tuple[str, int, int, bool, int, int], list[tuple[int, str]]] = {}
         for label in new:
             spec = TensorSpec.parse(label)
-            if spec.kind == "int":  # an LQER candidate is its own family: the correction is not monotone in the width
-                by_clip.setdefault((spec.clip, spec.group, spec.subscale, spec.gptq, spec.lqer), []).append((spec.bits, label))
+            if spec.kind == "int":  # an LQER or outlier candidate is its own family: neither is monotone in the width
+                by_clip.setdefault((spec.clip, spec.group, spec.subscale, spec.gptq, spec.lqer, spec.outliers), []).append((spec.bits, label))
         for items in by_clip.values():
             run = 0.0
             for _, label in sorted(items, reverse=True):

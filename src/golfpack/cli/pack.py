@@ -266,6 +266,12 @@ def inspect_cmd(artifact: str, plot: str | None, as_json: bool) -> None:
         for r in lq:
             lines.append(f"  {_shown(r['name']):<{w}}  rank {r['lqer_rank']:<3} raw B {_fmt_bytes(r['lqer_raw_bytes']):>9}  "
                          f"stored B {_fmt_bytes(r['lqer_stored_bytes']):>9}")
+    ol = [r for r in rows if "outliers" in r]
+    if ol:  # +out<k>: their (index delta, fp16) entries are inside each tensor's row above
+        lines.append("outliers (index + fp16 value entries, included above):")
+        for r in ol:
+            lines.append(f"  {_shown(r['name']):<{w}}  {r['outliers']:>7,} raw B {_fmt_bytes(r['outlier_raw_bytes']):>9}  "
+                         f"stored B {_fmt_bytes(r['outlier_stored_bytes']):>9}")
     if rep.get("overhead_bytes") is not None:
         lines.append(f"header/framing bytes {rep['overhead_bytes']:,}")
     if plot:

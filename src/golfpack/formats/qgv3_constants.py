@@ -40,6 +40,7 @@ class StreamKind(IntEnum):
     SCALES = 1  # dequantization scales: float16 (one per row) or float32 (one per tensor)
     PASSTHROUGH = 2  # passthrough values of one storage dtype
     SUBSCALES = 3  # quantized group sub-scales (k-quant style): unsigned `bits`-bit ints 1..2^bits-1, stored as sub - 1
+    OUTLIERS = 4  # sparse outliers (SpQR-style): OUTLIER_ENTRY pairs (index delta, fp16 value); neither bits nor dtype
 
 
 class Layout(IntEnum):
@@ -56,6 +57,19 @@ LEVEL_LAYOUTS = (Layout.DENSE, Layout.BYTE)  # layouts of a LEVELS (and a SUBSCA
 SUBSCALE_BITS = range(2, 9)  # widths a SUBSCALES stream may hold
 BIT_KINDS = (StreamKind.LEVELS, StreamKind.SUBSCALES)  # stream kinds with `bits` (and LEVEL_LAYOUTS), not `dtype`
 VALUE_LAYOUTS = (Layout.PLAIN, Layout.SHUFFLE)  # layouts of SCALES and PASSTHROUGH streams
+
+# OUTLIERS stream element: uint32 flat-index delta then the float16 value, little-endian, 6 bytes (numpy: [("d", "<u4"),
+# ("v", "<f2")]). Per tensor the first delta is the first flat index, every later delta >= 1 (indices strictly increasing),
+# and the last index < numel. Layout PLAIN (elements one after another) or SHUFFLE (6 byte planes: deltas compress well).
+OUTLIER_ENTRY = struct.Struct("<Ie")
+assert OUTLIER_ENTRY.size == 6
+OUTLIER_RATES = range(1, 51)  # `+out<k>`: k outliers kept per 1,000 weights (at most 5%)
+
+
+def outlier_count(numel: int, rate: int) -> int:
+    """THE number of outliers a tensor of `numel` weights stores under `+out<rate>`: ceil(numel * rate / 1000)."""
+    return -(-numel * rate // 1000)
+
 
 # Storage dtypes of SCALES/PASSTHROUGH streams: name (torch's) -> numpy dtype string of the stored bytes,
 # in canonical stream order.
@@ -89,6 +103,10 @@ LQER_KEYS = frozenset({"rank", "bits", "offset", "scale_offset"})
 LQER_RANKS = range(1, 65)  # ranks an `lqer` entry may have (also at most min(rows, cols))
 # quantized sub-scales (with scale_group): the SUBSCALES stream and first value of the tensor's rows x ceil(cols/g) sub-scales
 TENSOR_KEYS_SUBSCALES = frozenset({"subscales", "subscale_offset"})
+# outliers (an int tensor whose spec has +out<k>): {"count", "offset"}, `count` == outlier_count(numel, k) entries of the
+# file's one OUTLIERS stream from `offset` (docs/qgv3.md 8d)
+TENSOR_KEYS_OUTLIERS = frozenset({"outliers"})
+OUTLIER_KEYS = frozenset({"count", "offset"})
 SCALE_GROUPS = (32, 64, 128, 256)  # the group sizes a `scale_group` may name
 STREAM_KEYS = frozenset({"kind", "count", "layout", "block", "at"})
 STREAM_KEYS_OPTIONAL = frozenset({"bits", "dtype", "alone"})  # bits: LEVELS; dtype: the others; alone: solid blocks
@@ -155,6 +173,9 @@ __all__ = [
     "Layout",
     "Limits",
     "MAGIC",
+    "OUTLIER_ENTRY",
+    "OUTLIER_KEYS",
+    "OUTLIER_RATES",
     "PASS_STORAGE",
     "PREAMBLE",
     "PREAMBLE_OFFSETS",
@@ -170,9 +191,11 @@ __all__ = [
     "TENSOR_DTYPES",
     "TENSOR_KEYS_INT",
     "TENSOR_KEYS_OPTIONAL",
+    "TENSOR_KEYS_OUTLIERS",
     "TENSOR_KEYS_REQUIRED",
     "TENSOR_KEYS_SUBSCALES",
     "VALUE_LAYOUTS",
     "VERSION",
+    "outlier_count",
     "qmax",
 ]

@@ -27,6 +27,7 @@ from golfpack.formats.qgv3_constants import DEFAULT_LIMITS, PREAMBLE, Codec, Lay
 from golfpack.formats.qgv3_streams import (
     STORAGE_DTYPES,
     levels_to_sub,
+    outliers_decode,
     stream_key,
     stream_raw_size,
     tensor_digest,
@@ -113,6 +114,9 @@ class TensorEntry:
     lqer_scale_offset: int | None = None  # spec.lqer: first factor scale in the scales stream (2r of them)
     subscales: int | None = None  # quantized sub-scales: their SUBSCALES stream; else None
     subscale_offset: int | None = None  # quantized sub-scales: first sub-scale in that stream
+    outliers: int | None = None  # spec.outliers: the OUTLIERS stream; else None
+    outlier_offset: int | None = None  # spec.outliers: first entry in it
+    outlier_count: int = 0  # spec.outliers: entries (== outlier_count(numel, k), checked)
 
     @property
     def cols(self) -> int:
@@ -347,7 +351,12 @@ def _streams(h: dict, blocks: list[BlockEntry], lim: Limits) -> list[StreamEntry
         kind = StreamKind(_int(_keys(s, K.STREAM_KEYS, K.STREAM_KEYS_OPTIONAL, f"stream {i}")["kind"], f"stream {i} kind", 0, max(StreamKind)))
         layout = Layout(_int(s["layout"], f"stream {i} layout", 0, max(Layout)))
         bits = dtype = None
-        if kind in K.BIT_KINDS:
+        if kind == StreamKind.OUTLIERS:
+            if "bits" in s or "dtype" in s:
+                raise _fail(f"stream {i} (outliers) has a fixed element and takes neither 'bits' nor 'dtype'")
+            if layout not in K.VALUE_LAYOUTS:
+                raise _fail(f"stream {i} (outliers) has layout {int(layout)}, expected plain (0) or shuffle (1)")
+        elif kind in K.BIT_KINDS:
             what = kind.name.lower()
             if "bits" not in s or "dtype" in s:
                 raise _fail(f"stream {i} ({what}) needs 'bits' and no 'dtype'")
@@ -403,7 +412,8 @@ def _tensors(h: dict, streams: list[StreamEntry], lim: Limits) -> tuple[list[Ten
         return off
 
     for i, e in enumerate(h["tensors"]):
-        _keys(e, K.TENSOR_KEYS_REQUIRED, K.TENSOR_KEYS_INT | K.TENSOR_KEYS_OPTIONAL | K.TENSOR_KEYS_SUBSCALES, f"tensor {i}")
+        _keys(e, K.TENSOR_KEYS_REQUIRED, K.TENSOR_KEYS_INT | K.TENSOR_KEYS_OPTIONAL | K.TENSOR_KEYS_SUBSCALES | K.TENSOR_KEYS_OUTLIERS,
+              f"tensor {i}")
         name = check_name(e["name"], lim, f"tensor {i} name", _fail)
         if name in names:
             raise _fail(f"duplicate tensor name {name!r}")
@@ -474,9 +484,22 @@ def _tensors(h: dict, streams: list[StreamEntry], lim: Limits) -> tuple[list[Ten
                     raise _fail(f"{name}: sub-scales must be in the {spec.subscale}-bit subscales stream, stream {ui} is not")
                 extra["subscales"] = ui
                 extra["subscale_offset"] = take(ui, e["subscale_offset"], shape[0] * -(-shape[1] // spec.group), name)
+            if ("outliers" in e) != bool(spec.outliers):
+                raise _fail(f"{name}: an outliers entry must be present exactly when the spec has +out<k> ({spec.label()})")
+            if spec.outliers:  # the count is fixed by numel and k: a bounded allocation, checked before any block is read
+                o = _keys(e["outliers"], K.OUTLIER_KEYS, frozenset(), f"{name} outliers")
+                n = _int(o["count"], f"{name} outliers count", 0, lim.max_numel)
+                if n != K.outlier_count(numel, spec.outliers):
+                    raise _fail(f"{name}: {n} outliers, its spec {spec.label()} stores ceil({numel} * {spec.outliers} / 1000) = "
+                                f"{K.outlier_count(numel, spec.outliers)}")
+                oi = next((s.index for s in streams if s.kind == StreamKind.OUTLIERS), None)
+                if oi is None:
+                    raise _fail(f"{name}: {spec.label()} tensor but the file has no outliers stream")
+                extra.update(outliers=oi, outlier_count=n, outlier_offset=take(oi, o["offset"], n, f"{name} outliers"))
         else:
-            if K.TENSOR_KEYS_INT & e.keys() or "rows" in e or "scale_group" in e or "lqer" in e or K.TENSOR_KEYS_SUBSCALES & e.keys():
-                raise _fail(f"{name}: passthrough tensor must not have scales/rows/scale_group/lqer/subscales")
+            if K.TENSOR_KEYS_INT & e.keys() or "rows" in e or "scale_group" in e or "lqer" in e or (
+                    (K.TENSOR_KEYS_SUBSCALES | K.TENSOR_KEYS_OUTLIERS) & e.keys()):
+                raise _fail(f"{name}: passthrough tensor must not have scales/rows/scale_group/lqer/subscales/outliers")
             if spec.dtype != "exact" and dtype not in K.FLOAT_DTYPES:
                 raise _fail(f"{name}: a {dtype} tensor can only be stored 'exact', not {spec.label()}")
             want = K.PASS_STORAGE.get(spec.dtype, dtype)
@@ -579,6 +602,14 @@ class QGv3Artifact:
         ranks = {e["name"]: e["lqer"]["rank"] for e in self.header["tensors"] if "lqer" in e}
         return {n: (ranks[n], raw[n], shares[n]) for n in ranks}
 
+    def outlier_bytes(self) -> dict[str, tuple[int, int, float]]:
+        """Per tensor with outliers: (count, raw bytes (6 an entry), ESTIMATED compressed share of the OUTLIERS stream,
+        split by count). Included in raw_sizes/tensor_shares too."""
+        counts = {e["name"]: e["outliers"]["count"] for e in self.header["tensors"] if "outliers" in e}
+        stored = sum(s["stored_bytes"] for s in self.streams if s["kind"] == "outliers")
+        total = sum(counts.values())
+        return {n: (c, c * K.OUTLIER_ENTRY.size, stored * c / total if total else 0.0) for n, c in counts.items()}
+
     def _shares(self, *, lqer_only: bool) -> dict[str, float]:
         raw_in: dict[int, float] = {}
         mem = self._members()
@@ -611,6 +642,9 @@ class QGv3Artifact:
                     lay = self.streams[li]["layout"]
                     res.append((e["name"], li, lq["rank"] * sum(e["shape"]) * (lq["bits"] / 8 if lay == "dense" else 1), True))
                     res.append((e["name"], e["scales"], 2 * lq["rank"] * STORAGE_DTYPES[sc["dtype"]].itemsize, True))
+                if "outliers" in e:  # (index delta, fp16) pairs
+                    oi = next(i for i, x in enumerate(self.streams) if x["kind"] == "outliers")
+                    res.append((e["name"], oi, e["outliers"]["count"] * K.OUTLIER_ENTRY.size, False))
             else:
                 res.append((e["name"], e["group"], numel * STORAGE_DTYPES[g["dtype"]].itemsize, False))
         return res
@@ -633,13 +667,21 @@ def _record(t: TensorEntry, arrays: list[np.ndarray | None]) -> TensorRecord:
             sub = levels_to_sub(us[t.subscale_offset : t.subscale_offset + n], t.spec.subscale).reshape(t.rows, -1)
         elif t.spec.group and t.rows is not None:  # group-wise: (rows, ceil(cols / group)), as the packer made them
             scales = scales.reshape(t.rows, -1)
+        oidx = ovals = None
+        if t.spec.outliers:  # indices strictly increasing and < numel, checked before the tensor is built
+            ent = arrays[t.outliers]  # type: ignore[index]
+            assert ent is not None and t.outlier_offset is not None
+            got = outliers_decode(ent[t.outlier_offset : t.outlier_offset + t.outlier_count], t.numel)
+            if got is None:
+                raise _fail(f"{t.name}: outlier indices are not strictly increasing flat indices below numel {t.numel}")
+            oidx, ovals = got
         if t.spec.lqer:
             fq, r = arrays[t.lqer_levels], t.spec.lqer  # type: ignore[index]
             assert fq is not None and t.lqer_offset is not None and t.lqer_scale_offset is not None
             return TensorRecord(t.name, t.shape, t.dtype, t.spec, q=q, scales=scales, subscales=sub,
                                 lqer_q=fq[t.lqer_offset : t.lqer_offset + r * sum(t.shape)],
                                 lqer_scales=sc[t.lqer_scale_offset : t.lqer_scale_offset + 2 * r], lqer_bits=t.lqer_bits)
-        return TensorRecord(t.name, t.shape, t.dtype, t.spec, q=q, scales=scales, subscales=sub)
+        return TensorRecord(t.name, t.shape, t.dtype, t.spec, q=q, scales=scales, subscales=sub, outlier_idx=oidx, outlier_vals=ovals)
     if t.dtype == "bool" and t.spec.dtype == "exact":
         vals = vals.view(np.bool_)
     return TensorRecord(t.name, t.shape, t.dtype, t.spec, data=vals.reshape(t.shape))
@@ -701,7 +743,8 @@ def _stream_infos(h: Header) -> list[dict[str, Any]]:
              "codec": b.codec.name.lower(), "block": s.block, "count": s.count, "raw_bytes": s.size,
              "stored_bytes": shares[s.index], "stored_exact": sum(1 for x in h.streams if x.block == s.block) == 1,
              "tensors": list(s.tensors)}
-        d["bits" if s.kind in K.BIT_KINDS else "dtype"] = s.bits if s.kind in K.BIT_KINDS else s.dtype
+        if s.kind != StreamKind.OUTLIERS:
+            d["bits" if s.kind in K.BIT_KINDS else "dtype"] = s.bits if s.kind in K.BIT_KINDS else s.dtype
         out.append(d)
     return out
 

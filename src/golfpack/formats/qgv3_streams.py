@@ -23,6 +23,32 @@ from golfpack.formats.records import TORCH_DTYPES, TensorRecord
 
 # Storage dtypes of SCALES/PASSTHROUGH streams: name (torch's) -> numpy dtype of the stored bytes.
 STORAGE_DTYPES: dict[str, np.dtype] = {name: np.dtype(code) for name, code in K.STORAGE_DTYPES.items()}
+OUTLIER_DTYPE = np.dtype([("d", "<u4"), ("v", "<f2")])  # an OUTLIERS stream element (K.OUTLIER_ENTRY): index delta, fp16 value
+assert OUTLIER_DTYPE.itemsize == K.OUTLIER_ENTRY.size
+
+
+def _value_dtype(kind: int, dtype: str | None) -> np.dtype:
+    """The element dtype of a stream that is not bit-packed: the OUTLIERS pair, else the storage dtype."""
+    return OUTLIER_DTYPE if kind == StreamKind.OUTLIERS else STORAGE_DTYPES[dtype]  # type: ignore[index]
+
+
+def outliers_encode(idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """Strictly increasing flat indices + float16 values -> OUTLIERS stream entries (first delta = first index)."""
+    out = np.zeros(idx.size, OUTLIER_DTYPE)
+    i = np.asarray(idx, np.int64).reshape(-1)
+    out["d"] = np.diff(i, prepend=0) if i.size else i
+    out["v"] = np.asarray(vals).reshape(-1)
+    return out
+
+
+def outliers_decode(entries: np.ndarray, numel: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """OUTLIERS entries of one tensor -> (int64 flat indices, float16 values); None unless every delta after the
+    first is >= 1 (strictly increasing) and the last index is < numel."""
+    d = entries["d"].astype(np.int64)
+    idx = np.cumsum(d)
+    if d.size and (int(d[1:].min(initial=1)) < 1 or int(idx[-1]) >= numel):
+        return None
+    return idx, entries["v"].copy()
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -54,7 +80,7 @@ def stream_raw_size(kind: int, layout: int, count: int, bits: int | None, dtype:
     """Bytes a stream occupies in its block, from its element count (never stored, always derived)."""
     if kind in K.BIT_KINDS:
         return packed_size(count, bits) if layout == Layout.DENSE else count
-    return count * STORAGE_DTYPES[dtype].itemsize
+    return count * _value_dtype(kind, dtype).itemsize
 
 
 def layout_bytes(kind: int, layout: int, values: np.ndarray, bits: int | None) -> bytes:
@@ -76,7 +102,7 @@ def unlayout(kind: int, layout: int, raw: bytes, count: int, bits: int | None, d
         if u.size and int(u.max()) > 2 * qmax_of(bits):
             raise FormatError(f"int{bits} byte stream holds a level outside [-{qmax_of(bits)}, {qmax_of(bits)}]")
         return (u.astype(np.int16) - qmax_of(bits)).astype(np.int8)
-    dt = STORAGE_DTYPES[dtype]
+    dt = _value_dtype(kind, dtype)
     if layout == Layout.SHUFFLE:
         raw = unshuffle_bytes(raw, dt.itemsize)
     arr = np.frombuffer(raw, dt).copy()  # own, writable memory (torch.from_numpy wants it)
@@ -91,7 +117,7 @@ class Stream:
 
     kind: StreamKind  # what it holds
     bits: int | None  # LEVELS/SUBSCALES: the integer width; else None
-    dtype: str | None  # SCALES/PASSTHROUGH: the storage dtype name; else None
+    dtype: str | None  # SCALES/PASSTHROUGH: the storage dtype name; else None (OUTLIERS: OUTLIER_DTYPE pairs)
     parts: list[np.ndarray] = field(default_factory=list)  # each member tensor's flat values, in order (SUBSCALES: sub_to_levels)
     members: list[str] = field(default_factory=list)  # tensor names, in order
     count: int = 0  # values in the stream
@@ -109,13 +135,13 @@ class Stream:
 
     @property
     def itemsize(self) -> int:
-        return 1 if self.kind in K.BIT_KINDS else STORAGE_DTYPES[self.dtype].itemsize
+        return 1 if self.kind in K.BIT_KINDS else _value_dtype(self.kind, self.dtype).itemsize
 
     def values(self) -> np.ndarray:
         if self.kind in K.BIT_KINDS:
             empty = np.zeros(0, np.int8)
         else:
-            empty = np.zeros(0, STORAGE_DTYPES[self.dtype])
+            empty = np.zeros(0, _value_dtype(self.kind, self.dtype))
         return np.concatenate(self.parts) if self.parts else empty
 
     def layouts(self) -> list[Layout]:
@@ -198,6 +224,17 @@ def _check_record(rec: TensorRecord) -> None:
                 raise bad(f"{rec.name}: sub-scales outside 1..{top}")
         elif rec.subscales is not None:
             raise bad(f"{rec.name}: sub-scales given for {rec.spec.label()}, which has none")
+        if rec.spec.outliers:
+            n, idx, ov = K.outlier_count(rec.numel, rec.spec.outliers), rec.outlier_idx, rec.outlier_vals
+            if idx is None or ov is None or idx.size != n or ov.size != n:
+                raise bad(f"{rec.name}: {rec.spec.label()} needs {n} outlier indices and float16 values")
+            i = np.asarray(idx).reshape(-1).astype(np.int64)
+            if n and (int(i[0]) < 0 or int(i[-1]) >= rec.numel or (n > 1 and int(np.diff(i).min()) < 1)):
+                raise bad(f"{rec.name}: outlier indices must be strictly increasing flat indices in [0, {rec.numel})")
+            if np.asarray(ov).dtype != np.float16:
+                raise bad(f"{rec.name}: outlier values must be float16, got {np.asarray(ov).dtype}")
+        elif rec.outlier_idx is not None or rec.outlier_vals is not None:
+            raise bad(f"{rec.name}: outliers given for {rec.spec.label()}, which has no +out<k>")
     elif rec.data is None or rec.data.size != rec.numel:
         raise bad(f"{rec.name}: passthrough record data does not match its shape {rec.shape}")
 
@@ -275,6 +312,10 @@ def collect(records: Iterable[TensorRecord], *, config: dict | None = None, poli
                 sst = stream(StreamKind.SUBSCALES, bits=rec.spec.subscale)
                 e["subscales"] = id(sst)
                 e["subscale_offset"] = sst.add(rec.name, sub_to_levels(rec.subscales, rec.spec.subscale))
+            if rec.spec.outliers:  # (index delta, fp16 value) pairs in the file's one OUTLIERS stream
+                assert rec.outlier_idx is not None and rec.outlier_vals is not None
+                ent = outliers_encode(rec.outlier_idx, rec.outlier_vals)
+                e["outliers"] = {"count": int(ent.size), "offset": stream(StreamKind.OUTLIERS).add(rec.name, ent)}
         else:
             sdt, vals = _storage_of(rec)
             ps = stream(StreamKind.PASSTHROUGH, dtype=sdt)
@@ -293,5 +334,5 @@ def collect(records: Iterable[TensorRecord], *, config: dict | None = None, poli
     return Contents(base, order)
 
 
-__all__ = ["Contents", "STORAGE_DTYPES", "Stream", "collect", "layout_bytes", "levels_to_sub", "stream_key", "stream_raw_size",
-           "sub_to_levels", "tensor_digest", "unlayout"]
+__all__ = ["Contents", "OUTLIER_DTYPE", "STORAGE_DTYPES", "Stream", "collect", "layout_bytes", "levels_to_sub", "outliers_decode",
+           "outliers_encode", "stream_key", "stream_raw_size", "sub_to_levels", "tensor_digest", "unlayout"]

@@ -114,7 +114,8 @@ def header_json(contents: Contents, plan: QGv3Plan, stored_blocks: Sequence[byte
         raw = s.raw_size(sp.layout)
         d: dict[str, Any] = {"kind": int(s.kind), "count": s.count, "layout": int(sp.layout), "block": 0 if plan.solid else i,
                              "at": at if plan.solid else 0}
-        d["bits" if s.kind in BIT_KINDS else "dtype"] = s.bits if s.kind in BIT_KINDS else s.dtype
+        if s.kind != StreamKind.OUTLIERS:  # an OUTLIERS stream has one fixed element (OUTLIER_ENTRY): no bits, no dtype
+            d["bits" if s.kind in BIT_KINDS else "dtype"] = s.bits if s.kind in BIT_KINDS else s.dtype
         if plan.solid and sp.alone is not None:
             d["alone"] = sp.alone
         streams.append(d)

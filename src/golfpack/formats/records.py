@@ -16,11 +16,13 @@ import torch
 
 from golfpack.errors import UsageError
 from golfpack.formats.qgv3_constants import (
+    OUTLIER_ENTRY,
     PASS_STORAGE,
     SCALES_PER_ROW,
     SCALES_PER_TENSOR,
     STORAGE_DTYPES,
     TENSOR_DTYPES,
+    outlier_count,
 )
 from golfpack.formats.spec import LQER_BITS, TensorSpec
 
@@ -43,7 +45,8 @@ def payload_bytes(spec: TensorSpec, shape: Sequence[int], dtype: str) -> float:
     """Bytes one tensor costs before entropy coding: THE pre-compression size.
 
     int specs: bit-packed levels (bits/8 per value) + scales (one fp16 per row for a 2-D tensor, else
-    one fp32; group-wise rows x ceil(cols / g) fp16, or with k-bit sub-scales one fp16 a row + k bits a group);
+    one fp32; group-wise rows x ceil(cols / g) fp16, or with k-bit sub-scales one fp16 a row + k bits a group;
+    +out<k>: 6 bytes per outlier);
     passthrough: the values in their storage dtype (`exact`: the original `dtype`).
     It is the DENSE layout's size; a byte-per-level stream (QGv3Artifact.raw_sizes) can be larger."""
     numel = math.prod(int(d) for d in shape)
@@ -58,6 +61,7 @@ def payload_bytes(spec: TensorSpec, shape: Sequence[int], dtype: str) -> float:
             scales = _itemsize(SCALES_PER_TENSOR)
         rows, cols = (int(shape[0]), int(shape[1])) if len(shape) == 2 else (0, 0)
         extra = lqer_payload_bytes(min(spec.lqer, rows, cols), LQER_BITS, rows, cols) if spec.lqer else 0.0  # the packer clamps r
+        extra += outlier_count(numel, spec.outliers) * OUTLIER_ENTRY.size  # (index delta, fp16) pairs
         return numel * spec.bits / 8 + scales + extra
     storage = PASS_STORAGE.get(spec.dtype, dtype)
     if storage not in STORAGE_DTYPES:
@@ -102,6 +106,8 @@ class TensorRecord:
     lqer_bits: int = LQER_BITS  # spec.lqer: the factor levels' integer width (levels in +-qmax(lqer_bits))
     # spec.subscale: uint8 (rows, ceil(cols/group)) sub-scales in 1..2^k-1; the group scale is scales[r] * subscales[r, g]
     subscales: np.ndarray | None = None
+    outlier_idx: np.ndarray | None = None  # spec.outliers: int64 strictly increasing flat indices (outlier_count of them)
+    outlier_vals: np.ndarray | None = None  # spec.outliers: float16 values put at those indices in place of the dequantized ones
 
     @property
     def per_row(self) -> bool:
@@ -165,6 +171,11 @@ class TensorRecord:
             if self.spec.lqer and self.per_row:  # + A @ B in fp32, before the one cast (lqer_apply)
                 assert self.lqer_q is not None and self.lqer_scales is not None
                 w = lqer_apply(w, self.lqer_q, self.lqer_scales, self.spec.lqer)
+            if self.spec.outliers:  # w.flat[idx] = float32(fp16 value), before the one cast (docs/qgv3.md 8d)
+                assert self.outlier_idx is not None and self.outlier_vals is not None
+                w = w.reshape(-1).clone()
+                idx = torch.from_numpy(np.ascontiguousarray(self.outlier_idx).astype(np.int64).reshape(-1))
+                w[idx] = torch.from_numpy(np.ascontiguousarray(self.outlier_vals).reshape(-1).astype(np.float32))
             return w.to(out_dtype).reshape(self.shape).contiguous()
         assert self.data is not None
         arr = np.ascontiguousarray(self.data)

@@ -38,9 +38,10 @@ def _mod(name):
 
 # canonical labels only
 SPEC = re.compile(r"int[2-8](:g(32|64|128|256)(s[2-8])?)?(:absmax|:mse|:hmse|:sd([1-9]|[1-5][0-9]|6[0-4])(\.[1-9])?)?(\+gptq)?"
-                  r"(\+lqer([1-9]|[1-5][0-9]|6[0-4]))?|fp16|bf16|fp32|exact")
+                  r"(\+out([1-9]|[1-4][0-9]|50)|\+lqer([1-9]|[1-5][0-9]|6[0-4]))?|fp16|bf16|fp32|exact")  # +out and +lqer: one at most
+OD = np.dtype([("d", "<u4"), ("v", "<f2")])  # outliers: index delta, fp16 value
 HEX = re.compile(r"[0-9a-f]{64}")
-OPT = ("scales", "scale_offset", "rows", "scale_group", "subscales", "subscale_offset", "lqer")  # a tensor's optional keys
+OPT = ("scales", "scale_offset", "rows", "scale_group", "subscales", "subscale_offset", "lqer", "outliers")  # a tensor's optional keys
 L = {"header": 16 << 20, "raw": 256 << 20, "numel": 1 << 28, "blocks": 64, "streams": 64, "tensors": 100000, "name": 1024, "ndim": 8, "out": 512 << 20}
 
 
@@ -173,12 +174,12 @@ def _load(path, check):
     if pos != len(b):
         raise ValueError("trailing bytes")
     arrays, used, keys = [], [], []
-    for s in h["streams"]:  # kind 0 levels, 1 scales, 2 passthrough, 3 sub-scales; layout 0 plain, 1 shuffle, 2 dense, 3 byte
+    for s in h["streams"]:  # kind 0 levels, 1 scales, 2 passthrough, 3 sub-scales, 4 outliers; layout 0 plain, 1 shuffle, 2 dense, 3 byte
         _keys(s, ("kind", "count", "layout", "block", "at"), ("bits", "dtype", "alone"))
         bi, n, lay = _i(s["block"], len(blocks) - 1), _i(s["count"], L["numel"]), _i(s["layout"], 3)
-        if _i(s["at"]) != fill[bi] or ("bits" in s) == ("dtype" in s) or _i(s.get("alone", 0)) is None:
-            raise ValueError("streams must be contiguous")
-        key = (_i(s["kind"], 3), s.get("bits"), s.get("dtype"))
+        if _i(s["at"]) != fill[bi] or ("bits" in s) + ("dtype" in s) != (s["kind"] != 4) or _i(s.get("alone", 0)) is None:
+            raise ValueError("bad stream")
+        key = (_i(s["kind"], 4), s.get("bits"), s.get("dtype"))
         if key in keys:
             raise ValueError("duplicate stream")
         keys.append(key)
@@ -189,7 +190,7 @@ def _load(path, check):
                 raise ValueError("bad levels stream")
         else:
             ok = ("float16", "float32") if s["kind"] == 1 else DT
-            dt = np.dtype(DT[s["dtype"]]) if type(s["dtype"]) is str and s["dtype"] in ok else None
+            dt = OD if s["kind"] == 4 else np.dtype(DT[s["dtype"]]) if type(s["dtype"]) is str and s["dtype"] in ok else None
             if dt is None or lay not in (0, 1):
                 raise ValueError("bad stream dtype or layout")
             size = n * dt.itemsize
@@ -233,7 +234,7 @@ def _load(path, check):
         if total > L["numel"] or out > L["out"]:
             raise ValueError(f"{name}: too many elements or bad dtype")
         if not (type(e["spec"]) is str and SPEC.fullmatch(e["spec"]) and type(e["digest"]) is str and HEX.fullmatch(e["digest"])) or \
-                ("lqer" in e) != ("+lqer" in e["spec"]):
+                ("lqer" in e) != ("+lqer" in e["spec"]) or ("outliers" in e) != ("+out" in e["spec"]):
             raise ValueError(f"{name}: bad spec or digest")
         dtype, sp, st = getattr(torch, e["dtype"]), e["spec"], h["streams"][_i(e["group"], len(arrays) - 1)]
         fl = e["dtype"] in ("float32", "float16", "bfloat16", "float64")
@@ -279,6 +280,14 @@ def _load(path, check):
                 a, f = f[:n * r].view(n, r), f[n * r:].view(n, -1)
                 for j in range(n):
                     t = t + a[j, :, None] * f[j]
+            if "outliers" in e:  # t.flat[i] = fp16 value; i = cumsum(deltas), strictly increasing, < numel
+                q, n = _keys(e["outliers"], ("count", "offset")), -(-numel * int(sp.split("+out")[1]) // 1000)
+                p = take(keys.index((4, None, None)) if _i(q["count"]) == n and (4, None, None) in keys else -1, q["offset"], n)
+                i = np.cumsum(p["d"], dtype=np.int64)
+                if n and (p["d"][1:].min(initial=1) < 1 or i[-1] >= numel):
+                    raise ValueError(f"{name}: bad outliers")
+                t = t.reshape(-1).clone()
+                t[torch.from_numpy(i)] = torch.from_numpy(p["v"].astype("f4"))
         elif h["streams"][e["group"]]["dtype"] == "bfloat16":
             t = v.view(torch.bfloat16)
         else:

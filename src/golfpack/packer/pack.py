@@ -386,8 +386,9 @@ def describe_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
         codec: str | None = codecs[0] if len(codecs) == 1 else ("mixed: " + ", ".join(codecs) if codecs else None)
         overhead: int | None = art.header_bytes
         lqer = art.lqer_bytes()
+        outl = art.outlier_bytes()
     else:
-        lqer = {}
+        lqer, outl = {}, {}
         records = [quantize_tensor(n, t, TensorSpec("passthrough", dtype="exact")) for n, t in lm.state_dict.items()]
         raw = {r.name: payload_bytes(r) for r in records}
         denom = sum(raw.values()) or 1.0
@@ -405,6 +406,8 @@ def describe_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
             "share": stored[r.name] / total if total else 0.0,
             **({"lqer_rank": lqer[r.name][0], "lqer_raw_bytes": lqer[r.name][1], "lqer_stored_bytes": lqer[r.name][2]}
                if r.name in lqer else {}),
+            **({"outliers": outl[r.name][0], "outlier_raw_bytes": outl[r.name][1], "outlier_stored_bytes": outl[r.name][2]}
+               if r.name in outl else {}),
         }
         for r in records
     ]

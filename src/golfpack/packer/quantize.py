@@ -42,11 +42,13 @@ Everything here is plain torch, device-agnostic and autograd-free, so the traine
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from golfpack.formats.qgv3_constants import outlier_count
 from golfpack.formats.records import TensorRecord, dtype_name
 from golfpack.formats.spec import LQER_BITS, TensorSpec, sd_k
 
@@ -324,6 +326,31 @@ def gptq_quantize(
                               sub_rows=None if sub_rows is None else [sub_rows])[0]
 
 
+def gptq_with_outliers(w: Tensor, H: Tensor, bits: int, rate: int, **kw: Any) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray]:
+    """GPTQ with `+out<rate>` outliers kept inside the column loop (SpQR-style): a first GPTQ pass ranks the weights
+    by |W - deq(Q(W))|; the second pass stores the outlier_count largest as the float16 of their error-updated value
+    when the loop reaches them, so their (near-zero) error is what gets pushed onto the later columns. Returns
+    (q, scales, sorted flat indices, float16 values); `kw` as gptq_quantize."""
+    q0, s0 = gptq_quantize(w, H, bits, **kw)
+    deq = _dequant_like(q0, s0, kw)
+    idx, _vals = select_outliers(w, deq, rate)
+    keep = torch.zeros(w.numel(), dtype=torch.bool)
+    keep[torch.from_numpy(idx)] = True
+    clip = kw.pop("clip", "mse")
+    sub_rows = kw.pop("sub_rows", None)
+    vals: list[Tensor] = []
+    q, s = gptq_quantize_many(w, H, [(bits, clip)], keep=keep.view(w.shape), values_out=vals,
+                              sub_rows=None if sub_rows is None else [sub_rows], **kw)[0]
+    return q, s, idx, vals[0].reshape(-1)[torch.from_numpy(idx)].numpy()
+
+
+def _dequant_like(q: Tensor, s: Tensor, kw: dict[str, Any]) -> Tensor:
+    """fp32 q * scale for gptq's returned (q, scales): per row (rows,) fp16, or per group (rows, groups)."""
+    if s.ndim == 2:
+        return q.float() * expand_group_scales(s.float(), int(kw.get("group", 0)), q.shape[1])
+    return q.float() * s.float().view(-1, 1)
+
+
 GPTQ_STACK_VALUES = 1 << 24  # at most this many float64 weights stacked in one column loop (128 MB a copy)
 
 
@@ -339,6 +366,8 @@ def gptq_quantize_many(
     info: dict | None = None,
     subscale: int = 0,
     sub_rows: list[Tensor] | None = None,
+    keep: Tensor | None = None,
+    values_out: list[Tensor] | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
     """`gptq_quantize(w, H, bits, clip=clip, ...)` for every (bits, clip) of `specs`, the same levels and scales
     bit for bit, sharing the work: the damped Cholesky factor of H^-1 is computed once and the column loop runs
@@ -346,7 +375,11 @@ def gptq_quantize_many(
 
     Every step is elementwise per row except the lazy block update, which is one matmul per candidate on the same
     (rows, block) operands as alone; the weights are kept transposed so each column is one contiguous row.
-    `subscale` k with `sub_rows` (one fp16 row-scale tensor per spec): k-bit sub-scales, as `gptq_quantize`."""
+    `subscale` k with `sub_rows` (one fp16 row-scale tensor per spec): k-bit sub-scales, as `gptq_quantize`.
+    `keep` (rows, cols) bool, one spec only: those weights are stored as the fp16 of their error-updated value (the
+    (rows, cols) fp16 tensor of them, zero elsewhere, is appended to `values_out`) instead of their rounded level."""
+    if keep is not None and (len(specs) != 1 or values_out is None or tuple(keep.shape) != tuple(w.shape)):
+        raise ValueError("keep needs one spec, a values_out list and the weight's shape")
     if subscale and (not group or sub_rows is None or len(sub_rows) != len(specs)):
         raise ValueError("subscale needs a group and one sub_rows tensor per spec")
     if w.ndim != 2:
@@ -373,13 +406,14 @@ def gptq_quantize_many(
         per = max(1, GPTQ_STACK_VALUES // max(1, rows * cols))
         for a in range(0, len(specs), per):
             out += _gptq_stacked(w, WT0, Hinv, perm, inv, hdiag, specs[a:a + per], block_size, group, subscale,
-                                 None if sub_rows is None else torch.cat(sub_rows[a:a + per]))
+                                 None if sub_rows is None else torch.cat(sub_rows[a:a + per]), keep, values_out)
         return out
 
 
 def _gptq_stacked(w: Tensor, WT0: Tensor, Hinv: Tensor, perm: Tensor, inv: Tensor, hdiag: Tensor,
                   specs: list[tuple[int, str]], block_size: int, group: int, subscale: int = 0,
-                  sub_rows: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
+                  sub_rows: Tensor | None = None, keep: Tensor | None = None,
+                  values_out: list[Tensor] | None = None) -> list[tuple[Tensor, Tensor]]:
     rows, cols = w.shape
     C = len(specs)
     R = C * rows
@@ -394,6 +428,8 @@ def _gptq_stacked(w: Tensor, WT0: Tensor, Hinv: Tensor, perm: Tensor, inv: Tenso
         s16s = [quantize_rows(w.detach().float(), b, c, hdiag)[1] for b, c in specs]
         s_row = torch.cat(s16s).double()
     QT = torch.zeros_like(WT)
+    keepT = None if keep is None else keep.to(WT.device)[:, perm].T.contiguous()  # (cols, rows) in loop order
+    VT = None if keep is None else torch.zeros(cols, R, dtype=torch.float16, device=WT.device)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1 = WT[i1:i2]  # a view: WT holds the current values of this block's columns
@@ -401,12 +437,15 @@ def _gptq_stacked(w: Tensor, WT0: Tensor, Hinv: Tensor, perm: Tensor, inv: Tenso
         Hinv1 = Hinv[i1:i2, i1:i2]
         with _one_thread():  # thousands of small elementwise ops: threads cost more than they give (4x on 2 busy cores)
             _gptq_block(W1, E1, QT, Hinv1, i1, perm, inv, WT, gscale if group else None, have if group else None,
-                        s_row if not group else None, qm, qmaxes, specs, hdiag, rows, group, subscale, sub_rows)
+                        s_row if not group else None, qm, qmaxes, specs, hdiag, rows, group, subscale, sub_rows,
+                        keepT, VT)
         if i2 < cols:
             for k in range(C):  # one matmul per candidate: the same operands, so the same sums, as alone
                 sl = slice(k * rows, (k + 1) * rows)
                 WT[i2:, sl] -= (E1[sl] @ Hinv[i1:i2, i2:]).T
     Q = QT[inv].T
+    if VT is not None and values_out is not None:
+        values_out.append(VT[inv].T.contiguous())
     res = []
     for k in range(C):
         sl = slice(k * rows, (k + 1) * rows)
@@ -417,7 +456,7 @@ def _gptq_stacked(w: Tensor, WT0: Tensor, Hinv: Tensor, perm: Tensor, inv: Tenso
 def _gptq_block(W1: Tensor, E1: Tensor, QT: Tensor, Hinv1: Tensor, i1: int, perm: Tensor, inv: Tensor, WT: Tensor,
                 gscale: Tensor | None, have: list[bool] | None, s_row: Tensor | None, qm: Tensor, qmaxes: list[int],
                 specs: list[tuple[int, str]], hdiag: Tensor, rows: int, group: int, subscale: int = 0,
-                sub_rows: Tensor | None = None) -> None:
+                sub_rows: Tensor | None = None, keepT: Tensor | None = None, VT: Tensor | None = None) -> None:
     # One lazy block of the GPTQ column loop, in place on the stacked (transposed) weights.
     cols = WT.shape[0]
     for i in range(W1.shape[0]):
@@ -443,7 +482,12 @@ def _gptq_block(W1: Tensor, E1: Tensor, QT: Tensor, Hinv1: Tensor, i1: int, perm
         d = Hinv1[i, i]
         qc = torch.clamp(torch.round(col / s), -qm, qm)
         QT[i1 + i] = qc
-        err = (col - qc * s) / d
+        deq = qc * s
+        if keepT is not None and VT is not None and bool(keepT[i1 + i].any()):  # kept: its fp16, ~no error to push
+            m = keepT[i1 + i]
+            VT[i1 + i, m] = col[m].to(torch.float16)
+            deq = torch.where(m, VT[i1 + i].double(), deq)
+        err = (col - deq) / d
         W1[i:] -= Hinv1[i, i:][:, None] * err[None, :]
         E1[:, i] = err
 
@@ -564,9 +608,10 @@ def lqer_error_bound(err: Tensor, rank: int) -> float:
 # tensor -> record
 
 
-def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None,
-                       info: dict | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(levels, scales, sub-scales or None): sub-scales only for a 2-D tensor whose spec has `s<k>`."""
+def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None, info: dict | None = None,
+                       kept: list | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(levels, scales, sub-scales or None): sub-scales only for a 2-D tensor whose spec has `s<k>`. With `kept` (a
+    list) and a `+gptq+out<k>` spec, the outliers are kept inside the GPTQ loop and appended as [indices, values]."""
     if not t.is_floating_point():
         raise ValueError(f"cannot integer-quantize a {dtype_name(t.dtype)} tensor; use 'exact' passthrough")
     if t.ndim == 2:
@@ -574,12 +619,17 @@ def _levels_and_scales(t: Tensor, spec: TensorSpec, hessian: Tensor | None,
         if spec.gptq:
             if hessian is None:
                 raise ValueError(f"{spec.label()} needs a Hessian from calibration tokens (pack with calib='TRAIN_SHARDS'); none was given")
+            kw: dict[str, Any] = {"clip": spec.clip, "group": spec.group, "info": info}
+            s16 = None
             if spec.subscale:
                 s16 = quantize_groups_sub(t, spec.bits, spec.clip, spec.group, spec.subscale, hdiag)[1]
-                q, gs = gptq_quantize(t, hessian, spec.bits, clip=spec.clip, group=spec.group, info=info, sub_rows=s16,
-                                      subscale=spec.subscale)
-                return q, s16, subscales_for(gs, s16, spec.subscale)
-            return (*gptq_quantize(t, hessian, spec.bits, clip=spec.clip, group=spec.group, info=info), None)
+                kw.update(sub_rows=s16, subscale=spec.subscale)
+            if spec.outliers and kept is not None:
+                q, gs, idx, vals = gptq_with_outliers(t, hessian, spec.bits, spec.outliers, **kw)
+                kept += [idx, vals]
+            else:
+                q, gs = gptq_quantize(t, hessian, spec.bits, **kw)
+            return (q, s16, subscales_for(gs, s16, spec.subscale)) if s16 is not None else (q, gs, None)
         if spec.subscale:
             return quantize_groups_sub(t, spec.bits, spec.clip, spec.group, spec.subscale, hdiag)
         if spec.group:
@@ -603,9 +653,13 @@ def quantize_tensor(name: str, t: Tensor, spec: TensorSpec, hessian: Tensor | No
     orig = dtype_name(t.dtype)
     shape = tuple(int(d) for d in t.shape)
     if spec.kind == "int":
-        q, s, sub = _levels_and_scales(t, spec, hessian, info)
-        base = TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=replace(spec, lqer=0), q=q.cpu().numpy(),
+        kept: list = []
+        q, s, sub = _levels_and_scales(t, spec, hessian, info, kept)
+        base = TensorRecord(name=name, shape=shape, orig_dtype=orig, spec=replace(spec, lqer=0, outliers=0), q=q.cpu().numpy(),
                             scales=s.cpu().numpy(), subscales=None if sub is None else sub.cpu().numpy())
+        if spec.outliers:  # GPTQ: kept inside its loop (gptq_with_outliers); else after rounding, as fp16 of W
+            idx, vals = kept if kept else select_outliers(t, replace(base, orig_dtype="float32").dequantize(), spec.outliers)
+            return replace(base, spec=spec, outlier_idx=idx, outlier_vals=vals)
         return _with_lqer(base, t, spec)
     if not t.is_floating_point() and spec.dtype != "exact":
         raise ValueError(f"{name}: {orig} tensor can only be stored 'exact', not {spec.dtype}")
@@ -638,7 +692,7 @@ def quantize_candidates(name: str, t: Tensor, specs: list[TensorSpec], hessian: 
     batched: dict[int, list[int]] = {}
     if tc.ndim == 2 and tc.is_floating_point() and hessian is not None:
         for j, s in enumerate(specs):
-            if s.kind == "int" and s.gptq and not s.subscale:  # sub-scale specs go one at a time (quantize_tensor)
+            if s.kind == "int" and s.gptq and not s.subscale and not s.outliers:  # those go one at a time (quantize_tensor)
                 batched.setdefault(s.group, []).append(j)
     for group, js in batched.items():
         res = gptq_quantize_many(tc, hessian, [(specs[j].bits, specs[j].clip) for j in js], group=group)
@@ -652,6 +706,17 @@ def quantize_candidates(name: str, t: Tensor, specs: list[TensorSpec], hessian: 
     return [out[j] for j in range(len(specs))]
 
 
+def select_outliers(w: Tensor, deq: Tensor, rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `+out<rate>` outliers of `w` given its dequantized grid values `deq` (fp32, before the cast): the
+    outlier_count(numel, rate) flat indices with the largest |w - deq| (ties: the lower index; returned sorted) and the
+    float16 of w there."""
+    flat = w.detach().reshape(-1).cpu()
+    err = (flat.double() - deq.detach().reshape(-1).cpu().double()).abs().numpy()
+    n = outlier_count(err.size, rate)
+    idx = np.sort(np.argsort(-err, kind="stable")[:n]).astype(np.int64)
+    return idx, flat[torch.from_numpy(idx)].to(torch.float16).numpy()
+
+
 def fake_quantize(w: Tensor, spec: TensorSpec, hessian: Tensor | None = None) -> Tensor:
     """The values `pack` would store for `w` under `spec`, same dtype/device as `w`, no autograd.
 
@@ -661,7 +726,7 @@ def fake_quantize(w: Tensor, spec: TensorSpec, hessian: Tensor | None = None) ->
     with torch.no_grad():
         if spec.kind == "passthrough":
             return _passthrough_values(w.detach(), spec.dtype).to(w.dtype)
-        if spec.lqer and w.ndim == 2:  # the correction is fitted on the CPU, as the packer does
+        if (spec.lqer and w.ndim == 2) or spec.outliers:  # the correction / outliers are fitted on the CPU, as the packer does
             return quantize_tensor("w", w, spec, hessian).dequantize().to(w.device)
         q, s, sub = _levels_and_scales(w.detach(), spec, hessian)
         if sub is not None:
@@ -695,6 +760,7 @@ __all__ = [
     "gptq_quantize",
     "gptq_quantize_many",
     "GPTQ_STACK_VALUES",
+    "gptq_with_outliers",
     "hessian_from_activations",
     "lqer_error_bound",
     "lqer_factors",
@@ -704,4 +770,5 @@ __all__ = [
     "quantize_rows",
     "quantize_candidates",
     "quantize_tensor",
+    "select_outliers",
 ]
