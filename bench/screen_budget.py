@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GOLFPACK_SHARED_DATA", REPO.parent / "shared" / "data"))
 SP1024 = SHARED / "tokenizers" / "fineweb_1024_bpe.model"
-RESULTS = REPO / "bench" / "results" / "screen_budget.json"
+RESULTS = REPO / "bench" / "results" / "screen_budget.json"  # --ways after alone writes screen_budget_after.json
 
 CHILD = r"""
 import json, os, sys, time
@@ -80,13 +80,14 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=0.9)
     ap.add_argument("--before-src", default="/work/main/src")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--ways", default="before,after", help="which of before,after to run")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for name in args.ckpts.split(","):
             path = ckpt_path(name, Path(d))
             budget = int(args.fraction * int6_bytes(path))
-            for way, src in (("before", Path(args.before_src)), ("after", REPO / "src")):
+            for way, src in [(w, s) for w, s in (("before", Path(args.before_src)), ("after", REPO / "src")) if w in args.ways.split(",")]:
                 r = job(src, path, budget, args.workers)
                 r.update(ckpt=name, way=way, budget=budget)
                 rows.append(r)
@@ -96,10 +97,12 @@ def main() -> None:
                       f"joint {r['joint']:.6f} ({r['chosen_from']})  sample rho {ag.get('spearman', float('nan')):.3f} "
                       f"tau {ag.get('kendall', float('nan')):.3f} misses {r.get('sample_misses')}  "
                       f"load {r['load'][0]:.2f}->{r['load'][1]:.2f}", flush=True)
-        same = {n: rows[2 * i]["layout"] == rows[2 * i + 1]["layout"] for i, n in enumerate(args.ckpts.split(","))}
-        print("same layout:", same)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"rows": rows, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args)}, indent=1) + "\n")
+        if len(args.ways.split(",")) == 2:
+            same = {n: rows[2 * i]["layout"] == rows[2 * i + 1]["layout"] for i, n in enumerate(args.ckpts.split(","))}
+            print("same layout:", same)
+    res = RESULTS if args.ways == "before,after" else RESULTS.with_name(f"screen_budget_{args.ways.replace(',', '_')}.json")
+    res.parent.mkdir(parents=True, exist_ok=True)
+    res.write_text(json.dumps({"rows": rows, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args)}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

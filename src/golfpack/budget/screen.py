@@ -8,7 +8,8 @@ table byte) that reaches each of those budgets. A candidate j of a tensor whose 
 the real solution only if the proxy is wrong about them: it is kept when some error factor f <= `margin` (j's
 damage f times smaller, k's f times larger) makes j win the tensor's Lagrangian, v_j / f + mu c_j <= f v_k + mu c_k.
 The smallest such f is the candidate's priority (the chosen ones have f = 1), and at most `max_direct` are
-measured, smallest f first, a seeded random honesty sample of the rest included. The others get the proxy
+measured, in rounds (each tensor's smallest f, then each one's second smallest, ...), a seeded random honesty
+sample of the rest included. The others get the proxy
 scaled to direct units (`fill`).
 """
 
@@ -112,8 +113,13 @@ def budget_screen(
                 1.0 if sol[g] == j else error_factor(V[g][j], C[g][j], V[g][sol[g]], C[g][sol[g]], mu) for sol, mu in zip(sols, mus)
             )
         prio[n] = row
-    order = sorted(((f, abs(costs[n][l] - costs[n][labels[n][chosen[g]]]), g, j, n, l)
-                    for g, n in enumerate(names) for j, (l, f) in enumerate(prio[n].items())))
+    # measured in rounds: every tensor's nearest candidate, then every tensor's second nearest, ... (error factors
+    # of different tensors are not comparable enough to let one tensor's list starve another's under the cap)
+    ranked = []
+    for g, n in enumerate(names):
+        row = sorted((f, abs(costs[n][l] - costs[n][labels[n][chosen[g]]]), j, l) for j, (l, f) in enumerate(prio[n].items()))
+        ranked += [(r, f, d, g, j, n, l) for r, (f, d, j, l) in enumerate(row)]
+    order = [x[1:] for x in sorted(ranked)]
     eligible = [(n, l) for f, *_, n, l in order if f <= margin]
     rest = [(n, l) for f, *_, n, l in order if f > margin]
     cap = len(order) if max_direct is None else int(max_direct)
