@@ -210,6 +210,16 @@ def phases(size: str, ckpt: Path, budget: int, *, sample: int, self_sequences: i
     keep, smp = S.screen(table, proxy, margin=cfg.screen_margin, sample=cfg.screen_sample)
     kept = sum(len(v) for v in keep.values()) + len(smp)
     out["screen"] = {"candidates": len(cands), "measured": kept, "sampled": len(smp), "cost_stand_in": "payload bytes"}
+    # the budget-aware screen (the search's own since h-screen): the proxy solved at the budget, in payload bytes
+    # shifted by the floor layout's exact pack (artifact = payload + b)
+    from golfpack.budget.screen import budget_screen
+
+    fl, _, fch = C.floor_bytes(p, ["lzma"])
+    tb = budget - (fl - sum(table[n][p.candidates[n][j].label()] for n, j in zip(p.names, fch)))
+    scr = budget_screen(table, S.regularize(proxy), tb, margin=cfg.screen_margin, max_direct=cfg.max_direct,
+                        sample=cfg.screen_sample)
+    out["budget_screen"] = {"measured": sum(map(len, scr.wanted().values())), "eligible": scr.eligible, "capped": scr.capped,
+                            "sampled": len(scr.sample), "max_direct": cfg.max_direct, "cost_stand_in": "payload bytes + floor offset"}
     # direct: per-candidate cost old (full forward) vs new (prefix cache), on a sample spread over the layers
     ref = S.reference_logprobs(model, batch)
     pc = S.PrefixCache(model, batch)

@@ -1,5 +1,5 @@
 """The search's speed-ups must not change its answers: the prefix-cached direct measurement equals the
-full forward, the proxy screen picks the layout the unscreened search picks, the pooled cost tables equal
+full forward, the budget-aware proxy screen picks the layout the unscreened search picks (and measures what it uses), the pooled cost tables equal
 the in-process ones, and every phase reports its wall and CPU seconds."""
 
 from __future__ import annotations
@@ -113,6 +113,19 @@ def test_screened_search_picks_the_unscreened_layout(small_ckpt, shard):
     assert sc["measured"] < sc["candidates"] and "screen" not in slow.sens
     assert {n: s.label() for n, s in fast.specs.items()} == {n: s.label() for n, s in slow.specs.items()}
     assert fast.model_bytes == slow.model_bytes
+    # the budget-aware screen measured every candidate the unscreened solution uses, within the cap
+    assert all(s.label() in fast.sens["measured"][n] for n, s in slow.specs.items())
+    assert sc["measured"] <= sc["max_direct"] and sc["filled"] == sc["candidates"] - sc["measured"]
+    # the honesty sample's rank agreement is reported: in the JSON report and in the human report
+    ag = sc["sample_agreement"]
+    assert ag["pairs"] == sc["sampled"] >= 3 and -1 <= ag["spearman"] <= 1 and -1 <= ag["kendall"] <= 1
+    assert fast.report()["screen"] is sc
+    from golfpack.cli.search import human_lines
+
+    line = [ln for ln in human_lines({**fast.report(), "predicted_delta_bpb": None}) if ln.startswith("screen:")]
+    assert line == [f"screen: {sc['measured']} of {sc['candidates']} candidates measured directly ({sc['sampled']} sampled, cap 300, "
+                    f"{sc['capped']} within reach left out by the cap), {sc['filled']} filled from the proxy; honesty sample: "
+                    f"Spearman {ag['spearman']:.3f}, Kendall {ag['kendall']:.3f} over {ag['pairs']}"]
     for r in (fast, slow):
         for phase in ("floor", "calibration", "costs", "sensitivity", "fit", "select"):
             assert r.timings[phase] >= 0 and r.cpu_timings[phase] >= 0

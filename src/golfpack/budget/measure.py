@@ -15,15 +15,20 @@ from golfpack.budget.problem import Problem
 from golfpack.packer.calibration import calib_halves, make_batch
 
 
-def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, dict[str, int]] | None = None,
+                table_budget: int | None = None) -> dict[str, Any]:
     """{'base_loss', 'direct' (maybe), 'proxy' (maybe), 'deltas' (what the solver uses), 'agreement', 'screen', ...}.
 
     Direct measurement yields both objectives from the same forwards (cached together); the proxy for
     `kl` is 0.5 * F_true * dw^2 (Fisher with labels sampled from the model), for `nll` the Taylor
     estimate g . dw + 0.5 * F_emp * dw^2. With sensitivity 'both', `cfg.screen` and a cost `table`, the
-    proxy runs first and only the candidates on each tensor's proxy frontier (plus a random sample of the
-    rest) are measured directly (`sensitivity.screen`); the others get `sensitivity.fill_screened` estimates.
+    proxy runs first and is solved at `table_budget` (the budget in table bytes; default the model budget):
+    only the candidates that solution puts within `cfg.screen_margin` of entering it, at most `cfg.max_direct`
+    with a random honesty sample among them, are measured directly (`screen.budget_screen`); the others get
+    `screen.fill` estimates. 'screen' in the output says how many were measured and filled, and the sample's
+    rank agreement.
     """
+    from golfpack.budget import screen as SC
     from golfpack.budget import sensitivity as S
 
     # sensitivity and objective are valid: SearchConfig checked them when it was built
@@ -64,9 +69,11 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, di
     sample: list[tuple[str, str]] = []
     if screening:
         assert proxy is not None and table is not None
-        keep, sample = S.screen(table, {n: proxy[n] for n in p.names}, margin=cfg.screen_margin, sample=cfg.screen_sample, seed=cfg.self_seed)
-        for n, l in sample:
-            keep[n].append(l)
+        tb = cfg.budget - p.code_bytes if table_budget is None else table_budget
+        scr = SC.budget_screen(table, S.regularize({n: proxy[n] for n in p.names}), tb, margin=cfg.screen_margin,
+                               max_direct=cfg.max_direct, sample=cfg.screen_sample, seed=cfg.self_seed, method=cfg.solver)
+        sample = scr.sample
+        keep = scr.wanted()
         want = {n: [l for l in labels[n] if l in keep[n]] for n in p.names}
     direct = hit.get("direct", {})
     base = hit.get("base_loss")
@@ -92,13 +99,16 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, di
         measured = {n: {l: direct[cfg.objective][n][l] for l in want[n]} for n in p.names}
         if screening:
             assert proxy is not None and table is not None
-            out["direct"] = S.fill_screened(measured, {n: proxy[n] for n in p.names}, table)
+            out["direct"] = SC.fill(measured, {n: proxy[n] for n in p.names}, table)
+            out["measured"] = want  # tensor -> labels measured directly (the rest are filled)
             total = sum(len(v) for v in labels.values())
             got = sum(len(v) for v in want.values())
             out["screen"] = {
-                "candidates": total, "measured": got, "sampled": len(sample), "margin": cfg.screen_margin,
-                "sample_agreement": S.compare({n: {l: measured[n][l]} for n, l in sample}, proxy) if sample else None,
-                "sample_misses": _misses(sample, measured, table),
+                "candidates": total, "measured": got, "filled": total - got, "sampled": len(sample), "margin": cfg.screen_margin,
+                "max_direct": cfg.max_direct, "eligible": scr.eligible, "capped": scr.capped, "table_budget": tb,
+                "mu": list(scr.mu), "proxy_choice": scr.chosen,
+                "sample_agreement": SC.agreement(measured, proxy, sample) if sample else None,
+                "sample_misses": SC.misses(scr, measured, proxy, table),  # sampled ones that should have been kept
             }
         else:
             out["direct"] = measured
@@ -107,17 +117,6 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, di
         out["agreement"] = S.compare(meas, out["proxy"])
     raw = out["proxy"] if cfg.sensitivity == "proxy" else out["direct"]
     out["deltas"] = S.regularize({n: {l: raw[n][l] for l in labels[n]} for n in p.names})
-    return out
-
-
-def _misses(sample: list[tuple[str, str]], measured: dict[str, dict[str, float]], table: dict[str, dict[str, int]]) -> int:
-    """Sampled screened-out candidates that direct measurement puts on their tensor's frontier after all:
-    no measured candidate of the tensor costs no more AND hurts no less (the screen's errors, estimated)."""
-    out = 0
-    for n, l in sample:
-        c, v = table[n][l], measured[n][l]
-        if not any(table[n][m] <= c and w <= v for m, w in measured[n].items() if m != l):
-            out += 1
     return out
 
 

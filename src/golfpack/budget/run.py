@@ -115,6 +115,7 @@ class SearchResult:
             "calib_base_loss": self.sens.get("base_loss"),
             "calib_tokens": self.sens.get("calib_tokens"),
             "proxy_vs_direct": agreement,
+            "screen": self.sens.get("screen"),  # measured/filled counts and the honesty sample's rank agreement
             "layout": {n: s.label() for n, s in self.specs.items()},
             "codecs": {c: {"model_bytes": f.model_bytes, "predicted_delta_loss": f.predicted_loss, "packs": f.packs,
                            "cost_model": {"a": f.cost_model.a, "b": f.cost_model.b, "points": f.cost_model.points}}
@@ -136,7 +137,7 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
     p = load_problem(ckpt, cfg, model)  # cfg was validated when it was built
     codecs = cfg.codec_list()
     cache = Cache(cfg.cache_dir)
-    floor, floor_codec, _ = floor_bytes(p, codecs)
+    floor, floor_codec, floor_choice = floor_bytes(p, codecs)
     clock.lap("floor")
     if cfg.budget < floor:
         raise InfeasibleBudget(cfg.budget, floor, f"layout (all tensors at their cheapest spec, codec {floor_codec}, code {p.code_bytes:,} bytes)")
@@ -148,7 +149,10 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
     table = cost_tables(p, codecs[:1], cache, progress=cfg.progress, workers=cfg.workers)[codecs[0]]
     tables = {c: table for c in codecs}
     clock.lap("costs")
-    sens = sensitivity(p, cfg, cache, table)
+    # the budget in table bytes for the screen's proxy solve: artifact = table cost + b, b from the floor's exact
+    # pack (the fit's first cost model, before any other pack; the screen's byte window absorbs the rest)
+    b = floor - p.code_bytes - sum(table[n][p.candidates[n][j].label()] for n, j in zip(p.names, floor_choice))
+    sens = sensitivity(p, cfg, cache, table, table_budget=cfg.budget - p.code_bytes - b)
     clock.lap("sensitivity")
     model_budget = cfg.budget - p.code_bytes
     fits: dict[str, Fit] = {}

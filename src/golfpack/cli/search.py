@@ -372,6 +372,9 @@ def human_lines(rep: dict[str, Any]) -> list[str]:
     ag = rep.get("proxy_vs_direct")
     if ag:
         lines.append(f"proxy vs direct: Spearman {ag['spearman']:.3f} over {ag['pairs']} (tensor, spec) pairs")
+    sc = rep.get("screen")
+    if sc:
+        lines.append(screen_line(sc))
     if rep.get("timings"):
         lines.append(phase_line(rep))
     if rep.get("frontier_table"):
@@ -396,6 +399,17 @@ def human_lines(rep: dict[str, Any]) -> list[str]:
     return lines
 
 
+def screen_line(sc: dict[str, Any]) -> str:
+    """One line: how many candidates the screen measured directly and filled from the proxy, and the honesty sample."""
+    cap = "no cap" if sc.get("max_direct") is None else f"cap {sc['max_direct']:,}"
+    line = (f"screen: {sc['measured']:,} of {sc['candidates']:,} candidates measured directly ({sc.get('sampled', 0)} sampled, "
+            f"{cap}, {sc.get('capped', 0):,} within reach left out by the cap), {sc.get('filled', sc['candidates'] - sc['measured']):,} filled from the proxy")
+    ag = sc.get("sample_agreement")
+    if ag:
+        line += f"; honesty sample: Spearman {ag['spearman']:.3f}, Kendall {ag.get('kendall', float('nan')):.3f} over {ag['pairs']}"
+    return line
+
+
 def phase_line(rep: dict[str, Any]) -> str:
     """One line: each phase's wall seconds and share of the whole, CPU seconds, and the peak RSS."""
     wall, cpu, rss = rep["timings"], rep.get("cpu_seconds") or {}, rep.get("peak_rss_mb") or {}
@@ -412,4 +426,4 @@ def _layout_summary(layout: dict[str, str]) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-__all__ = ["human_lines", "make_scorer", "phase_line", "search_cmd", "search_outputs"]
+__all__ = ["human_lines", "make_scorer", "phase_line", "screen_line", "search_cmd", "search_outputs"]
