@@ -401,9 +401,10 @@ def human_lines(rep: dict[str, Any]) -> list[str]:
 
 def screen_line(sc: dict[str, Any]) -> str:
     """One line: how many candidates the screen measured directly and filled from the proxy, and the honesty sample."""
-    cap = "no cap" if sc.get("max_direct") is None else f"cap {sc['max_direct']:,}"
+    cap = ("no cap" if sc.get("max_direct") is None
+           else f"cap {sc['max_direct']:,}, {sc.get('capped', 0):,} within reach left out by the cap")
     line = (f"screen: {sc['measured']:,} of {sc['candidates']:,} candidates measured directly ({sc.get('sampled', 0)} sampled, "
-            f"{cap}, {sc.get('capped', 0):,} within reach left out by the cap), {sc.get('filled', sc['candidates'] - sc['measured']):,} filled from the proxy")
+            f"{cap}), {sc.get('filled', sc['candidates'] - sc['measured']):,} filled from the proxy")
     ag = sc.get("sample_agreement")
     if ag:
         line += f"; honesty sample: Spearman {ag['spearman']:.3f}, Kendall {ag.get('kendall', float('nan')):.3f} over {ag['pairs']}"
