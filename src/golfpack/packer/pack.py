@@ -179,10 +179,16 @@ def pack_state_dict(
     records = quantize_state_dict(state_dict, specs, hessians=hessians, progress=progress, notes=notes)
     meta = {"golfpack_version": __version__, **(meta or {})}
     if codec == "best":
+        from golfpack.formats.qgv3_plan import compressions, run_in_threads
+
         sizes: dict[str, int] = {}
         best: tuple[int, str, bytes] | None = None
-        for c in [*available_codecs(), "best"]:
-            data = encode(records, codec=c, config=config, policy=policy, meta=meta)
+        names = [*available_codecs(), "best"]
+        with compressions():  # one pool for every plan: a stream compressed alike in two plans is compressed once
+            datas = run_in_threads([lambda c=c: encode(records, codec=c, config=config, policy=policy, meta=meta)
+                                    for c in names])
+        for c, data in zip(names, datas):
+            assert isinstance(data, bytes)
             sizes[c] = len(data)
             if best is None or len(data) < best[0]:
                 best = (len(data), c, data)
