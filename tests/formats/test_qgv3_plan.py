@@ -189,7 +189,7 @@ def test_parallel_plan_equals_serial_plan_on_a_real_checkpoint(monkeypatch, code
 def test_compressions_compress_each_distinct_input_once(monkeypatch) -> None:
     calls: list[tuple[int, int]] = []
     real = qgv3_plan.compress_with
-    monkeypatch.setattr(qgv3_plan, "compress_with", lambda c, d, p: calls.append((int(c), len(d))) or real(c, d, p))
+    monkeypatch.setattr(qgv3_plan, "compress_with", lambda c, d, p, **k: calls.append((int(c), len(d))) or real(c, d, p))
     comp = qgv3_plan.Compressions(2)
     try:
         futs = [comp.submit(Codec.ZLIB, b"abc" * 1000, None) for _ in range(5)] + [comp.submit(Codec.ZLIB, b"abd" * 1000, None)]
@@ -203,10 +203,23 @@ def test_compressions_compress_each_distinct_input_once(monkeypatch) -> None:
 
 
 def test_compressions_hand_errors_to_the_waiter(monkeypatch) -> None:
-    def boom(c, d, p):
+    def boom(c, d, p, **k):
         raise RuntimeError("codec failed")
 
     monkeypatch.setattr(qgv3_plan, "compress_with", boom)
     with qgv3_plan.compressions(2) as comp:
         with pytest.raises(RuntimeError, match="codec failed"):
             comp.submit(Codec.LZMA, b"x" * 100, (0, 0, 0)).result()
+
+
+def test_compressions_progress_counts_the_work_to_its_end() -> None:
+    """The bar's total grows with every new job (weighted by codec cost) and ends where its count does."""
+    comp = qgv3_plan.Compressions(2, progress=True)
+    try:
+        a = comp.submit(Codec.LZMA, b"ab" * 3000, (0, 0, 0))
+        b = comp.submit(Codec.ZLIB, b"cd" * 3000, None)
+        comp.submit(Codec.LZMA, b"ab" * 3000, (0, 0, 0))  # memo hit: no new work
+        a.result(), b.result()
+    finally:
+        comp.close()
+    assert comp._bar.total == pytest.approx(6000 * 1.0 + 6000 * 0.1) and comp._bar.n == pytest.approx(comp._bar.total)

@@ -24,9 +24,12 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 
+from golfpack._progress import bar as progress_bar
 from golfpack.errors import UsageError
 from golfpack.formats.codecs import CODECS, LZMA_PROPS_CANDIDATES, available_codecs, codec_id, compress
 from golfpack.formats.qgv3_constants import PREAMBLE, Codec, Layout, StreamKind
@@ -56,12 +59,16 @@ class Compressions:
     """Compress on `workers` threads, longest job first, each distinct (codec, props, bytes) once.
 
     `submit` returns a Future of exactly `compress_with(codec, data, props)`; with workers=1 it runs
-    at once in the caller's thread. Use it through `compressions()` so nested planners share one."""
+    at once in the caller's thread. Use it through `compressions()` so nested planners share one.
+    progress: a bar of the work done and to do (bytes weighted by each codec's relative cost; lzma
+    reports as it goes), with its ETA; None draws it on a terminal only."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, progress: bool | None = False) -> None:
         self.workers = default_workers() if workers is None else workers
         if self.workers < 1:
             raise UsageError(f"workers must be >= 1, got {self.workers}", param="workers")
+        self._bar = progress_bar(total=0, desc="compress", unit="B", unit_scale=True, enabled=progress)
+        self._bar_lock = threading.Lock()
         self._memo: dict[tuple[int, LzmaProps | None, int, bytes], Future[bytes]] = {}
         self._lock = threading.Lock()
         self._queue: list[tuple[float, int, Callable[[], None]]] = []  # (-cost, seq, job): a heap
@@ -80,6 +87,9 @@ class Compressions:
             if fut is not None:
                 return fut
             fut = self._memo[key] = Future()
+            with self._bar_lock:
+                self._bar.total += _COST[codec] * len(data)
+                self._bar.refresh()
             if self._threads and codec != Codec.RAW:
                 self._seq += 1
                 heapq.heappush(self._queue, (-_COST[codec] * len(data), self._seq, lambda: self._run(fut, codec, data, props)))
@@ -88,10 +98,13 @@ class Compressions:
         self._run(fut, codec, data, props)
         return fut
 
-    @staticmethod
-    def _run(fut: Future[bytes], codec: Codec, data: bytes, props: LzmaProps | None) -> None:
+    def _done(self, codec: Codec, n: int) -> None:
+        with self._bar_lock:
+            self._bar.update(_COST[codec] * n)
+
+    def _run(self, fut: Future[bytes], codec: Codec, data: bytes, props: LzmaProps | None) -> None:
         try:
-            fut.set_result(compress_with(codec, data, props))
+            fut.set_result(compress_with(codec, data, props, progress=lambda n: self._done(codec, n)))
         except BaseException as e:  # handed to whoever waits on it
             fut.set_exception(e)
 
@@ -111,19 +124,20 @@ class Compressions:
             self._ready.notify_all()
         for t in self._threads:
             t.join()
+        self._bar.close()
 
 
 _ACTIVE: contextvars.ContextVar[Compressions | None] = contextvars.ContextVar("golfpack_compressions", default=None)
 
 
 @contextlib.contextmanager
-def compressions(workers: int | None = None) -> Iterator[Compressions]:
+def compressions(workers: int | None = None, progress: bool | None = False) -> Iterator[Compressions]:
     """The active `Compressions` (a new one, closed on exit, when none is): every plan inside shares it."""
     cur = _ACTIVE.get()
     if cur is not None:
         yield cur
         return
-    comp = Compressions(workers)
+    comp = Compressions(workers, progress)
     token = _ACTIVE.set(comp)
     try:
         yield comp
@@ -132,7 +146,10 @@ def compressions(workers: int | None = None) -> Iterator[Compressions]:
         comp.close()
 
 
-def run_in_threads(jobs: list[Callable[[], object]]) -> list[object]:
+_T = TypeVar("_T")
+
+
+def run_in_threads(jobs: list[Callable[[], _T]]) -> list[_T]:
     """Run `jobs` on threads that see the caller's context (its active `Compressions`); results in order."""
     if len(jobs) <= 1:
         return [j() for j in jobs]
@@ -252,9 +269,7 @@ def plan_qgv3(contents: Contents, *, codec: str = "lzma", blocks: str = "auto") 
 
 def _plan(contents: Contents, codecs: list[Codec], blocks: str, comp: Compressions) -> Measured:
     order = contents.streams
-    chosen = run_in_threads([lambda s=s: choose_stream(s, codecs, comp) for s in order])  # streams side by side
-    assert all(isinstance(ch, _Choice) for ch in chosen)
-    chosen = [ch for ch in chosen if isinstance(ch, _Choice)]
+    chosen = run_in_threads([partial(choose_stream, s, codecs, comp) for s in order])  # streams side by side
 
     # separate: one block per stream, each with its own codec
     sep = QGv3Plan(tuple(ch.plan for ch in chosen))
