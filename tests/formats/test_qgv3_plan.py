@@ -223,3 +223,25 @@ def test_compressions_progress_counts_the_work_to_its_end() -> None:
     finally:
         comp.close()
     assert comp._bar.total == pytest.approx(6000 * 1.0 + 6000 * 0.1) and comp._bar.n == pytest.approx(comp._bar.total)
+
+
+def test_compressions_on_error_drop_queued_work(monkeypatch) -> None:
+    """An error inside `compressions()` returns at once: jobs not yet started are dropped, not run."""
+    import threading
+
+    release, ran = threading.Event(), []
+    real = qgv3_plan.compress_with
+
+    def slow(c, d, p, **k):
+        ran.append(len(d))
+        release.wait(5)
+        return real(c, d, p)
+
+    monkeypatch.setattr(qgv3_plan, "compress_with", slow)
+    with pytest.raises(KeyError):
+        with qgv3_plan.compressions(2) as comp:
+            for n in range(1, 7):
+                comp.submit(Codec.ZLIB, b"x" * n, None)
+            raise KeyError("stop")
+    release.set()
+    assert len(ran) <= 2  # the two that had started

@@ -118,12 +118,17 @@ class Compressions:
                 job = heapq.heappop(self._queue)[2]
             job()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the threads once the queue is done; wait=False (on an error, Ctrl-C) drops what has not
+        started and returns at once (a running compression ends with its daemon thread)."""
         with self._lock:
             self._closed = True
+            if not wait:
+                self._queue.clear()  # their futures never resolve: nobody waits on them after an error
             self._ready.notify_all()
-        for t in self._threads:
-            t.join()
+        if wait:
+            for t in self._threads:
+                t.join()
         self._bar.close()
 
 
@@ -141,9 +146,12 @@ def compressions(workers: int | None = None, progress: bool | None = False) -> I
     token = _ACTIVE.set(comp)
     try:
         yield comp
-    finally:
+    except BaseException:
         _ACTIVE.reset(token)
-        comp.close()
+        comp.close(wait=False)
+        raise
+    _ACTIVE.reset(token)
+    comp.close()
 
 
 _T = TypeVar("_T")
@@ -211,7 +219,7 @@ def _variants(codec: Codec, kind: int, layout: int, itemsize: int) -> list[LzmaP
 def choose_stream(s: Stream, codecs: list[Codec], comp: Compressions | None = None) -> _Choice:
     """Pick (codec, layout, lzma props) for one stream by measuring, then compress it whole.
 
-    Every trial is submitted to `comp` (the active one, else a serial one) before any is read; they
+    Every trial is submitted to `comp` (else the active one, else a new one) before any is read; they
     are then compared in the serial order (codec, layout, props) with a strict `<`, as one at a time."""
     if comp is None:
         with compressions() as comp:
