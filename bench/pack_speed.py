@@ -80,12 +80,16 @@ def main() -> None:
                 print(f"{size:>6} {codec:<5} old {old_r['wall_s']:7.1f}s wall {old_r['cpu_s']:7.1f} CPU-s (load {old_r['load_before']:.2f})"
                       f" | new {new_r['wall_s']:7.1f}s wall {new_r['cpu_s']:7.1f} CPU-s (load {new_r['load_before']:.2f})"
                       f" | x{row['speedup_wall']:.2f} wall, same bytes: {row['same_bytes']}", flush=True)
-    res = {"policy": POLICY, "old_rev": a.old_rev, "cpus": len(os.sched_getaffinity(0)),
+                write(rows, a.old_rev)  # after every row: a long run cut short keeps what it measured
+    print(f"wrote {OUT}")
+
+
+def write(rows: list[dict], old_rev: str) -> None:
+    res = {"policy": POLICY, "old_rev": old_rev, "cpus": len(os.sched_getaffinity(0)),
            "checkpoints": "synthetic baseline family (bench/search_scale.make_checkpoint): per-row statistics of a trained model",
            "rows": rows}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"wrote {OUT}")
 
 
 if __name__ == "__main__":
