@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lzma
 import os
+import random
 import tracemalloc
 import zlib
 
@@ -114,3 +115,17 @@ def test_lzma_is_standard_raw_lzma1() -> None:
     f = [{"id": lzma.FILTER_LZMA1, "lc": p % 9, "lp": p // 9 % 5, "pb": p // 45, "dict_size": C.lzma_dict_size(len(DATA))}]
     assert lzma.decompress(z[1:], format=lzma.FORMAT_RAW, filters=f) == DATA
     assert Codec.LZMA == 2
+
+
+def test_lzma_progress_reports_every_byte_and_changes_none(monkeypatch) -> None:
+    """compress(progress=...) feeds lzma in chunks to report as it goes: the same bytes as one call."""
+    import golfpack.formats.codecs as C
+
+    monkeypatch.setattr(C, "_LZMA_CHUNK", 1000)
+    data = bytes(random.Random(0).randrange(12) for _ in range(25_500))
+    for props in ((0, 0, 0), (3, 0, 2)):
+        seen: list[int] = []
+        assert C.compress("lzma", data, lzma_props=props, progress=seen.append) == C.compress("lzma", data, lzma_props=props)
+        assert sum(seen) == len(data) and len(seen) == 26
+    seen = []
+    assert C.compress("zlib", data, progress=seen.append) == C.compress("zlib", data) and seen == [len(data)]

@@ -155,3 +155,93 @@ def test_choices_come_from_measuring() -> None:
         for lay in s.layouts():
             for props in ((3, 0, 2), (0, 0, 0), (4, 0, 0)):
                 assert len(qgv3_write.compress_with(Codec.LZMA, s.laid_out(lay), props)) >= len(z)
+
+
+# ----------------------------------------------------------------------------------------------
+# parallel, memoized compressions: the same plan and bytes as one compression at a time
+
+
+def real_contents(n: int = 3):
+    """Contents of the first `n` matrices of a real checkpoint (int6 rows, fp16 rest)."""
+    from golfpack.formats.checkpoint import load_state_dict
+    from tests.conftest import shared_file
+
+    sd = load_state_dict(shared_file("checkpoints/nolanvild_final_model.pt"))
+    mats = [(k, t) for k, t in sd.items() if t.ndim == 2][:n]
+    recs = [quantize_tensor(k, t, TensorSpec.parse("int6")) for k, t in mats]
+    recs += [quantize_tensor(k, t, TensorSpec.parse("fp16")) for k, t in list(sd.items()) if t.ndim == 1][:4]
+    return collect(recs, config={"d": 1}, policy=None, meta=None)
+
+
+@pytest.mark.parametrize("codec", ["lzma", "best"])
+def test_parallel_plan_equals_serial_plan_on_a_real_checkpoint(monkeypatch, codec: str) -> None:
+    monkeypatch.setattr(qgv3_plan, "TRIAL_BYTES", 1 << 15)  # sampled streams, as at full size, in a second
+    contents = real_contents(2)
+    assert any(s.values().size > (1 << 15) for s in contents.streams)
+    with qgv3_plan.compressions(1):
+        serial = qgv3_plan.plan_qgv3(contents, codec=codec)
+    with qgv3_plan.compressions(2):
+        par = qgv3_plan.plan_qgv3(contents, codec=codec)
+    assert par.plan == serial.plan and par.stored_blocks == serial.stored_blocks
+    assert serialize_qgv3(contents, par.plan) == serialize_qgv3(contents, serial.plan)
+
+
+def test_compressions_compress_each_distinct_input_once(monkeypatch) -> None:
+    calls: list[tuple[int, int]] = []
+    real = qgv3_plan.compress_with
+    monkeypatch.setattr(qgv3_plan, "compress_with", lambda c, d, p, **k: calls.append((int(c), len(d))) or real(c, d, p))
+    comp = qgv3_plan.Compressions(2)
+    try:
+        futs = [comp.submit(Codec.ZLIB, b"abc" * 1000, None) for _ in range(5)] + [comp.submit(Codec.ZLIB, b"abd" * 1000, None)]
+        assert [f.result() for f in futs[:5]] == [qgv3_write.compress_with(Codec.ZLIB, b"abc" * 1000, None)] * 5
+        assert futs[5].result() == qgv3_write.compress_with(Codec.ZLIB, b"abd" * 1000, None)
+    finally:
+        comp.close()
+    assert sorted(calls) == [(int(Codec.ZLIB), 3000)] * 2
+    with pytest.raises(UsageError, match="workers"):
+        qgv3_plan.Compressions(0)
+
+
+def test_compressions_hand_errors_to_the_waiter(monkeypatch) -> None:
+    def boom(c, d, p, **k):
+        raise RuntimeError("codec failed")
+
+    monkeypatch.setattr(qgv3_plan, "compress_with", boom)
+    with qgv3_plan.compressions(2) as comp:
+        with pytest.raises(RuntimeError, match="codec failed"):
+            comp.submit(Codec.LZMA, b"x" * 100, (0, 0, 0)).result()
+
+
+def test_compressions_progress_counts_the_work_to_its_end() -> None:
+    """The bar's total grows with every new job (weighted by codec cost) and ends where its count does."""
+    comp = qgv3_plan.Compressions(2, progress=True)
+    try:
+        a = comp.submit(Codec.LZMA, b"ab" * 3000, (0, 0, 0))
+        b = comp.submit(Codec.ZLIB, b"cd" * 3000, None)
+        comp.submit(Codec.LZMA, b"ab" * 3000, (0, 0, 0))  # memo hit: no new work
+        a.result(), b.result()
+    finally:
+        comp.close()
+    assert comp._bar.total == pytest.approx(6000 * 1.0 + 6000 * 0.1) and comp._bar.n == pytest.approx(comp._bar.total)
+
+
+def test_compressions_on_error_drop_queued_work(monkeypatch) -> None:
+    """An error inside `compressions()` returns at once: jobs not yet started are dropped, not run."""
+    import threading
+
+    release, ran = threading.Event(), []
+    real = qgv3_plan.compress_with
+
+    def slow(c, d, p, **k):
+        ran.append(len(d))
+        release.wait(5)
+        return real(c, d, p)
+
+    monkeypatch.setattr(qgv3_plan, "compress_with", slow)
+    with pytest.raises(KeyError):
+        with qgv3_plan.compressions(2) as comp:
+            for n in range(1, 7):
+                comp.submit(Codec.ZLIB, b"x" * n, None)
+            raise KeyError("stop")
+    release.set()
+    assert len(ran) <= 2  # the two that had started

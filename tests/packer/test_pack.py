@@ -276,3 +276,21 @@ def test_inspect_shares_follow_each_streams_stored_bytes(tmp_path) -> None:
     assert [(r["name"], r["stored_bytes"], r["share"]) for r in cli["tensors"]] == \
         [(r["name"], r["stored_bytes"], r["share"]) for r in rep["tensors"]]
     assert cli["overhead_bytes"] == rep["overhead_bytes"]
+
+
+def test_pack_best_in_parallel_gives_the_serial_bytes() -> None:
+    """`--codec best` plans every codec on threads sharing one memoized pool: the same artifact, codec and
+    per-codec sizes as one compression at a time (workers=1 runs each where it is asked for)."""
+    from golfpack.formats.qgv3_plan import compressions
+    from golfpack.packer.pack import pack_state_dict
+    from golfpack.packer.policy import Policy
+
+    g = torch.Generator().manual_seed(3)
+    sd = {"a": torch.randn(128, 96, generator=g), "b": torch.randn(96, generator=g), "c": torch.randn(64, 64, generator=g)}
+    policy = Policy.from_dict({"rules": [{"match": "a", "spec": "int6"}, {"match": "c", "spec": "int5:absmax"}],
+                               "default": "fp16"})
+    with compressions(1):
+        serial = pack_state_dict(sd, policy, codec="best")
+    par = pack_state_dict(sd, policy, codec="best")
+    assert (par.data, par.codec, par.codec_sizes) == (serial.data, serial.codec, serial.codec_sizes)
+    assert set(par.codec_sizes) >= {"raw", "zlib", "lzma", "best"}

@@ -17,6 +17,7 @@ from golfpack.packer.quantize import (
     quantize_rows,
     quantize_tensor,
 )
+from tests.conftest import shared_file
 
 # ------------------------------------------------------------------------------------------------
 # An independent re-implementation of the challenge baseline's quantize_state_dict_int8 +
@@ -329,3 +330,33 @@ def test_gptq_many_equals_one_candidate_at_a_time(monkeypatch: pytest.MonkeyPatc
             assert info["damp"] == 0.01 and len(many) == len(specs)
             for (qa, sa), (qm, sm) in zip(alone, many):
                 assert torch.equal(qa, qm) and torch.equal(sa, sm)
+
+
+# ----------------------------------------------------------------------------------------------
+# row_quantile: the top-k shortcut equals torch.quantile to the bit
+
+
+def test_row_quantile_equals_torch_quantile_on_a_real_checkpoint() -> None:
+    from golfpack.packer.quantize import BASELINE_CLIP_Q, row_quantile
+
+    sd = load_state_dict(shared_file("checkpoints/nolanvild_final_model.pt"))
+    mats = [t.float().abs() for t in sd.values() if t.ndim == 2 and t.is_floating_point()]
+    assert len(mats) > 20
+    for a in mats:
+        for q in (BASELINE_CLIP_Q, 0.9999, 1.0):
+            assert torch.equal(row_quantile(a, q), torch.quantile(a, q, dim=1))
+
+
+def test_row_quantile_edge_cases_fall_back_or_match() -> None:
+    from golfpack.packer.quantize import BASELINE_CLIP_Q, row_quantile
+
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.randn(5, 1, generator=g), torch.randn(7, 3, generator=g), torch.randn(4, 4096, generator=g),
+             torch.zeros(3, 64), torch.randn(2, 300, generator=g)]
+    bad = torch.randn(3, 50, generator=g)
+    bad[0, 4], bad[1, 7] = float("nan"), float("inf")
+    cases.append(bad)
+    for a in cases:
+        for q in (0.0, 0.5, 0.99, BASELINE_CLIP_Q, 1.0):  # low q: more than _TOPK_MAX ranks from the end -> torch
+            got, want = row_quantile(a, q), torch.quantile(a, q, dim=1)
+            assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import lzma
 import zlib
+from collections.abc import Callable
 
 from golfpack.errors import FormatError, GolfpackError, UsageError
 from golfpack.formats.qgv3_constants import CODECS, Codec  # the id table lives with the other format constants
@@ -96,18 +97,38 @@ def _lzma_filters(props: int, raw_size: int) -> list[dict]:
     return [{"id": lzma.FILTER_LZMA1, "lc": lc, "lp": lp, "pb": pb, "dict_size": lzma_dict_size(raw_size)}]
 
 
-def _lzma_compress(data: bytes, props: tuple[int, int, int]) -> bytes:
+_LZMA_CHUNK = 1 << 20  # input fed to the encoder per call when progress is reported (the bytes do not depend on it)
+
+
+def _lzma_compress(data: bytes, props: tuple[int, int, int], progress: Callable[[int], None] | None = None) -> bytes:
     pb_ = lzma_props_byte(*props)
     f = _lzma_filters(pb_, len(data))
     f[0]["preset"] = LZMA_PRESET
     f[0]["nice_len"] = 273
-    return bytes([pb_]) + lzma.compress(data, format=lzma.FORMAT_RAW, filters=f)
+    if progress is None:
+        return bytes([pb_]) + lzma.compress(data, format=lzma.FORMAT_RAW, filters=f)
+    enc = lzma.LZMACompressor(format=lzma.FORMAT_RAW, filters=f)  # liblzma's output is the same however input arrives
+    parts = [bytes([pb_])]
+    view = memoryview(data)
+    for i in range(0, len(data), _LZMA_CHUNK):
+        parts.append(enc.compress(view[i : i + _LZMA_CHUNK]))
+        progress(len(view[i : i + _LZMA_CHUNK]))
+    parts.append(enc.flush())
+    return b"".join(parts)
 
 
-def compress(codec: str | int, data: bytes, *, lzma_props: tuple[int, int, int] | None = None) -> bytes:
-    """Compress `data` with one codec (see module doc for each codec's settings and framing)."""
+def compress(codec: str | int, data: bytes, *, lzma_props: tuple[int, int, int] | None = None,
+             progress: Callable[[int], None] | None = None) -> bytes:
+    """Compress `data` with one codec (see module doc for each codec's settings and framing).
+
+    progress: called with the input bytes done (lzma as it goes, the others once at the end); the
+    output is the same with or without it."""
     c = codec_id(codec)
     data = bytes(data)
+    if progress is not None and not (c == Codec.LZMA and lzma_props is not None):
+        out = compress(c, data, lzma_props=lzma_props)
+        progress(len(data))
+        return out
     if c == Codec.RAW:
         return data
     if c == Codec.ZLIB:
@@ -117,8 +138,9 @@ def compress(codec: str | int, data: bytes, *, lzma_props: tuple[int, int, int] 
         if lzma_props is not None and not (len(lzma_props) == 3 and lzma_props[2] <= 4 and lzma_props[0] + lzma_props[1] <= 4
                                            and min(lzma_props) >= 0):
             raise UsageError(f"lzma_props must be (lc, lp, pb) with lc + lp <= 4 and pb <= 4, got {lzma_props!r}", param="lzma_props")
-        cands = [lzma_props] if lzma_props is not None else list(LZMA_PROPS_CANDIDATES)
-        return min((_lzma_compress(data, p) for p in cands), key=len)
+        if lzma_props is not None:
+            return _lzma_compress(data, lzma_props, progress)
+        return min((_lzma_compress(data, p) for p in LZMA_PROPS_CANDIDATES), key=len)
     if c == Codec.ZSTD:
         zstd = _need(c)
         wlog = min(_ZSTD_MAX_WINDOW_LOG, max(10, max(1, len(data)).bit_length()))

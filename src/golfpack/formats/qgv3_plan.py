@@ -4,15 +4,32 @@ Per stream it tries every layout the stream may take, every codec asked for and,
 (lc, lp, pb) settings, on the whole stream up to TRIAL_BYTES (else on an evenly spaced sample of that
 size), and keeps the smallest. Then it compares a file of separate blocks with one solid block (when
 both are allowed) and keeps the smaller; the header's codec is the smallest of raw and the codecs used.
+
+Speed without changing a byte: every compression goes through `Compressions`, a thread pool (lzma,
+zlib, zstd and brotli release the GIL) that compresses each distinct (codec, props, bytes) once, so
+plans that share a stream (`pack --codec best` plans once per codec, and once per stream) share its
+compressed bytes, and the streams are measured side by side. Choices are read back in the serial
+order with the same strict `<`, so the plan is the one a serial planner makes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
+import heapq
 import math
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 
+from golfpack._progress import bar as progress_bar
 from golfpack.errors import UsageError
 from golfpack.formats.codecs import CODECS, LZMA_PROPS_CANDIDATES, available_codecs, codec_id, compress
 from golfpack.formats.qgv3_constants import PREAMBLE, Codec, Layout, StreamKind
@@ -22,6 +39,131 @@ from golfpack.formats.qgv3_write import LzmaProps, QGv3Plan, StreamPlan, compres
 TRIAL_BYTES = 1 << 20  # layout/props/codec choices are measured on the whole stream up to this size, else on a sample this big
 _TRIAL_SLICES = 8  # the sample: this many evenly spaced slices (different tensors of the stream)
 BLOCK_MODES = ("auto", "separate", "solid")
+
+
+MAX_WORKERS = 4  # compression threads at most (each lzma extreme trial holds ~0.7 GB of match finder at 64 MiB dicts)
+# Relative CPU cost per input byte, to start the longest compressions first (brotli q11 is ~2x lzma extreme).
+_COST = {Codec.RAW: 0.0, Codec.ZLIB: 0.1, Codec.LZMA: 1.0, Codec.ZSTD: 1.0, Codec.BROTLI: 2.0}
+
+
+def default_workers() -> int:
+    """Compression threads: the CPUs this process may use, at most MAX_WORKERS."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_WORKERS))
+
+
+class Compressions:
+    """Compress on `workers` threads, longest job first, each distinct (codec, props, bytes) once.
+
+    `submit` returns a Future of exactly `compress_with(codec, data, props)`; with workers=1 it runs
+    at once in the caller's thread. Use it through `compressions()` so nested planners share one.
+    progress: a bar of the work done and to do (bytes weighted by each codec's relative cost; lzma
+    reports as it goes), with its ETA; None draws it on a terminal only."""
+
+    def __init__(self, workers: int | None = None, progress: bool | None = False) -> None:
+        self.workers = default_workers() if workers is None else workers
+        if self.workers < 1:
+            raise UsageError(f"workers must be >= 1, got {self.workers}", param="workers")
+        self._bar = progress_bar(total=0, desc="compress", unit="B", unit_scale=True, enabled=progress)
+        self._bar_lock = threading.Lock()
+        self._memo: dict[tuple[int, LzmaProps | None, int, bytes], Future[bytes]] = {}
+        self._lock = threading.Lock()
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []  # (-cost, seq, job): a heap
+        self._ready = threading.Condition(self._lock)
+        self._seq = 0
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, daemon=True, name=f"golfpack-compress-{i}")
+                         for i in range(self.workers if self.workers > 1 else 0)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, codec: Codec, data: bytes, props: LzmaProps | None) -> Future[bytes]:
+        key = (int(codec), props, len(data), hashlib.blake2b(data, digest_size=16).digest())
+        with self._lock:
+            fut = self._memo.get(key)
+            if fut is not None:
+                return fut
+            fut = self._memo[key] = Future()
+            with self._bar_lock:
+                self._bar.total += _COST[codec] * len(data)
+                self._bar.refresh()
+            if self._threads and codec != Codec.RAW:
+                self._seq += 1
+                heapq.heappush(self._queue, (-_COST[codec] * len(data), self._seq, lambda: self._run(fut, codec, data, props)))
+                self._ready.notify()
+                return fut
+        self._run(fut, codec, data, props)
+        return fut
+
+    def _done(self, codec: Codec, n: int) -> None:
+        with self._bar_lock:
+            self._bar.update(_COST[codec] * n)
+
+    def _run(self, fut: Future[bytes], codec: Codec, data: bytes, props: LzmaProps | None) -> None:
+        try:
+            fut.set_result(compress_with(codec, data, props, progress=lambda n: self._done(codec, n)))
+        except BaseException as e:  # handed to whoever waits on it
+            fut.set_exception(e)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if not self._queue:
+                    return
+                job = heapq.heappop(self._queue)[2]
+            job()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the threads once the queue is done; wait=False (on an error, Ctrl-C) drops what has not
+        started and returns at once (a running compression ends with its daemon thread)."""
+        with self._lock:
+            self._closed = True
+            if not wait:
+                self._queue.clear()  # their futures never resolve: nobody waits on them after an error
+            self._ready.notify_all()
+        if wait:
+            for t in self._threads:
+                t.join()
+        self._bar.close()
+
+
+_ACTIVE: contextvars.ContextVar[Compressions | None] = contextvars.ContextVar("golfpack_compressions", default=None)
+
+
+@contextlib.contextmanager
+def compressions(workers: int | None = None, progress: bool | None = False) -> Iterator[Compressions]:
+    """The active `Compressions` (a new one, closed on exit, when none is): every plan inside shares it."""
+    cur = _ACTIVE.get()
+    if cur is not None:
+        yield cur
+        return
+    comp = Compressions(workers, progress)
+    token = _ACTIVE.set(comp)
+    try:
+        yield comp
+    except BaseException:
+        _ACTIVE.reset(token)
+        comp.close(wait=False)
+        raise
+    _ACTIVE.reset(token)
+    comp.close()
+
+
+_T = TypeVar("_T")
+
+
+def run_in_threads(jobs: list[Callable[[], _T]]) -> list[_T]:
+    """Run `jobs` on threads that see the caller's context (its active `Compressions`); results in order."""
+    if len(jobs) <= 1:
+        return [j() for j in jobs]
+    with ThreadPoolExecutor(len(jobs), thread_name_prefix="golfpack-plan") as ex:
+        futs = [ex.submit(contextvars.copy_context().run, j) for j in jobs]
+        return [f.result() for f in futs]
 
 
 @dataclass(frozen=True)
@@ -74,23 +216,32 @@ def _variants(codec: Codec, kind: int, layout: int, itemsize: int) -> list[LzmaP
     return out
 
 
-def choose_stream(s: Stream, codecs: list[Codec]) -> _Choice:
-    """Pick (codec, layout, lzma props) for one stream by measuring, then compress it whole."""
+def choose_stream(s: Stream, codecs: list[Codec], comp: Compressions | None = None) -> _Choice:
+    """Pick (codec, layout, lzma props) for one stream by measuring, then compress it whole.
+
+    Every trial is submitted to `comp` (else the active one, else a new one) before any is read; they
+    are then compared in the serial order (codec, layout, props) with a strict `<`, as one at a time."""
+    if comp is None:
+        with compressions() as comp:
+            return choose_stream(s, codecs, comp)
     vals = s.values()
     samp = _sample(vals, s.itemsize)
     whole = samp.size == vals.size
-    best = None
+    trials = []
     for c in codecs:
         for lay in s.layouts():
             data = layout_bytes(s.kind, lay, samp, s.bits)
             for pr in _variants(c, s.kind, lay, s.itemsize):
-                z = compress_with(c, data, pr)
-                if best is None or len(z) < len(best[0]):
-                    best = (z, c, lay, pr)
+                trials.append((comp.submit(c, data, pr), c, lay, pr))
+    best = None
+    for fut, c, lay, pr in trials:
+        z = fut.result()
+        if best is None or len(z) < len(best[0]):
+            best = (z, c, lay, pr)
     assert best is not None
     z, codec, layout, props = best
     trial = layout_bytes(s.kind, layout, samp, s.bits)
-    stored = z if whole else compress_with(codec, layout_bytes(s.kind, layout, vals, s.bits), props)
+    stored = z if whole else comp.submit(codec, layout_bytes(s.kind, layout, vals, s.bits), props).result()
     sp = StreamPlan(s.kind, s.bits, s.dtype, Layout(layout), codec, props, alone=len(stored))
     return _Choice(sp, stored, trial, len(z), not whole)
 
@@ -120,8 +271,13 @@ def plan_qgv3(contents: Contents, *, codec: str = "lzma", blocks: str = "auto") 
     if blocks not in BLOCK_MODES:
         raise UsageError(f"blocks must be 'auto', 'separate' or 'solid', got {blocks!r}", param="blocks")
     codecs = resolve_codecs(codec)
+    with compressions() as comp:
+        return _plan(contents, codecs, blocks, comp)
+
+
+def _plan(contents: Contents, codecs: list[Codec], blocks: str, comp: Compressions) -> Measured:
     order = contents.streams
-    chosen = [choose_stream(s, codecs) for s in order]
+    chosen = run_in_threads([partial(choose_stream, s, codecs, comp) for s in order])  # streams side by side
 
     # separate: one block per stream, each with its own codec
     sep = QGv3Plan(tuple(ch.plan for ch in chosen))
@@ -139,11 +295,13 @@ def plan_qgv3(contents: Contents, *, codec: str = "lzma", blocks: str = "auto") 
     if blocks == "auto" and any(ch.sampled for ch in chosen):
         # big streams: compress them solid in full only if it wins on the measured samples
         joined_trial = b"".join(ch.trial for ch in chosen)
-        if min(len(compress_with(c, joined_trial, solid_props(c))) for c in solid_codecs) >= sum(ch.trial_size for ch in chosen):
+        tries = [comp.submit(c, joined_trial, solid_props(c)) for c in solid_codecs]
+        if min(len(f.result()) for f in tries) >= sum(ch.trial_size for ch in chosen):
             return best
     # solid: all streams in one block (cross-stream matches; one codec)
     joined = b"".join(s.laid_out(ch.plan.layout) for s, ch in zip(order, chosen))
-    c, z = min(((c, compress_with(c, joined, solid_props(c))) for c in solid_codecs), key=lambda t: len(t[1]))
+    futs = [(c, comp.submit(c, joined, solid_props(c))) for c in solid_codecs]
+    c, z = min(((c, f.result()) for c, f in futs), key=lambda t: len(t[1]))
     solid_plan = QGv3Plan(tuple(ch.plan for ch in chosen), solid_codec=c, solid_props=props_of(c, z))
     solid = _with_header(contents, solid_plan, [z], codecs)
     if solid.total_bytes < best.total_bytes or blocks == "solid":
@@ -151,4 +309,5 @@ def plan_qgv3(contents: Contents, *, codec: str = "lzma", blocks: str = "auto") 
     return best
 
 
-__all__ = ["BLOCK_MODES", "Measured", "TRIAL_BYTES", "choose_stream", "plan_qgv3", "resolve_codecs"]
+__all__ = ["BLOCK_MODES", "Compressions", "Measured", "TRIAL_BYTES", "choose_stream", "compressions", "plan_qgv3",
+           "resolve_codecs", "run_in_threads"]

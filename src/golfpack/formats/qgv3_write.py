@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,8 +77,10 @@ class QGv3Plan:
         return self.solid_codec is not None
 
 
-def compress_with(codec: Codec, data: bytes, props: LzmaProps | None) -> bytes:
-    return compress(codec, data, lzma_props=props) if codec == Codec.LZMA else compress(codec, data)
+def compress_with(codec: Codec, data: bytes, props: LzmaProps | None, progress: Callable[[int], None] | None = None) -> bytes:
+    if codec == Codec.LZMA:
+        return compress(codec, data, lzma_props=props, progress=progress)
+    return compress(codec, data, progress=progress)
 
 
 def props_of(codec: Codec, stored: bytes) -> LzmaProps | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -178,11 +179,15 @@ def pack_state_dict(
     notes = floor_warnings(state_dict, specs)
     records = quantize_state_dict(state_dict, specs, hessians=hessians, progress=progress, notes=notes)
     meta = {"golfpack_version": __version__, **(meta or {})}
+    from golfpack.formats.qgv3_plan import compressions, run_in_threads
+
     if codec == "best":
         sizes: dict[str, int] = {}
         best: tuple[int, str, bytes] | None = None
-        for c in [*available_codecs(), "best"]:
-            data = encode(records, codec=c, config=config, policy=policy, meta=meta)
+        names = [*available_codecs(), "best"]
+        with compressions(progress=progress):  # one pool for every plan: what two plans compress alike, once
+            datas = run_in_threads([partial(encode, records, codec=c, config=config, policy=policy, meta=meta) for c in names])
+        for c, data in zip(names, datas):
             sizes[c] = len(data)
             if best is None or len(data) < best[0]:
                 best = (len(data), c, data)
@@ -192,7 +197,8 @@ def pack_state_dict(
     codecs = available_codecs()
     if codec not in codecs:
         raise UsageError(f"unknown or unavailable codec {codec!r}: use one of {', '.join(codecs)} or 'best'", param="codec")
-    data = encode(records, codec=codec, config=config, policy=policy, meta=meta)
+    with compressions(progress=progress):
+        data = encode(records, codec=codec, config=config, policy=policy, meta=meta)
     return Artifact(data=data, records=records, policy=policy, codec=codec, config=config, codec_sizes={codec: len(data)},
                     warnings=notes)
 

@@ -108,9 +108,33 @@ def _levels(w: Tensor, s: Tensor, qmax: int) -> Tensor:
     return torch.clamp(torch.round(w / s), -qmax, qmax).to(torch.int8).contiguous()
 
 
+# row_quantile's top-k path serves ranks this close to a row's end (the baseline's q puts the rank in the last two).
+_TOPK_MAX = 8
+
+
+def row_quantile(a: Tensor, q: float) -> Tensor:
+    """torch.quantile(a, q, dim=1) (linear interpolation) of a finite float32 2-D tensor, to the bit.
+
+    torch sorts every row; a rank near the row's end needs only its top few values (topk), at a
+    fraction of the cost. Same arithmetic as ATen's quantile: rank = float32(q) * (n - 1), the values
+    below/above gathered, then lerp by rank - floor(rank). Anything else goes to torch.quantile."""
+    rows, n = a.shape
+    if n == 0 or a.dtype != torch.float32 or not bool(torch.isfinite(a.sum())):  # sum: finite iff every value is (or overflow: slow path)
+        return torch.quantile(a, q, dim=1)
+    rank = torch.tensor(q, dtype=torch.float32, device=a.device) * (n - 1)
+    below = int(rank.floor().item())
+    k = n - below
+    if k > _TOPK_MAX:
+        return torch.quantile(a, q, dim=1)
+    top = torch.topk(a, k, dim=1, largest=True, sorted=True).values  # top[:, i] == sorted row[n - 1 - i]
+    above = int(rank.ceil().item())
+    lo, hi = top[:, n - 1 - below], top[:, n - 1 - above]
+    return torch.lerp(lo, hi, (rank - below).expand(rows))
+
+
 def _rows_quantile(w: Tensor, qmax: int) -> tuple[Tensor, Tensor]:
     # Exactly the baseline's arithmetic with 127 -> qmax (see module docstring).
-    clip_abs = torch.quantile(w.abs(), BASELINE_CLIP_Q, dim=1)
+    clip_abs = row_quantile(w.abs(), BASELINE_CLIP_Q)
     clipped = torch.maximum(torch.minimum(w, clip_abs[:, None]), -clip_abs[:, None])
     scale = (clip_abs / float(qmax)).clamp_min(1.0 / float(qmax))
     q = torch.clamp(torch.round(clipped / scale[:, None]), -qmax, qmax).to(torch.int8).contiguous()
@@ -519,7 +543,7 @@ def floor_warning(name: str, t: Tensor, spec: TensorSpec) -> str | None:
     if spec.kind != "int" or spec.clip != "quantile" or t.ndim != 2 or t.shape[1] == 0 or not t.is_floating_point():
         return None
     with torch.no_grad():
-        clip_abs = torch.quantile(t.detach().float().abs(), BASELINE_CLIP_Q, dim=1)
+        clip_abs = row_quantile(t.detach().float().abs(), BASELINE_CLIP_Q)
     low = torch.nonzero(clip_abs < FLOOR_SWALLOW_FRACTION).reshape(-1).tolist()
     if 2 * len(low) <= t.shape[0]:
         return None
