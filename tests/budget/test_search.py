@@ -165,9 +165,17 @@ def test_search_end_to_end_fits_and_caches(small_ckpt, sp1024_model, tmp_path, m
     assert cal.size == 128 * 65 and int((cal[::65] == 1).sum()) == 128
     assert len(list(cache.glob("selfcal-*_train.bin"))) == 1
     assert all(a["joint"] >= -1e-7 for a in rep["alternatives"])
-    # 2) a budget that binds: measurements come from the cache (no forward pass may run); the
-    #    artifact fits, and its unused budget is small
-    monkeypatch.setattr(sensitivity, "measure_direct", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-measured")))
+    # 2) a budget that binds: what the first search measured comes from the cache (never measured again; the
+    #    budget-aware screen may want a few candidates the first budget did not); the artifact fits, and its
+    #    unused budget is small
+    real, asked = sensitivity.measure_direct, []
+
+    def spy(model, sd, candidates, batch, **k):
+        done = (k.get("done") or {}).get("kl", {})
+        asked.append(("cached", sum(len(v) for v in done.values())))  # measure_direct skips what `done` holds
+        return real(model, sd, candidates, batch, **k)
+
+    monkeypatch.setattr(sensitivity, "measure_direct", spy)
     tight = (rep["floor"] + rep["total_bytes"]) // 2
     out2 = tmp_path / "b2.qg3"
     r2 = CliRunner().invoke(main, ["search", *base, "--budget", str(tight), "-o", str(out2), *_fast([])])
@@ -176,6 +184,8 @@ def test_search_end_to_end_fits_and_caches(small_ckpt, sp1024_model, tmp_path, m
     assert rep2["total_bytes"] == out2.stat().st_size + rep2["code_bytes"] <= tight
     assert rep2["headroom"] == tight - rep2["total_bytes"] < 2048
     assert rep2["predicted_delta_loss"] >= rep["predicted_delta_loss"]
+    if asked:  # it measured something new: handed every earlier measurement as done (a cache hit), none re-run
+        assert asked[-1] == ("cached", rep["screen"]["measured"])
     # the policy file replays to the same bytes through `golfpack pack`
     out3 = tmp_path / "replay.qg3"
     r3 = CliRunner().invoke(main, ["pack", str(small_ckpt), "--policy", rep2["policy_file"], "--codec", rep2["codec"], "-o", str(out3)])
