@@ -100,7 +100,10 @@ def child(job: str, ckpt: str, budget: int, codec: str) -> dict:
     load0 = os.getloadavg()[0]
     out: dict = {"job": job, "load_start": load0}
     if job in ("search", "old"):
-        from golfpack.budget import SearchConfig, run_search
+        try:
+            from golfpack.budget import SearchConfig, run_search
+        except ModuleNotFoundError:  # the old commit, from before golfpack.search was renamed golfpack.budget
+            from golfpack.search import SearchConfig, run_search  # type: ignore[no-redef]
 
         r = run_search(ckpt, SearchConfig(budget=budget, progress=False))
         phases, at = {}, t0
