@@ -22,14 +22,11 @@ import torch
 
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from golfpack.evaluator.api import evaluate  # noqa: E402
-from golfpack.formats.shards import load_tokens  # noqa: E402
 from golfpack.loading import load_any  # noqa: E402
 from golfpack.model import build_model  # noqa: E402
 from golfpack.packer.pack import pack_state_dict  # noqa: E402
 from golfpack.packer.policy import _layered  # noqa: E402
-from golfpack.tokenizer import build_luts  # noqa: E402
-from quant_gap import MODELS, REPO  # noqa: E402
+from quant_gap import MODELS, REPO, model_bench  # noqa: E402
 from quant_gap_proto import calib_batches  # noqa: E402
 from records_recipe import collect_hessians  # noqa: E402
 
@@ -43,15 +40,7 @@ def main() -> int:
     ap.add_argument("--policies", default=DEFAULT)
     ap.add_argument("--calib-seqs", type=int, default=16)
     args = ap.parse_args()
-    m = MODELS[args.model]
-    t0 = time.perf_counter()
-    lm = load_any(m["ckpt"])
-    sd, cfg = lm.state_dict, lm.config
-    val = load_tokens(m["val"], m["tokens"])
-    luts = build_luts(m["tok"], cfg.vocab_size)
-
-    def ev(state) -> float:
-        return evaluate(build_model(cfg, state), val, luts, seq_len=m["seq"], batch_size=8).val_bpb
+    m, sd, cfg, val, ev, log, t0 = model_bench(args.model)
 
     raw = ev(sd)
     hs = collect_hessians(build_model(cfg, sd), calib_batches(args.calib_seqs, m["seq"], shards=m["calib"]))

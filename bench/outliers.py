@@ -30,12 +30,8 @@ import torch
 torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from golfpack.evaluator.api import evaluate  # noqa: E402
-from golfpack.formats.shards import load_tokens  # noqa: E402
 from golfpack.loading import load_any  # noqa: E402
-from golfpack.model import build_model  # noqa: E402
-from golfpack.tokenizer import build_luts  # noqa: E402
-from quant_gap import MODELS  # noqa: E402
+from quant_gap import model_bench  # noqa: E402
 from subscales import _pack, policy  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "outliers.json"
@@ -56,19 +52,7 @@ def main() -> int:
     ap.add_argument("--fracs", default="0.0025,0.01")
     ap.add_argument("--tokens", type=int, default=32_769)
     args = ap.parse_args()
-    m = MODELS[args.model]
-    t0 = time.perf_counter()
-    lm = load_any(m["ckpt"])
-    sd, cfg = lm.state_dict, lm.config
-    val = load_tokens(m["val"], args.tokens)
-    luts = build_luts(m["tok"], cfg.vocab_size)
-
-    def ev(state) -> float:
-        return evaluate(build_model(cfg, state), val, luts, seq_len=m["seq"], batch_size=8).val_bpb
-
-    def log(msg: str) -> None:
-        print(f"[{args.model} {time.perf_counter() - t0:6.0f}s load {os.getloadavg()[0]:.1f}] {msg}", flush=True)
-
+    m, sd, cfg, val, ev, log, t0 = model_bench(args.model, args.tokens)
     raw = ev(sd)
     log(f"raw {raw:.4f}")
     rows = []

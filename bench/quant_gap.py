@@ -36,7 +36,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -81,6 +83,36 @@ FAMILIES = {  # name -> (embedding spec, block-matrix spec with {b})
 TARGETS = (1.0, 0.85)
 
 
+class ModelBench(NamedTuple):
+    """The shared setup of the quant_gap-family benches (model_bench)."""
+
+    m: dict  # the MODELS entry
+    sd: dict  # the state dict as loaded
+    cfg: Any  # its ModelConfig
+    val: Any  # the val tokens evaluated on
+    ev: Callable[[dict], float]  # state dict -> val_bpb on `val`
+    log: Callable[[str], None]  # print with elapsed seconds and the load average
+    t0: float  # perf_counter at the start
+
+
+def model_bench(model: str, tokens: int | None = None) -> ModelBench:
+    """Load MODELS[model], its first `tokens` val tokens (default: the model's own count) and its byte LUTs."""
+    m = MODELS[model]
+    t0 = time.perf_counter()
+    lm = load_any(m["ckpt"])
+    sd, cfg = lm.state_dict, lm.config
+    val = load_tokens(m["val"], m["tokens"] if tokens is None else tokens)
+    luts = build_luts(m["tok"], cfg.vocab_size)
+
+    def ev(state) -> float:
+        return evaluate(build_model(cfg, state), val, luts, seq_len=m["seq"], batch_size=8).val_bpb
+
+    def log(msg: str) -> None:
+        print(f"[{model} {time.perf_counter() - t0:6.0f}s load {os.getloadavg()[0]:.1f}] {msg}", flush=True)
+
+    return ModelBench(m, sd, cfg, val, ev, log, t0)
+
+
 def policy(family: str, b: int):
     emb, mat = FAMILIES[family]
     m = mat.format(b=b)
@@ -102,24 +134,13 @@ def main() -> int:
     if args.table:
         tables()
         return 0
-    m = MODELS[args.model]
-    t0 = time.perf_counter()
-    lm = load_any(m["ckpt"])
-    sd, cfg = lm.state_dict, lm.config
-    val = load_tokens(m["val"], m["tokens"])
-    luts = build_luts(m["tok"], cfg.vocab_size)
-
-    def ev(state) -> float:
-        return evaluate(build_model(cfg, state), val, luts, seq_len=m["seq"], batch_size=8).val_bpb
+    m, sd, cfg, val, ev, log, t0 = model_bench(args.model)
 
     def fresh(art) -> float:
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / "m.qg3"
             p.write_bytes(art.data)
             return ev(load_any(p).state_dict)
-
-    def log(msg: str) -> None:
-        print(f"[{args.model} {time.perf_counter() - t0:6.0f}s load {os.getloadavg()[0]:.1f}] {msg}", flush=True)
 
     raw = ev(sd)
     log(f"raw {raw:.4f}")
