@@ -3,8 +3,9 @@
 Checkpoints: bench/search_scale.py's synthetic baseline-family models (weights that copy a trained
 checkpoint's per-row statistics, NOT trained weights) at 21.8M and 36M parameters. Each (size, codec)
 runs the old source tree (a `git archive` of --old-rev) then this tree's, each in a fresh process,
-the 1-minute load average beside each timing; the artifacts' sha256 must match (the speedups change
-no byte). Prints a table and writes bench/results/pack_speed.json.
+the 1-minute load average beside each timing, and both artifacts' bytes and sha256: the thread pool
+changed no byte; the LITERAL lzma encoder (taken where it measures smaller) does, so the row says by how
+much. Prints a table and writes bench/results/pack_speed.json.
 
     python bench/pack_speed.py [--sizes 21.8M,36M] [--codecs lzma,best] [--old-rev REV] [--ckpt-dir DIR]
 """
@@ -75,11 +76,12 @@ def main() -> None:
                 old_r = one(old, ckpt, codec, tmpd / "old.qg3")
                 new_r = one(REPO / "src", ckpt, codec, tmpd / "new.qg3")
                 row = {"size": size, "codec": codec, "old": old_r, "new": new_r, "same_bytes": old_r["sha256"] == new_r["sha256"],
-                       "speedup_wall": round(old_r["wall_s"] / new_r["wall_s"], 2)}
+                       "bytes_change": new_r["bytes"] - old_r["bytes"], "speedup_wall": round(old_r["wall_s"] / new_r["wall_s"], 2)}
                 rows.append(row)
                 print(f"{size:>6} {codec:<5} old {old_r['wall_s']:7.1f}s wall {old_r['cpu_s']:7.1f} CPU-s (load {old_r['load_before']:.2f})"
                       f" | new {new_r['wall_s']:7.1f}s wall {new_r['cpu_s']:7.1f} CPU-s (load {new_r['load_before']:.2f})"
-                      f" | x{row['speedup_wall']:.2f} wall, same bytes: {row['same_bytes']}", flush=True)
+                      f" | x{row['speedup_wall']:.2f} wall | bytes {old_r['bytes']:,} -> {new_r['bytes']:,}"
+                      f" ({row['bytes_change']:+,})", flush=True)
                 write(rows, a.old_rev)  # after every row: a long run cut short keeps what it measured
     print(f"wrote {OUT}")
 

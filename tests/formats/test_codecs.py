@@ -10,7 +10,7 @@ import zlib
 
 import pytest
 
-from golfpack.errors import GolfpackError
+from golfpack.errors import GolfpackError, UsageError
 from golfpack.formats import codecs as C
 from golfpack.formats.codecs import CODECS, Codec, available_codecs, compress, decompress
 
@@ -117,15 +117,33 @@ def test_lzma_is_standard_raw_lzma1() -> None:
     assert Codec.LZMA == 2
 
 
+def test_lzma_literal_encoder_is_the_same_format_and_smaller_on_levels() -> None:
+    """LzmaEncoder.LITERAL changes only the encoder's match search: the stream decodes with the same props
+    byte + dict rule, and on level-like bytes (order-0, few long matches) it is no bigger than EXTREME."""
+    rnd = random.Random(0)
+    data = bytes(min(62, max(0, round(rnd.gauss(31, 5)))) for _ in range(300_000))
+    ext = compress("lzma", data, lzma_props=(0, 0, 0))
+    lit = compress("lzma", data, lzma_props=(0, 0, 0), lzma_encoder=C.LzmaEncoder.LITERAL)
+    assert lit != ext and lit[0] == ext[0] == 0
+    assert decompress("lzma", lit, len(data)) == data
+    f = [{"id": lzma.FILTER_LZMA1, "lc": 0, "lp": 0, "pb": 0, "dict_size": C.lzma_dict_size(len(data))}]
+    assert lzma.decompress(lit[1:], format=lzma.FORMAT_RAW, filters=f) == data
+    assert len(lit) <= len(ext)
+    with pytest.raises(UsageError, match="lzma_encoder must be one of") as e:
+        compress("lzma", data, lzma_encoder=7)  # type: ignore[arg-type]
+    assert e.value.param == "lzma_encoder"
+
+
 def test_lzma_progress_reports_every_byte_and_changes_none(monkeypatch) -> None:
     """compress(progress=...) feeds lzma in chunks to report as it goes: the same bytes as one call."""
     import golfpack.formats.codecs as C
 
     monkeypatch.setattr(C, "_LZMA_CHUNK", 1000)
     data = bytes(random.Random(0).randrange(12) for _ in range(25_500))
-    for props in ((0, 0, 0), (3, 0, 2)):
+    for props, enc in (((0, 0, 0), C.LzmaEncoder.EXTREME), ((3, 0, 2), C.LzmaEncoder.EXTREME), ((0, 0, 0), C.LzmaEncoder.LITERAL)):
         seen: list[int] = []
-        assert C.compress("lzma", data, lzma_props=props, progress=seen.append) == C.compress("lzma", data, lzma_props=props)
+        assert (C.compress("lzma", data, lzma_props=props, lzma_encoder=enc, progress=seen.append)
+                == C.compress("lzma", data, lzma_props=props, lzma_encoder=enc))
         assert sum(seen) == len(data) and len(seen) == 26
     seen = []
     assert C.compress("zlib", data, progress=seen.append) == C.compress("zlib", data) and seen == [len(data)]

@@ -12,6 +12,7 @@ import torch
 
 from golfpack.errors import UsageError
 from golfpack.formats import qgv3_plan, qgv3_write
+from golfpack.formats.codecs import LzmaEncoder
 from golfpack.formats.qgv3 import PREAMBLE, decode_qgv3, encode_qgv3
 from golfpack.formats.qgv3_constants import Codec, Layout, StreamKind
 from golfpack.formats.qgv3_streams import collect
@@ -112,8 +113,12 @@ def test_plan_entries_validate_themselves() -> None:
     assert e.value.param == "layout"
     with pytest.raises(UsageError, match="lzma_props apply to the lzma codec only"):
         StreamPlan(StreamKind.SCALES, None, "float16", Layout.PLAIN, Codec.ZLIB, (0, 0, 0))
+    with pytest.raises(UsageError, match="lzma_encoder applies to the lzma codec only"):
+        StreamPlan(StreamKind.SCALES, None, "float16", Layout.PLAIN, Codec.ZLIB, None, LzmaEncoder.LITERAL)
     with pytest.raises(UsageError, match="solid_props"):
         QGv3Plan((), solid_codec=Codec.ZLIB, solid_props=(0, 0, 0))
+    with pytest.raises(UsageError, match="solid_encoder"):
+        QGv3Plan((), solid_codec=Codec.ZLIB, solid_encoder=LzmaEncoder.LITERAL)
     with pytest.raises(UsageError, match="header_props"):
         QGv3Plan((), header_codec=Codec.RAW, header_props=(3, 0, 2))
 
@@ -154,7 +159,26 @@ def test_choices_come_from_measuring() -> None:
         assert len(z) == sp.alone
         for lay in s.layouts():
             for props in ((3, 0, 2), (0, 0, 0), (4, 0, 0)):
-                assert len(qgv3_write.compress_with(Codec.LZMA, s.laid_out(lay), props)) >= len(z)
+                for enc in LzmaEncoder:
+                    assert len(qgv3_write.compress_with(Codec.LZMA, s.laid_out(lay), props, enc)) >= len(z)
+
+
+def test_big_level_streams_take_the_literal_encoder_and_get_smaller() -> None:
+    """A sampled (> TRIAL_BYTES) int6 levels stream of trained-like rows: the planner measures both lzma
+    encoders on the sample and writes the stream with LITERAL, smaller than EXTREME would make it."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.distributions.StudentT(5.0).sample((1100, 1024)) * torch.rand(1100, 1, generator=g).add(0.5)
+    rec = quantize_tensor("w", w, TensorSpec.parse("int6"))
+    contents = collect([rec])
+    lv = next(s for s in contents.streams if s.kind == StreamKind.LEVELS)
+    assert lv.values().size * lv.itemsize > qgv3_plan.TRIAL_BYTES
+    m = qgv3_plan.plan_qgv3(contents, codec="lzma", blocks="separate")
+    i = contents.streams.index(lv)
+    sp = m.plan.streams[i]
+    assert sp.codec == Codec.LZMA and sp.lzma_encoder == LzmaEncoder.LITERAL
+    ext = qgv3_write.compress_with(Codec.LZMA, lv.laid_out(sp.layout), sp.lzma_props, LzmaEncoder.EXTREME)
+    assert len(m.stored_blocks[i]) < len(ext)
+    assert np.array_equal(decode_qgv3(serialize_qgv3(contents, m.plan)).records[0].q, rec.q)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,7 +213,7 @@ def test_parallel_plan_equals_serial_plan_on_a_real_checkpoint(monkeypatch, code
 def test_compressions_compress_each_distinct_input_once(monkeypatch) -> None:
     calls: list[tuple[int, int]] = []
     real = qgv3_plan.compress_with
-    monkeypatch.setattr(qgv3_plan, "compress_with", lambda c, d, p, **k: calls.append((int(c), len(d))) or real(c, d, p))
+    monkeypatch.setattr(qgv3_plan, "compress_with", lambda c, d, p, e, **k: calls.append((int(c), len(d))) or real(c, d, p, e))
     comp = qgv3_plan.Compressions(2)
     try:
         futs = [comp.submit(Codec.ZLIB, b"abc" * 1000, None) for _ in range(5)] + [comp.submit(Codec.ZLIB, b"abd" * 1000, None)]
@@ -203,7 +227,7 @@ def test_compressions_compress_each_distinct_input_once(monkeypatch) -> None:
 
 
 def test_compressions_hand_errors_to_the_waiter(monkeypatch) -> None:
-    def boom(c, d, p, **k):
+    def boom(c, d, p, *a, **k):
         raise RuntimeError("codec failed")
 
     monkeypatch.setattr(qgv3_plan, "compress_with", boom)

@@ -1,8 +1,8 @@
 """QGv3 planner: measure the candidates and return an explicit QGv3Plan (the serializer then just writes it).
 
 Per stream it tries every layout the stream may take, every codec asked for and, for lzma, a few
-(lc, lp, pb) settings, on the whole stream up to TRIAL_BYTES (else on an evenly spaced sample of that
-size), and keeps the smallest. Then it compares a file of separate blocks with one solid block (when
+(lc, lp, pb) settings and both encoder match searches (`LzmaEncoder`), on the whole stream up to
+TRIAL_BYTES (else on an evenly spaced sample of that size), and keeps the smallest. Then it compares a file of separate blocks with one solid block (when
 both are allowed) and keeps the smaller; the header's codec is the smallest of raw and the codecs used.
 
 Speed without changing a byte: every compression goes through `Compressions`, a thread pool (lzma,
@@ -31,7 +31,7 @@ import numpy as np
 
 from golfpack._progress import bar as progress_bar
 from golfpack.errors import UsageError
-from golfpack.formats.codecs import CODECS, LZMA_PROPS_CANDIDATES, available_codecs, codec_id, compress
+from golfpack.formats.codecs import CODECS, LZMA_PROPS_CANDIDATES, LzmaEncoder, available_codecs, codec_id, compress
 from golfpack.formats.qgv3_constants import PREAMBLE, Codec, Layout, StreamKind
 from golfpack.formats.qgv3_streams import Contents, Stream, layout_bytes
 from golfpack.formats.qgv3_write import LzmaProps, QGv3Plan, StreamPlan, compress_with, header_json, props_of
@@ -44,6 +44,11 @@ BLOCK_MODES = ("auto", "separate", "solid")
 MAX_WORKERS = 4  # compression threads at most (each lzma extreme trial holds ~0.7 GB of match finder at 64 MiB dicts)
 # Relative CPU cost per input byte, to start the longest compressions first (brotli q11 is ~2x lzma extreme).
 _COST = {Codec.RAW: 0.0, Codec.ZLIB: 0.1, Codec.LZMA: 1.0, Codec.ZSTD: 1.0, Codec.BROTLI: 2.0}
+_LITERAL_COST = 0.2  # lzma with LzmaEncoder.LITERAL, relative to EXTREME (measured 3-8x faster)
+
+
+def _cost(codec: Codec, encoder: LzmaEncoder) -> float:
+    return _LITERAL_COST if codec == Codec.LZMA and encoder == LzmaEncoder.LITERAL else _COST[codec]
 
 
 def default_workers() -> int:
@@ -58,7 +63,7 @@ def default_workers() -> int:
 class Compressions:
     """Compress on `workers` threads, longest job first, each distinct (codec, props, bytes) once.
 
-    `submit` returns a Future of exactly `compress_with(codec, data, props)`; with workers=1 it runs
+    `submit` returns a Future of exactly `compress_with(codec, data, props, encoder)`; with workers=1 it runs
     at once in the caller's thread. Use it through `compressions()` so nested planners share one.
     progress: a bar of the work done and to do (bytes weighted by each codec's relative cost; lzma
     reports as it goes), with its ETA; None draws it on a terminal only."""
@@ -69,7 +74,7 @@ class Compressions:
             raise UsageError(f"workers must be >= 1, got {self.workers}", param="workers")
         self._bar = progress_bar(total=0, desc="compress", unit="B", unit_scale=True, enabled=progress)
         self._bar_lock = threading.Lock()
-        self._memo: dict[tuple[int, LzmaProps | None, int, bytes], Future[bytes]] = {}
+        self._memo: dict[tuple[int, LzmaProps | None, int, int, bytes], Future[bytes]] = {}
         self._lock = threading.Lock()
         self._queue: list[tuple[float, int, Callable[[], None]]] = []  # (-cost, seq, job): a heap
         self._ready = threading.Condition(self._lock)
@@ -80,31 +85,34 @@ class Compressions:
         for t in self._threads:
             t.start()
 
-    def submit(self, codec: Codec, data: bytes, props: LzmaProps | None) -> Future[bytes]:
-        key = (int(codec), props, len(data), hashlib.blake2b(data, digest_size=16).digest())
+    def submit(self, codec: Codec, data: bytes, props: LzmaProps | None,
+               encoder: LzmaEncoder = LzmaEncoder.EXTREME) -> Future[bytes]:
+        key = (int(codec), props, int(encoder), len(data), hashlib.blake2b(data, digest_size=16).digest())
         with self._lock:
             fut = self._memo.get(key)
             if fut is not None:
                 return fut
             fut = self._memo[key] = Future()
             with self._bar_lock:
-                self._bar.total += _COST[codec] * len(data)
+                self._bar.total += _cost(codec, encoder) * len(data)
                 self._bar.refresh()
             if self._threads and codec != Codec.RAW:
                 self._seq += 1
-                heapq.heappush(self._queue, (-_COST[codec] * len(data), self._seq, lambda: self._run(fut, codec, data, props)))
+                heapq.heappush(self._queue, (-_cost(codec, encoder) * len(data), self._seq,
+                                             lambda: self._run(fut, codec, data, props, encoder)))
                 self._ready.notify()
                 return fut
-        self._run(fut, codec, data, props)
+        self._run(fut, codec, data, props, encoder)
         return fut
 
-    def _done(self, codec: Codec, n: int) -> None:
+    def _done(self, cost: float, n: int) -> None:
         with self._bar_lock:
-            self._bar.update(_COST[codec] * n)
+            self._bar.update(cost * n)
 
-    def _run(self, fut: Future[bytes], codec: Codec, data: bytes, props: LzmaProps | None) -> None:
+    def _run(self, fut: Future[bytes], codec: Codec, data: bytes, props: LzmaProps | None, encoder: LzmaEncoder) -> None:
+        cost = _cost(codec, encoder)
         try:
-            fut.set_result(compress_with(codec, data, props, progress=lambda n: self._done(codec, n)))
+            fut.set_result(compress_with(codec, data, props, encoder, progress=lambda n: self._done(cost, n)))
         except BaseException as e:  # handed to whoever waits on it
             fut.set_exception(e)
 
@@ -206,14 +214,17 @@ def _sample(values: np.ndarray, itemsize: float) -> np.ndarray:
     return np.concatenate([values[s : s + per] for s in starts])
 
 
-def _variants(codec: Codec, kind: int, layout: int, itemsize: int) -> list[LzmaProps | None]:
+_Variant = tuple[LzmaProps | None, LzmaEncoder]
+
+
+def _variants(codec: Codec, kind: int, layout: int, itemsize: int) -> list[_Variant]:
     if codec != Codec.LZMA:
-        return [None]
-    out: list[LzmaProps | None] = list(LZMA_PROPS_CANDIDATES)
+        return [(None, LzmaEncoder.EXTREME)]
+    props: list[LzmaProps] = list(LZMA_PROPS_CANDIDATES)
     if kind != StreamKind.LEVELS and layout == Layout.PLAIN and itemsize > 1:
         a = int(math.log2(itemsize))
-        out.append((0, min(a, 4), min(a, 4)))  # literal position = byte within the element
-    return out
+        props.append((0, min(a, 4), min(a, 4)))  # literal position = byte within the element
+    return [(p, e) for e in LzmaEncoder for p in props]
 
 
 def choose_stream(s: Stream, codecs: list[Codec], comp: Compressions | None = None) -> _Choice:
@@ -231,18 +242,18 @@ def choose_stream(s: Stream, codecs: list[Codec], comp: Compressions | None = No
     for c in codecs:
         for lay in s.layouts():
             data = layout_bytes(s.kind, lay, samp, s.bits)
-            for pr in _variants(c, s.kind, lay, s.itemsize):
-                trials.append((comp.submit(c, data, pr), c, lay, pr))
+            for pr, enc in _variants(c, s.kind, lay, s.itemsize):
+                trials.append((comp.submit(c, data, pr, enc), c, lay, pr, enc))
     best = None
-    for fut, c, lay, pr in trials:
+    for fut, c, lay, pr, enc in trials:
         z = fut.result()
         if best is None or len(z) < len(best[0]):
-            best = (z, c, lay, pr)
+            best = (z, c, lay, pr, enc)
     assert best is not None
-    z, codec, layout, props = best
+    z, codec, layout, props, encoder = best
     trial = layout_bytes(s.kind, layout, samp, s.bits)
-    stored = z if whole else comp.submit(codec, layout_bytes(s.kind, layout, vals, s.bits), props).result()
-    sp = StreamPlan(s.kind, s.bits, s.dtype, Layout(layout), codec, props, alone=len(stored))
+    stored = z if whole else comp.submit(codec, layout_bytes(s.kind, layout, vals, s.bits), props, encoder).result()
+    sp = StreamPlan(s.kind, s.bits, s.dtype, Layout(layout), codec, props, encoder, alone=len(stored))
     return _Choice(sp, stored, trial, len(z), not whole)
 
 
@@ -291,18 +302,21 @@ def _plan(contents: Contents, codecs: list[Codec], blocks: str, comp: Compressio
     def solid_props(c: Codec) -> LzmaProps | None:  # lzma: the biggest stream's props when it is lzma too
         return biggest.plan.lzma_props if c == Codec.LZMA and biggest.plan.codec == c else None
 
+    def solid_encoder(c: Codec) -> LzmaEncoder:  # lzma: the biggest stream's encoder when it is lzma too
+        return biggest.plan.lzma_encoder if c == Codec.LZMA and biggest.plan.codec == c else LzmaEncoder.EXTREME
+
     solid_codecs = list(dict.fromkeys(ch.plan.codec for ch in chosen))
     if blocks == "auto" and any(ch.sampled for ch in chosen):
         # big streams: compress them solid in full only if it wins on the measured samples
         joined_trial = b"".join(ch.trial for ch in chosen)
-        tries = [comp.submit(c, joined_trial, solid_props(c)) for c in solid_codecs]
+        tries = [comp.submit(c, joined_trial, solid_props(c), solid_encoder(c)) for c in solid_codecs]
         if min(len(f.result()) for f in tries) >= sum(ch.trial_size for ch in chosen):
             return best
     # solid: all streams in one block (cross-stream matches; one codec)
     joined = b"".join(s.laid_out(ch.plan.layout) for s, ch in zip(order, chosen))
-    futs = [(c, comp.submit(c, joined, solid_props(c))) for c in solid_codecs]
+    futs = [(c, comp.submit(c, joined, solid_props(c), solid_encoder(c))) for c in solid_codecs]
     c, z = min(((c, f.result()) for c, f in futs), key=lambda t: len(t[1]))
-    solid_plan = QGv3Plan(tuple(ch.plan for ch in chosen), solid_codec=c, solid_props=props_of(c, z))
+    solid_plan = QGv3Plan(tuple(ch.plan for ch in chosen), solid_codec=c, solid_props=props_of(c, z), solid_encoder=solid_encoder(c))
     solid = _with_header(contents, solid_plan, [z], codecs)
     if solid.total_bytes < best.total_bytes or blocks == "solid":
         best = solid

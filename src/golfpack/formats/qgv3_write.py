@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from golfpack.errors import UsageError
-from golfpack.formats.codecs import compress
+from golfpack.formats.codecs import LzmaEncoder, compress
 from golfpack.formats.qgv3_constants import (
     BIT_KINDS,
     FLAGS_NONE,
@@ -42,6 +42,7 @@ class StreamPlan:
     layout: Layout  # its bytes before compression: DENSE/BYTE for levels, PLAIN/SHUFFLE for values
     codec: Codec  # its block's codec when streams get separate blocks
     lzma_props: LzmaProps | None = None  # codec LZMA: the (lc, lp, pb) to use; None: the smallest of the candidates
+    lzma_encoder: LzmaEncoder = LzmaEncoder.EXTREME  # codec LZMA: the encoder's match search (not stored in the file)
     alone: int | None = None  # its size compressed alone; written into solid files (how `inspect` apportions the block)
 
     def __post_init__(self) -> None:
@@ -52,6 +53,8 @@ class StreamPlan:
                              param="layout")
         if self.lzma_props is not None and self.codec != Codec.LZMA:
             raise UsageError("lzma_props apply to the lzma codec only", param="lzma_props")
+        if self.lzma_encoder != LzmaEncoder.EXTREME and self.codec != Codec.LZMA:
+            raise UsageError("lzma_encoder applies to the lzma codec only", param="lzma_encoder")
         if self.alone is not None and self.alone < 0:
             raise UsageError(f"alone must be a non-negative int, got {self.alone}", param="alone")
 
@@ -63,12 +66,15 @@ class QGv3Plan:
     streams: tuple[StreamPlan, ...]  # one per Contents stream, same (canonical) order
     solid_codec: Codec | None = None  # None: each stream in its own block, with its own codec; else one block, this codec
     solid_props: LzmaProps | None = None  # solid_codec LZMA: its (lc, lp, pb); None: the smallest of the candidates
+    solid_encoder: LzmaEncoder = LzmaEncoder.EXTREME  # solid_codec LZMA: the encoder's match search
     header_codec: Codec = Codec.RAW  # codec of the header JSON
     header_props: LzmaProps | None = None  # header_codec LZMA: its (lc, lp, pb); None: the smallest of the candidates
 
     def __post_init__(self) -> None:
         if self.solid_props is not None and self.solid_codec != Codec.LZMA:
             raise UsageError("solid_props apply to an lzma solid block only", param="solid_props")
+        if self.solid_encoder != LzmaEncoder.EXTREME and self.solid_codec != Codec.LZMA:
+            raise UsageError("solid_encoder applies to an lzma solid block only", param="solid_encoder")
         if self.header_props is not None and self.header_codec != Codec.LZMA:
             raise UsageError("header_props apply to an lzma header only", param="header_props")
 
@@ -77,9 +83,10 @@ class QGv3Plan:
         return self.solid_codec is not None
 
 
-def compress_with(codec: Codec, data: bytes, props: LzmaProps | None, progress: Callable[[int], None] | None = None) -> bytes:
+def compress_with(codec: Codec, data: bytes, props: LzmaProps | None, encoder: LzmaEncoder = LzmaEncoder.EXTREME,
+                  progress: Callable[[int], None] | None = None) -> bytes:
     if codec == Codec.LZMA:
-        return compress(codec, data, lzma_props=props, progress=progress)
+        return compress(codec, data, lzma_props=props, lzma_encoder=encoder, progress=progress)
     return compress(codec, data, progress=progress)
 
 
@@ -105,8 +112,8 @@ def compress_blocks(contents: Contents, plan: QGv3Plan) -> list[bytes]:
     _check(contents, plan)
     if plan.solid_codec is not None:
         joined = b"".join(s.laid_out(sp.layout) for s, sp in zip(contents.streams, plan.streams))
-        return [compress_with(plan.solid_codec, joined, plan.solid_props)]
-    return [compress_with(sp.codec, s.laid_out(sp.layout), sp.lzma_props) for s, sp in zip(contents.streams, plan.streams)]
+        return [compress_with(plan.solid_codec, joined, plan.solid_props, plan.solid_encoder)]
+    return [compress_with(sp.codec, s.laid_out(sp.layout), sp.lzma_props, sp.lzma_encoder) for s, sp in zip(contents.streams, plan.streams)]
 
 
 def header_json(contents: Contents, plan: QGv3Plan, stored_blocks: Sequence[bytes]) -> bytes:
