@@ -74,3 +74,13 @@ def test_strings_bools_and_optionals():
     _refused("select", select=1)
     _refused("progress", progress="auto")
     SearchConfig(budget=1, progress=None, tokenizer=None, num_heads=None, activation=None)
+
+
+def test_gptq_calib_names_real_tokens_or_nothing():
+    assert SearchConfig(budget=1).gptq_calib is None  # the calib tokens
+    assert SearchConfig(budget=1, gptq_calib="pydoc", tokenizer="sp.model").gptq_calib == "pydoc"
+    SearchConfig(budget=1, gptq_calib="data/*_train_*.bin")
+    assert "gptq_calib must be 'pydoc', a train-shard glob or None" in _refused("gptq_calib", gptq_calib="self")
+    _refused("gptq_calib", gptq_calib="")
+    _refused("gptq_calib", gptq_calib=3)
+    assert "needs a tokenizer" in _refused("tokenizer", gptq_calib="pydoc")

@@ -133,6 +133,23 @@ def test_screened_search_picks_the_unscreened_layout(small_ckpt, shard):
     assert sum(fast.cpu_timings.values()) > 0
 
 
+def test_gptq_calib_moves_only_the_hessians(small_ckpt, shard, sp1024_model):
+    """gptq_calib='pydoc': the GPTQ Hessians (and the policy a replay reads) come from pydoc tokens, while the
+    measurement and selection batches stay the calib shard's."""
+    from golfpack.budget.problem import load_problem
+
+    base = _cfg(shard, gptq=True, bits=(4,), clips=("quantile",), gptq_batch=2, tokenizer=str(sp1024_model))
+    p_same, p_doc = load_problem(small_ckpt, base), load_problem(small_ckpt, base.replace(gptq_calib="pydoc"))
+    assert p_same.calibration.source == shard and p_doc.calibration.source == "pydoc"
+    p_same.pin_calibration(shard)
+    p_doc.pin_calibration("pydoc")
+    assert p_same.calibration.digest != p_doc.calibration.digest
+    name = "blocks.0.mlp.fc.weight"
+    assert not torch.equal(p_same.gptq_hessians()[name], p_doc.gptq_hessians()[name])
+    res = run_search(small_ckpt, base.replace(gptq_calib="pydoc", workers=1, budget=40_000, passthrough=()))
+    assert res.policy.uses_gptq and res.policy.calibration.to_dict() == p_doc.calibration.to_dict()
+
+
 @pytest.mark.slow
 def test_pooled_cost_tables_equal_in_process_ones(small_ckpt, shard, monkeypatch):
     from golfpack.budget import costs

@@ -34,6 +34,9 @@ class SearchConfig:
     clips: tuple[str, ...] = ("quantile", "mse")  # clip rules offered for every width
     gptq: bool = True  # also offer every matrix width x clip with GPTQ rounding (Hessians from the calibration tokens)
     gptq_batch: int = 32  # calibration sequences (of calib_seq tokens) for the GPTQ Hessians
+    # the GPTQ Hessians' tokens when they should differ from `calib` (which still drives measurement and selection):
+    # 'pydoc' (real text, needs `tokenizer`) or a train-shard glob; None = the calib tokens
+    gptq_calib: str | None = None
     passthrough: tuple[str, ...] = ("fp16",)  # lossy passthrough dtypes offered besides the tensor's own
     calib_batch: int = 16  # calibration sequences for direct measurement (8 -> 16 cut nolanvild's gap at 90% of int6 bytes 0.00517 -> 0.00451 bpb)
     calib_seq: int = 256  # tokens per calibration sequence
@@ -75,6 +78,12 @@ class SearchConfig:
         for name in ("calib", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise UsageError(f"{name} must be a non-empty string, got {getattr(self, name)!r}", param=name)
+        if self.gptq_calib is not None and (not isinstance(self.gptq_calib, str) or not self.gptq_calib or self.gptq_calib == "self"):
+            raise UsageError(f"gptq_calib must be 'pydoc', a train-shard glob or None (the calib tokens), got {self.gptq_calib!r}",
+                             param="gptq_calib")
+        if self.gptq_calib == "pydoc" and not self.tokenizer:
+            raise UsageError("gptq_calib 'pydoc' needs a tokenizer (the sentencepiece .model that turns the text into tokens)",
+                             param="tokenizer")
         for name in ("tokenizer", "calib_out", "cache_dir"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):

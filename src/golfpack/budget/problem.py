@@ -231,7 +231,7 @@ def load_problem(ckpt: str | Path, cfg: SearchConfig, model: Any = None) -> Prob
         n: candidate_specs(t, bits=cfg.bits, clips=cfg.clips, passthrough=cfg.passthrough, gptq=n in linear) for n, t in sd.items()
     }
     # the tokens are pinned (digest) by `pin_calibration`, after the floor check
-    cal = GptqCalibration(source=cfg.calib, batch=cfg.gptq_batch, seq=cfg.calib_seq)
+    cal = GptqCalibration(source=cfg.gptq_calib or cfg.calib, batch=cfg.gptq_batch, seq=cfg.calib_seq)
     return Problem(src, src.read_bytes(), kind, sd, config, list(sd), cands, code_bytes, code_files, cal, cfg.tokenizer,
                    adapter=None if adapter.is_baseline else adapter, _vocab=vocab, device=cfg.device)
 

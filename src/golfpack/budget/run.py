@@ -143,7 +143,7 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
         raise InfeasibleBudget(cfg.budget, floor, f"layout (all tensors at their cheapest spec, codec {floor_codec}, code {p.code_bytes:,} bytes)")
     if cfg.calib == "self":
         cfg = cfg.replace(calib=str(self_calibration(p, cfg)))
-    p.pin_calibration(cfg.calib)
+    p.pin_calibration(cfg.gptq_calib or cfg.calib)  # the GPTQ Hessians' tokens; measurement and selection read cfg.calib
     clock.lap("calibration")
     # one cost table, priced with the first codec; every codec's fit recalibrates it with exact packs
     table = cost_tables(p, codecs[:1], cache, progress=cfg.progress, workers=cfg.workers)[codecs[0]]

@@ -92,6 +92,12 @@ def make_scorer(
     help="Also offer every matrix spec with GPTQ rounding (Hessians from --calib).",
 )
 @click.option(
+    "--gptq-calib",
+    default=None,
+    help="Tokens for the GPTQ Hessians when they should differ from --calib: 'pydoc' (real text, needs --tokenizer) "
+    "or a TRAIN shard glob. Default: the --calib tokens.",
+)
+@click.option(
     "--gptq-batch",
     type=int,
     default=32,
@@ -169,6 +175,7 @@ def search_cmd(
     clips: str,
     gptq: bool,
     gptq_batch: int,
+    gptq_calib: str | None,
     sens_mode: str,
     objective: str,
     no_select: bool,
@@ -229,6 +236,7 @@ def search_cmd(
         clips=clip_t,
         gptq=gptq,
         gptq_batch=gptq_batch,
+        gptq_calib=gptq_calib,
         calib_batch=calib_batch,
         calib_seq=calib_seq,
         sensitivity=sens_mode,
