@@ -21,7 +21,9 @@ tensors fp16, as every int6-family preset):
     records    bench/records_recipe.py (GPTQ act-order, SDClip k 12/13, GPTQ'd int8 k=20 embedding;
                +lqer: rank 4 on the 3 worst tensors), at ITS OWN size (an lzma estimate, no QGv3 file)
     search     `golfpack.search` with its defaults (self-calibration; the patho model: its train shard) at
-               budget = each target and each records row's bytes, one measurement cache per model
+               budget = each target and each records row's bytes, one measurement cache per model;
+               --search-gptq-calib pydoc: the same searches with GPTQ Hessians from the records' own
+               calibration text (family search_pydoc_hessians)
 
 Hessians from pydoc pages (16 x 1024 sp1024 tokens) or, for the pathological model, its TRAIN shard -
 never val. Results: bench/results/quant_gap.json and .md, and a bytes-vs-gap plot per model
@@ -124,6 +126,9 @@ def main() -> int:
     ap.add_argument("--model", choices=sorted(MODELS))
     ap.add_argument("--families", default=",".join([*FAMILIES, "records", "presets", "search"]))
     ap.add_argument("--calib-seqs", type=int, default=16)
+    ap.add_argument("--search-gptq-calib", default=None,
+                    help="the search's GPTQ Hessian tokens (SearchConfig.gptq_calib), e.g. pydoc: the records recipe's own "
+                         "calibration text; its rows are family search_<it>_hessians, beside the default search's")
     ap.add_argument("--ladder", default=",".join(map(str, LADDER)), help="block-matrix widths to try, widest first")
     ap.add_argument("--results", type=Path, default=None, help="results JSON to write (default bench/results/quant_gap.json)")
     ap.add_argument("--table", action="store_true", help="only print the tables and draw the plots from the results file")
@@ -213,11 +218,12 @@ def main() -> int:
         for label, budget in budgets:
             t = time.perf_counter()
             res = gp.search(str(m["ckpt"]), gp.SearchConfig(budget=budget, calib=m["calib"] or "self", tokenizer=m["tok"],
-                                                            cache_dir=cache, progress=False))
+                                                            gptq_calib=args.search_gptq_calib, cache_dir=cache, progress=False))
             art = res.artifact
             bpb = fresh(art)
             frac = {"100%": 1.0, "85%": 0.85}.get(label)
-            rows.append({"family": "search", "target": frac, "target_bytes": budget, "target_label": label, "bits": "mixed",
+            fam = "search" if args.search_gptq_calib is None else f"search_{Path(args.search_gptq_calib).stem}_hessians"
+            rows.append({"family": fam, "target": frac, "target_bytes": budget, "target_label": label, "bits": "mixed",
                          "bytes": art.model_bytes, "val_bpb": bpb, "gap": bpb - raw, "search_s": round(time.perf_counter() - t, 1),
                          "load1": round(os.getloadavg()[0], 1), "floor_warnings": len(art.warnings)})
             log(f"search @ {label} ({budget:,} B): {art.model_bytes:,} bytes, gap {bpb - raw:+.4f}, {rows[-1]['search_s']} s")
