@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from golfpack._version import __version__
 from golfpack.cli import main
 from golfpack.errors import GolfpackError
 from golfpack.formats.checkpoint import load_state_dict
@@ -293,4 +294,26 @@ def test_pack_best_in_parallel_gives_the_serial_bytes() -> None:
         serial = pack_state_dict(sd, policy, codec="best")
     par = pack_state_dict(sd, policy, codec="best")
     assert (par.data, par.codec, par.codec_sizes) == (serial.data, serial.codec, serial.codec_sizes)
-    assert set(par.codec_sizes) >= {"raw", "zlib", "lzma", "best"}
+    assert set(par.codec_sizes) >= {"raw", "zlib", "lzma", "best"} and par.codec_estimates == {}  # nothing sampled: all exact
+
+
+def test_pack_best_skips_whole_file_codecs_the_samples_rule_out() -> None:
+    """A levels stream over TRIAL_BYTES is measured on samples: `best` then encodes in full only the per-stream
+    choice and the single codecs within BEST_FULL_MARGIN of it; each one it skips really is bigger."""
+    from golfpack.formats.qgv3_plan import TRIAL_BYTES
+    from golfpack.packer import pack as P
+    from golfpack.packer.policy import Policy
+
+    g = torch.Generator().manual_seed(4)
+    sd = {"w": torch.distributions.StudentT(5.0).sample((1100, 1024)) * torch.rand(1100, 1, generator=g).add(0.5),
+          "b": torch.randn(1024, generator=g)}
+    assert sd["w"].numel() > TRIAL_BYTES
+    policy = Policy.from_dict({"rules": [{"match": "w", "spec": "int6"}], "default": "fp16"})
+    art = P.pack_state_dict(sd, policy, codec="best")
+    assert "best" in art.codec_sizes and {"raw", "zlib"} <= set(art.codec_estimates)
+    assert art.model_bytes == min(art.codec_sizes.values())
+    assert set(art.codec_sizes) | set(art.codec_estimates) == {*P.available_codecs(), "best"}
+    for c, est in art.codec_estimates.items():
+        exact = len(P.encode(art.records, codec=c, config=None, policy=art.policy, meta={"golfpack_version": __version__}))
+        assert exact > art.model_bytes and est > art.model_bytes * (1 + P.BEST_FULL_MARGIN) * 0.9, (c, est, exact)
+    assert art.report()["codec_estimates"] == art.codec_estimates

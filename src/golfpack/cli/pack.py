@@ -11,7 +11,7 @@ from golfpack._progress import progress_option
 from golfpack.cli._common import code_option, emit, model_option
 from golfpack.errors import UsageError
 from golfpack.model import ACTIVATIONS
-from golfpack.packer.pack import DEFAULT_BUDGET, DEFAULT_CODEC
+from golfpack.packer.pack import BEST_FULL_MARGIN, DEFAULT_BUDGET, DEFAULT_CODEC
 
 # Library parameters these commands spell differently from their option names.
 PARAM_FLAGS = {"require_config": "--no-config"}
@@ -131,6 +131,9 @@ def pack_cmd(
     if len(res.codec_sizes) > 1:
         lines.append(
             "codecs: " + ", ".join(f"{c} {n:,}" for c, n in sorted(res.codec_sizes.items(), key=lambda kv: kv[1]))
+            + (f"; not encoded in full (sampled streams > {BEST_FULL_MARGIN:.0%} over the per-stream choice): "
+               + ", ".join(f"{c} ~{n:,} stream bytes" for c, n in sorted(res.codec_estimates.items(), key=lambda kv: kv[1]))
+               if res.codec_estimates else "")
         )
     lines += [f"warning: {w}" for w in res.warnings]
     lines += _budget_lines(rep)

@@ -227,17 +227,11 @@ def _variants(codec: Codec, kind: int, layout: int, itemsize: int) -> list[_Vari
     return [(p, e) for e in LzmaEncoder for p in props]
 
 
-def choose_stream(s: Stream, codecs: list[Codec], comp: Compressions | None = None) -> _Choice:
-    """Pick (codec, layout, lzma props) for one stream by measuring, then compress it whole.
-
-    Every trial is submitted to `comp` (else the active one, else a new one) before any is read; they
-    are then compared in the serial order (codec, layout, props) with a strict `<`, as one at a time."""
-    if comp is None:
-        with compressions() as comp:
-            return choose_stream(s, codecs, comp)
+def _best_trial(s: Stream, codecs: list[Codec], comp: Compressions) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(values, measured sample, (compressed, codec, layout, props, encoder) of the smallest trial): every
+    trial submitted before any is read, compared in the serial order with a strict `<`."""
     vals = s.values()
     samp = _sample(vals, s.itemsize)
-    whole = samp.size == vals.size
     trials = []
     for c in codecs:
         for lay in s.layouts():
@@ -250,6 +244,35 @@ def choose_stream(s: Stream, codecs: list[Codec], comp: Compressions | None = No
         if best is None or len(z) < len(best[0]):
             best = (z, c, lay, pr, enc)
     assert best is not None
+    return vals, samp, best
+
+
+def estimate_streams(contents: Contents, codec: str) -> tuple[float, bool]:
+    """(estimated stored bytes of every stream, exact?) with `codec` ("best": per stream the smallest of all),
+    separate blocks, header excluded: a sampled stream's best trial scaled to its whole size. Uses the same
+    trials as `plan_qgv3` (free after a plan of the same contents in the active `Compressions`)."""
+    codecs = resolve_codecs(codec)
+    with compressions() as comp:
+        total, exact = 0.0, True
+        for vals, samp, best in run_in_threads([partial(_best_trial, s, codecs, comp) for s in contents.streams]):
+            if samp.size == vals.size:
+                total += len(best[0])
+            else:
+                exact = False
+                total += len(best[0]) * vals.size / samp.size
+        return total, exact
+
+
+def choose_stream(s: Stream, codecs: list[Codec], comp: Compressions | None = None) -> _Choice:
+    """Pick (codec, layout, lzma props) for one stream by measuring, then compress it whole.
+
+    Every trial is submitted to `comp` (else the active one, else a new one) before any is read; they
+    are then compared in the serial order (codec, layout, props) with a strict `<`, as one at a time."""
+    if comp is None:
+        with compressions() as comp:
+            return choose_stream(s, codecs, comp)
+    vals, samp, best = _best_trial(s, codecs, comp)
+    whole = samp.size == vals.size
     z, codec, layout, props, encoder = best
     trial = layout_bytes(s.kind, layout, samp, s.bits)
     stored = z if whole else comp.submit(codec, layout_bytes(s.kind, layout, vals, s.bits), props, encoder).result()
@@ -323,5 +346,5 @@ def _plan(contents: Contents, codecs: list[Codec], blocks: str, comp: Compressio
     return best
 
 
-__all__ = ["BLOCK_MODES", "Compressions", "Measured", "TRIAL_BYTES", "choose_stream", "compressions", "plan_qgv3",
+__all__ = ["BLOCK_MODES", "Compressions", "Measured", "TRIAL_BYTES", "choose_stream", "compressions", "estimate_streams", "plan_qgv3",
            "resolve_codecs", "run_in_threads"]

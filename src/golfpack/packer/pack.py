@@ -45,6 +45,9 @@ class Artifact:
     code_bytes: int = 0  # submission code files, counted byte for byte
     code_files: list[str] = field(default_factory=list)  # those files
     codec_sizes: dict[str, int] = field(default_factory=dict)  # every codec tried -> artifact size
+    # --codec best: codecs not encoded in full because their sampled streams were > BEST_FULL_MARGIN over the
+    # per-stream choice -> their estimated stream bytes (header excluded)
+    codec_estimates: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # scale floors that swallow a tensor's range, raised GPTQ damping
 
     @property
@@ -72,6 +75,7 @@ class Artifact:
             "policy": self.policy.name,
             "codec": self.codec,
             "codec_sizes": self.codec_sizes,
+            "codec_estimates": self.codec_estimates,
             "params": sum(r.numel for r in self.records),
             "tensors": self.tensor_rows(),
             "model_bytes": self.model_bytes,
@@ -135,6 +139,31 @@ def encode(records: list[TensorRecord], *, codec: str, config: ModelConfig | Non
     return encode_qgv3(records, config=None if config is None else config.to_dict(), policy=policy.to_dict(), codec=codec, meta=meta)
 
 
+# `--codec best` writes a whole-file single-codec plan only when the streams' sampled trials put it within this
+# fraction of the per-stream choice: farther off it cannot win (it differs only where a sample misleads or a
+# solid block pays), and on a 36M-parameter model each full brotli/zstd/lzma pass of the levels costs tens of seconds.
+BEST_FULL_MARGIN = 0.01
+
+
+def best_candidates(records: list[TensorRecord], config: ModelConfig | None, policy: Policy,
+                    meta: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
+    """The codecs `--codec best` encodes in full ("best" = the per-stream choice, always), and the estimated
+    bytes of those it skips (sampled trials scaled up, header excluded). Exact when no stream is sampled:
+    then every codec is encoded. Run inside the `compressions()` the plans share (the trials are theirs)."""
+    from golfpack.formats.qgv3_plan import estimate_streams
+    from golfpack.formats.qgv3_streams import collect
+
+    names = [*available_codecs(), "best"]
+    contents = collect(records, config=None if config is None else config.to_dict(), policy=policy.to_dict(), meta=meta)
+    est = {"best": estimate_streams(contents, "best")}  # submits every codec's trials at once; the rest reuse them
+    est.update({c: estimate_streams(contents, c) for c in names[:-1]})
+    if all(exact for _, exact in est.values()):
+        return names, {}
+    bar = est["best"][0] * (1 + BEST_FULL_MARGIN)
+    keep = [c for c in names if c == "best" or est[c][0] <= bar]
+    return keep, {c: round(est[c][0]) for c in names if c not in keep}
+
+
 def available_codecs() -> list[str]:
     from golfpack.formats.codecs import available_codecs as avail
 
@@ -170,8 +199,9 @@ def pack_state_dict(
 ) -> Artifact:
     """Quantize and encode in memory.
 
-    codec="best" keeps the smallest of: every available codec for the whole file, and QGv3's own
-    per-stream choice (each stream with its best codec; reported as codec "best").
+    codec="best" keeps the smallest of: QGv3's own per-stream choice (each stream with its best codec;
+    reported as codec "best") and every available codec for the whole file whose sampled streams come
+    within BEST_FULL_MARGIN of it (the others: `codec_estimates`).
     """
     from golfpack.packer.quantize import floor_warnings
 
@@ -184,8 +214,8 @@ def pack_state_dict(
     if codec == "best":
         sizes: dict[str, int] = {}
         best: tuple[int, str, bytes] | None = None
-        names = [*available_codecs(), "best"]
         with compressions(progress=progress):  # one pool for every plan: what two plans compress alike, once
+            names, estimates = best_candidates(records, config, policy, meta)
             datas = run_in_threads([partial(encode, records, codec=c, config=config, policy=policy, meta=meta) for c in names])
         for c, data in zip(names, datas):
             sizes[c] = len(data)
@@ -193,7 +223,7 @@ def pack_state_dict(
                 best = (len(data), c, data)
         assert best is not None
         return Artifact(data=best[2], records=records, policy=policy, codec=best[1], config=config, codec_sizes=sizes,
-                        warnings=notes)
+                        codec_estimates=estimates, warnings=notes)
     codecs = available_codecs()
     if codec not in codecs:
         raise UsageError(f"unknown or unavailable codec {codec!r}: use one of {', '.join(codecs)} or 'best'", param="codec")
