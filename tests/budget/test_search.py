@@ -224,6 +224,10 @@ def test_cli_rejects_bad_options(nolanvild_pt):
     assert r.exit_code == 1 and "file not found" in r.output
     r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--clips", "quantile,median"])
     assert r.exit_code == 1 and "--clips must be a comma-separated list of absmax, quantile, mse" in r.output
+    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--max-direct", "0"])
+    assert r.exit_code == 1 and "max_direct must be positive, got 0 (--max-direct)" in r.output
+    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--gptq-calib", "self"])
+    assert r.exit_code == 1 and "gptq_calib must be 'pydoc', a train-shard glob or None" in r.output and "(--gptq-calib)" in r.output
 
 
 def test_headroom_is_filled_by_harmless_upgrades():

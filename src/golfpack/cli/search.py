@@ -129,6 +129,13 @@ def make_scorer(
 @click.option(
     "--target-headroom", type=int, default=2048, show_default=True, help="Fit until unused budget is below this."
 )
+@click.option(
+    "--max-direct",
+    type=int,
+    default=None,
+    help="Measure at most N candidates directly (those the proxy puts nearest the solution first); the rest come "
+    "from the proxy. Faster on big models, at a quality cost (docs/search.md, Scale). Default: no cap.",
+)
 @click.option("--solver", type=click.Choice(["dp", "greedy", "best"]), default="dp", show_default=True)
 @click.option(
     "--cache",
@@ -182,6 +189,7 @@ def search_cmd(
     calib_batch: int,
     calib_seq: int,
     target_headroom: int,
+    max_direct: int | None,
     solver: str,
     cache_dir: str | None,
     val: str | None,
@@ -243,6 +251,7 @@ def search_cmd(
         objective=objective,
         select=not no_select,
         target_headroom=target_headroom,
+        max_direct=max_direct,
         solver=solver,
         cache_dir=cache_dir,
         device=device,
