@@ -73,7 +73,7 @@ def bench_checkpoint(label: str, path: str, *, activation: str | None, seq_len: 
         t0 = time.perf_counter()
         cfg = SearchConfig(budget=budget, calib=calib, tokenizer=str(SP1024), cache_dir=str(Path(args.cache) / label),
                            calib_batch=args.calib_batch, calib_seq=args.calib_seq, progress=None, activation=activation,
-                           codecs=(args.codec,))
+                           codecs=(args.codec,), screen=not args.no_screen)
         res = run_search(path, cfg)
         out = work / f"{label}-search-{i}.qg3"
         out.write_bytes(res.problem.encode(res.choice, res.codec))
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "golfpack_search_cache"), help="measurement cache (reused across budgets/runs)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "search_frontier.json"))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-screen", action="store_true", help="SearchConfig(screen=False): measure every candidate directly")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
