@@ -100,6 +100,24 @@ def bench_checkpoint(label: str, path: str, *, activation: str | None, seq_len: 
             "eval_tokens": raw.tokens, "raw_val_loss": raw.val_loss, "raw_val_bpb": raw.val_bpb, "presets": presets, "search": rows}
 
 
+def compare(new: list[dict], old: list[dict], old_name: str) -> list[dict]:
+    """Per checkpoint and budget label found in both: the fresh-load gaps and their ratio new/old (printed)."""
+    rows = []
+    print(f"\ngap vs {old_name} (ratio new/old; the target is <= 1.03)")
+    for r in new:
+        prev = {x["budget_label"]: x for o in old if o["label"] == r["label"] for x in o["search"]}
+        for x in r["search"]:
+            o = prev.get(x["budget_label"])
+            if o is None:
+                continue
+            ratio = x["gap"] / o["gap"] if o["gap"] > 0 else None
+            rows.append({"label": r["label"], "budget_label": x["budget_label"], "budget_old": o["budget"], "budget_new": x["budget"],
+                         "gap_old": o["gap"], "gap_new": x["gap"], "ratio": ratio})
+            print(f"  {r['label']:<10} {x['budget_label']:<22} budget {o['budget']:>9,} -> {x['budget']:>9,}  gap {o['gap']:+.5f} -> "
+                  f"{x['gap']:+.5f}  x{ratio:.3f}" if ratio is not None else "")
+    return rows
+
+
 def _counts(specs: dict) -> dict[str, int]:
     out: dict[str, int] = {}
     for s in specs.values():
@@ -144,11 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "search_frontier.json"))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-screen", action="store_true", help="SearchConfig(screen=False): measure every candidate directly")
+    ap.add_argument("--compare", default=None, help="an earlier results JSON: print each budget's gap ratio new/old (target <= 1.03)")
+    ap.add_argument("--merge", default=None, help="results JSONs (comma-separated) to combine into --out instead of running")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     fractions = [float(x) for x in args.fractions.split(",")]
     results = []
+    if args.merge:  # checkpoints run separately (e.g. side by side on a 2-core box), one results file
+        for f in args.merge.split(","):
+            results += json.loads(Path(f).read_text())["results"]
+        meta = {"merged_from": args.merge.split(",")}
+        if args.compare:
+            meta["vs"] = compare(results, json.loads(Path(args.compare).read_text())["results"], args.compare)
+        Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.nolanvild:
@@ -163,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     from golfpack._io import write_bytes_atomic
 
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "codec": args.codec, "fractions": fractions}
+    if args.compare:
+        meta["vs"] = compare(results, json.loads(Path(args.compare).read_text())["results"], args.compare)
     write_bytes_atomic(args.out, (json.dumps({"meta": meta, "results": results}, indent=2) + "\n").encode())
     print(f"\nwrote {args.out}")
     return 0
