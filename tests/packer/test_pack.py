@@ -314,6 +314,8 @@ def test_pack_best_skips_whole_file_codecs_the_samples_rule_out() -> None:
     assert art.model_bytes == min(art.codec_sizes.values())
     assert set(art.codec_sizes) | set(art.codec_estimates) == {*P.available_codecs(), "best"}
     for c, est in art.codec_estimates.items():
+        assert est > art.model_bytes, (c, est)
+    for c in ("raw", "zlib"):  # the cheap ones, encoded in full: the skip was right (brotli/zstd q-max passes cost seconds)
         exact = len(P.encode(art.records, codec=c, config=None, policy=art.policy, meta={"golfpack_version": __version__}))
-        assert exact > art.model_bytes and est > art.model_bytes * (1 + P.BEST_FULL_MARGIN) * 0.9, (c, est, exact)
+        assert exact > art.model_bytes * (1 + P.BEST_FULL_MARGIN), (c, exact)
     assert art.report()["codec_estimates"] == art.codec_estimates
