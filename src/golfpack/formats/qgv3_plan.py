@@ -227,40 +227,39 @@ def _variants(codec: Codec, kind: int, layout: int, itemsize: int) -> list[_Vari
     return [(p, e) for e in LzmaEncoder for p in props]
 
 
-def _best_trial(s: Stream, codecs: list[Codec], comp: Compressions) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """(values, measured sample, (compressed, codec, layout, props, encoder) of the smallest trial): every
-    trial submitted before any is read, compared in the serial order with a strict `<`."""
+_Trial = tuple[bytes, Codec, int, LzmaProps | None, LzmaEncoder]  # (compressed sample, codec, layout, props, encoder)
+
+
+def _trials(s: Stream, codecs: list[Codec], comp: Compressions) -> tuple[np.ndarray, np.ndarray, list[_Trial]]:
+    """(values, measured sample, every trial in the serial order (codec, layout, props, encoder)): all are
+    submitted before any is read, so they run side by side."""
     vals = s.values()
     samp = _sample(vals, s.itemsize)
-    trials = []
+    futs = []
     for c in codecs:
         for lay in s.layouts():
             data = layout_bytes(s.kind, lay, samp, s.bits)
             for pr, enc in _variants(c, s.kind, lay, s.itemsize):
-                trials.append((comp.submit(c, data, pr, enc), c, lay, pr, enc))
-    best = None
-    for fut, c, lay, pr, enc in trials:
-        z = fut.result()
-        if best is None or len(z) < len(best[0]):
-            best = (z, c, lay, pr, enc)
-    assert best is not None
-    return vals, samp, best
+                futs.append((comp.submit(c, data, pr, enc), c, lay, pr, enc))
+    return vals, samp, [(f.result(), c, lay, pr, enc) for f, c, lay, pr, enc in futs]
 
 
-def estimate_streams(contents: Contents, codec: str) -> tuple[float, bool]:
-    """(estimated stored bytes of every stream, exact?) with `codec` ("best": per stream the smallest of all),
-    separate blocks, header excluded: a sampled stream's best trial scaled to its whole size. Uses the same
-    trials as `plan_qgv3` (free after a plan of the same contents in the active `Compressions`)."""
-    codecs = resolve_codecs(codec)
+def estimate_streams(contents: Contents) -> tuple[dict[str, float], bool]:
+    """({codec name: estimated stored bytes of every stream with that codec alone, "best": with each stream's
+    smallest codec}, exact?) over the available codecs, separate blocks, header excluded: a sampled stream's
+    smallest trial scaled to its whole size. The trials are `plan_qgv3`'s own (memoized in the active
+    `Compressions`, so plans of the same contents reuse them)."""
+    codecs = resolve_codecs("best")
+    est = dict.fromkeys([c.name.lower() for c in codecs] + ["best"], 0.0)
+    exact = True
     with compressions() as comp:
-        total, exact = 0.0, True
-        for vals, samp, best in run_in_threads([partial(_best_trial, s, codecs, comp) for s in contents.streams]):
-            if samp.size == vals.size:
-                total += len(best[0])
-            else:
-                exact = False
-                total += len(best[0]) * vals.size / samp.size
-        return total, exact
+        for vals, samp, trials in run_in_threads([partial(_trials, s, codecs, comp) for s in contents.streams]):
+            scale = vals.size / samp.size
+            exact = exact and samp.size == vals.size
+            for c in codecs:
+                est[c.name.lower()] += min(len(t[0]) for t in trials if t[1] == c) * scale
+            est["best"] += min(len(t[0]) for t in trials) * scale
+    return est, exact
 
 
 def choose_stream(s: Stream, codecs: list[Codec], comp: Compressions | None = None) -> _Choice:
@@ -271,9 +270,9 @@ def choose_stream(s: Stream, codecs: list[Codec], comp: Compressions | None = No
     if comp is None:
         with compressions() as comp:
             return choose_stream(s, codecs, comp)
-    vals, samp, best = _best_trial(s, codecs, comp)
+    vals, samp, trials = _trials(s, codecs, comp)
     whole = samp.size == vals.size
-    z, codec, layout, props, encoder = best
+    z, codec, layout, props, encoder = min(trials, key=lambda t: len(t[0]))  # the first smallest: a serial strict `<`
     trial = layout_bytes(s.kind, layout, samp, s.bits)
     stored = z if whole else comp.submit(codec, layout_bytes(s.kind, layout, vals, s.bits), props, encoder).result()
     sp = StreamPlan(s.kind, s.bits, s.dtype, Layout(layout), codec, props, encoder, alone=len(stored))
@@ -322,24 +321,24 @@ def _plan(contents: Contents, codecs: list[Codec], blocks: str, comp: Compressio
 
     biggest = max(chosen, key=lambda ch: len(ch.stored))
 
-    def solid_props(c: Codec) -> LzmaProps | None:  # lzma: the biggest stream's props when it is lzma too
-        return biggest.plan.lzma_props if c == Codec.LZMA and biggest.plan.codec == c else None
-
-    def solid_encoder(c: Codec) -> LzmaEncoder:  # lzma: the biggest stream's encoder when it is lzma too
-        return biggest.plan.lzma_encoder if c == Codec.LZMA and biggest.plan.codec == c else LzmaEncoder.EXTREME
+    def solid_lzma(c: Codec) -> tuple[LzmaProps | None, LzmaEncoder]:  # lzma: the biggest stream's props and encoder when it is lzma too
+        if c == Codec.LZMA and biggest.plan.codec == c:
+            return biggest.plan.lzma_props, biggest.plan.lzma_encoder
+        return None, LzmaEncoder.EXTREME
 
     solid_codecs = list(dict.fromkeys(ch.plan.codec for ch in chosen))
     if blocks == "auto" and any(ch.sampled for ch in chosen):
         # big streams: compress them solid in full only if it wins on the measured samples
         joined_trial = b"".join(ch.trial for ch in chosen)
-        tries = [comp.submit(c, joined_trial, solid_props(c), solid_encoder(c)) for c in solid_codecs]
+        tries = [comp.submit(c, joined_trial, *solid_lzma(c)) for c in solid_codecs]
         if min(len(f.result()) for f in tries) >= sum(ch.trial_size for ch in chosen):
             return best
     # solid: all streams in one block (cross-stream matches; one codec)
     joined = b"".join(s.laid_out(ch.plan.layout) for s, ch in zip(order, chosen))
-    futs = [(c, comp.submit(c, joined, solid_props(c), solid_encoder(c))) for c in solid_codecs]
+    futs = [(c, comp.submit(c, joined, *solid_lzma(c))) for c in solid_codecs]
     c, z = min(((c, f.result()) for c, f in futs), key=lambda t: len(t[1]))
-    solid_plan = QGv3Plan(tuple(ch.plan for ch in chosen), solid_codec=c, solid_props=props_of(c, z), solid_encoder=solid_encoder(c))
+    solid_plan = QGv3Plan(tuple(ch.plan for ch in chosen), solid_codec=c, solid_props=props_of(c, z),
+                          solid_encoder=solid_lzma(c)[1])
     solid = _with_header(contents, solid_plan, [z], codecs)
     if solid.total_bytes < best.total_bytes or blocks == "solid":
         best = solid

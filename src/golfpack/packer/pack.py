@@ -155,13 +155,12 @@ def best_candidates(records: list[TensorRecord], config: ModelConfig | None, pol
 
     names = [*available_codecs(), "best"]
     contents = collect(records, config=None if config is None else config.to_dict(), policy=policy.to_dict(), meta=meta)
-    est = {"best": estimate_streams(contents, "best")}  # submits every codec's trials at once; the rest reuse them
-    est.update({c: estimate_streams(contents, c) for c in names[:-1]})
-    if all(exact for _, exact in est.values()):
+    est, exact = estimate_streams(contents)
+    if exact:
         return names, {}
-    bar = est["best"][0] * (1 + BEST_FULL_MARGIN)
-    keep = [c for c in names if c == "best" or est[c][0] <= bar]
-    return keep, {c: round(est[c][0]) for c in names if c not in keep}
+    bar = est["best"] * (1 + BEST_FULL_MARGIN)
+    keep = [c for c in names if c == "best" or est[c] <= bar]
+    return keep, {c: round(est[c]) for c in names if c not in keep}
 
 
 def available_codecs() -> list[str]:
