@@ -72,7 +72,8 @@ def test_golden_bytes_with_outliers() -> None:
     assert StreamKind.OUTLIERS == 4 and OUTLIER_ENTRY.size == 6
 
 
-def _records() -> list[TensorRecord]:
+def outlier_records() -> list[TensorRecord]:
+    """Outliers on per-row, group-wise, sub-scale and per-tensor int records (the decoder test loads these too)."""
     g = torch.Generator().manual_seed(3)
     out = []
     for i, spec in enumerate(("int4:g64+out3", "int2+out50", "int8:mse+out1", "int5:g32s6:sd12+out10", "int3:g128+out7")):
@@ -83,13 +84,8 @@ def _records() -> list[TensorRecord]:
     return out
 
 
-def outlier_records() -> list[TensorRecord]:
-    """Outliers on per-row, group-wise, sub-scale and per-tensor int records (the decoder test loads these too)."""
-    return _records()
-
-
 def test_round_trip_through_the_reader() -> None:
-    records = _records()
+    records = outlier_records()
     for codec, blocks in (("raw", "separate"), ("lzma", "solid")):
         art = decode_qgv3(encode_qgv3(records, codec=codec, blocks=blocks))
         for a, b in zip(records, art.records):

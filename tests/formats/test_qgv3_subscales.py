@@ -67,7 +67,8 @@ def test_golden_bytes_with_subscales() -> None:
     assert StreamKind.SUBSCALES == 3
 
 
-def _all_records() -> list[TensorRecord]:
+def subscale_records() -> list[TensorRecord]:
+    """Every group size x level width 2..8, each with a sub-scale width (2, 4, 6, 8 all used)."""
     g = torch.Generator().manual_seed(5)
     out = []
     for bits in range(2, 9):
@@ -81,13 +82,8 @@ def _all_records() -> list[TensorRecord]:
     return out
 
 
-def subscale_records() -> list[TensorRecord]:
-    """Every group size x level width 2..8, each with a sub-scale width (2, 4, 6, 8 all used)."""
-    return _all_records()
-
-
 def test_round_trip_every_group_and_width_through_the_reader() -> None:
-    records = _all_records()
+    records = subscale_records()
     assert {r.spec.subscale for r in records if r.spec.subscale} == {2, 4, 6, 8}
     for codec, blocks in (("raw", "separate"), ("zlib", "solid")):
         data = encode_qgv3(records, codec=codec, blocks=blocks)
