@@ -31,7 +31,10 @@ from golfpack.formats.spec import TensorSpec
 
 def cheapest_choice(p: Problem, codec: str) -> list[int]:
     """Per tensor, the round-to-nearest candidate with the fewest payload bytes; candidates that tie (the
-    narrowest width under several clip rules) are told apart by their size compressed alone.
+    narrowest width under several clip rules) are told apart by their size compressed alone (a tensor of more than
+    EXACT_NUMEL values: by its zeroth-order entropy, which ranks same-width records like their compressed sizes at
+    a fraction of the time - 21.8M parameters: the floor took 141 s with one-record encodes). The floor's bytes
+    are still an exact pack of the layout chosen.
 
     GPTQ candidates are left out: same grid, so about the same bytes, but they need Hessians (model
     forwards) and the floor is checked before any measurement."""
@@ -42,7 +45,12 @@ def cheapest_choice(p: Problem, codec: str) -> list[int]:
         est = {j: _payload_estimate(p.state_dict[n], specs[j]) for j in plain}
         lo = min(est.values())
         ties = [j for j in plain if est[j] == lo]
-        out.append(ties[0] if len(ties) == 1 else min(ties, key=lambda j: p.alone_bytes(n, specs[j], codec)))
+        if len(ties) == 1:
+            out.append(ties[0])
+        elif p.state_dict[n].numel() > EXACT_NUMEL:
+            out.append(min(ties, key=lambda j: entropy_bytes(p.record(n, specs[j]))))
+        else:
+            out.append(min(ties, key=lambda j: p.alone_bytes(n, specs[j], codec)))
     return out
 
 
@@ -55,7 +63,7 @@ def floor_bytes(p: Problem, codecs: list[str]) -> tuple[int, str, list[int]]:
     choice = cheapest_choice(p, codecs[0])
     best = None
     for c in codecs:
-        n = len(p.encode(choice, c)) + p.code_bytes
+        n = p.size(choice, c) + p.code_bytes
         if best is None or n < best[0]:
             best = (n, c, choice)
     assert best is not None

@@ -32,21 +32,28 @@ class Fitter:
     """Solve + exact-measure loop for one codec.
 
     `costs`/`losses` are per-group option tables; `size_of(choice)` returns the EXACT artifact bytes
-    of a layout (an encode); `extra_choices` are layouts to try if nothing the solver proposes fits.
+    of a layout (an encode); `extra_choices` are layouts to try if nothing the solver proposes fits. `seed`: (table
+    cost, exact bytes) points already known for this codec and cost table (another fit's `cost_model.points`): the
+    cost model starts from them, so a second fit near the same budget starts where the first one ended.
     """
 
     def __init__(self, costs: list[list[int]], losses: list[list[float]], size_of: Callable[[tuple[int, ...]], int],
-                 cfg: SearchConfig, *, codec: str = "", extra_choices: list[tuple[int, ...]] | None = None):
+                 cfg: SearchConfig, *, codec: str = "", extra_choices: list[tuple[int, ...]] | None = None,
+                 seed: list[tuple[int, int]] | None = None):
         self.costs, self.losses, self.cfg, self.codec = costs, losses, cfg, codec
         self.size_of = size_of
         self.extra = list(extra_choices or [])
+        self.seed = sorted(set(seed or []))
         self.sizes: dict[tuple[int, ...], int] = {}
 
     @classmethod
-    def for_problem(cls, p: Problem, codec: str, table: dict[str, dict[str, int]], deltas: dict[str, dict[str, float]], cfg: SearchConfig) -> Fitter:
+    def for_problem(cls, p: Problem, codec: str, table: dict[str, dict[str, int]], deltas: dict[str, dict[str, float]], cfg: SearchConfig,
+                    seed: list[tuple[int, int]] | None = None) -> Fitter:
         costs = [[int(table[n][s.label()]) for s in p.candidates[n]] for n in p.names]
         losses = [[float(deltas[n][s.label()]) for s in p.candidates[n]] for n in p.names]
-        return cls(costs, losses, lambda ch: len(p.encode(ch, codec)), cfg, codec=codec, extra_choices=[tuple(cheapest_choice(p, codec))])
+        # Problem.size: a layout another fitter (or the floor) packed is not packed again
+        return cls(costs, losses, lambda ch: p.size(ch, codec), cfg, codec=codec, extra_choices=[tuple(cheapest_choice(p, codec))],
+                   seed=seed)
 
     def measure(self, choice: tuple[int, ...]) -> int:
         choice = tuple(choice)
@@ -70,7 +77,10 @@ class Fitter:
         return solve(self.costs, self.losses, table_budget, method=self.cfg.solver)
 
     def calibrate(self) -> CostModel:
-        # one exact pack to start (the cheapest layout); the fit loop adds every layout it measures
+        """The first cost model: from the `seed` points (another fit's), else one exact pack of the cheapest layout;
+        the fit loop adds every layout it measures."""
+        if len({x for x, _ in self.seed}) >= 2:
+            return fit_cost_model(self.seed)
         ch = self.cheapest()
         return fit_cost_model([(self.table_cost(ch), self.measure(ch))])
 
@@ -91,7 +101,7 @@ class Fitter:
                 sol = self.solve(tb)
             size = self.measure(sol.choice)
             ok = size <= model_budget
-            pts = {(self.table_cost(c), n) for c, n in self.sizes.items()}
+            pts = set(self.seed) | {(self.table_cost(c), n) for c, n in self.sizes.items()}
             if len({x for x, _ in pts}) >= 2:
                 cm = fit_cost_model(sorted(pts))
             trace.append({"solver_budget": tb, "table_cost": sol.cost, "model_bytes": size, "fits": ok, "predicted_loss": sol.loss})

@@ -69,6 +69,9 @@ class Problem:
     records: dict[tuple[str, str], TensorRecord] = field(default_factory=dict)  # (name, label) -> record
     hessians: dict[str, Tensor] | None = None  # GPTQ Hessians, computed on first use
     alone: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (name, label, codec) -> one-record artifact bytes
+    # codec -> layout (candidate index per tensor) -> exact artifact bytes: every exact pack of the search, kept so no
+    # layout is packed twice (the fit, the select phase's alternative fits and presets share them)
+    sizes: dict[str, dict[tuple[int, ...], int]] = field(default_factory=dict)
     adapter: Any = None  # golfpack.adapters.ModelAdapter that builds the model (None: the baseline family)
     _vocab: int | None = None  # a user's model: V read from its logits at load
     device: str = "cpu"  # torch device of the search's forwards (the GPTQ Hessians' calibration pass included)
@@ -181,6 +184,14 @@ class Problem:
 
     def specs_of(self, choice: tuple[int, ...] | list[int]) -> dict[str, TensorSpec]:
         return {n: self.candidates[n][j] for n, j in zip(self.names, choice)}
+
+    def size(self, choice: tuple[int, ...] | list[int], codec: str) -> int:
+        """len(self.encode(choice, codec)), packed once per (layout, codec) for the whole search."""
+        memo = self.sizes.setdefault(codec, {})
+        key = tuple(int(j) for j in choice)
+        if key not in memo:
+            memo[key] = len(self.encode(key, codec))
+        return memo[key]
 
     def encode(self, choice: tuple[int, ...] | list[int], codec: str) -> bytes:
         """The exact artifact bytes `golfpack pack --policy <layout> --codec codec` writes."""

@@ -175,7 +175,8 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
         if model_budget - chosen.model_bytes >= cfg.target_headroom:
             # a preset (or an answer fitted for another objective) can leave room: spend it like the
             # solver's own answers, each step checked by an exact pack, then score the result jointly too
-            fitter = Fitter.for_problem(p, chosen.codec, tables[chosen.codec], sens["deltas"], cfg)
+            fitter = Fitter.for_problem(p, chosen.codec, tables[chosen.codec], sens["deltas"], cfg,
+                                        seed=fits[chosen.codec].cost_model.points if chosen.codec in fits else None)
             ch = fitter.spend_headroom(chosen.choice, model_budget, [], a=fits[chosen.codec].cost_model.a if chosen.codec in fits else 1.0)
             if ch != chosen.choice:
                 rep = Alternative(f"{chosen.source}+repair", chosen.codec, ch, fitter.measure(ch), fitter.loss(ch))

@@ -83,7 +83,8 @@ def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: di
     for source, table, method in extra:
         sub = cfg.replace(solver=method)
         try:
-            f = Fitter.for_problem(p, best.codec, tables[best.codec], table, sub).fit(model_budget)
+            # seeded with the solver fit's packs: same table and budget, so it starts near its answer
+            f = Fitter.for_problem(p, best.codec, tables[best.codec], table, sub, seed=best.cost_model.points).fit(model_budget)
         except InfeasibleBudget:
             continue
         out.append(Alternative(source, best.codec, tuple(f.choice), f.model_bytes, pred(tuple(f.choice))))
@@ -91,7 +92,7 @@ def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: di
         ch = preset_choice(p, name)
         if ch is None:
             continue
-        sizes = {c: len(p.encode(ch, c)) for c in fits}
+        sizes = {c: p.size(ch, c) for c in fits}
         c = min(sizes, key=sizes.__getitem__)
         if sizes[c] <= model_budget:
             out.append(Alternative(f"preset:{name}", c, ch, sizes[c], pred(ch)))
