@@ -238,3 +238,72 @@ def test_phase_line_tells_each_phases_share():
     rep = {"timings": {"floor": 1.0, "sensitivity": 3.0}, "cpu_seconds": {"floor": 0.5, "sensitivity": 5.9},
            "peak_rss_mb": {"floor": 300.0, "sensitivity": 1234.0}, "device": "cpu"}
     assert phase_line(rep) == "phases (4.0 s wall on cpu): floor 1.0 s (25%, CPU 0.5 s), sensitivity 3.0 s (75%, CPU 5.9 s); peak RSS 1,234 MiB"
+
+
+def test_two_pass_keeps_one_pass_values_where_it_measures_all_rows(small_ckpt, shard):
+    """coarse_batch: every candidate within reach is measured on the coarse rows, and those the coarse values keep
+    within fine_margin on the other rows too; a fine value is the one-pass value over all rows (to 1e-6), any other
+    the coarse rows' own value."""
+    from golfpack.budget.measure import split_rows
+    from golfpack.packer.calibration import calib_halves
+
+    cfg = _cfg(shard, calib_batch=4, coarse_batch=2, fine_margin=1.05, workers=1)
+    res = run_search(small_ckpt, cfg)
+    sens, p = res.sens, res.problem
+    fine, measured = sens["fine"], sens["measured"]
+    n_fine, n_meas = sum(map(len, fine.values())), sum(map(len, measured.values()))
+    assert 0 < n_fine < n_meas and sens["screen"]["fine"] == n_fine and sens["screen"]["coarse_batch"] == 2
+    assert all(set(fine[n]) <= set(measured[n]) for n in p.names)
+    batch = make_batch(calib_halves(cfg.calib)[0], 4, 64, vocab_size=p.vocab_size)
+    coarse_rows, rest_rows = split_rows(batch, 2)
+    assert coarse_rows.inputs.shape[0] == rest_rows.inputs.shape[0] == 2
+    assert torch.equal(coarse_rows.inputs, batch.inputs[[0, 2]]) and torch.equal(rest_rows.inputs, batch.inputs[[1, 3]])
+    model = p.build()
+    values = lambda n, s: p.record(n, s).dequantize()  # noqa: E731
+    sub = {n: [s for s in p.candidates[n] if s.label() in set(measured[n])] for n in p.names}
+    _, full = S.measure_direct(model, p.state_dict, sub, batch, values=values)
+    _, part = S.measure_direct(model, p.state_dict, sub, coarse_rows, values=values)
+    checked = {"fine": 0, "coarse": 0}
+    for n in p.names:
+        for lbl in measured[n]:
+            want = full["kl"][n][lbl] if lbl in fine[n] else part["kl"][n][lbl]
+            assert abs(sens["direct"][n][lbl] - want) <= 1e-6, (n, lbl)
+            checked["fine" if lbl in fine[n] else "coarse"] += 1
+    assert checked["fine"] > 0 and checked["coarse"] > 0
+
+
+def test_fitters_share_exact_packs(small_ckpt, shard, monkeypatch):
+    """Problem.size packs a layout once per codec for the whole search, and a fit seeded with another's packs (its
+    cost model's points) starts from them instead of packing the cheapest layout."""
+    from golfpack.budget.cache import Cache
+    from golfpack.budget.costs import cost_tables
+    from golfpack.budget.fit import Fitter
+    from golfpack.budget.problem import Problem, load_problem
+
+    cfg = _cfg(shard, workers=1)
+    p = load_problem(small_ckpt, cfg)
+    p.pin_calibration(shard)
+    table = cost_tables(p, ["lzma"], Cache(None), progress=False, workers=1)["lzma"]
+    # a smooth frontier: damage ~ values x 4^-bits, weighted differently per tensor
+    deltas = {n: {s.label(): (1 + k % 5) * p.state_dict[n].numel() * 4.0 ** -s.bits if s.kind == "int" else 0.0 for s in p.candidates[n]}
+              for k, n in enumerate(p.names)}
+    calls = {"n": 0}
+    enc = Problem.encode
+
+    def counting(self, choice, codec):
+        calls["n"] += 1
+        return enc(self, choice, codec)
+
+    monkeypatch.setattr(Problem, "encode", counting)
+    first = Fitter.for_problem(p, "lzma", table, deltas, cfg).fit(cfg.budget)
+    n1 = calls["n"]
+    assert n1 == first.packs + 1 >= 3 and len(p.sizes["lzma"]) == n1  # the calibration pack + the fit's: each a new layout
+    again = Fitter.for_problem(p, "lzma", table, deltas, cfg).fit(cfg.budget)
+    assert again.choice == first.choice and calls["n"] == n1  # unseeded: the same packs, all from the memo
+    seeded = Fitter.for_problem(p, "lzma", table, deltas, cfg, seed=first.cost_model.points)
+    cm = seeded.calibrate()
+    assert seeded.sizes == {} and cm.points == sorted(set(first.cost_model.points))  # no pack: the seed is the first model
+    second = seeded.fit(cfg.budget)
+    assert second.model_bytes <= cfg.budget and calls["n"] == len(p.sizes["lzma"])  # every encode a layout new to the search
+    n2 = calls["n"]
+    assert p.size(first.choice, "lzma") == first.model_bytes and calls["n"] == n2  # memo: no pack

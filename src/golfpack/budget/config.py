@@ -54,6 +54,11 @@ class SearchConfig:
     # direct measurements at most (screened search), smallest proxy error factor first (~1 s each at 21.8M on a CPU
     # core); None = no cap. Off by default: a cap of 300 on nolanvild (532 within reach) raised the held-out loss 9%
     max_direct: int | None = None
+    # screened search: the candidates within reach are first measured on this many of the calib_batch sequences (evenly
+    # spaced); only those the coarse values still put within fine_margin of the solution are measured on the rest too
+    # (the others keep their coarse value). 0 or >= calib_batch: one pass on every sequence
+    coarse_batch: int = 4
+    fine_margin: float = 1.5  # the second screen's margin (over coarse values: a far smaller error than the proxy's)
     prefix_cache: bool = True  # direct forwards rerun only the blocks a candidate can change (same numbers, less work)
     workers: int = 0  # processes for the cost tables (quantize + encode each candidate); 0 = one per CPU core (at most 8)
     solver: str = "dp"  # dp | greedy | best
@@ -70,7 +75,7 @@ class SearchConfig:
         _int("budget", self.budget, 1)
         for name in ("self_sequences", "gptq_batch", "calib_batch", "calib_seq", "proxy_batch", "select_batch", "max_fit_packs"):
             _int(name, getattr(self, name), 1)
-        for name in ("self_seed", "target_headroom", "max_repair_packs"):
+        for name in ("self_seed", "target_headroom", "max_repair_packs", "coarse_batch"):
             _int(name, getattr(self, name), 0)
         for name in ("num_heads", "max_direct"):
             if getattr(self, name) is not None:
@@ -89,7 +94,7 @@ class SearchConfig:
             if v is not None and not isinstance(v, str):
                 raise UsageError(f"{name} must be a path string or None, got {v!r}", param=name)
         _int("workers", self.workers, 0)
-        for name, lo, hi in (("screen_margin", 1.0, math.inf), ("screen_sample", 0.0, 1.0)):
+        for name, lo, hi in (("screen_margin", 1.0, math.inf), ("screen_sample", 0.0, 1.0), ("fine_margin", 1.0, math.inf)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise UsageError(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}", param=name)

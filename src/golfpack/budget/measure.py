@@ -12,7 +12,7 @@ from golfpack._version import __version__
 from golfpack.budget.cache import Cache, cache_key
 from golfpack.budget.config import SearchConfig
 from golfpack.budget.problem import Problem
-from golfpack.packer.calibration import calib_halves, make_batch
+from golfpack.packer.calibration import CalibBatch, calib_halves, make_batch
 
 
 def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, dict[str, int]] | None = None,
@@ -75,25 +75,31 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, di
         sample = scr.sample
         keep = scr.wanted()
         want = {n: [l for l in labels[n] if l in keep[n]] for n in p.names}
-    direct = hit.get("direct", {})
-    base = hit.get("base_loss")
-    if cfg.sensitivity in ("direct", "both") and not all(complete(direct.get(o), want) for o in S.OBJECTIVES):
-        state = {"direct": direct}
+    two_pass = screening and 0 < cfg.coarse_batch < cfg.calib_batch and cfg.sensitivity in ("direct", "both")
+    fine: dict[str, list[str]] | None = None
+    if two_pass:
+        assert proxy is not None and table is not None
+        base, direct, fine = _two_pass(p, cfg, model, batch, want, proxy, table, tb, hit, save, values)
+    else:
+        direct = hit.get("direct", {})
+        base = hit.get("base_loss")
+        if cfg.sensitivity in ("direct", "both") and not all(complete(direct.get(o), want) for o in S.OBJECTIVES):
+            state = {"direct": direct}
 
-        def on_tensor(name: str, rows: dict[str, dict[str, float]]) -> None:
-            for o, row in rows.items():
-                state["direct"].setdefault(o, {})[name] = row
-            save({"direct": state["direct"]})
+            def on_tensor(name: str, rows: dict[str, dict[str, float]]) -> None:
+                for o, row in rows.items():
+                    state["direct"].setdefault(o, {})[name] = row
+                save({"direct": state["direct"]})
 
-        sub = {n: [s for s in p.candidates[n] if s.label() in set(want[n])] for n in p.names}
-        base, direct = S.measure_direct(
-            model, p.state_dict, sub, batch, device=cfg.device, progress=cfg.progress, done=direct,
-            values=values, on_tensor=on_tensor, prefix_cache=cfg.prefix_cache,
-        )
-        save({"base_loss": base, "direct": direct})
-    if base is None:
-        base = S.batch_loss(model, batch, device=cfg.device)
-        save({"base_loss": base})
+            sub = {n: [s for s in p.candidates[n] if s.label() in set(want[n])] for n in p.names}
+            base, direct = S.measure_direct(
+                model, p.state_dict, sub, batch, device=cfg.device, progress=cfg.progress, done=direct,
+                values=values, on_tensor=on_tensor, prefix_cache=cfg.prefix_cache,
+            )
+            save({"base_loss": base, "direct": direct})
+        if base is None:
+            base = S.batch_loss(model, batch, device=cfg.device)
+            save({"base_loss": base})
     out["base_loss"] = base
     if cfg.sensitivity in ("direct", "both") and complete(direct.get(cfg.objective), want):
         measured = {n: {l: direct[cfg.objective][n][l] for l in want[n]} for n in p.names}
@@ -101,6 +107,8 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, di
             assert proxy is not None and table is not None
             out["direct"] = SC.fill(measured, {n: proxy[n] for n in p.names}, table)
             out["measured"] = want  # tensor -> labels measured directly (the rest are filled)
+            if fine is not None:
+                out["fine"] = fine  # tensor -> labels measured on every sequence (the rest of `measured`: the coarse rows)
             total = sum(len(v) for v in labels.values())
             got = sum(len(v) for v in want.values())
             out["screen"] = {
@@ -109,6 +117,10 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, di
                 "mu": list(scr.mu), "proxy_choice": scr.chosen,
                 "sample_agreement": SC.agreement(measured, proxy, sample) if sample else None,
                 "sample_misses": SC.misses(scr, measured, proxy, table),  # sampled ones that should have been kept
+                # two-pass: how many of the measured ones were measured on every sequence (the rest: coarse rows only)
+                "coarse_batch": cfg.coarse_batch if fine is not None else None,
+                "fine": got if fine is None else sum(len(v) for v in fine.values()),
+                "fine_margin": cfg.fine_margin if fine is not None else None,
             }
         else:
             out["direct"] = measured
@@ -120,4 +132,65 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, di
     return out
 
 
-__all__ = ["sensitivity"]
+def split_rows(batch: CalibBatch, k: int) -> tuple[CalibBatch, CalibBatch]:
+    """(k evenly spaced sequences of `batch`, the others): the coarse pass's rows and the rest."""
+    B = batch.inputs.shape[0]
+    rows = sorted({(i * B) // k for i in range(k)})
+    other = [i for i in range(B) if i not in set(rows)]
+
+    def sub(ix: list[int], tag: str) -> CalibBatch:
+        return CalibBatch(batch.inputs[ix], batch.targets[ix], f"{batch.digest}:{tag}{','.join(map(str, ix))}")
+
+    return sub(rows, "rows"), sub(other, "rows")
+
+
+def combine(a: float, ta: int, b: float, tb: int) -> float:
+    """The per-token mean over two disjoint token sets from each one's mean (KL and delta NLL are both means)."""
+    return (a * ta + b * tb) / (ta + tb)
+
+
+def _two_pass(p: Problem, cfg: SearchConfig, model: Any, batch: CalibBatch, want: dict[str, list[str]], proxy: dict[str, dict[str, float]],
+              table: dict[str, dict[str, int]], tb: int, hit: dict[str, Any], save: Any, values: Any,
+              ) -> tuple[float, dict[str, dict[str, dict[str, float]]], dict[str, list[str]]]:
+    """Direct values of `want` in two passes (SearchConfig.coarse_batch): every one on the coarse rows; then the
+    proxy solve is redone with those values (`budget_screen` at `fine_margin`) and only what it keeps is measured on
+    the other rows too. Returns (base loss, {objective: tensor -> label -> value}, tensor -> fine labels); a fine
+    value is the mean over every row, any other the coarse rows' mean. Both passes are cached apart."""
+    from golfpack.budget import screen as SC
+    from golfpack.budget import sensitivity as S
+
+    cb, rb = split_rows(batch, cfg.coarse_batch)
+
+    def run(key: str, b: CalibBatch, wanted: dict[str, list[str]]) -> tuple[float, dict[str, dict[str, dict[str, float]]]]:
+        state = {"d": hit.get(key, {})}
+        if hit.get(f"{key}_base") is not None and all(l in state["d"].get(o, {}).get(n, {}) for o in S.OBJECTIVES
+                                                       for n, ls in wanted.items() for l in ls):
+            return float(hit[f"{key}_base"]), state["d"]
+
+        def on_tensor(name: str, rows: dict[str, dict[str, float]]) -> None:
+            for o, row in rows.items():
+                state["d"].setdefault(o, {})[name] = row
+            save({key: state["d"]})
+
+        sub = {n: [s for s in p.candidates[n] if s.label() in set(wanted[n])] for n in p.names}
+        base, d = S.measure_direct(model, p.state_dict, sub, b, device=cfg.device, progress=cfg.progress, done=state["d"],
+                                   values=values, on_tensor=on_tensor, prefix_cache=cfg.prefix_cache)
+        save({key: d, f"{key}_base": base})
+        return base, d
+
+    k = cfg.coarse_batch  # cached apart per k: other rows, other values
+    cbase, coarse = run(f"coarse{k}", cb, want)
+    est = SC.fill({n: {l: coarse[cfg.objective][n][l] for l in want[n]} for n in p.names}, {n: proxy[n] for n in p.names}, table)
+    again = SC.budget_screen(table, S.regularize(est), tb, margin=cfg.fine_margin, max_direct=None, sample=0.0,
+                             seed=cfg.self_seed, method=cfg.solver).wanted()
+    fine = {n: [l for l in want[n] if l in set(again[n])] for n in p.names}
+    rbase, rest = run(f"rest{k}", rb, fine)
+    tc, tr = cb.tokens, rb.tokens
+    direct: dict[str, dict[str, dict[str, float]]] = {o: {} for o in S.OBJECTIVES}
+    for o in S.OBJECTIVES:
+        for n in p.names:
+            direct[o][n] = {l: (combine(coarse[o][n][l], tc, rest[o][n][l], tr) if l in set(fine[n]) else coarse[o][n][l]) for l in want[n]}
+    return combine(cbase, tc, rbase, tr), direct, fine
+
+
+__all__ = ["combine", "sensitivity", "split_rows"]
