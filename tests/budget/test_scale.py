@@ -270,6 +270,11 @@ def test_two_pass_keeps_one_pass_values_where_it_measures_all_rows(small_ckpt, s
             assert abs(sens["direct"][n][lbl] - want) <= 1e-6, (n, lbl)
             checked["fine" if lbl in fine[n] else "coarse"] += 1
     assert checked["fine"] > 0 and checked["coarse"] > 0
+    from golfpack.cli.search import screen_line
+
+    assert screen_line(sens["screen"]).endswith(
+        f"filled from the proxy; {n_fine:,} of them on every sequence, the rest on 2 (fine margin 1.05)"
+        + screen_line({**sens["screen"], "coarse_batch": None}).split("filled from the proxy")[1])
 
 
 def test_fitters_share_exact_packs(small_ckpt, shard, monkeypatch):

@@ -226,6 +226,10 @@ def test_cli_rejects_bad_options(nolanvild_pt):
     assert r.exit_code == 1 and "--clips must be a comma-separated list of absmax, quantile, mse" in r.output
     r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--max-direct", "0"])
     assert r.exit_code == 1 and "max_direct must be positive, got 0 (--max-direct)" in r.output
+    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--fine-margin", "0.5"])
+    assert r.exit_code == 1 and "fine_margin must be a number in [1, inf], got 0.5 (--fine-margin)" in r.output
+    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--coarse-batch", "-1"])
+    assert r.exit_code == 1 and "coarse_batch must be at least 0, got -1 (--coarse-batch)" in r.output
     r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--gptq-calib", "self"])
     assert r.exit_code == 1 and "gptq_calib must be 'pydoc', a train-shard glob or None" in r.output and "(--gptq-calib)" in r.output
 

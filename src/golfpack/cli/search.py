@@ -136,6 +136,17 @@ def make_scorer(
     help="Measure at most N candidates directly (those the proxy puts nearest the solution first); the rest come "
     "from the proxy. Faster on big models, at a quality cost (docs/search.md, Scale). Default: no cap.",
 )
+@click.option(
+    "--coarse-batch",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Screened search: measure every candidate within reach on this many of the --calib-batch sequences first, "
+    "and on the rest only those the coarse values keep within --fine-margin (docs/search.md). 0: one pass.",
+)
+@click.option(
+    "--fine-margin", type=float, default=1.5, show_default=True, help="The second pass's screen margin (over coarse values)."
+)
 @click.option("--solver", type=click.Choice(["dp", "greedy", "best"]), default="dp", show_default=True)
 @click.option(
     "--cache",
@@ -190,6 +201,8 @@ def search_cmd(
     calib_seq: int,
     target_headroom: int,
     max_direct: int | None,
+    coarse_batch: int,
+    fine_margin: float,
     solver: str,
     cache_dir: str | None,
     val: str | None,
@@ -252,6 +265,8 @@ def search_cmd(
         select=not no_select,
         target_headroom=target_headroom,
         max_direct=max_direct,
+        coarse_batch=coarse_batch,
+        fine_margin=fine_margin,
         solver=solver,
         cache_dir=cache_dir,
         device=device,
@@ -422,6 +437,8 @@ def screen_line(sc: dict[str, Any]) -> str:
            else f"cap {sc['max_direct']:,}, {sc.get('capped', 0):,} within reach left out by the cap")
     line = (f"screen: {sc['measured']:,} of {sc['candidates']:,} candidates measured directly ({sc.get('sampled', 0)} sampled, "
             f"{cap}), {sc.get('filled', sc['candidates'] - sc['measured']):,} filled from the proxy")
+    if sc.get("coarse_batch"):
+        line += f"; {sc['fine']:,} of them on every sequence, the rest on {sc['coarse_batch']} (fine margin {sc['fine_margin']:g})"
     ag = sc.get("sample_agreement")
     if ag:
         line += f"; honesty sample: Spearman {ag['spearman']:.3f}, Kendall {ag.get('kendall', float('nan')):.3f} over {ag['pairs']}"
