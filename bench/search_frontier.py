@@ -90,8 +90,10 @@ def bench_checkpoint(label: str, path: str, *, activation: str | None, seq_len: 
             "budget_label": blabel, "budget": budget, "bytes": res.model_bytes, "headroom": res.headroom, "codec": res.codec,
             "val_loss": post["val_loss"], "val_bpb": bpb, "gap": gap, "gap_ratio_vs_int6tok8": gap / t6["gap"] if t6["gap"] else None,
             "predicted_delta_loss": res.predicted_loss, "seconds": round(time.perf_counter() - t0, 1), "vs": vs,
-            "layout_counts": _counts(res.specs), "chosen_from": res.chosen.source if res.chosen else None,
+            "layout_counts": _counts(res.specs), "layout": {n: sp.label() for n, sp in res.specs.items()},  # to re-score it later
+            "chosen_from": res.chosen.source if res.chosen else None,
             "alternatives": [a.to_dict() for a in res.alternatives], "proxy_vs_direct": res.sens.get("agreement"),
+            "screen": {k: v for k, v in (res.sens.get("screen") or {}).items() if k not in ("proxy_choice", "mu")},
         }
         rows.append(row)
         print(f"  search @ {blabel:<22} {budget:>9,}: {res.model_bytes:>9,} B (headroom {res.headroom:,}) val_bpb {bpb:.5f} "
