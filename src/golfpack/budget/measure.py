@@ -6,12 +6,17 @@ The measuring itself lives in `search/sensitivity.py`; this module runs it on a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from golfpack._version import __version__
 from golfpack.budget.cache import Cache, cache_key
 from golfpack.budget.config import SearchConfig
 from golfpack.budget.problem import Problem
+from golfpack.formats.spec import TensorSpec
 from golfpack.packer.calibration import CalibBatch, calib_halves, make_batch
 
 
@@ -77,6 +82,7 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, di
         want = {n: [l for l in labels[n] if l in keep[n]] for n in p.names}
     two_pass = screening and 0 < cfg.coarse_batch < cfg.calib_batch and cfg.sensitivity in ("direct", "both")
     fine: dict[str, list[str]] | None = None
+    base: float | None
     if two_pass:
         assert proxy is not None and table is not None
         base, direct, fine = _two_pass(p, cfg, model, batch, want, proxy, table, tb, hit, save, values)
@@ -149,8 +155,9 @@ def combine(a: float, ta: int, b: float, tb: int) -> float:
     return (a * ta + b * tb) / (ta + tb)
 
 
-def _two_pass(p: Problem, cfg: SearchConfig, model: Any, batch: CalibBatch, want: dict[str, list[str]], proxy: dict[str, dict[str, float]],
-              table: dict[str, dict[str, int]], tb: int, hit: dict[str, Any], save: Any, values: Any,
+def _two_pass(p: Problem, cfg: SearchConfig, model: torch.nn.Module, batch: CalibBatch, want: dict[str, list[str]],
+              proxy: dict[str, dict[str, float]], table: dict[str, dict[str, int]], tb: int, hit: dict[str, Any],
+              save: Callable[[dict[str, Any]], None], values: Callable[[str, TensorSpec], Tensor],
               ) -> tuple[float, dict[str, dict[str, dict[str, float]]], dict[str, list[str]]]:
     """Direct values of `want` in two passes (SearchConfig.coarse_batch): every one on the coarse rows; then the
     proxy solve is redone with those values (`budget_screen` at `fine_margin`) and only what it keeps is measured on
