@@ -214,24 +214,20 @@ def test_frontier_table_and_plot(tmp_path):
 def test_cli_rejects_bad_options(nolanvild_pt):
     from golfpack.cli import main
 
-    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--budget", "0"])
-    assert r.exit_code == 1 and "--budget must be positive" in r.output
-    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--bits", "9,4"])
-    assert r.exit_code == 1 and "--bits values must be 2..8" in r.output
-    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--val", "x.bin"])
-    assert r.exit_code == 1 and "--val needs --tokenizer" in r.output
-    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--code", "/nonexistent/train_gpt.py", "--activation", "relu3"])
-    assert r.exit_code == 1 and "file not found" in r.output
-    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--clips", "quantile,median"])
-    assert r.exit_code == 1 and "--clips must be a comma-separated list of absmax, quantile, mse" in r.output
-    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--max-direct", "0"])
-    assert r.exit_code == 1 and "max_direct must be positive, got 0 (--max-direct)" in r.output
-    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--fine-margin", "0.5"])
-    assert r.exit_code == 1 and "fine_margin must be a number in [1, inf], got 0.5 (--fine-margin)" in r.output
-    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--coarse-batch", "-1"])
-    assert r.exit_code == 1 and "coarse_batch must be at least 0, got -1 (--coarse-batch)" in r.output
-    r = CliRunner().invoke(main, ["search", str(nolanvild_pt), "--gptq-calib", "self"])
-    assert r.exit_code == 1 and "gptq_calib must be 'pydoc', a train-shard glob or None" in r.output and "(--gptq-calib)" in r.output
+    cases = [  # (flags, what the message must say: every one of them)
+        (["--budget", "0"], ["--budget must be positive"]),
+        (["--bits", "9,4"], ["--bits values must be 2..8"]),
+        (["--val", "x.bin"], ["--val needs --tokenizer"]),
+        (["--code", "/nonexistent/train_gpt.py", "--activation", "relu3"], ["file not found"]),
+        (["--clips", "quantile,median"], ["--clips must be a comma-separated list of absmax, quantile, mse"]),
+        (["--max-direct", "0"], ["max_direct must be positive, got 0 (--max-direct)"]),
+        (["--fine-margin", "0.5"], ["fine_margin must be a number in [1, inf], got 0.5 (--fine-margin)"]),
+        (["--coarse-batch", "-1"], ["coarse_batch must be at least 0, got -1 (--coarse-batch)"]),
+        (["--gptq-calib", "self"], ["gptq_calib must be 'pydoc', a train-shard glob or None", "(--gptq-calib)"]),
+    ]
+    for flags, says in cases:
+        r = CliRunner().invoke(main, ["search", str(nolanvild_pt), *flags])
+        assert r.exit_code == 1 and all(m in r.output for m in says), (flags, r.output)
 
 
 def test_headroom_is_filled_by_harmless_upgrades():

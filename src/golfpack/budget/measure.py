@@ -86,23 +86,10 @@ def sensitivity(p: Problem, cfg: SearchConfig, cache: Cache, table: dict[str, di
     if two_pass:
         assert proxy is not None and table is not None
         base, direct, fine = _two_pass(p, cfg, model, batch, want, proxy, table, tb, hit, save, values)
+    elif cfg.sensitivity in ("direct", "both"):
+        base, direct = _measure_cached(p, cfg, model, batch, want, hit, save, values, "direct", "base_loss")
     else:
-        direct = hit.get("direct", {})
-        base = hit.get("base_loss")
-        if cfg.sensitivity in ("direct", "both") and not all(complete(direct.get(o), want) for o in S.OBJECTIVES):
-            state = {"direct": direct}
-
-            def on_tensor(name: str, rows: dict[str, dict[str, float]]) -> None:
-                for o, row in rows.items():
-                    state["direct"].setdefault(o, {})[name] = row
-                save({"direct": state["direct"]})
-
-            sub = {n: [s for s in p.candidates[n] if s.label() in set(want[n])] for n in p.names}
-            base, direct = S.measure_direct(
-                model, p.state_dict, sub, batch, device=cfg.device, progress=cfg.progress, done=direct,
-                values=values, on_tensor=on_tensor, prefix_cache=cfg.prefix_cache,
-            )
-            save({"base_loss": base, "direct": direct})
+        direct, base = hit.get("direct", {}), hit.get("base_loss")
         if base is None:
             base = S.batch_loss(model, batch, device=cfg.device)
             save({"base_loss": base})
@@ -155,6 +142,35 @@ def combine(a: float, ta: int, b: float, tb: int) -> float:
     return (a * ta + b * tb) / (ta + tb)
 
 
+def _measure_cached(p: Problem, cfg: SearchConfig, model: torch.nn.Module, b: CalibBatch, wanted: dict[str, list[str]],
+                    hit: dict[str, Any], save: Callable[[dict[str, Any]], None], values: Callable[[str, TensorSpec], Tensor],
+                    key: str, base_key: str) -> tuple[float, dict[str, dict[str, dict[str, float]]]]:
+    """(raw loss on `b`, {objective: tensor -> label -> value}) of the `wanted` candidates measured directly on `b`,
+    resumable: hit[key] holds what was measured before (each tensor is saved as it finishes, so an interrupted
+    search goes on where it stopped) and hit[base_key] the raw model's loss on `b`."""
+    from golfpack.budget import sensitivity as S
+
+    d = hit.get(key, {})
+    if all(S.have_(d, n, l) for n, ls in wanted.items() for l in ls):
+        base = hit.get(base_key)
+        if base is None:
+            base = S.batch_loss(model, b, device=cfg.device)
+            save({base_key: base})
+        return float(base), d
+    state = {"d": d}
+
+    def on_tensor(name: str, rows: dict[str, dict[str, float]]) -> None:
+        for o, row in rows.items():
+            state["d"].setdefault(o, {})[name] = row
+        save({key: state["d"]})
+
+    sub = {n: [s for s in p.candidates[n] if s.label() in set(wanted[n])] for n in p.names}
+    base, d = S.measure_direct(model, p.state_dict, sub, b, device=cfg.device, progress=cfg.progress, done=d,
+                               values=values, on_tensor=on_tensor, prefix_cache=cfg.prefix_cache)
+    save({key: d, base_key: base})
+    return base, d
+
+
 def _two_pass(p: Problem, cfg: SearchConfig, model: torch.nn.Module, batch: CalibBatch, want: dict[str, list[str]],
               proxy: dict[str, dict[str, float]], table: dict[str, dict[str, int]], tb: int, hit: dict[str, Any],
               save: Callable[[dict[str, Any]], None], values: Callable[[str, TensorSpec], Tensor],
@@ -167,31 +183,13 @@ def _two_pass(p: Problem, cfg: SearchConfig, model: torch.nn.Module, batch: Cali
     from golfpack.budget import sensitivity as S
 
     cb, rb = split_rows(batch, cfg.coarse_batch)
-
-    def run(key: str, b: CalibBatch, wanted: dict[str, list[str]]) -> tuple[float, dict[str, dict[str, dict[str, float]]]]:
-        state = {"d": hit.get(key, {})}
-        if hit.get(f"{key}_base") is not None and all(l in state["d"].get(o, {}).get(n, {}) for o in S.OBJECTIVES
-                                                       for n, ls in wanted.items() for l in ls):
-            return float(hit[f"{key}_base"]), state["d"]
-
-        def on_tensor(name: str, rows: dict[str, dict[str, float]]) -> None:
-            for o, row in rows.items():
-                state["d"].setdefault(o, {})[name] = row
-            save({key: state["d"]})
-
-        sub = {n: [s for s in p.candidates[n] if s.label() in set(wanted[n])] for n in p.names}
-        base, d = S.measure_direct(model, p.state_dict, sub, b, device=cfg.device, progress=cfg.progress, done=state["d"],
-                                   values=values, on_tensor=on_tensor, prefix_cache=cfg.prefix_cache)
-        save({key: d, f"{key}_base": base})
-        return base, d
-
     k = cfg.coarse_batch  # cached apart per k: other rows, other values
-    cbase, coarse = run(f"coarse{k}", cb, want)
+    cbase, coarse = _measure_cached(p, cfg, model, cb, want, hit, save, values, f"coarse{k}", f"coarse{k}_base")
     est = SC.fill({n: {l: coarse[cfg.objective][n][l] for l in want[n]} for n in p.names}, {n: proxy[n] for n in p.names}, table)
     again = SC.budget_screen(table, S.regularize(est), tb, margin=cfg.fine_margin, max_direct=None, sample=0.0,
                              seed=cfg.self_seed, method=cfg.solver).wanted()
     fine = {n: [l for l in want[n] if l in set(again[n])] for n in p.names}
-    rbase, rest = run(f"rest{k}", rb, fine)
+    rbase, rest = _measure_cached(p, cfg, model, rb, fine, hit, save, values, f"rest{k}", f"rest{k}_base")
     tc, tr = cb.tokens, rb.tokens
     direct: dict[str, dict[str, dict[str, float]]] = {o: {} for o in S.OBJECTIVES}
     for o in S.OBJECTIVES:
