@@ -28,6 +28,16 @@ class Codec(IntEnum):
     LZMA = 2
     ZSTD = 3
     BROTLI = 4
+    RANS = 5  # interleaved static rANS with order-0 tables (docs/qgv3.md, "rans"); golfpack's own, numpy only
+
+
+# The `rans` codec's fixed numbers (docs/qgv3.md): frequencies sum to 2^RANS_PRECISION, lane states live in
+# [RANS_LOW, 2^32) and renormalize by 16-bit words. The other limits bound a hostile payload's cost.
+RANS_PRECISION = 16
+RANS_LOW = 1 << 16
+RANS_MAX_LANES = 4096  # lanes a stream may use (unless its size needs more to stay within RANS_MAX_STEPS)
+RANS_MAX_STEPS = 1 << 16  # decoding steps at most: lanes >= ceil(raw / RANS_MAX_STEPS)
+RANS_MAX_TABLES = 4096  # frequency tables per stream
 
 
 CODECS: dict[str, Codec] = {c.name.lower(): c for c in Codec}  # name -> id for every codec the format knows
@@ -179,6 +189,11 @@ __all__ = [
     "PASS_STORAGE",
     "PREAMBLE",
     "PREAMBLE_OFFSETS",
+    "RANS_LOW",
+    "RANS_MAX_LANES",
+    "RANS_MAX_STEPS",
+    "RANS_MAX_TABLES",
+    "RANS_PRECISION",
     "SCALES_DTYPES",
     "SCALE_GROUPS",
     "SCALES_PER_ROW",

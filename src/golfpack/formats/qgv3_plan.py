@@ -43,7 +43,7 @@ BLOCK_MODES = ("auto", "separate", "solid")
 
 MAX_WORKERS = 4  # compression threads at most (each lzma extreme trial holds ~0.7 GB of match finder at 64 MiB dicts)
 # Relative CPU cost per input byte, to start the longest compressions first (brotli q11 is ~2x lzma extreme).
-_COST = {Codec.RAW: 0.0, Codec.ZLIB: 0.1, Codec.LZMA: 1.0, Codec.ZSTD: 1.0, Codec.BROTLI: 2.0}
+_COST = {Codec.RAW: 0.0, Codec.ZLIB: 0.1, Codec.LZMA: 1.0, Codec.ZSTD: 1.0, Codec.BROTLI: 2.0, Codec.RANS: 0.1}
 _LITERAL_COST = 0.2  # lzma with LzmaEncoder.LITERAL, relative to EXTREME (measured 3-8x faster)
 
 

@@ -74,8 +74,75 @@ def _tree(v, d):  # nested <= 32 deep, ints within 2^63, strings UTF-8
     return type(v) is not int or abs(v) <= 1 << 63
 
 
-def _unz(codec, b, n):  # codec ids: 0 raw, 1 raw deflate, 2 props byte + raw lzma1, 3 zstd, 4 brotli
+def _rans(b, n):  # codec 5 (docs/qgv3.md "rans"): interleaved static rANS, 16-bit frequencies and words
+    if not n:
+        if b:
+            raise ValueError("rans stream of 0 bytes is not empty")
+        return b""
+    p = [0]
+
+    def v(hi):  # a varint (LEB128, <= 5 bytes) in [0, hi]
+        x = s = 0
+        for _ in range(5):
+            c = b[p[0]]
+            p[0] += 1
+            x |= (c & 127) << s
+            s += 7
+            if c < 128:
+                return _i(x, hi)
+        raise ValueError("rans varint too long")
+
+    try:
+        lo_n = max(1, -(-n // 65536))
+        N = v(min(n, max(4096, lo_n)))
+        T = v(4096)
+        if N < lo_n or not T:
+            raise ValueError("rans lane or table count out of range")
+        key, sym, fr, cu = [], [], [], []
+        for j in range(T):
+            lo, hi = b[p[0]], b[p[0] + 1]
+            p[0] += 2
+            f = np.array([v(65536) for _ in range(hi - lo + 1)], np.int64)
+            if lo > hi or f.sum() != 65536 or not f[0] or not f[-1]:
+                raise ValueError("bad rans table")
+            z, c = np.flatnonzero(f), np.cumsum(f) - f
+            key.append(j * 65536 + c[z]), sym.append(lo + z), fr.append(f[z]), cu.append(c[z])
+        S = v(n)
+        seg = [(v(n), v(T - 1)) for _ in range(S)]
+    except IndexError:
+        raise ValueError("rans stream truncated") from None
+    ends = np.cumsum([a for a, _ in seg])
+    if any(a == 0 for a, _ in seg) or not S or ends[-1] != n or len(b) - p[0] < 4 * N or (len(b) - p[0]) % 2:
+        raise ValueError("bad rans segments or size")
+    tab = np.array([t for _, t in seg])
+    key, sym = np.concatenate(key), np.concatenate(sym)
+    fr, cu = np.concatenate(fr).astype(np.uint64), np.concatenate(cu).astype(np.uint64)
+    x = np.frombuffer(b, "<u4", N, p[0]).astype(np.uint64)
+    w = np.frombuffer(b, "<u2", offset=p[0] + 4 * N).astype(np.uint64)
+    out, r, L, P = np.empty(n, np.uint8), 0, np.uint64(65536), np.uint64(16)
+    if (x < L).any():
+        raise ValueError("bad rans state")
+    for t in range(0, n, N):
+        m = min(N, n - t)
+        s = x[:m] & np.uint64(65535)
+        k = np.searchsorted(key, tab[np.searchsorted(ends, np.arange(t, t + m), "right")] * 65536 + s.astype(np.int64), "right") - 1
+        out[t:t + m] = sym[k]
+        y = fr[k] * (x[:m] >> P) + s - cu[k]
+        e = np.flatnonzero(y < L)
+        if r + e.size > w.size:
+            raise ValueError("rans stream truncated")
+        y[e] = (y[e] << P) | w[r:r + e.size]
+        r += e.size
+        x[:m] = y
+    if r != w.size or (x != L).any():
+        raise ValueError("rans stream does not end cleanly")
+    return out.tobytes()
+
+
+def _unz(codec, b, n):  # codec ids: 0 raw, 1 raw deflate, 2 props byte + raw lzma1, 3 zstd, 4 brotli, 5 rans
     end = True
+    if codec == 5:
+        return _rans(b, n)
     if codec == 0:
         out = b
     elif codec == 1:
@@ -169,7 +236,7 @@ def _load(path, check):
             raise ValueError("block too big or file truncated")
         if zlib.crc32(s) != k["crc"]:
             raise ValueError("block checksum mismatch")
-        blocks.append(_unz(_i(k["codec"], 4), s, n))
+        blocks.append(_unz(_i(k["codec"], 5), s, n))
         fill.append(0)
     if pos != len(b):
         raise ValueError("trailing bytes")
