@@ -39,9 +39,9 @@ CHILD = textwrap.dedent(
     """
 )
 
-# The readable decoder's size ceiling: it costs submission bytes (the reader's limits and checks, and the 2.6 KB
+# The readable decoder's size ceiling: it costs submission bytes (the reader's limits and checks, and the 2.8 KB
 # rans decoder, which saves hundreds of KB on a 16 MB model).
-DECODER_CEILING = 18_000
+DECODER_CEILING = 18_500
 
 
 def _records() -> list[TensorRecord]:
@@ -150,7 +150,7 @@ def test_decoder_source_agrees_with_the_format_constants() -> None:
     # the rans decoder's numbers: precision and lower bound 2^16, lanes and tables capped, steps bounded
     assert K.RANS_LOW == 65536 and K.RANS_PRECISION == 16 and "L, P = np.empty(n, np.uint8), 0, np.uint64(65536), np.uint64(16)" in src
     assert f"lo_n = max(1, -(-n // {K.RANS_MAX_STEPS}))" in src and f"max({K.RANS_MAX_LANES}, lo_n)" in src
-    assert f"T = v({K.RANS_MAX_TABLES})" in src
+    assert f"D, S, T = v(1 << 40), v(n), v(1 if ids else {K.RANS_MAX_TABLES})" in src
     assert f's["kind"] in ({int(K.StreamKind.LEVELS)}, {int(K.StreamKind.SUBSCALES)})' in src and f's["layout"] == {int(K.Layout.DENSE)}' in src
     assert f'_i(s["kind"], {max(K.StreamKind)})' in src and f'!= ({int(K.StreamKind.SUBSCALES)}, k)' in src
     assert f's["layout"] == {int(K.Layout.SHUFFLE)}' in src

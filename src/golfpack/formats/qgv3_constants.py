@@ -37,7 +37,7 @@ RANS_PRECISION = 16
 RANS_LOW = 1 << 16
 RANS_MAX_LANES = 4096  # lanes a stream may use (unless its size needs more to stay within RANS_MAX_STEPS)
 RANS_MAX_STEPS = 1 << 16  # decoding steps at most: lanes >= ceil(raw / RANS_MAX_STEPS)
-RANS_MAX_TABLES = 4096  # frequency tables per stream
+RANS_MAX_TABLES = 256  # frequency tables per stream (chunk ids are bytes)
 
 
 CODECS: dict[str, Codec] = {c.name.lower(): c for c in Codec}  # name -> id for every codec the format knows

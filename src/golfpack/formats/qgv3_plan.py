@@ -193,15 +193,19 @@ class _Choice:
 
 
 def resolve_codecs(codec: str) -> list[Codec]:
-    """The codecs `codec` names: one, or every available one for "best" (UsageError if unknown)."""
+    """The codecs `codec` names: one ("lzma"), a set chosen from per stream ("lzma+rans"), or every available
+    one for "best" (UsageError if unknown, or a set names one twice)."""
     if not isinstance(codec, str):
         raise UsageError(f"codec must be a name, got {codec!r}", param="codec")
     if codec.lower() == "best":
         return [CODECS[c] for c in available_codecs()]
-    c = codec_id(codec)
-    if c.name.lower() not in available_codecs():
-        compress(c, b"")  # raises the "install the package" error
-    return [c]
+    out = [codec_id(name) for name in codec.split("+")]
+    if len(set(out)) != len(out):
+        raise UsageError(f"codec set {codec!r} names a codec twice", param="codec")
+    for c in out:
+        if c.name.lower() not in available_codecs():
+            compress(c, b"")  # raises the "install the package" error
+    return out
 
 
 def _sample(values: np.ndarray, itemsize: float) -> np.ndarray:

@@ -23,8 +23,9 @@ from golfpack.formats.qgv3_constants import RANS_LOW, RANS_MAX_LANES, RANS_MAX_S
 # Encoder choices (not part of the format: any decoder reads any setting).
 RANS_CHUNK = 1 << 15  # bytes per chunk before merging: finer tables cost header bytes, coarser ones miss tensor boundaries
 RANS_STEP_TARGET = 1 << 14  # symbols per lane: fewer lanes cost fewer state bytes, more make numpy's steps fewer
-_CHUNKS = (1024, 4096, 32768)  # chunk sizes tried (each a multiple of the first): 2-8 rows of a d512 level stream and up
-_TABLE_COUNTS = (1, 4, 16)  # table counts tried per chunk size (finer clusters measured <0.2% smaller on trained int6)
+_CHUNKS = (512, 2048, 16384)  # chunk sizes tried: a row of a d512 level stream, 4 rows, a few dozen
+_TABLE_COUNTS = (1, 4, 16)  # table counts tried per chunk size
+_PICK_SPANS = 256  # the chunk size and table count are picked on at most this many 16 KiB spans (4 MiB)
 _ROUNDS = 4  # assignment rounds of the clustering (it has settled by then on level streams)
 
 _M = 1 << RANS_PRECISION
@@ -111,61 +112,64 @@ def _cluster(hist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return tables[used], remap[assign]
 
 
-def _runs(assign: np.ndarray) -> np.ndarray:
-    """Start index of each run of equal table ids."""
-    return np.flatnonzero(np.concatenate([[True], assign[1:] != assign[:-1]]))
+def _hist(sym: np.ndarray, size: int) -> np.ndarray:
+    """Byte counts of each `size`-byte chunk, (chunks, 256)."""
+    return np.bincount((np.arange(sym.size) // size) * 256 + sym, minlength=256 * -(-sym.size // size)).reshape(-1, 256)
 
 
-def _model(sym: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int]], float]:
-    """(tables' counts, segments (length, table id), estimated bytes): the cheapest of a few chunk sizes and
-    table counts, each chunk coded by the table of its cluster (runs of one table are one segment)."""
-    n = sym.size
-    best: tuple[list[np.ndarray], list[tuple[int, int]], float] | None = None
-    fine = np.bincount((np.arange(n) // _CHUNKS[0]) * 256 + sym, minlength=256 * -(-n // _CHUNKS[0])).reshape(-1, 256)
+def _cost(hist: np.ndarray, k: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """(estimated bytes of the data, the tables and the chunk ids; tables' counts; chunk ids) with k tables."""
+    tables, assign = _cluster(hist, k)
+    bits = float(np.take_along_axis(hist @ _neglog(tables).T, assign[:, None], 1).sum())
+    side = sum(_table_bytes(t) for t in tables)
+    if len(tables) > 1:
+        ids = np.bincount(assign).astype(np.float64)
+        side += -(ids * np.log2(ids / ids.sum())).sum() / 8 + 2 * len(tables) + 8
+    return bits / 8 + side, tables, assign
+
+
+def _model(sym: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(chunk size, tables' counts, each chunk's table id): the chunk size and table count of the fewest estimated
+    bytes, chosen on up to _PICK_SPAN evenly spaced spans of the stream (the ids are order-0 coded, so spans
+    stand for the whole), then clustered on the whole stream."""
+    n, span = sym.size, max(_CHUNKS)
+    spans = -(-n // span)
+    pick = sym
+    if spans > _PICK_SPANS:
+        starts = np.linspace(0, spans - 2, _PICK_SPANS).astype(np.int64) * span  # whole spans (the last may be short)
+        pick = np.concatenate([sym[s : s + span] for s in starts])
+    best: tuple[float, int, int] | None = None
     for size in _CHUNKS:
-        per = size // _CHUNKS[0]
-        pad = -len(fine) % per
-        hist = np.concatenate([fine, np.zeros((pad, 256), fine.dtype)]).reshape(-1, per, 256).sum(1)
+        hist = _hist(pick, size)
         for k in _TABLE_COUNTS:
-            if k > len(hist):
+            if k > 1 and k >= len(hist):
                 break
-            tables, assign = _cluster(hist, k)
-            bits = float(np.take_along_axis(hist @ _neglog(tables).T, assign[:, None], 1).sum())
-            starts = _runs(assign)
-            lens = np.diff(np.concatenate([starts * size, [n]]))
-            side = sum(_table_bytes(t) for t in tables) + sum(len(_varint(int(v))) for v in lens) + len(starts) * (1 + (len(tables) > 128))
-            est = bits / 8 + side
-            if best is None or est < best[2]:
-                best = (list(tables), [(int(ln), int(assign[s])) for ln, s in zip(lens, starts)], est)
+            est = _cost(hist, k)[0] * n / pick.size
+            if best is None or est < best[0]:
+                best = (est, size, k)
     assert best is not None
-    return best
+    _, size, k = best
+    _, tables, assign = _cost(_hist(sym, size), k)
+    return size, tables, assign
 
 
-def encode(data: bytes) -> bytes:
-    """The rANS payload of `data` (see the module doc)."""
-    sym = np.frombuffer(data, dtype=np.uint8)
-    n = sym.size
-    if n == 0:
-        return b""
-    tables, segs, _ = _model(sym)
-    freqs = [normalize(t) for t in tables]
-    head = bytearray()
-    lanes = lanes_for(n)
-    head += _varint(lanes) + _varint(len(freqs))
-    F = np.zeros((len(freqs), 256), dtype=np.uint64)
-    C = np.zeros((len(freqs), 256), dtype=np.uint64)
-    for j, f in enumerate(freqs):
+def _tables_bytes(freqs: list[np.ndarray]) -> bytes:
+    out = bytearray(_varint(len(freqs)))
+    for f in freqs:
         nz = np.flatnonzero(f)
         lo, hi = int(nz[0]), int(nz[-1])
-        head += bytes([lo, hi]) + b"".join(_varint(int(v)) for v in f[lo : hi + 1])
-        F[j] = f
-        C[j] = np.concatenate([[0], np.cumsum(f)[:-1]])
-    head += _varint(len(segs))
-    for length, j in segs:
-        head += _varint(length) + _varint(j)
-    tid = np.repeat(np.array([j for _, j in segs], dtype=np.int64), [length for length, _ in segs])
-    f_all, c_all = F[tid, sym], C[tid, sym]  # per position: the symbol's frequency and cumulative start
+        out += bytes([lo, hi]) + b"".join(_varint(int(v)) for v in f[lo : hi + 1])
+    return bytes(out)
 
+
+def _code(sym: np.ndarray, freqs: list[np.ndarray], tid: np.ndarray | None) -> bytes:
+    """Lane states + words of `sym`, each position coded with table `tid[i]` (table 0 when None)."""
+    n = sym.size
+    lanes = lanes_for(n)
+    F = np.stack(freqs).astype(np.uint64)
+    C = np.concatenate([np.zeros((len(freqs), 1), np.uint64), np.cumsum(F, axis=1)[:, :-1]], axis=1)
+    t_all = np.zeros(n, np.int64) if tid is None else tid
+    f_all, c_all = F[t_all, sym], C[t_all, sym]  # per position: the symbol's frequency and cumulative start
     steps = -(-n // lanes)
     x = np.full(lanes, RANS_LOW, dtype=np.uint64)
     words: list[np.ndarray] = [np.empty(0, np.uint16)] * steps
@@ -178,87 +182,108 @@ def encode(data: bytes) -> bytes:
         words[t] = (xs[out] & np.uint64(0xFFFF)).astype(np.uint16)
         xs[out] >>= _W
         x[:m] = ((xs // f) << _P) + (xs % f) + c
-    return bytes(head) + x.astype("<u4").tobytes() + np.concatenate(words).astype("<u2").tobytes()
+    return _varint(lanes) + x.astype("<u4").tobytes() + np.concatenate(words).astype("<u2").tobytes()
+
+
+def _single(sym: np.ndarray) -> bytes:
+    """A one-table payload of `sym` (the chunk ids' own)."""
+    f = normalize(np.bincount(sym, minlength=256))
+    return _varint(sym.size) + _varint(sym.size) + _tables_bytes([f]) + _code(sym, [f], None)
+
+
+def encode(data: bytes) -> bytes:
+    """The rANS payload of `data` (docs/qgv3.md 4a)."""
+    sym = np.frombuffer(data, dtype=np.uint8)
+    n = sym.size
+    if n == 0:
+        return b""
+    size, tables, assign = _model(sym)
+    size = min(size, n)  # canonical: a chunk is never longer than the stream (the reader checks)
+    freqs = [normalize(t) for t in tables]
+    head = _varint(n) + _varint(size) + _tables_bytes(freqs)
+    if len(freqs) == 1:
+        return head + _code(sym, freqs, None)
+    sub = _single(assign.astype(np.uint8))
+    return head + _varint(len(sub)) + sub + _code(sym, freqs, np.repeat(assign, size)[:n])
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
+    def __init__(self, data: bytes, what: str = "rans stream") -> None:
+        self.data, self.pos, self.what = data, 0, what
 
     def varint(self, what: str, hi: int) -> int:
         v = shift = 0
         for _ in range(5):
             if self.pos >= len(self.data):
-                raise FormatError(f"rans stream ends inside its {what}")
+                raise FormatError(f"{self.what} ends inside its {what}")
             b = self.data[self.pos]
             self.pos += 1
             v |= (b & 0x7F) << shift
             shift += 7
             if not b & 0x80:
                 if v > hi:
-                    raise FormatError(f"rans stream's {what} is {v}, at most {hi} allowed")
+                    raise FormatError(f"{self.what}'s {what} is {v}, at most {hi} allowed")
                 return v
-        raise FormatError(f"rans stream's {what} is a varint longer than 5 bytes")
+        raise FormatError(f"{self.what}'s {what} is a varint longer than 5 bytes")
 
     def byte(self, what: str) -> int:
         if self.pos >= len(self.data):
-            raise FormatError(f"rans stream ends inside its {what}")
+            raise FormatError(f"{self.what} ends inside its {what}")
         self.pos += 1
         return self.data[self.pos - 1]
 
 
-def decode(data: bytes, raw_size: int) -> bytes:
-    """Exactly `raw_size` bytes from a rANS payload, or FormatError (every field checked before use)."""
+def decode(data: bytes, raw_size: int, *, _ids: bool = False) -> bytes:
+    """Exactly `raw_size` bytes from a rANS payload, or FormatError (every field checked before use).
+    _ids: this is a chunk-id payload, which must have one table (so payloads nest one level at most)."""
+    what = "rans chunk-id payload" if _ids else "rans stream"
     if raw_size == 0:
         if data:
-            raise FormatError(f"rans stream of 0 bytes must be empty, it holds {len(data)}")
+            raise FormatError(f"{what} of 0 bytes must be empty, it holds {len(data)}")
         return b""
-    r = _Reader(data)
-    top = min(raw_size, max(RANS_MAX_LANES, min_lanes(raw_size)))
-    lanes = r.varint("lane count", top)
-    if lanes < min_lanes(raw_size):
-        raise FormatError(f"rans stream's lane count {lanes} is below {min_lanes(raw_size)}, the fewest {raw_size} bytes may use")
-    ntab = r.varint("table count", RANS_MAX_TABLES)
+    r = _Reader(data, what)
+    declared = r.varint("byte count", 1 << 35)
+    if declared != raw_size:  # stored: a zero-cost symbol (a table of one) would otherwise decode to any length
+        raise FormatError(f"{what} declares {declared} bytes, expected {raw_size}")
+    size = r.varint("chunk size", raw_size)
+    if size == 0:
+        raise FormatError(f"{what}'s chunk size is 0")
+    ntab = r.varint("table count", 1 if _ids else RANS_MAX_TABLES)
     if ntab == 0:
-        raise FormatError("rans stream has no frequency table")
+        raise FormatError(f"{what} has no frequency table")
     keys, syms, fs, cs = [], [], [], []
     for j in range(ntab):
         lo, hi = r.byte(f"table {j}"), r.byte(f"table {j}")
         if lo > hi:
-            raise FormatError(f"rans table {j} has lo {lo} > hi {hi}")
+            raise FormatError(f"{what}'s table {j} has lo {lo} > hi {hi}")
         f = np.array([r.varint(f"table {j} frequency", _M) for _ in range(hi - lo + 1)], dtype=np.int64)
         if int(f.sum()) != _M or f[0] == 0 or f[-1] == 0:
-            raise FormatError(f"rans table {j}'s frequencies sum to {int(f.sum())}, not {_M}, or its ends are 0")
+            raise FormatError(f"{what}'s table {j} frequencies sum to {int(f.sum())}, not {_M}, or its ends are 0")
         nz = np.flatnonzero(f)
         cum = np.concatenate([[0], np.cumsum(f)[:-1]])
         keys.append(j * _M + cum[nz])
         syms.append(lo + nz)
         fs.append(f[nz])
         cs.append(cum[nz])
-    key, sym_of, f_of, c_of = (np.concatenate(a) for a in (keys, syms, fs, cs))
-    f_of, c_of = f_of.astype(np.uint64), c_of.astype(np.uint64)
-    nseg = r.varint("segment count", min(raw_size, (len(data) - r.pos) // 2))  # each segment takes 2 bytes at least
-    if nseg == 0:
-        raise FormatError("rans stream has no segment")
-    lengths = np.zeros(nseg, dtype=np.int64)
-    seg_tab = np.zeros(nseg, dtype=np.int64)
-    covered = 0
-    for i in range(nseg):
-        lengths[i] = r.varint(f"segment {i} length", 1 << 35)
-        seg_tab[i] = r.varint(f"segment {i} table", ntab - 1)
-        covered += int(lengths[i])
-        if lengths[i] == 0:
-            raise FormatError(f"rans segment {i} is empty")
-        if covered > raw_size:
-            raise FormatError(f"rans segments declare more than the stream's {raw_size} bytes (refusing a decompression bomb)")
-    if covered != raw_size:
-        raise FormatError(f"rans segments cover {covered} bytes, expected {raw_size}")
-    ends = np.cumsum(lengths)
+    key, sym_of = np.concatenate(keys), np.concatenate(syms)
+    f_of, c_of = np.concatenate(fs).astype(np.uint64), np.concatenate(cs).astype(np.uint64)
+    ids = np.zeros(1, np.int64)
+    if ntab > 1:
+        m = r.varint("chunk-id payload size", len(data) - r.pos)
+        chunks = -(-raw_size // size)
+        ids = np.frombuffer(decode(data[r.pos : r.pos + m], chunks, _ids=True), np.uint8).astype(np.int64)
+        r.pos += m
+        if int(ids.max()) >= ntab:
+            raise FormatError(f"{what} gives a chunk table {int(ids.max())}, but it has {ntab} tables")
+    top = min(raw_size, max(RANS_MAX_LANES, min_lanes(raw_size)))
+    lanes = r.varint("lane count", top)
+    if lanes < min_lanes(raw_size):
+        raise FormatError(f"{what}'s lane count {lanes} is below {min_lanes(raw_size)}, the fewest {raw_size} bytes may use")
     if len(data) - r.pos < 4 * lanes or (len(data) - r.pos - 4 * lanes) % 2:
-        raise FormatError(f"rans stream ends inside its lane states or word stream ({len(data)} bytes)")
+        raise FormatError(f"{what} ends inside its lane states or word stream ({len(data)} bytes)")
     x = np.frombuffer(data, "<u4", lanes, r.pos).astype(np.uint64)
     if (x < _LOW).any():
-        raise FormatError("rans stream has a lane state below its lower bound")
+        raise FormatError(f"{what} has a lane state below its lower bound")
     words = np.frombuffer(data, "<u2", offset=r.pos + 4 * lanes).astype(np.uint64)
     out = np.empty(raw_size, dtype=np.uint8)
     base = np.arange(lanes, dtype=np.int64)
@@ -267,28 +292,30 @@ def decode(data: bytes, raw_size: int) -> bytes:
         lo_i = t * lanes
         m = min(lanes, raw_size - lo_i)
         xs = x[:m]
-        tab = seg_tab[np.searchsorted(ends, base[:m] + lo_i, side="right")]
         slot = xs & _MASK
+        tab = ids[(base[:m] + lo_i) // size] if ntab > 1 else 0
         k = np.searchsorted(key, tab * _M + slot.astype(np.int64), side="right") - 1
         out[lo_i : lo_i + m] = sym_of[k]
         xs = f_of[k] * (xs >> _P) + slot - c_of[k]
         need = np.flatnonzero(xs < _LOW)
         if w + need.size > words.size:
-            raise FormatError("rans stream runs out of words before its last symbol")
+            raise FormatError(f"{what} runs out of words before its last symbol")
         xs[need] = (xs[need] << _W) | words[w : w + need.size]
         w += need.size
         x[:m] = xs
     if w != words.size or (x != _LOW).any():
-        raise FormatError("rans stream does not end cleanly (words left over or lane states not at their start)")
+        raise FormatError(f"{what} does not end cleanly (words left over or lane states not at their start)")
     return out.tobytes()
 
 
 def estimate_bytes(data: bytes) -> int:
-    """Bytes `encode(data)` would take, to within the rounding of its tables (no encoding)."""
+    """Bytes `encode(data)` would take, to within its tables' rounding, without coding (the chunk model only)."""
     sym = np.frombuffer(data, dtype=np.uint8)
     if sym.size == 0:
         return 0
-    return math.ceil(_model(sym)[2]) + 4 * lanes_for(sym.size) + 2
+    size, tables, _ = _model(sym)
+    est = _cost(_hist(sym, size), len(tables))[0]
+    return math.ceil(est) + 4 * lanes_for(sym.size) + 8
 
 
 __all__ = ["decode", "encode", "estimate_bytes", "lanes_for", "min_lanes", "normalize"]

@@ -74,7 +74,7 @@ def _tree(v, d):  # nested <= 32 deep, ints within 2^63, strings UTF-8
     return type(v) is not int or abs(v) <= 1 << 63
 
 
-def _rans(b, n):  # codec 5 (docs/qgv3.md "rans"): interleaved static rANS, 16-bit frequencies and words
+def _rans(b, n, ids=False):  # codec 5 (docs/qgv3.md 4a): static rANS, 16-bit frequencies and words, chunk tables
     if not n:
         if b:
             raise ValueError("rans stream of 0 bytes is not empty")
@@ -93,11 +93,9 @@ def _rans(b, n):  # codec 5 (docs/qgv3.md "rans"): interleaved static rANS, 16-b
         raise ValueError("rans varint too long")
 
     try:
-        lo_n = max(1, -(-n // 65536))
-        N = v(min(n, max(4096, lo_n)))
-        T = v(4096)
-        if N < lo_n or not T:
-            raise ValueError("rans lane or table count out of range")
+        D, S, T = v(1 << 40), v(n), v(1 if ids else 256)
+        if D != n or not S or not T:
+            raise ValueError("rans stream of the wrong size, or a chunk size or table count of 0")
         key, sym, fr, cu = [], [], [], []
         for j in range(T):
             lo, hi = b[p[0]], b[p[0] + 1]
@@ -107,14 +105,19 @@ def _rans(b, n):  # codec 5 (docs/qgv3.md "rans"): interleaved static rANS, 16-b
                 raise ValueError("bad rans table")
             z, c = np.flatnonzero(f), np.cumsum(f) - f
             key.append(j * 65536 + c[z]), sym.append(lo + z), fr.append(f[z]), cu.append(c[z])
-        S = v(n)
-        seg = [(v(n), v(T - 1)) for _ in range(S)]
+        tab = np.zeros(1, np.int64)
+        if T > 1:
+            m = v(len(b) - p[0])
+            tab = np.frombuffer(_rans(b[p[0]:p[0] + m], -(-n // S), True), np.uint8).astype(np.int64)
+            p[0] += m
+            if tab.max() >= T:
+                raise ValueError("bad rans chunk table")
+        lo_n = max(1, -(-n // 65536))
+        N = v(min(n, max(4096, lo_n)))
     except IndexError:
         raise ValueError("rans stream truncated") from None
-    ends = np.cumsum([a for a, _ in seg])
-    if any(a == 0 for a, _ in seg) or not S or ends[-1] != n or len(b) - p[0] < 4 * N or (len(b) - p[0]) % 2:
-        raise ValueError("bad rans segments or size")
-    tab = np.array([t for _, t in seg])
+    if N < lo_n or len(b) - p[0] < 4 * N or (len(b) - p[0]) % 2:
+        raise ValueError("bad rans lanes or size")
     key, sym = np.concatenate(key), np.concatenate(sym)
     fr, cu = np.concatenate(fr).astype(np.uint64), np.concatenate(cu).astype(np.uint64)
     x = np.frombuffer(b, "<u4", N, p[0]).astype(np.uint64)
@@ -125,7 +128,7 @@ def _rans(b, n):  # codec 5 (docs/qgv3.md "rans"): interleaved static rANS, 16-b
     for t in range(0, n, N):
         m = min(N, n - t)
         s = x[:m] & np.uint64(65535)
-        k = np.searchsorted(key, tab[np.searchsorted(ends, np.arange(t, t + m), "right")] * 65536 + s.astype(np.int64), "right") - 1
+        k = np.searchsorted(key, tab[np.arange(t, t + m) // S if T > 1 else 0] * 65536 + s.astype(np.int64), "right") - 1
         out[t:t + m] = sym[k]
         y = fr[k] * (x[:m] >> P) + s - cu[k]
         e = np.flatnonzero(y < L)

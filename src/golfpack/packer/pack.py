@@ -169,6 +169,18 @@ def available_codecs() -> list[str]:
     return list(avail())
 
 
+def check_codec(codec: str) -> None:
+    """UsageError unless `codec` is "best", an available codec, or a set of them joined by '+' ("lzma+rans":
+    each stream gets the smallest of the set)."""
+    from golfpack.formats.qgv3_plan import resolve_codecs
+
+    names = available_codecs()
+    if not isinstance(codec, str) or codec != codec.lower() or not all(c in names for c in codec.split("+")) and codec != "best":
+        raise UsageError(f"unknown or unavailable codec {codec!r}: use one of {', '.join(names)}, a set of them joined by '+' "
+                         f"(e.g. lzma+rans: the smallest per stream) or 'best'", param="codec")
+    resolve_codecs(codec)  # a set naming one codec twice
+
+
 def artifact_meta(src: str | os.PathLike[str], kind: str, src_bytes: bytes, model: Any = None) -> dict[str, Any]:
     """The header `meta` of an artifact packed from `src` (its bytes `src_bytes`, loaded as `kind`).
 
@@ -223,9 +235,7 @@ def pack_state_dict(
         assert best is not None
         return Artifact(data=best[2], records=records, policy=policy, codec=best[1], config=config, codec_sizes=sizes,
                         codec_estimates=estimates, warnings=notes)
-    codecs = available_codecs()
-    if codec not in codecs:
-        raise UsageError(f"unknown or unavailable codec {codec!r}: use one of {', '.join(codecs)} or 'best'", param="codec")
+    check_codec(codec)
     with compressions(progress=progress):
         data = encode(records, codec=codec, config=config, policy=policy, meta=meta)
     return Artifact(data=data, records=records, policy=policy, codec=codec, config=config, codec_sizes={codec: len(data)},
@@ -496,6 +506,7 @@ __all__ = [
     "tensor_group",
     "DEFAULT_BUDGET",
     "DEFAULT_CODEC",
+    "check_codec",
     "Artifact",
     "PackResult",
     "count_code_bytes",
