@@ -73,7 +73,7 @@ def bench_checkpoint(label: str, path: str, *, activation: str | None, seq_len: 
         t0 = time.perf_counter()
         cfg = SearchConfig(budget=budget, calib=calib, tokenizer=str(SP1024), cache_dir=str(Path(args.cache) / label),
                            calib_batch=args.calib_batch, calib_seq=args.calib_seq, progress=None, activation=activation,
-                           codecs=(args.codec,), screen=not args.no_screen)
+                           codecs=(args.search_codec or args.codec,), screen=not args.no_screen)
         res = run_search(path, cfg)
         out = work / f"{label}-search-{i}.qg3"
         out.write_bytes(res.problem.encode(res.choice, res.codec))
@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trained", default=None, help="folder written by bench/train_code_model.py")
     ap.add_argument("--fractions", default="1.0,0.95,0.9", help="budgets as fractions of the smaller of the int6 / int6+tok8 artifacts")
     ap.add_argument("--codec", default="lzma", help="artifact codec for presets and search alike")
+    ap.add_argument("--search-codec", default=None, help="the search's codec when it differs (e.g. lzma+rans), the presets "
+                    "(and so the budgets) staying on --codec: the same bytes as an earlier run, a better coder")
     ap.add_argument("--eval-tokens", type=int, default=65_537)
     ap.add_argument("--calib-batch", type=int, default=16)
     ap.add_argument("--calib-seq", type=int, default=256)
@@ -193,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     from golfpack._io import write_bytes_atomic
 
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "codec": args.codec, "fractions": fractions}
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "codec": args.codec,
+            "search_codec": args.search_codec or args.codec, "fractions": fractions}
     if args.compare:
         meta["vs"] = compare(results, json.loads(Path(args.compare).read_text())["results"], args.compare)
     write_bytes_atomic(args.out, (json.dumps({"meta": meta, "results": results}, indent=2) + "\n").encode())

@@ -11,6 +11,7 @@ from golfpack.budget import SearchConfig, run_search
 from golfpack.budget.fit import Fitter
 from golfpack.formats.shards import write_shard
 from golfpack.packer import calibration
+from golfpack.packer.pack import DEFAULT_CODEC
 from golfpack.packer.policy import PRESETS
 
 
@@ -103,7 +104,8 @@ def test_joint_selection_compares_solver_greedy_proxy_and_every_fitting_preset(r
     cfg = _cfg(shard, budget=BUDGET)
     found = alternatives(result.problem, cfg, result.fits, result.tables, result.sens, cfg.budget, unique=False)
     presets = [f"preset:{n}" for n in PRESETS if _preset_fits(result.problem, n, cfg.budget)]
-    assert [a.source for a in found] == ["solver:lzma", "greedy:lzma", "proxy:lzma", *presets]
+    c = DEFAULT_CODEC
+    assert [a.source for a in found] == [f"solver:{c}", f"greedy:{c}", f"proxy:{c}", *presets]
     assert "preset:int6" in presets and "preset:int8" not in presets  # int8 everywhere is over this budget
     assert all(a.model_bytes <= cfg.budget for a in found)
     # a layout found twice is compared once; the search scored every distinct one jointly
@@ -112,14 +114,14 @@ def test_joint_selection_compares_solver_greedy_proxy_and_every_fitting_preset(r
     assert all(a.joint == a.joint for a in result.alternatives)  # scored (not nan)
     # without a proxy estimate (sensitivity='direct' drives and no proxy exists) it is left out
     sens = {k: v for k, v in result.sens.items() if k != "proxy"}
-    assert "proxy:lzma" not in [a.source for a in alternatives(result.problem, cfg, result.fits, result.tables, sens, cfg.budget, unique=False)]
+    assert f"proxy:{DEFAULT_CODEC}" not in [a.source for a in alternatives(result.problem, cfg, result.fits, result.tables, sens, cfg.budget, unique=False)]
 
 
 def _preset_fits(p, name, budget):
     from golfpack.budget.select import preset_choice
 
     ch = preset_choice(p, name)
-    return ch is not None and len(p.encode(ch, "lzma")) <= budget
+    return ch is not None and len(p.encode(ch, DEFAULT_CODEC)) <= budget
 
 
 def test_frontier_in_process(result):

@@ -18,6 +18,7 @@ from golfpack.budget.fit import Fitter
 from golfpack.budget.problem import exact_name_pattern, layout_policy
 from golfpack.budget.solver import InfeasibleBudget
 from golfpack.formats.spec import TensorSpec
+from golfpack.packer.pack import DEFAULT_CODEC
 
 
 def _nonadditive(costs):
@@ -157,7 +158,7 @@ def test_search_end_to_end_fits_and_caches(small_ckpt, sp1024_model, tmp_path, m
     pol = Policy.load(rep["policy_file"])
     assert {k: v.label() for k, v in pol.resolve(load_state_dict(small_ckpt)).items()} == rep["layout"]
     sources = {a["source"] for a in rep["alternatives"]}
-    assert "solver:lzma" in sources and "preset:int8" in sources  # compared jointly with the presets that fit
+    assert f"solver:{DEFAULT_CODEC}" in sources and "preset:int8" in sources  # compared jointly with the presets that fit
     # default calibration: the model's own samples, written next to the artifact (128 x [BOS + 64 tokens])
     from golfpack.formats.shards import read_shard
 
@@ -277,7 +278,7 @@ def test_floor_is_reachable_and_gptq_layouts_replay(small_ckpt, sp1024_model, tm
     p.pin_calibration("pydoc")
     assert any(s.gptq for s in p.candidates["blocks.0.mlp.fc.weight"]) and not any(s.gptq for s in p.candidates["blocks.0.attn_scale"])
     specs = {n: (next(s for s in c if s.gptq) if any(s.gptq for s in c) else c[0]) for n, c in p.candidates.items()}
-    data = p.encode_specs(specs, "lzma")
+    data = p.encode_specs(specs, DEFAULT_CODEC)
     pol = p.policy_of(specs)
     assert pol.calibration.to_dict() == {"source": "pydoc", "batch": 4, "seq": 64, "digest": p.calibration.digest} and len(p.calibration.digest) == 64
     write_policy(tmp_path / "g.policy.json", pol)

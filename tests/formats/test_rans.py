@@ -199,3 +199,19 @@ def test_hostile_lane_count_cannot_ask_for_millions_of_steps() -> None:
     assert time.perf_counter() - t < 0.5
     ok = _payload(n=n, size=_varint(n), lanes=4, rest=STATE * 4)
     assert rans.decode(ok, n) == b"\x07" * n  # the fewest lanes allowed: RANS_MAX_STEPS steps, and it decodes
+
+
+@pytest.mark.parametrize("n", [1, 700, 5000, 70_000])
+def test_scalar_and_numpy_paths_give_the_same_bytes(n: int) -> None:
+    sym = np.frombuffer(_mixed(n, 2), np.uint8)
+    size, tables, assign = rans._model(sym)
+    freqs = [rans.normalize(t) for t in tables]
+    tid = np.repeat(assign, size)[:n] if len(freqs) > 1 else None
+    a, b = rans._code(sym, freqs, tid, scalar=True), rans._code(sym, freqs, tid, scalar=False)
+    assert a == b
+    z = rans.encode(sym.tobytes())
+    assert rans.decode(z, n, scalar=True) == rans.decode(z, n, scalar=False) == sym.tobytes()
+    if n > 1000:
+        for path in (True, False):
+            with pytest.raises(FormatError, match="runs out of words"):
+                rans.decode(z[:-2], n, scalar=path)

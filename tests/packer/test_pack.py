@@ -312,7 +312,8 @@ def test_pack_best_skips_whole_file_codecs_the_samples_rule_out() -> None:
     art = P.pack_state_dict(sd, policy, codec="best")
     assert "best" in art.codec_sizes and {"raw", "zlib"} <= set(art.codec_estimates)
     assert art.model_bytes == min(art.codec_sizes.values())
-    assert set(art.codec_sizes) | set(art.codec_estimates) == {*P.available_codecs(), "best"}
+    assert set(art.codec_sizes) | set(art.codec_estimates) == {*P.available_codecs(), "best", P.DEFAULT_CODEC}
+    assert P.DEFAULT_CODEC in art.codec_sizes  # always encoded in full: best never loses to the default
     for c, est in art.codec_estimates.items():
         assert est > art.model_bytes, (c, est)
     for c in ("raw", "zlib"):  # the cheap ones, encoded in full: the skip was right (brotli/zstd q-max passes cost seconds)

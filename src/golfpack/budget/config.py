@@ -28,7 +28,7 @@ class SearchConfig:
     self_sequences: int = 128  # calib 'self': sampled sequences (of calib_seq tokens; half measure, half select)
     self_seed: int = 0  # calib 'self': sampling seed
     calib_out: str | None = None  # calib 'self': where the samples are written as a shard (the policy points there)
-    codecs: tuple[str, ...] = ("lzma",)  # artifact codecs to consider (each is fitted;
+    codecs: tuple[str, ...] = ("lzma+rans",)  # artifact codecs to consider (each is fitted; 'a+b' = per stream the smaller;
     # the first also prices the cost tables); 'all' = lzma, brotli, zstd as available
     bits: tuple[int, ...] = (8, 7, 6, 5, 4)  # integer widths offered to every float tensor
     clips: tuple[str, ...] = ("quantile", "mse")  # clip rules offered for every width

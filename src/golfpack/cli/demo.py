@@ -15,9 +15,10 @@ import click
 
 from golfpack._progress import progress_option
 from golfpack.errors import DataError, UsageError
+from golfpack.packer.pack import DEFAULT_CODEC
 
 
-def run_demo(out_dir: str | Path, *, steps: int | None = None, policy_name: str = "int6+tok8", codec: str = "lzma",
+def run_demo(out_dir: str | Path, *, steps: int | None = None, policy_name: str = "int6+tok8", codec: str = DEFAULT_CODEC,
              echo: Any = click.echo, progress: bool | None = None) -> dict[str, Any]:
     """Run every stage under out_dir and return the report (what `--json` prints)."""
     from golfpack.demo_data import make_demo_data
@@ -94,7 +95,7 @@ def run_demo(out_dir: str | Path, *, steps: int | None = None, policy_name: str 
               help="Folder for the demo's data, checkpoint and artifact.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the tiny preset's 150).")
 @click.option("--policy", "policy_name", default="int6+tok8", show_default=True, help="Packing policy (preset or file).")
-@click.option("--codec", default="lzma", show_default=True, help="Stream codec, or 'best'.")
+@click.option("--codec", default=DEFAULT_CODEC, show_default=True, help="Stream codec, a set such as lzma+rans, or 'best'.")
 @progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report instead of the stage lines.")
 def demo_cmd(out_dir: str, steps: int | None, policy_name: str, codec: str, progress: bool | None, as_json: bool) -> None:

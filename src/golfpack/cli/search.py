@@ -78,10 +78,10 @@ def make_scorer(
 @click.option(
     "--codec",
     "codecs",
-    default="lzma",
+    default="lzma+rans",
     show_default=True,
-    help="Artifact codec(s) to fit, comma-separated (lzma, zstd, brotli, "
-    "best = per-stream choice inside QGv3), or 'all'.",
+    help="Artifact codec(s) to fit, comma-separated (lzma, rans, zstd, brotli; a set such as lzma+rans = per stream "
+    "the smaller; best = per-stream choice of all), or 'all'.",
 )
 @click.option("--bits", default="8,7,6,5,4", show_default=True, help="Integer widths offered to every tensor.")
 @click.option("--clips", default="quantile,mse", show_default=True, help="Clip rules offered for every width.")

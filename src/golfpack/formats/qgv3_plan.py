@@ -231,17 +231,26 @@ def _variants(codec: Codec, kind: int, layout: int, itemsize: int) -> list[_Vari
     return [(p, e) for e in LzmaEncoder for p in props]
 
 
+def _rans_fits(kind: int, layout: int, bits: int | None) -> bool:
+    """Whether rans is worth a trial in a codec set: levels one per byte (BYTE, or int8's DENSE). Bit-packed levels
+    and fp16 scales are not order-0 bytes (measured: rans 3-8x lzma on scales), and each trial costs time."""
+    return kind in (StreamKind.LEVELS, StreamKind.SUBSCALES) and (layout == Layout.BYTE or bits == 8)
+
+
 _Trial = tuple[bytes, Codec, int, LzmaProps | None, LzmaEncoder]  # (compressed sample, codec, layout, props, encoder)
 
 
-def _trials(s: Stream, codecs: list[Codec], comp: Compressions) -> tuple[np.ndarray, np.ndarray, list[_Trial]]:
+def _trials(s: Stream, codecs: list[Codec], comp: Compressions, prune: bool = False) -> tuple[np.ndarray, np.ndarray, list[_Trial]]:
     """(values, measured sample, every trial in the serial order (codec, layout, props, encoder)): all are
-    submitted before any is read, so they run side by side."""
+    submitted before any is read, so they run side by side. prune: a codec set's plan, which skips rans where
+    it cannot win (`_rans_fits`)."""
     vals = s.values()
     samp = _sample(vals, s.itemsize)
     futs = []
     for c in codecs:
         for lay in s.layouts():
+            if prune and c == Codec.RANS and len(codecs) > 1 and not _rans_fits(s.kind, lay, s.bits):
+                continue
             data = layout_bytes(s.kind, lay, samp, s.bits)
             for pr, enc in _variants(c, s.kind, lay, s.itemsize):
                 futs.append((comp.submit(c, data, pr, enc), c, lay, pr, enc))
@@ -266,15 +275,15 @@ def estimate_streams(contents: Contents) -> tuple[dict[str, float], bool]:
     return est, exact
 
 
-def choose_stream(s: Stream, codecs: list[Codec], comp: Compressions | None = None) -> _Choice:
+def choose_stream(s: Stream, codecs: list[Codec], comp: Compressions | None = None, prune: bool = False) -> _Choice:
     """Pick (codec, layout, lzma props) for one stream by measuring, then compress it whole.
 
     Every trial is submitted to `comp` (else the active one, else a new one) before any is read; they
     are then compared in the serial order (codec, layout, props) with a strict `<`, as one at a time."""
     if comp is None:
         with compressions() as comp:
-            return choose_stream(s, codecs, comp)
-    vals, samp, trials = _trials(s, codecs, comp)
+            return choose_stream(s, codecs, comp, prune)
+    vals, samp, trials = _trials(s, codecs, comp, prune)
     whole = samp.size == vals.size
     z, codec, layout, props, encoder = min(trials, key=lambda t: len(t[0]))  # the first smallest: a serial strict `<`
     trial = layout_bytes(s.kind, layout, samp, s.bits)
@@ -309,12 +318,12 @@ def plan_qgv3(contents: Contents, *, codec: str = "lzma", blocks: str = "auto") 
         raise UsageError(f"blocks must be 'auto', 'separate' or 'solid', got {blocks!r}", param="blocks")
     codecs = resolve_codecs(codec)
     with compressions() as comp:
-        return _plan(contents, codecs, blocks, comp)
+        return _plan(contents, codecs, blocks, comp, prune="+" in codec)
 
 
-def _plan(contents: Contents, codecs: list[Codec], blocks: str, comp: Compressions) -> Measured:
+def _plan(contents: Contents, codecs: list[Codec], blocks: str, comp: Compressions, prune: bool = False) -> Measured:
     order = contents.streams
-    chosen = run_in_threads([partial(choose_stream, s, codecs, comp) for s in order])  # streams side by side
+    chosen = run_in_threads([partial(choose_stream, s, codecs, comp, prune) for s in order])  # streams side by side
 
     # separate: one block per stream, each with its own codec
     sep = QGv3Plan(tuple(ch.plan for ch in chosen))

@@ -13,6 +13,7 @@ renormalization words so that the decoder reads them forward.
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -23,6 +24,7 @@ from golfpack.formats.qgv3_constants import RANS_LOW, RANS_MAX_LANES, RANS_MAX_S
 # Encoder choices (not part of the format: any decoder reads any setting).
 RANS_CHUNK = 1 << 15  # bytes per chunk before merging: finer tables cost header bytes, coarser ones miss tensor boundaries
 RANS_STEP_TARGET = 1 << 14  # symbols per lane: fewer lanes cost fewer state bytes, more make numpy's steps fewer
+_SCALAR_LANES = 16  # below this many lanes (streams under 256 KiB) both directions run one symbol at a time in Python
 _CHUNKS = (512, 2048, 16384)  # chunk sizes tried: a row of a d512 level stream, 4 rows, a few dozen
 _TABLE_COUNTS = (1, 4, 16)  # table counts tried per chunk size
 _PICK_SPANS = 256  # the chunk size and table count are picked on at most this many 16 KiB spans (4 MiB)
@@ -133,6 +135,8 @@ def _model(sym: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     bytes, chosen on up to _PICK_SPAN evenly spaced spans of the stream (the ids are order-0 coded, so spans
     stand for the whole), then clustered on the whole stream."""
     n, span = sym.size, max(_CHUNKS)
+    if n <= 2 * _CHUNKS[0]:  # too small for chunk tables to pay for themselves
+        return n, np.bincount(sym, minlength=256)[None], np.zeros(1, np.int64)
     spans = -(-n // span)
     pick = sym
     if spans > _PICK_SPANS:
@@ -162,14 +166,26 @@ def _tables_bytes(freqs: list[np.ndarray]) -> bytes:
     return bytes(out)
 
 
-def _code(sym: np.ndarray, freqs: list[np.ndarray], tid: np.ndarray | None) -> bytes:
-    """Lane states + words of `sym`, each position coded with table `tid[i]` (table 0 when None)."""
+def _code(sym: np.ndarray, freqs: list[np.ndarray], tid: np.ndarray | None, scalar: bool | None = None) -> bytes:
+    """Lane states + words of `sym`, each position coded with table `tid[i]` (table 0 when None).
+    scalar: one symbol at a time in Python (None: when there are fewer than _SCALAR_LANES lanes, where numpy's
+    per-step overhead costs more than it saves); both give the same bytes."""
     n = sym.size
     lanes = lanes_for(n)
     F = np.stack(freqs).astype(np.uint64)
     C = np.concatenate([np.zeros((len(freqs), 1), np.uint64), np.cumsum(F, axis=1)[:, :-1]], axis=1)
     t_all = np.zeros(n, np.int64) if tid is None else tid
     f_all, c_all = F[t_all, sym], C[t_all, sym]  # per position: the symbol's frequency and cumulative start
+    if scalar or (scalar is None and lanes < _SCALAR_LANES):
+        xl = [RANS_LOW] * lanes
+        out: list[int] = []  # words by descending position; the decoder reads them by ascending position
+        for i, f, c in zip(range(n - 1, -1, -1), f_all[::-1].tolist(), c_all[::-1].tolist()):
+            x = xl[i % lanes]
+            if x >= f << 16:
+                out.append(x & 0xFFFF)
+                x >>= 16
+            xl[i % lanes] = ((x // f) << 16) + x % f + c
+        return _varint(lanes) + np.array(xl, "<u4").tobytes() + np.array(out[::-1], "<u2").tobytes()
     steps = -(-n // lanes)
     x = np.full(lanes, RANS_LOW, dtype=np.uint64)
     words: list[np.ndarray] = [np.empty(0, np.uint16)] * steps
@@ -233,9 +249,36 @@ class _Reader:
         return self.data[self.pos - 1]
 
 
-def decode(data: bytes, raw_size: int, *, _ids: bool = False) -> bytes:
+def _decode_scalar(what: str, n: int, size: int, ids: np.ndarray, key: np.ndarray, sym_of: np.ndarray, f_of: np.ndarray,
+                   c_of: np.ndarray, x: np.ndarray, words: np.ndarray) -> bytes:
+    """`decode`'s steps one symbol at a time (the same arithmetic and checks)."""
+    keys, syms, fs, cs = key.tolist(), sym_of.tolist(), f_of.tolist(), c_of.tolist()
+    tab = ids.tolist()
+    xl, wl = x.tolist(), words.tolist()
+    lanes, w, nw = len(xl), 0, len(wl)
+    out = bytearray(n)
+    for i in range(n):
+        lane = i % lanes
+        xs = xl[lane]
+        slot = xs & 0xFFFF
+        k = bisect.bisect_right(keys, tab[i // size] * _M + slot) - 1
+        out[i] = syms[k]
+        xs = fs[k] * (xs >> 16) + slot - cs[k]
+        if xs < RANS_LOW:
+            if w >= nw:
+                raise FormatError(f"{what} runs out of words before its last symbol")
+            xs = (xs << 16) | wl[w]
+            w += 1
+        xl[lane] = xs
+    if w != nw or any(v != RANS_LOW for v in xl):
+        raise FormatError(f"{what} does not end cleanly (words left over or lane states not at their start)")
+    return bytes(out)
+
+
+def decode(data: bytes, raw_size: int, *, _ids: bool = False, scalar: bool | None = None) -> bytes:
     """Exactly `raw_size` bytes from a rANS payload, or FormatError (every field checked before use).
-    _ids: this is a chunk-id payload, which must have one table (so payloads nest one level at most)."""
+    _ids: this is a chunk-id payload, which must have one table (so payloads nest one level at most).
+    scalar: as in `_code` (None: by the lane count); both give the same bytes and the same errors."""
     what = "rans chunk-id payload" if _ids else "rans stream"
     if raw_size == 0:
         if data:
@@ -285,6 +328,8 @@ def decode(data: bytes, raw_size: int, *, _ids: bool = False) -> bytes:
     if (x < _LOW).any():
         raise FormatError(f"{what} has a lane state below its lower bound")
     words = np.frombuffer(data, "<u2", offset=r.pos + 4 * lanes).astype(np.uint64)
+    if scalar or (scalar is None and lanes < _SCALAR_LANES):
+        return _decode_scalar(what, raw_size, size if ntab > 1 else raw_size, ids, key, sym_of, f_of, c_of, x, words)
     out = np.empty(raw_size, dtype=np.uint8)
     base = np.arange(lanes, dtype=np.int64)
     w = 0
