@@ -43,7 +43,8 @@ def _budget_lines(rep: dict[str, Any]) -> list[str]:
 @click.option(
     "--policy", "policy_name", default="int6+tok8", show_default=True, help="Preset name or .toml/.json policy file."
 )
-@click.option("--codec", default=DEFAULT_CODEC, show_default=True, help="Stream codec (raw, zlib, lzma, rans, zstd, brotli), a set chosen from per stream (lzma+rans), or 'best' to try all.")
+@click.option("--codec", default=DEFAULT_CODEC, show_default=True,
+              help="Stream codec (raw, zlib, lzma, rans, zstd, brotli), a set chosen from per stream (lzma+rans), or 'best' to try all.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Output artifact (.qg3).")
 @click.option(
     "--set",
