@@ -5,7 +5,7 @@ stored as
   (1) torch.save(int8 container) + zlib-9      - what the baseline and most records ship
   (2) torch.save(int8 container) + lzma-9e
   (3) torch.save(int8 container) + zstd-22     (and brotli-11 when installed)
-  (4) QGv3 with each available codec, and `best` (each stream with its own best codec)
+  (4) QGv3 with each available codec, the default set `lzma+rans`, and `best` (each stream with its own best codec)
   (5) the order-0 entropy bound: per tensor, numel x H0(levels) bits, plus fp16 scales and passthrough
       bytes as stored - what a per-tensor static entropy coder with free tables could reach.
 Models: the real nolanvild and Taleef7 checkpoints, the NeoMakesGames legacy .ptz (dequantized), and a
@@ -160,7 +160,7 @@ def qgv3_sizes(records: list[TensorRecord], policy_dict: dict, config: dict | No
     from golfpack.formats.qgv3 import decode_qgv3, encode_qgv3
 
     out: dict[str, int] = {}
-    for codec in [*available_codecs(), "best"]:
+    for codec in [*available_codecs(), "lzma+rans", "best"]:
         data = encode_qgv3(records, config=config, policy=policy_dict, codec=codec, meta={"bench": "pack_bytes"})
         back = decode_qgv3(data)  # every measured artifact must also round-trip exactly
         for r, b in zip(records, back.records):

@@ -1,7 +1,7 @@
 """The `rans` codec: interleaved static rANS over bytes with a few order-0 tables; docs/qgv3.md 4a is the spec.
 
-Quantized level streams are nearly order-0 (a tensor's levels are close to i.i.d.), so an entropy coder
-with one frequency table per run of similar bytes gets what lzma and brotli only approach. On trained
+Quantized level streams are nearly order-0 (a row's levels are close to i.i.d.), so an entropy coder with a
+frequency table per cluster of similar chunks gets what lzma and brotli only approach. On trained
 int6 levels it is 5-8% under lzma and 1-17% under brotli quality 11, and it codes 36 MB in seconds where
 brotli q11 takes minutes. numpy does the arithmetic: each step advances every lane at once, so a stream
 of any size is about 2^14 numpy steps to encode and at most 2^16 to decode.
@@ -22,7 +22,6 @@ from golfpack.errors import FormatError
 from golfpack.formats.qgv3_constants import RANS_LOW, RANS_MAX_LANES, RANS_MAX_STEPS, RANS_MAX_TABLES, RANS_PRECISION
 
 # Encoder choices (not part of the format: any decoder reads any setting).
-RANS_CHUNK = 1 << 15  # bytes per chunk before merging: finer tables cost header bytes, coarser ones miss tensor boundaries
 RANS_STEP_TARGET = 1 << 14  # symbols per lane: fewer lanes cost fewer state bytes, more make numpy's steps fewer
 _SCALAR_LANES = 16  # below this many lanes (streams under 256 KiB) both directions run one symbol at a time in Python
 _CHUNKS = (512, 2048, 16384)  # chunk sizes tried: a row of a d512 level stream, 4 rows, a few dozen
