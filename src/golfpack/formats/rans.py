@@ -23,7 +23,7 @@ from golfpack.formats.qgv3_constants import RANS_LOW, RANS_MAX_LANES, RANS_MAX_S
 
 # Encoder choices (not part of the format: any decoder reads any setting).
 RANS_STEP_TARGET = 1 << 14  # symbols per lane: fewer lanes cost fewer state bytes, more make numpy's steps fewer
-_SCALAR_LANES = 16  # below this many lanes (streams under 256 KiB) both directions run one symbol at a time in Python
+_SCALAR_LANES = 48  # below this many lanes (streams under 768 KiB; measured crossover ~34 lanes) both directions run one symbol at a time in Python
 _CHUNKS = (512, 2048, 16384)  # chunk sizes tried: a row of a d512 level stream, 4 rows, a few dozen
 _TABLE_COUNTS = (1, 4, 16)  # table counts tried per chunk size
 _PICK_SPANS = 256  # the chunk size and table count are picked on at most this many 16 KiB spans (4 MiB)
