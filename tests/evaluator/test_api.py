@@ -163,6 +163,7 @@ def test_nolanvild_matches_independent_reference(nolanvild_pt, val_tokens, sp102
     assert r.val_bpb == pytest.approx(r.val_loss / math.log(2) * r.tokens / r.bytes, rel=1e-12)
 
 
+@pytest.mark.slow  # ~16 s: a sliding eval of nolanvild; the default suite keeps a sliding eval in test_foreign_cli
 def test_sliding_scores_each_target_once_and_helps(nolanvild, val_tokens, sp_luts, reference_result):
     s = evaluate(nolanvild, val_tokens, sp_luts, seq_len=256, stride=64, batch_size=64, device="cpu")
     assert s.mode == "sliding" and s.windows == 1021

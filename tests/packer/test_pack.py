@@ -297,6 +297,7 @@ def test_pack_best_in_parallel_gives_the_serial_bytes() -> None:
     assert set(par.codec_sizes) >= {"raw", "zlib", "lzma", "best"} and par.codec_estimates == {}  # nothing sampled: all exact
 
 
+@pytest.mark.slow  # ~13 s: `best` over a 1.1M-level stream, every codec in full where it may win
 def test_pack_best_skips_whole_file_codecs_the_samples_rule_out() -> None:
     """A levels stream over TRIAL_BYTES is measured on samples: `best` then encodes in full only the per-stream
     choice and the single codecs within BEST_FULL_MARGIN of it; each one it skips really is bigger."""
