@@ -54,6 +54,9 @@ def test_non_negative_ints(field):
 def test_lists_of_choices():
     assert "unknown or unavailable codecs 'gzip'" in _refused("codecs", codecs=("lzma", "gzip"))
     _refused("codecs", codecs="lzma")  # a bare string is not a list of codecs
+    assert SearchConfig(budget=1).codecs == ("lzma+rans",) and SearchConfig(budget=1, codecs=("rans+lzma",)).codec_list() == ["rans+lzma"]
+    for bad in ("lzma+lzma", "lzma+gzip", "best+lzma"):  # a set: distinct available codecs, no 'best' inside
+        assert f"unknown or unavailable codecs '{bad}'" in _refused("codecs", codecs=(bad,))
     SearchConfig(budget=1, codecs=("best",))
     assert _refused("bits", bits=(8, 9)) == "unknown or unavailable bits 9: use 2, 3, 4, 5, 6, 7, 8"
     _refused("bits", bits=())

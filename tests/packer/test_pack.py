@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from golfpack._version import __version__
 from golfpack.cli import main
-from golfpack.errors import GolfpackError
+from golfpack.errors import GolfpackError, UsageError
 from golfpack.formats.checkpoint import load_state_dict
 
 
@@ -321,3 +321,20 @@ def test_pack_best_skips_whole_file_codecs_the_samples_rule_out() -> None:
         exact = len(P.encode(art.records, codec=c, config=None, policy=art.policy, meta={"golfpack_version": __version__}))
         assert exact > art.model_bytes * (1 + P.BEST_FULL_MARGIN), (c, exact)
     assert art.report()["codec_estimates"] == art.codec_estimates
+
+
+def test_codec_sets_take_the_smaller_per_stream_and_bad_ones_are_refused() -> None:
+    from golfpack.packer import pack as P
+    from golfpack.packer.policy import Policy
+
+    g = torch.Generator().manual_seed(5)
+    sd = {"w": torch.randn(256, 128, generator=g), "b": torch.randn(128, generator=g)}
+    policy = Policy.from_dict({"rules": [{"match": "w", "spec": "int6"}], "default": "fp16"})
+    both = P.pack_state_dict(sd, policy, codec="lzma+rans")
+    assert both.codec == "lzma+rans"
+    assert both.model_bytes <= min(P.pack_state_dict(sd, policy, codec=c).model_bytes for c in ("lzma", "rans"))
+    assert P.is_codec("lzma+rans") and P.is_codec("best") and not P.is_codec("LZMA") and not P.is_codec(None)
+    with pytest.raises(UsageError, match="names a codec twice"):
+        P.pack_state_dict(sd, policy, codec="rans+rans")
+    with pytest.raises(UsageError, match="unknown or unavailable codec 'lzma\\+gzip'"):
+        P.pack_state_dict(sd, policy, codec="lzma+gzip")

@@ -114,10 +114,10 @@ class SearchConfig:
         self.bits = _members("bits", self.bits, tuple(INT_BITS), empty_ok=False)
         self.clips = _members("clips", self.clips, CLIP_RULES, empty_ok=False)
         self.passthrough = _members("passthrough", self.passthrough, PASSTHROUGH_DTYPES, empty_ok=True)
-        avail = available_codecs()
-        sets = tuple(c for c in self.codecs if isinstance(c, str) and "+" in c and all(x in avail for x in c.split("+"))
-                     and len(set(c.split("+"))) == len(c.split("+")))  # 'lzma+rans': per stream, the smaller
-        self.codecs = _members("codecs", self.codecs, (*avail, *sets, "best", "all"), empty_ok=True)
+        from golfpack.packer.pack import is_codec
+
+        sets = tuple(c for c in self.codecs if isinstance(c, str) and "+" in c and is_codec(c))  # 'lzma+rans': per stream, the smaller
+        self.codecs = _members("codecs", self.codecs, (*available_codecs(), *sets, "best", "all"), empty_ok=True)
 
     def codec_list(self) -> list[str]:
         """The codecs the search fits, in order: `codecs` without repeats; empty or 'all' = every available one."""

@@ -249,7 +249,7 @@ def _trials(s: Stream, codecs: list[Codec], comp: Compressions, prune: bool = Fa
     futs = []
     for c in codecs:
         for lay in s.layouts():
-            if prune and c == Codec.RANS and len(codecs) > 1 and not _rans_fits(s.kind, lay, s.bits):
+            if prune and c == Codec.RANS and not _rans_fits(s.kind, lay, s.bits):
                 continue
             data = layout_bytes(s.kind, lay, samp, s.bits)
             for pr, enc in _variants(c, s.kind, lay, s.itemsize):

@@ -155,13 +155,13 @@ def best_candidates(records: list[TensorRecord], config: ModelConfig | None, pol
     from golfpack.formats.qgv3_streams import collect
 
     names = [*available_codecs(), "best"]
-    always = ["best", *([DEFAULT_CODEC] if DEFAULT_CODEC not in names else [])]
+    default = [] if DEFAULT_CODEC in names else [DEFAULT_CODEC]  # a set: not among the single codecs estimated
     contents = collect(records, config=None if config is None else config.to_dict(), policy=policy.to_dict(), meta=meta)
     est, exact = estimate_streams(contents)
     if exact:
-        return [*names, *always[1:]], {}
+        return names + default, {}
     bar = est["best"] * (1 + BEST_FULL_MARGIN)
-    keep = [c for c in names if c == "best" or est[c] <= bar] + always[1:]
+    keep = [c for c in names if c == "best" or est[c] <= bar] + default
     return keep, {c: round(est[c]) for c in names if c not in keep}
 
 
@@ -171,16 +171,24 @@ def available_codecs() -> list[str]:
     return list(avail())
 
 
-def check_codec(codec: str) -> None:
-    """UsageError unless `codec` is "best", an available codec, or a set of them joined by '+' ("lzma+rans":
-    each stream gets the smallest of the set)."""
-    from golfpack.formats.qgv3_plan import resolve_codecs
+def is_codec(codec: object) -> bool:
+    """THE rule for a codec argument: "best", an available codec, or distinct available ones joined by '+'
+    ("lzma+rans": each stream gets the smallest of the set). `check_codec` and SearchConfig both use it."""
+    if not isinstance(codec, str):
+        return False
+    parts, names = codec.split("+"), available_codecs()
+    return codec == "best" or (all(c in names for c in parts) and len(set(parts)) == len(parts))
 
+
+def check_codec(codec: object) -> None:
+    """UsageError unless `is_codec(codec)`, saying what is wrong."""
+    if is_codec(codec):
+        return
     names = available_codecs()
-    if not isinstance(codec, str) or codec != codec.lower() or not all(c in names for c in codec.split("+")) and codec != "best":
-        raise UsageError(f"unknown or unavailable codec {codec!r}: use one of {', '.join(names)}, a set of them joined by '+' "
-                         f"(e.g. lzma+rans: the smallest per stream) or 'best'", param="codec")
-    resolve_codecs(codec)  # a set naming one codec twice
+    if isinstance(codec, str) and all(c in names for c in codec.split("+")):
+        raise UsageError(f"codec set {codec!r} names a codec twice", param="codec")
+    raise UsageError(f"unknown or unavailable codec {codec!r}: use one of {', '.join(names)}, a set of them joined by '+' "
+                     f"(e.g. lzma+rans: the smallest per stream) or 'best'", param="codec")
 
 
 def artifact_meta(src: str | os.PathLike[str], kind: str, src_bytes: bytes, model: Any = None) -> dict[str, Any]:
@@ -509,6 +517,7 @@ __all__ = [
     "DEFAULT_BUDGET",
     "DEFAULT_CODEC",
     "check_codec",
+    "is_codec",
     "Artifact",
     "PackResult",
     "count_code_bytes",
