@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     policies = {"one pass, margin 2.0 (before)": lambda tb: one_pass(tb, 2.0), "one pass, margin 1.5": lambda tb: one_pass(tb, 1.5)}
     for rows in (4, 2):
-        for fm in (1.25, 1.5, 2.0):
+        for fm in (1.1, 1.25, 1.5, 2.0):
             policies[f"two pass, {rows} rows, fine margin {fm}"] = lambda tb, r=rows, f=fm: two_pass(tb, r, f)
     rows_out = []
     for x in FRACTIONS:

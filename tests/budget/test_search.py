@@ -286,3 +286,26 @@ def test_floor_is_reachable_and_gptq_layouts_replay(small_ckpt, sp1024_model, tm
                                   "-o", str(tmp_path / "g.qg3")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "g.qg3").read_bytes() == data
+
+
+def test_search_cli_defaults_are_search_config_defaults():
+    """Every `golfpack search` flag that maps onto a SearchConfig field defaults to that field's default (the CLI
+    spells them out for --help; a default changed in one place only would make the CLI search differ from the API's)."""
+    import dataclasses
+
+    from golfpack.cli.search import search_cmd
+
+    fields = {f.name: f for f in dataclasses.fields(SearchConfig)}
+    renamed = {"sens_mode": "sensitivity"}
+    parsed = {"codecs": lambda s: tuple(s.split(",")), "bits": lambda s: tuple(int(b) for b in s.split(",")),
+              "clips": lambda s: tuple(s.split(","))}
+    checked = []
+    for p in search_cmd.params:
+        name = renamed.get(p.name or "", p.name or "")
+        f = fields.get(name)
+        if f is None or f.default is dataclasses.MISSING or name == "progress":
+            continue
+        got = parsed[name](p.default) if name in parsed else p.default
+        assert got == f.default, f"--{name.replace('_', '-')}: CLI default {p.default!r}, SearchConfig default {f.default!r}"
+        checked.append(name)
+    assert {"coarse_batch", "fine_margin", "calib_batch", "codecs", "sensitivity"} <= set(checked)

@@ -139,13 +139,13 @@ def make_scorer(
 @click.option(
     "--coarse-batch",
     type=int,
-    default=4,
+    default=2,
     show_default=True,
     help="Screened search: measure every candidate within reach on this many of the --calib-batch sequences first, "
     "and on the rest only those the coarse values keep within --fine-margin (docs/search.md). 0: one pass.",
 )
 @click.option(
-    "--fine-margin", type=float, default=1.5, show_default=True, help="The second pass's screen margin (over coarse values)."
+    "--fine-margin", type=float, default=1.1, show_default=True, help="The second pass's screen margin (over coarse values)."
 )
 @click.option("--solver", type=click.Choice(["dp", "greedy", "best"]), default="dp", show_default=True)
 @click.option(
