@@ -117,6 +117,30 @@ def test_joint_selection_compares_solver_greedy_proxy_and_every_fitting_preset(r
     assert f"proxy:{DEFAULT_CODEC}" not in [a.source for a in alternatives(result.problem, cfg, result.fits, result.tables, sens, cfg.budget, unique=False)]
 
 
+def test_presets_far_from_the_budget_are_not_packed(result, shard):
+    """alternatives(): a preset the fit's cost model puts over (1 + margin) x the budget is left out unpacked; one far
+    under comes with its predicted bytes (exact=False), within PRESET_PREDICT_MARGIN of its exact pack."""
+    from golfpack.budget.select import PRESET_PREDICT_MARGIN, alternatives, preset_choice
+    from golfpack.packer.policy import PRESETS
+
+    r, cfg = result, _cfg(shard, budget=BUDGET)
+    p = r.problem
+    packed_before = dict(p.sizes[DEFAULT_CODEC])
+    found = {a.source: a for a in alternatives(p, cfg, r.fits, r.tables, r.sens, cfg.budget, unique=False)}
+    assert p.sizes[DEFAULT_CODEC].keys() - packed_before.keys() <= {found[s].choice for s in found if found[s].exact}
+    for name in PRESETS:
+        ch = preset_choice(p, name)
+        if ch is None:
+            continue
+        exact = p.size(ch, DEFAULT_CODEC)
+        a = found.get(f"preset:{name}")
+        if exact > (1 + 2 * PRESET_PREDICT_MARGIN) * cfg.budget:
+            assert a is None
+        if a is not None and not a.exact:
+            assert abs(a.model_bytes / exact - 1) < PRESET_PREDICT_MARGIN and exact <= cfg.budget
+    assert any(not a.exact for a in found.values()), "no preset was compared on its prediction: the test proves nothing"
+
+
 def _preset_fits(p, name, budget):
     from golfpack.budget.select import preset_choice
 

@@ -257,6 +257,34 @@ def test_pick_prefers_more_bytes_within_measurement_noise():
     assert pick([d, e]) is d  # a real difference wins over bytes
 
 
+def test_settle_packs_only_the_predicted_layouts_that_tie_the_best():
+    """A preset compared on its predicted bytes is packed only when its joint score ties the best (pick compares the
+    tied layouts' bytes); one that the exact pack puts over the budget is dropped and the ties are looked at again."""
+    from golfpack.budget.select import Alternative, pick, settle
+
+    class P:  # the one Problem method settle uses: exact bytes per (layout, codec), counted
+        def __init__(self, sizes):
+            self.sizes, self.packed = sizes, []
+
+        def size(self, choice, codec):
+            self.packed.append(choice)
+            return self.sizes[choice]
+
+    solver = Alternative("solver:lzma", "lzma", (0,), 90_000, 1e-3, joint=2.00e-4)
+    tied = Alternative("preset:int6g+tok8", "lzma", (1,), 80_000, 1e-3, joint=2.01e-4, exact=False)
+    far = Alternative("preset:int6", "lzma", (2,), 70_000, 5e-3, joint=9e-3, exact=False)
+    with pytest.raises(AssertionError, match="settle"):
+        pick([solver, tied, far])  # a tie on predicted bytes is not decided
+    p = P({(1,): 95_000, (2,): 70_500})
+    alts = settle(p, [solver, tied, far], 100_000)
+    assert p.packed == [(1,)] and tied.exact and tied.model_bytes == 95_000 and not far.exact  # `far` cannot win: never packed
+    assert pick(alts) is tied  # tied, and the exact pack stores more bytes
+    over = Alternative("preset:int6sd+tok8", "lzma", (3,), 80_000, 1e-3, joint=1.9e-4, exact=False)
+    p = P({(3,): 100_001})
+    alts = settle(p, [solver, over], 100_000)
+    assert alts == [solver] and pick(alts) is solver  # packed over the budget: out
+
+
 def test_floor_is_reachable_and_gptq_layouts_replay(small_ckpt, sp1024_model, tmp_path):
     """The floor the error prints is a budget that works; a +gptq layout's policy names its tokens and
     `golfpack pack --policy` rebuilds the search's bytes exactly."""

@@ -17,7 +17,7 @@ from golfpack.budget.costs import cost_tables, floor_bytes
 from golfpack.budget.fit import Fit, Fitter
 from golfpack.budget.measure import sensitivity
 from golfpack.budget.problem import Problem, load_problem, self_calibration, write_policy
-from golfpack.budget.select import Alternative, alternatives, joint_scorer, pick
+from golfpack.budget.select import Alternative, alternatives, joint_scorer, pick, settle
 from golfpack.budget.solver import InfeasibleBudget
 from golfpack.formats.spec import TensorSpec
 from golfpack.model import ModelConfig
@@ -171,6 +171,7 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
     if alts:
         score = joint_scorer(p, cfg)
         score(alts)
+        alts = settle(p, alts, model_budget)
         chosen = pick(alts)
         if model_budget - chosen.model_bytes >= cfg.target_headroom:
             # a preset (or an answer fitted for another objective) can leave room: spend it like the
@@ -182,6 +183,7 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
                 rep = Alternative(f"{chosen.source}+repair", chosen.codec, ch, fitter.measure(ch), fitter.loss(ch))
                 score([rep])
                 alts.append(rep)
+                alts = settle(p, alts, model_budget)
                 chosen = pick(alts)
     else:
         chosen = min((Alternative(f"solver:{f.codec}", f.codec, f.choice, f.model_bytes, f.predicted_loss) for f in fits.values()),

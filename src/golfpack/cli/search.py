@@ -399,7 +399,8 @@ def human_lines(rep: dict[str, Any]) -> list[str]:
         )
         for a in rep["alternatives"]:
             lines.append(
-                f"  {a['source']:<34} {a['model_bytes']:>10,} B  predicted {a['predicted_loss']:.5f}  joint {a['joint']:.5f}"
+                f"  {a['source']:<34} {'' if a.get('bytes_exact', True) else '~'}{a['model_bytes']:>10,} B  "
+                f"predicted {a['predicted_loss']:.5f}  joint {a['joint']:.5f}"
             )
     ag = rep.get("proxy_vs_direct")
     if ag:
