@@ -269,3 +269,42 @@ def test_compressions_on_error_drop_queued_work(monkeypatch) -> None:
             raise KeyError("stop")
     release.set()
     assert len(ran) <= 2  # the two that had started
+
+
+def test_second_sample_is_disjoint_from_the_first_and_as_big():
+    from golfpack.formats.qgv3_plan import TRIAL_BYTES, _sample, _second_sample
+
+    vals = np.arange(3 * TRIAL_BYTES, dtype=np.int64)
+    a, b = _sample(vals, 1), _second_sample(vals, 1)
+    assert b is not None and b.size == a.size and not set(a.tolist()) & set(b.tolist())
+    assert _second_sample(vals[: 2 * TRIAL_BYTES], 1) is None  # too small for two: the caller encodes in full
+
+
+def _levels_stream(vals):
+    from golfpack.formats.qgv3_constants import StreamKind
+    from golfpack.formats.qgv3_streams import Contents, Stream
+
+    st = Stream(StreamKind.LEVELS, 6, None)
+    st.add("w", vals.astype(np.int8))
+    return Contents(base={}, streams=[st])
+
+
+def test_confirms_loss_needs_two_samples_to_agree(monkeypatch):
+    """`--codec best` skips a whole-file codec's full encode only when a second, disjoint sample confirms that it
+    loses every stream it lost on the first: i.i.d. int6-like levels (rans wins both samples) say yes; a stream whose
+    first sample is i.i.d. but whose rest repeats (brotli wins there) says no."""
+    from golfpack.formats.qgv3_plan import _TRIAL_SLICES, confirms_loss, estimate_streams
+
+    monkeypatch.setattr(qgv3_plan, "TRIAL_BYTES", 1 << 16)  # the same rule on small samples (the real 1 MiB costs a minute)
+    TRIAL_BYTES = qgv3_plan.TRIAL_BYTES
+    rng = np.random.default_rng(0)
+    n = 3 * TRIAL_BYTES
+    iid = np.clip(np.round(rng.normal(0, 6, n)), -31, 31)
+    assert confirms_loss(_levels_stream(iid), "brotli") and confirms_loss(_levels_stream(iid), "lzma")
+    per = TRIAL_BYTES // _TRIAL_SLICES // 8 * 8
+    tricky = np.tile(iid[:4096], n // 4096 + 1)[:n]  # repeats: LZ codecs win by far
+    for a in np.linspace(0, n - per, _TRIAL_SLICES).astype(np.int64) // 8 * 8:
+        tricky[a : a + per] = iid[a : a + per]  # ... but the first sample sees i.i.d. levels only
+    est, _ = estimate_streams(_levels_stream(tricky))
+    assert est["rans"] < est["brotli"]  # the first sample is misled
+    assert not confirms_loss(_levels_stream(tricky), "brotli")

@@ -218,6 +218,39 @@ def _sample(values: np.ndarray, itemsize: float) -> np.ndarray:
     return np.concatenate([values[s : s + per] for s in starts])
 
 
+def _second_sample(values: np.ndarray, itemsize: float) -> np.ndarray | None:
+    """A sample the size of `_sample`'s and disjoint from it (each slice moved one slice length on, the last one
+    back), or None when the stream is too small to hold two."""
+    n = values.size
+    if n * itemsize <= 2 * TRIAL_BYTES:
+        return None
+    per = max(8, int(TRIAL_BYTES / itemsize) // _TRIAL_SLICES // 8 * 8)
+    first = np.linspace(0, n - per, _TRIAL_SLICES).astype(np.int64) // 8 * 8
+    starts = [int(a) + per for a in first[:-1]] + [int(first[-1]) - per]
+    return np.concatenate([values[a : a + per] for a in starts])
+
+
+def confirms_loss(contents: Contents, codec: str) -> bool:
+    """Whether `codec` alone for the whole file is sure to lose to the per-stream choice ("best"): on every stream where
+    it is not that choice, either it lost on the whole stream, or it lost on the sample AND loses again on a second,
+    disjoint one (`_second_sample`). A stream too small for two samples, or a second sample it wins, says no.
+    `--codec best` skips the full encode of a whole-file codec only on a yes (a 36M model's brotli pass is ~100 s)."""
+    codecs, c = resolve_codecs("best"), codec_id(codec)
+    checks = []
+    with compressions() as comp:
+        for st, (vals, samp, trials) in zip(contents.streams, run_in_threads([partial(_trials, st, codecs, comp) for st in contents.streams])):
+            _, b, lay, props, enc = min(trials, key=lambda t: len(t[0]))
+            if b == c or samp.size == vals.size:
+                continue  # its own choice, or measured on the whole stream
+            again = _second_sample(vals, st.itemsize)
+            if again is None:
+                return False
+            mine = [comp.submit(c, layout_bytes(st.kind, lo, again, st.bits), pr, en)
+                    for lo in st.layouts() for pr, en in _variants(c, st.kind, lo, st.itemsize)]
+            checks.append((mine, comp.submit(b, layout_bytes(st.kind, lay, again, st.bits), props, enc)))
+        return all(min(len(f.result()) for f in mine) > len(theirs.result()) for mine, theirs in checks)
+
+
 _Variant = tuple[LzmaProps | None, LzmaEncoder]
 
 
@@ -363,5 +396,6 @@ def _plan(contents: Contents, codecs: list[Codec], blocks: str, comp: Compressio
     return best
 
 
-__all__ = ["BLOCK_MODES", "Compressions", "Measured", "TRIAL_BYTES", "choose_stream", "compressions", "estimate_streams", "plan_qgv3",
+__all__ = ["BLOCK_MODES", "Compressions", "Measured", "TRIAL_BYTES", "choose_stream", "compressions", "confirms_loss", "estimate_streams",
+           "plan_qgv3",
            "resolve_codecs", "run_in_threads"]

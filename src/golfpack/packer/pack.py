@@ -151,7 +151,7 @@ def best_candidates(records: list[TensorRecord], config: ModelConfig | None, pol
     a sampled stream can mislead the per-stream choice, and `best` must never lose to the default), and the
     estimated bytes of those it skips (sampled trials scaled up, header excluded). Exact when no stream is
     sampled: then every codec is encoded. Run inside the `compressions()` the plans share (the trials are theirs)."""
-    from golfpack.formats.qgv3_plan import estimate_streams
+    from golfpack.formats.qgv3_plan import confirms_loss, estimate_streams
     from golfpack.formats.qgv3_streams import collect
 
     names = [*available_codecs(), "best"]
@@ -161,7 +161,8 @@ def best_candidates(records: list[TensorRecord], config: ModelConfig | None, pol
     if exact:
         return names + default, {}
     bar = est["best"] * (1 + BEST_FULL_MARGIN)
-    keep = [c for c in names if c == "best" or est[c] <= bar] + default
+    # within the margin, a codec that a second, disjoint sample shows losing again on every stream it lost is skipped too
+    keep = [c for c in names if c == "best" or (est[c] <= bar and not confirms_loss(contents, c))] + default
     return keep, {c: round(est[c]) for c in names if c not in keep}
 
 
