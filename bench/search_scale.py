@@ -116,7 +116,8 @@ def child(job: str, ckpt: str, budget: int, codec: str) -> dict:
                 phases[ph]["peak_rss_mb_reported"] = r.peak_rss[ph]
             at += w
         out.update(phases=phases, model_bytes=r.model_bytes, layout=r.report()["layout"],
-                   screen=r.sens.get("screen"), agreement=r.sens.get("agreement"))
+                   screen=r.sens.get("screen"), agreement=r.sens.get("agreement"),
+                   alternatives=r.report().get("alternatives"), chosen_from=r.report().get("chosen_from"))
     else:
         import golfpack
 
@@ -336,7 +337,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=int)
     ap.add_argument("--codec", default="lzma")
     ap.add_argument("--child-out")
+    ap.add_argument("--merge", default=None, help="e2e results JSONs (comma-separated) to combine into --out: one table, one growth fit")
     args = ap.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge.split(",")]
+        merged = {**parts[0], "rows": [r for p in parts for r in p["rows"]], "merged_from": args.merge.split(",")}
+        report(merged)
+        Path(args.out).write_text(json.dumps(merged, indent=2) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+        return 0
     if args.mode is None:
         args.mode = "e2e" if args.jobs else "phases"
     args.jobs = args.jobs or "search,old,pack"
@@ -407,11 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {size}: {n:,} parameters (synthetic weights copying nolanvild's per-row statistics), budget {budget:,}", file=sys.stderr)
         todo = []
         if "search" in jobs:
-            todo.append(("search", "lzma", args.timeout, new_path))
+            todo.append(("search", "default", args.timeout, new_path))  # the search's own default codecs
         if "old" in jobs and size in args.old_sizes.split(","):
-            todo.append(("old", "lzma", args.old_timeout, old_path))
+            todo.append(("old", "default", args.old_timeout, old_path))
         if "pack" in jobs:
-            todo += [("pack", "lzma", args.timeout, new_path), ("pack", "best", args.timeout, new_path)]
+            todo += [("pack", c, args.timeout, new_path) for c in ("lzma", "lzma+rans", "best")]
         for job, codec, tmo, pp in todo:
             r = run_job(job, ckpt, budget, codec, tmo, pp)
             r.update(size=size, params=n, budget=budget, codec=codec)
@@ -419,7 +428,15 @@ def main(argv: list[str] | None = None) -> int:
             save()
             print(json.dumps({k: r.get(k) for k in ("size", "job", "codec", "wall_s", "cpu_s", "peak_rss_mb", "load_start", "timed_out")}),
                   file=sys.stderr)
-    # table
+    report(results)
+    save()
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def report(results: dict) -> None:
+    """The per-phase table, the growth exponents (stored in `results`) and old vs new, from `results['rows']`."""
+    rows = results["rows"]
     print(f"{'size':>6} {'params':>11} {'job':<12} {'phase':<12} {'wall s':>9} {'cpu s':>9} {'cpu rep':>8} {'peak MB':>8} {'load1':>6}")
     for r in rows:
         name = r["job"] + (f":{r['codec']}" if r["job"] == "pack" else "")
@@ -434,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{head} {'TOTAL':<12} {r['wall_s']:>9.1f} {r['cpu_s']:>9.1f} {'':>8} {r['peak_rss_mb']:>8.0f} {r['load_start']:>6.2f}")
     # growth exponents: wall ~ params^k, least squares in log-log over the sizes that finished
     fits = {}
-    for job in ("search", "pack:lzma", "pack:best"):
+    for job in ("search", "pack:lzma", "pack:lzma+rans", "pack:best"):
         pts = [(r["params"], r["wall_s"]) for r in rows if (r["job"] + (f":{r['codec']}" if r["job"] == "pack" else "")) == job
                and not r.get("timed_out") and not r.get("error")]
         if len(pts) >= 2:
@@ -450,9 +467,6 @@ def main(argv: list[str] | None = None) -> int:
             same = o.get("layout") == nw.get("layout")
             print(f"old vs new at {size}: {o['wall_s']:.0f} s -> {nw['wall_s']:.0f} s wall ({o['wall_s'] / nw['wall_s']:.1f}x), "
                   f"{o['cpu_s']:.0f} -> {nw['cpu_s']:.0f} CPU s; same layout: {same}; bytes {o['model_bytes']:,} vs {nw['model_bytes']:,}")
-    save()
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0
 
 
 def _phase_table(rows: list[dict]) -> None:

@@ -188,6 +188,8 @@ class PrefixCache:
         self.enabled = enabled and hasattr(model, "hidden_from") and hasattr(model, "block_inputs")
         self.batched = self.enabled and hasattr(model, "block_output")
         self.cached: list[tuple[Tensor, list[Tensor], list[Tensor], Tensor]] = []
+        self._probs: list[Tensor] = []  # exp of the reference log-probs `_head` was last given (`_probs_of`)
+        self._probs_of: list[Tensor] | None = None
         if self.enabled:
             with torch.inference_mode():
                 for i in range(0, batch.inputs.shape[0], micro):
@@ -212,17 +214,21 @@ class PrefixCache:
             x0, xs, enc, h = self.cached[k]
             if where != "head":
                 h = self.model.hidden_from(int(where), x0, xs, enc)  # type: ignore[operator]
-            a, b = self._head(h, i, None if ref is None else ref[k])
+            a, b = self._head(h, i, ref, k)
             nll, kl = nll + a, kl + b
         return nll / self.batch.tokens, kl / self.batch.tokens
 
-    def _head(self, h: Tensor, i: int, r: Tensor | None) -> tuple[float, float]:
-        """Summed NLL and KL(r || model) of hidden states `h` for the micro-batch starting at row `i`."""
+    def _head(self, h: Tensor, i: int, ref: list[Tensor] | None, k: int) -> tuple[float, float]:
+        """Summed NLL and KL(ref[k] || model) of hidden states `h` for micro-batch k (starting at row `i`)."""
         logp = torch.log_softmax(self.model.logits_from_hidden(h).float(), dim=-1)  # type: ignore[operator]
         y = self.batch.targets[i : i + self.micro].to(self.device)
         nll = -float(logp.gather(-1, y.unsqueeze(-1)).double().sum())
-        kl = 0.0 if r is None else float((r.exp() * (r - logp)).sum(dim=-1).double().sum())
-        return nll, kl
+        if ref is None:
+            return nll, 0.0
+        if self._probs_of is not ref:  # exp(ref) once per reference, not once per candidate (vocab 8192: 4M exps a row)
+            self._probs, self._probs_of = [r.exp() for r in ref], ref
+        r = ref[k]
+        return nll, float((self._probs[k] * (r - logp)).sum(dim=-1).double().sum())
 
     @torch.inference_mode()
     def scores_many(self, name: str, param: Tensor, values: list[Tensor], ref: list[Tensor] | None) -> list[tuple[float, float]]:
@@ -250,7 +256,7 @@ class PrefixCache:
                     outs.append(self.model.block_output(where, x0, xs, enc))  # type: ignore[operator]
                 h = self.model.hidden_from(where, x0, xs, enc, out=torch.cat(outs))  # type: ignore[operator]
                 for j in range(len(group)):
-                    a, b = self._head(h[j * rows : (j + 1) * rows], i, None if ref is None else ref[k])
+                    a, b = self._head(h[j * rows : (j + 1) * rows], i, ref, k)
                     sums[c0 + j][0] += a
                     sums[c0 + j][1] += b
         return [(a / self.batch.tokens, b / self.batch.tokens) for a, b in sums]
