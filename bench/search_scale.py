@@ -117,7 +117,9 @@ def child(job: str, ckpt: str, budget: int, codec: str) -> dict:
             at += w
         out.update(phases=phases, model_bytes=r.model_bytes, layout=r.report()["layout"],
                    screen=r.sens.get("screen"), agreement=r.sens.get("agreement"),
-                   alternatives=r.report().get("alternatives"), chosen_from=r.report().get("chosen_from"))
+                   alternatives=r.report().get("alternatives"), chosen_from=r.report().get("chosen_from"),
+                   fits={c: {"packs": f.packs, "trace": f.trace} for c, f in r.fits.items()},
+                   exact_packs={c: len(v) for c, v in getattr(r.problem, "sizes", {}).items()})
     else:
         import golfpack
 

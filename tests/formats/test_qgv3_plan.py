@@ -308,3 +308,19 @@ def test_confirms_loss_needs_two_samples_to_agree(monkeypatch):
     est, _ = estimate_streams(_levels_stream(tricky))
     assert est["rans"] < est["brotli"]  # the first sample is misled
     assert not confirms_loss(_levels_stream(tricky), "brotli")
+
+
+def test_lzma_variants_skip_extreme_only_on_narrow_levels_in_a_codec_set() -> None:
+    """In a codec set (prune: rans is tried too), levels under 8 bits get LITERAL lzma only (bench/lzma_levels.py:
+    rans beat every lzma variant on each); int8 levels, scales and lzma alone keep EXTREME (it won there)."""
+    from golfpack.formats.qgv3_plan import _variants
+
+    def encoders(kind, bits, itemsize=1, prune=True):
+        return {e for _, e in _variants(Codec.LZMA, kind, Layout.BYTE if bits else Layout.PLAIN, itemsize, bits, prune)}
+
+    for b in (2, 4, 5, 6, 7):
+        assert encoders(StreamKind.LEVELS, b) == {LzmaEncoder.LITERAL}
+        assert encoders(StreamKind.LEVELS, b, prune=False) == set(LzmaEncoder)
+    assert encoders(StreamKind.LEVELS, 8) == set(LzmaEncoder)
+    assert encoders(StreamKind.SCALES, None, 2) == set(LzmaEncoder)
+    assert _variants(Codec.RANS, StreamKind.LEVELS, Layout.BYTE, 1, 6, True) == [(None, LzmaEncoder.EXTREME)]  # not lzma: one trial

@@ -246,7 +246,7 @@ def confirms_loss(contents: Contents, codec: str) -> bool:
             if again is None:
                 return False
             mine = [comp.submit(c, layout_bytes(st.kind, lo, again, st.bits), pr, en)
-                    for lo in st.layouts() for pr, en in _variants(c, st.kind, lo, st.itemsize)]
+                    for lo in st.layouts() for pr, en in _variants(c, st.kind, lo, st.itemsize, st.bits)]
             checks.append((mine, comp.submit(b, layout_bytes(st.kind, lay, again, st.bits), props, enc)))
         return all(min(len(f.result()) for f in mine) > len(theirs.result()) for mine, theirs in checks)
 
@@ -254,14 +254,20 @@ def confirms_loss(contents: Contents, codec: str) -> bool:
 _Variant = tuple[LzmaProps | None, LzmaEncoder]
 
 
-def _variants(codec: Codec, kind: int, layout: int, itemsize: int) -> list[_Variant]:
+def _variants(codec: Codec, kind: int, layout: int, itemsize: int, bits: int | None = None, prune: bool = False) -> list[_Variant]:
     if codec != Codec.LZMA:
         return [(None, LzmaEncoder.EXTREME)]
     props: list[LzmaProps] = list(LZMA_PROPS_CANDIDATES)
     if kind != StreamKind.LEVELS and layout == Layout.PLAIN and itemsize > 1:
         a = int(math.log2(itemsize))
         props.append((0, min(a, 4), min(a, 4)))  # literal position = byte within the element
-    return [(p, e) for e in LzmaEncoder for p in props]
+    # prune (a codec set, which tries rans too): levels under 8 bits get the LITERAL match search only. rans was smaller
+    # than every lzma variant on each such stream of the shared models' presets (bench/results/lzma_levels.json: 13 of
+    # 13, by 5-20%), and EXTREME takes about twice LITERAL's time in every one of a search's exact packs; LITERAL stays
+    # as the fallback for levels rans cannot model (long repeats). Alone, lzma keeps both: EXTREME was smaller on 7 of 18
+    narrow = prune and kind == StreamKind.LEVELS and bits is not None and bits < 8
+    encoders = (LzmaEncoder.LITERAL,) if narrow else tuple(LzmaEncoder)
+    return [(p, e) for e in encoders for p in props]
 
 
 def _rans_fits(kind: int, layout: int, bits: int | None) -> bool:
@@ -285,7 +291,7 @@ def _trials(s: Stream, codecs: list[Codec], comp: Compressions, prune: bool = Fa
             if prune and c == Codec.RANS and not _rans_fits(s.kind, lay, s.bits):
                 continue
             data = layout_bytes(s.kind, lay, samp, s.bits)
-            for pr, enc in _variants(c, s.kind, lay, s.itemsize):
+            for pr, enc in _variants(c, s.kind, lay, s.itemsize, s.bits, prune):
                 futs.append((comp.submit(c, data, pr, enc), c, lay, pr, enc))
     return vals, samp, [(f.result(), c, lay, pr, enc) for f, c, lay, pr, enc in futs]
 
