@@ -324,3 +324,15 @@ def test_lzma_variants_skip_extreme_only_on_narrow_levels_in_a_codec_set() -> No
     assert encoders(StreamKind.LEVELS, 8) == set(LzmaEncoder)
     assert encoders(StreamKind.SCALES, None, 2) == set(LzmaEncoder)
     assert _variants(Codec.RANS, StreamKind.LEVELS, Layout.BYTE, 1, 6, True) == [(None, LzmaEncoder.EXTREME)]  # not lzma: one trial
+
+
+def test_a_codec_set_without_rans_keeps_extreme_on_narrow_levels() -> None:
+    """The LITERAL-only rule leans on rans being tried beside lzma: a set without it (lzma+zstd) keeps both encoders."""
+    from golfpack.formats.qgv3_plan import Compressions, _trials
+
+    lv = next(s for s in collect(records()).streams if s.kind == StreamKind.LEVELS and s.bits == 6)
+    comp = Compressions(workers=1)
+    enc = lambda codecs: {t[4] for t in _trials(lv, codecs, comp, prune=True)[2] if t[1] == Codec.LZMA}  # noqa: E731
+    assert enc([Codec.LZMA, Codec.RANS]) == {LzmaEncoder.LITERAL}
+    assert enc([Codec.LZMA, Codec.ZSTD]) == set(LzmaEncoder)
+    comp.close()

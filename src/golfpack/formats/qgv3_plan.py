@@ -261,7 +261,7 @@ def _variants(codec: Codec, kind: int, layout: int, itemsize: int, bits: int | N
     if kind != StreamKind.LEVELS and layout == Layout.PLAIN and itemsize > 1:
         a = int(math.log2(itemsize))
         props.append((0, min(a, 4), min(a, 4)))  # literal position = byte within the element
-    # prune (a codec set, which tries rans too): levels under 8 bits get the LITERAL match search only. rans was smaller
+    # prune (a codec set with rans in it, e.g. lzma+rans): levels under 8 bits get the LITERAL match search only. rans was smaller
     # than every lzma variant on each such stream of the shared models' presets (bench/results/lzma_levels.json: 13 of
     # 13, by 5-20%), and EXTREME takes about twice LITERAL's time in every one of a search's exact packs; LITERAL stays
     # as the fallback for levels rans cannot model (long repeats). Alone, lzma keeps both: EXTREME was smaller on 7 of 18
@@ -291,7 +291,7 @@ def _trials(s: Stream, codecs: list[Codec], comp: Compressions, prune: bool = Fa
             if prune and c == Codec.RANS and not _rans_fits(s.kind, lay, s.bits):
                 continue
             data = layout_bytes(s.kind, lay, samp, s.bits)
-            for pr, enc in _variants(c, s.kind, lay, s.itemsize, s.bits, prune):
+            for pr, enc in _variants(c, s.kind, lay, s.itemsize, s.bits, prune and Codec.RANS in codecs):
                 futs.append((comp.submit(c, data, pr, enc), c, lay, pr, enc))
     return vals, samp, [(f.result(), c, lay, pr, enc) for f, c, lay, pr, enc in futs]
 
