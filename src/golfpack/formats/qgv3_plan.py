@@ -213,9 +213,14 @@ def _sample(values: np.ndarray, itemsize: float) -> np.ndarray:
     n = values.size
     if n * itemsize <= TRIAL_BYTES:
         return values
-    per = max(8, int(TRIAL_BYTES / itemsize) // _TRIAL_SLICES // 8 * 8)
-    starts = np.linspace(0, n - per, _TRIAL_SLICES).astype(np.int64) // 8 * 8
+    per, starts = _slices(n, itemsize)
     return np.concatenate([values[s : s + per] for s in starts])
+
+
+def _slices(n: int, itemsize: float) -> tuple[int, np.ndarray]:
+    """(slice length, slice starts) of `_sample` for n values: `_second_sample` moves these very slices."""
+    per = max(8, int(TRIAL_BYTES / itemsize) // _TRIAL_SLICES // 8 * 8)
+    return per, np.linspace(0, n - per, _TRIAL_SLICES).astype(np.int64) // 8 * 8
 
 
 def _second_sample(values: np.ndarray, itemsize: float) -> np.ndarray | None:
@@ -224,8 +229,7 @@ def _second_sample(values: np.ndarray, itemsize: float) -> np.ndarray | None:
     n = values.size
     if n * itemsize <= 2 * TRIAL_BYTES:
         return None
-    per = max(8, int(TRIAL_BYTES / itemsize) // _TRIAL_SLICES // 8 * 8)
-    first = np.linspace(0, n - per, _TRIAL_SLICES).astype(np.int64) // 8 * 8
+    per, first = _slices(n, itemsize)
     starts = [int(a) + per for a in first[:-1]] + [int(first[-1]) - per]
     return np.concatenate([values[a : a + per] for a in starts])
 
