@@ -107,10 +107,13 @@ def test_joint_selection_compares_solver_greedy_proxy_and_every_fitting_preset(r
     c = DEFAULT_CODEC
     assert [a.source for a in found] == [f"solver:{c}", f"greedy:{c}", f"proxy:{c}", *presets]
     assert "preset:int6" in presets and "preset:int8" not in presets  # int8 everywhere is over this budget
-    assert all(a.model_bytes <= cfg.budget for a in found)
+    assert all(a.model_bytes <= cfg.budget for a in found if a.exact)
+    # greedy and proxy come on predicted bytes, each with the real fit `settle` runs only if it ties the best
+    assert [a.exact for a in found[1:3]] == [False, False] and all(a.refit is not None for a in found[1:3])
     # a layout found twice is compared once; the search scored every distinct one jointly
-    distinct = {(a.choice, a.codec) for a in found}
-    assert {(a.choice, a.codec) for a in result.alternatives} >= distinct
+    # (or, for a predicted answer that tied the best, its real fit replaced it: settle's test covers that)
+    kept = {(a.choice, a.codec) for a in result.alternatives}
+    assert all((a.choice, a.codec) in kept for a in found if a.refit is None)
     assert all(a.joint == a.joint for a in result.alternatives)  # scored (not nan)
     # without a proxy estimate (sensitivity='direct' drives and no proxy exists) it is left out
     sens = {k: v for k, v in result.sens.items() if k != "proxy"}

@@ -245,6 +245,30 @@ def test_headroom_is_filled_by_harmless_upgrades():
     assert f2.spend_headroom((0, 0, 0), 1200, [])[0] == 1
 
 
+def test_headroom_under_a_ten_thousandth_of_the_budget_is_not_repaired():
+    """REPAIR_MIN_SHARE: at a 15 MB budget, 1,000 bytes of headroom (over target_headroom // 4) cost no exact pack;
+    the same room at a budget where it is a real share is spent."""
+    from golfpack.budget.fit import REPAIR_MIN_SHARE
+
+    big = 15_000_000
+    base = big - 1_000  # room 1,000 > 2048 // 4, but < 1e-4 x 15 MB = 1,500
+    assert SearchConfig(budget=1).target_headroom // 4 < 1_000 < REPAIR_MIN_SHARE * big
+    costs = [[base, base + 600], [0, 300]]
+    losses = [[1.0, 0.0], [1.0, 0.0]]
+    packs: list[tuple[int, ...]] = []
+
+    def size_of(ch):
+        packs.append(ch)
+        return sum(costs[g][j] for g, j in enumerate(ch))
+
+    trace: list[dict] = []
+    assert Fitter(costs, losses, size_of, SearchConfig(budget=1)).spend_headroom((0, 0), big, trace) == (0, 0)
+    assert packs == [(0, 0)] and trace == []  # only the starting layout's size, no repair pack
+    small = [[0, 600], [0, 300]]  # the same 1,000 bytes of room at a 1,000-byte budget: spent, gain in the trace
+    f = Fitter(small, losses, lambda ch: sum(small[g][j] for g, j in enumerate(ch)), SearchConfig(budget=1))
+    assert f.spend_headroom((0, 0), 1_000, trace) == (1, 1) and trace[0]["gain"] == 2.0
+
+
 def test_pick_prefers_more_bytes_within_measurement_noise():
     from golfpack.budget.select import Alternative, pick
 
@@ -283,6 +307,41 @@ def test_settle_packs_only_the_predicted_layouts_that_tie_the_best():
     p = P({(3,): 100_001})
     alts = settle(p, [solver, over], 100_000)
     assert alts == [solver] and pick(alts) is solver  # packed over the budget: out
+
+
+def test_settle_fits_a_predicted_solver_answer_only_when_it_ties_and_rescores_it():
+    """A greedy/proxy answer on predicted bytes is fitted for real (its `refit`) only when its joint score ties the
+    best; a fit that changes the layout is scored again, and a fitted layout equal to another is kept once."""
+    from golfpack.budget.select import Alternative, pick, settle
+
+    calls: list[str] = []
+    scored: list[tuple[int, ...]] = []
+
+    def refit(choice, size, name):
+        def f():
+            calls.append(name)
+            return choice, size, 1e-3
+        return f
+
+    def score(alts):
+        for a in alts:
+            scored.append(a.choice)
+            a.joint = {(5,): 1.5e-4, (0,): 2.0e-4}[a.choice]
+
+    solver = Alternative("solver:lzma", "lzma", (0,), 90_000, 1e-3, joint=2.00e-4)
+    tied = Alternative("greedy:lzma", "lzma", (1,), 90_500, 1e-3, joint=2.01e-4, exact=False, refit=refit((5,), 99_000, "greedy"))
+    far = Alternative("proxy:lzma", "lzma", (2,), 89_000, 1e-3, joint=9e-3, exact=False, refit=refit((6,), 1, "proxy"))
+    alts = settle(None, [solver, tied, far], 100_000, score)  # type: ignore[arg-type]  # no pack is needed here
+    assert calls == ["greedy"] and scored == [(5,)]  # `far` cannot win: never fitted
+    assert tied.exact and tied.choice == (5,) and tied.model_bytes == 99_000 and tied.refit is None
+    assert pick(alts) is tied  # its re-score (1.5e-4) beats the solver's
+    # the fit lands on the solver's own layout: one copy is kept, and the re-score needs `score`
+    same = Alternative("greedy:lzma", "lzma", (1,), 90_500, 1e-3, joint=2.0e-4, exact=False, refit=refit((0,), 90_000, "same"))
+    with pytest.raises(ValueError, match="score"):
+        settle(None, [Alternative("solver:lzma", "lzma", (0,), 90_000, 1e-3, joint=2.0e-4), same], 100_000)  # type: ignore[arg-type]
+    same = Alternative("greedy:lzma", "lzma", (1,), 90_500, 1e-3, joint=2.0e-4, exact=False, refit=refit((0,), 90_000, "same"))
+    solver = Alternative("solver:lzma", "lzma", (0,), 90_000, 1e-3, joint=2.0e-4)
+    assert settle(None, [solver, same], 100_000, score) == [solver]  # type: ignore[arg-type]
 
 
 def test_floor_is_reachable_and_gptq_layouts_replay(small_ckpt, sp1024_model, tmp_path):

@@ -171,7 +171,7 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
     if alts:
         score = joint_scorer(p, cfg)
         score(alts)
-        alts = settle(p, alts, model_budget)
+        alts = settle(p, alts, model_budget, score)
         chosen = pick(alts)
         if model_budget - chosen.model_bytes >= cfg.target_headroom:
             # a preset (or an answer fitted for another objective) can leave room: spend it like the
@@ -183,7 +183,7 @@ def run_search(ckpt: str | Path, cfg: SearchConfig, *, model: Any = None) -> Sea
                 rep = Alternative(f"{chosen.source}+repair", chosen.codec, ch, fitter.measure(ch), fitter.loss(ch))
                 score([rep])
                 alts.append(rep)
-                alts = settle(p, alts, model_budget)
+                alts = settle(p, alts, model_budget, score)
                 chosen = pick(alts)
     else:
         chosen = min((Alternative(f"solver:{f.codec}", f.codec, f.choice, f.model_bytes, f.predicted_loss) for f in fits.values()),

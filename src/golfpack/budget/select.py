@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from golfpack._progress import bar as progress_bar
@@ -28,6 +28,10 @@ class Alternative:
     predicted_loss: float  # sum of single-tensor deltas (what the solver minimised)
     joint: float = math.nan  # objective measured with every tensor quantized, on held-out calibration tokens
     exact: bool = True  # model_bytes is an exact pack (False: the fit's cost-model prediction, packed only if it can win)
+    # how `settle` makes a predicted layout exact when it can win: None packs `choice` as it is (a preset); a solver's
+    # answer on predicted bytes is fitted for real instead (exact packs, budget moved until it fits), returning
+    # (choice, exact bytes, predicted loss): the fitted layout may differ from the predicted one, and is scored again
+    refit: Callable[[], tuple[tuple[int, ...], int, float]] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "codec": self.codec, "model_bytes": self.model_bytes, "bytes_exact": self.exact,
@@ -58,17 +62,42 @@ def pick(alts: list[Alternative]) -> Alternative:
     return max(near, key=lambda a: (a.model_bytes, -a.joint))
 
 
-def settle(p: Problem, alts: list[Alternative], model_budget: int) -> list[Alternative]:
-    """`alts` with every layout that ties the best joint score packed exactly (`pick` compares their bytes); one the
-    exact pack puts over `model_budget` is dropped, and the ties are looked at again."""
+def settle(p: Problem, alts: list[Alternative], model_budget: int,
+           score: Callable[[list[Alternative]], None] | None = None) -> list[Alternative]:
+    """`alts` with every layout that ties the best joint score made exact (`pick` compares their bytes): packed, or
+    fitted for real when it has a `refit` (then `score` re-measures it if the fit changed the layout). One over
+    `model_budget` (or that cannot be fitted) is dropped, a layout found twice is kept once, and the ties are
+    looked at again."""
     alts = list(alts)
     while True:
         todo = [a for a in near_best(alts) if not a.exact]
         if not todo:
             return alts
+        dropped: set[int] = set()
         for a in todo:
-            a.model_bytes, a.exact = p.size(a.choice, a.codec), True
-        alts = [a for a in alts if a.model_bytes <= model_budget]
+            if a.refit is None:
+                a.model_bytes, a.exact = p.size(a.choice, a.codec), True
+                continue
+            try:
+                choice, size, loss = a.refit()
+            except InfeasibleBudget:
+                dropped.add(id(a))
+                continue
+            a.refit, a.model_bytes, a.exact = None, size, True
+            if choice != a.choice:
+                if score is None:
+                    raise ValueError("settle: a refitted layout changed and needs a joint re-score; pass `score`")
+                a.choice, a.predicted_loss = choice, loss
+                score([a])
+        seen: set[tuple[tuple[int, ...], str]] = set()
+        kept = []
+        for a in alts:
+            key = (a.choice, a.codec)
+            if id(a) in dropped or a.model_bytes > model_budget or key in seen:
+                continue
+            seen.add(key)
+            kept.append(a)
+        alts = kept
 
 
 def preset_choice(p: Problem, name: str) -> tuple[int, ...] | None:
@@ -88,8 +117,9 @@ def preset_choice(p: Problem, name: str) -> tuple[int, ...] | None:
 def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: dict[str, Any], sens: dict[str, Any], model_budget: int,
                  *, unique: bool = True) -> list[Alternative]:
     """Fitting layouts worth a joint measurement: the solver's answer per codec, the answers under the
-    proxy estimate and the greedy solver (best codec), and every preset that fits (one the cost model puts far
-    under the budget with its predicted bytes, `exact=False`: see PRESET_PREDICT_MARGIN).
+    proxy estimate and the greedy solver (best codec; on predicted bytes, `exact=False`, fitted for real by `settle`
+    only if they tie the best), and every preset that fits (one the cost model puts far under the budget with its
+    predicted bytes too: see PRESET_PREDICT_MARGIN).
 
     Summed single-tensor deltas ignore interactions (quantizing many tensors at once usually hurts
     more than the sum), so these are compared on what actually matters: the joint effect. A layout found
@@ -107,14 +137,23 @@ def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: di
     extra: list[tuple[str, dict[str, dict[str, float]], str]] = [(f"greedy:{best.codec}", deltas, "greedy")]
     if sens.get("proxy") is not None and cfg.sensitivity != "proxy":
         extra.append((f"proxy:{best.codec}", regularize({n: dict(sens["proxy"][n]) for n in p.names}), cfg.solver))
+    cm = best.cost_model
     for source, table, method in extra:
-        sub = cfg.replace(solver=method)
+        # seeded with the solver fit's packs: same table and budget, so its cost model is already calibrated here
+        fitter = Fitter.for_problem(p, best.codec, tables[best.codec], table, cfg.replace(solver=method), seed=cm.points)
+        # solved at the table budget the solver fit's cost model maps to the budget, on predicted bytes: at 21.8M
+        # parameters a real fit is ~8 exact packs (2 minutes), and these answers rarely beat the solver's
         try:
-            # seeded with the solver fit's packs: same table and budget, so it starts near its answer
-            f = Fitter.for_problem(p, best.codec, tables[best.codec], table, sub, seed=best.cost_model.points).fit(model_budget)
+            sol = fitter.solve(max(sum(min(c) for c in fitter.costs), cm.solver_budget(model_budget)))
         except InfeasibleBudget:
             continue
-        out.append(Alternative(source, best.codec, tuple(f.choice), f.model_bytes, pred(tuple(f.choice))))
+
+        def refit(fitter: Fitter = fitter) -> tuple[tuple[int, ...], int, float]:
+            f = fitter.fit(model_budget)
+            return tuple(f.choice), f.model_bytes, pred(tuple(f.choice))
+
+        ch = tuple(sol.choice)
+        out.append(Alternative(source, best.codec, ch, int(round(cm.predict(sol.cost))), pred(ch), exact=False, refit=refit))
     for name in PRESETS:
         ch = preset_choice(p, name)
         if ch is None:
