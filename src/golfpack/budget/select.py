@@ -142,7 +142,8 @@ def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: di
         # seeded with the solver fit's packs: same table and budget, so its cost model is already calibrated here
         fitter = Fitter.for_problem(p, best.codec, tables[best.codec], table, cfg.replace(solver=method), seed=cm.points)
         # solved at the table budget the solver fit's cost model maps to the budget, on predicted bytes: at 21.8M
-        # parameters a real fit is ~8 exact packs (2 minutes), and these answers rarely beat the solver's
+        # parameters a real fit is ~8 exact packs (2 minutes); the proxy's answer has never won a bench row, and the
+        # greedy one wins only from a tie with the solver's (then `settle` fits it)
         try:
             sol = fitter.solve(max(sum(min(c) for c in fitter.costs), cm.solver_budget(model_budget)))
         except InfeasibleBudget:
