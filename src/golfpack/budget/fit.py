@@ -12,7 +12,7 @@ from typing import Any
 from golfpack.budget.config import SearchConfig
 from golfpack.budget.costs import CostModel, cheapest_choice, fit_cost_model
 from golfpack.budget.problem import Problem
-from golfpack.budget.solver import InfeasibleBudget, Solution, solve
+from golfpack.budget.solver import InfeasibleBudget, Solution, floor_cost, solve
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Fitter:
     def fit(self, model_budget: int) -> Fit:
         """Largest-loss-reduction layout whose exact artifact is <= model_budget, headroom minimised."""
         cm = self.calibrate()
-        floor_t = sum(min(c) for c in self.costs)
+        floor_t = floor_cost(self.costs)
         trace: list[dict[str, Any]] = []
         best: tuple[float, int, tuple[int, ...]] | None = None  # (loss, -size, choice) among fitting
         tb = max(floor_t, cm.solver_budget(model_budget))

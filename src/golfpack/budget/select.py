@@ -14,7 +14,7 @@ from golfpack._progress import bar as progress_bar
 from golfpack.budget.config import SearchConfig
 from golfpack.budget.fit import Fit, Fitter
 from golfpack.budget.problem import Problem
-from golfpack.budget.solver import InfeasibleBudget
+from golfpack.budget.solver import InfeasibleBudget, floor_cost
 
 
 @dataclass
@@ -89,15 +89,15 @@ def settle(p: Problem, alts: list[Alternative], model_budget: int,
                     raise ValueError("settle: a refitted layout changed and needs a joint re-score; pass `score`")
                 a.choice, a.predicted_loss = choice, loss
                 score([a])
-        seen: set[tuple[tuple[int, ...], str]] = set()
-        kept = []
-        for a in alts:
-            key = (a.choice, a.codec)
-            if id(a) in dropped or a.model_bytes > model_budget or key in seen:
-                continue
-            seen.add(key)
-            kept.append(a)
-        alts = kept
+        alts = _unique([a for a in alts if id(a) not in dropped and a.model_bytes <= model_budget])
+
+
+def _unique(alts: list[Alternative]) -> list[Alternative]:
+    """Each (choice, codec) once, under its first entry, in order."""
+    first: dict[tuple[tuple[int, ...], str], Alternative] = {}
+    for a in alts:
+        first.setdefault((a.choice, a.codec), a)
+    return list(first.values())
 
 
 def preset_choice(p: Problem, name: str) -> tuple[int, ...] | None:
@@ -145,7 +145,7 @@ def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: di
         # parameters a real fit is ~8 exact packs (2 minutes); the proxy's answer has never won a bench row, and the
         # greedy one wins only from a tie with the solver's (then `settle` fits it)
         try:
-            sol = fitter.solve(max(sum(min(c) for c in fitter.costs), cm.solver_budget(model_budget)))
+            sol = fitter.solve(max(floor_cost(fitter.costs), cm.solver_budget(model_budget)))
         except InfeasibleBudget:
             continue
 
@@ -171,12 +171,7 @@ def alternatives(p: Problem, cfg: SearchConfig, fits: dict[str, Fit], tables: di
         c = min(sizes, key=sizes.__getitem__)
         if sizes[c] <= model_budget:
             out.append(Alternative(f"preset:{name}", c, ch, sizes[c], pred(ch)))
-    if not unique:
-        return out
-    uniq: dict[tuple[tuple[int, ...], str], Alternative] = {}
-    for a in out:
-        uniq.setdefault((a.choice, a.codec), a)
-    return list(uniq.values())
+    return _unique(out) if unique else out
 
 
 def joint_scorer(p: Problem, cfg: SearchConfig) -> Callable[[list[Alternative]], None]:
