@@ -27,10 +27,15 @@ def test_regularize_keeps_group_and_row_specs_apart():
     assert r["int4"] == 0.5 and r["int6:g64"] == 0.01  # per-row quantile does not leak into the group family
 
 
-def test_lqer_candidates_on_the_cheapest_widths_of_big_enough_matrices():
-    labels = [s.label() for s in candidate_specs(torch.zeros(64, 256), bits=(6, 5, 4), clips=("quantile",), gptq=True, groups=())]
-    assert [lb for lb in labels if "lqer" in lb] == ["int5:sd12+lqer4", "int5:sd12+gptq+lqer4", "int4:sd12+lqer4", "int4:sd12+gptq+lqer4"]
-    assert len(labels) == 2 + 3 * 2 * 2 + 4  # at most 4 more a matrix
+def test_lqer_candidates_on_sdclip_and_the_first_clip_at_every_width_of_big_enough_matrices():
+    labels = [s.label() for s in candidate_specs(torch.zeros(64, 256), bits=(6, 5, 4), clips=("quantile", "mse"), gptq=True, groups=())]
+    assert [lb for lb in labels if "lqer" in lb] == [f"int{b}{x}" for b in (6, 5, 4) for x in
+                                                     (":sd12+lqer4", ":sd12+gptq+lqer4", "+lqer4", "+gptq+lqer4")]
+    assert len(labels) == 2 + 3 * 3 * 2 + 3 * 4  # 4 more a width, not one per clip: mse gets none
+    # the first clip is the one that rides along, and an sd clip among `clips` is not offered twice
+    only = candidate_specs(torch.zeros(64, 256), bits=(4,), clips=("mse", "sd12"), groups=())
+    assert [s.label() for s in only if s.lqer] == ["int4:sd12+lqer4", "int4:mse+lqer4"]
+    assert [s.label() for s in candidate_specs(torch.zeros(64, 256), bits=(4,), clips=("quantile",), sd=None, groups=()) if s.lqer] == ["int4+lqer4"]
     # too small a matrix (rank 4 would cost over 1/16 of its levels), lqer=0, or a vector: none
     assert not [s for s in candidate_specs(torch.zeros(63, 256), bits=(4,)) if s.lqer]
     assert not [s for s in candidate_specs(torch.zeros(64, 256), bits=(4,), lqer=0) if s.lqer]

@@ -36,11 +36,12 @@ DEFAULT_CLIPS = ("quantile", "mse")
 # SDClip with the records' k, and 64-column groups (absmax scales) - each also with GPTQ when `gptq`.
 DEFAULT_SD = "sd12"
 DEFAULT_GROUPS = (64,)
-# LQER (`+lqer<r>`): rank DEFAULT_LQER on the floor-free SDClip candidate (and its GPTQ twin) of the CHEAPEST widths,
-# where a low-rank correction competes with a wider grid; only on matrices whose smaller side is at least
-# LQER_MIN_SIDE (below that, rank 4 costs more than 1/16 of the levels and a wider grid measured better).
+# LQER (`+lqer<r>`): rank DEFAULT_LQER on two clips of every width - the SDClip rule and the first of `clips` (the
+# seed's quantile by default) - each with its GPTQ twin; only on matrices whose smaller side is at least LQER_MIN_SIDE
+# (below that, rank 4 costs more than 1/16 of the levels and a wider grid measured better). Stop 14, nolanvild at the
+# records recipe's bytes (262,144 val tokens): LQER on sd12 at int5/int4 only +0.00269, on sd12 at every width
+# +0.00163, on sd12 and quantile at every width +0.00080; adding mse or ranks 2/8 bought nothing more.
 DEFAULT_LQER = 4
-LQER_WIDTHS = (5, 4)
 LQER_MIN_SIDE = 64
 # Each group size comes twice: fp16 group scales (`g64`) and 6-bit sub-scales x one fp16 per row (`g64s6`).
 # Measured (docs/quantizers.md): g64s6 smaller and better on a float-trained model (nolanvild), worse on the
@@ -78,8 +79,8 @@ def candidate_specs(
     rule `sd` and group-wise scales for each of `groups` x `subscales` (0: fp16 group scales `int<b>:g<N>`;
     k: k-bit sub-scales `int<b>:g<N>s<k>`) (each with GPTQ too, when `gptq`): at most
     (len(clips) + 1 + len(groups) x len(subscales)) x 2 int candidates a width, not every combination. LQER:
-    matrices with min(rows, cols) >= LQER_MIN_SIDE also get `int<b>:<sd>+lqer<lqer>` (and its `+gptq` twin) at
-    the widths of LQER_WIDTHS offered: at most 4 more candidates a matrix (lqer=0: none). Outliers: a matrix without
+    matrices with min(rows, cols) >= LQER_MIN_SIDE also get `int<b>:<c>+lqer<lqer>` (and its `+gptq` twin) for c
+    in (`sd`, the first of `clips`) at every width: at most 4 more candidates a width (lqer=0: none). Outliers: a matrix without
     GPTQ candidates, wider than OUTLIER_GROUP, also gets `int4:g64s6+out<outliers>` (g64 without `6` in `subscales`)
     when 4 is among the widths: one more candidate (outliers=0: none).
 
@@ -93,6 +94,8 @@ def candidate_specs(
     for d in passthrough:
         if d != own and d in ("fp16", "bf16", "fp32") and not (own in ("fp16", "bf16") and d == "fp32"):
             out.append(TensorSpec("passthrough", dtype=d))
+    clips = tuple(clips)
+    lqer_clips = [c for c in dict.fromkeys((sd, clips[0] if clips else None)) if c is not None]
     if t.numel() > 1:
         for b in sorted(set(bits), reverse=True):
             grid = [TensorSpec("int", bits=int(b), clip=c) for c in clips]
@@ -101,8 +104,8 @@ def candidate_specs(
                     grid.append(TensorSpec("int", bits=int(b), clip=sd))
                 grid += [TensorSpec("int", bits=int(b), clip="absmax", group=int(g), subscale=int(k))
                          for g in groups if g < t.shape[1] for k in subscales]
-            if lqer and sd is not None and b in LQER_WIDTHS and t.ndim == 2 and min(t.shape) >= LQER_MIN_SIDE:
-                grid.append(TensorSpec("int", bits=int(b), clip=sd, lqer=lqer))
+            if lqer and t.ndim == 2 and min(t.shape) >= LQER_MIN_SIDE:
+                grid += [TensorSpec("int", bits=int(b), clip=c, lqer=lqer) for c in lqer_clips]
             if outliers and not gptq and b in OUTLIER_WIDTHS and t.ndim == 2 and OUTLIER_GROUP < t.shape[1]:
                 grid.append(TensorSpec("int", bits=int(b), clip="absmax", group=OUTLIER_GROUP, subscale=6 if 6 in subscales else 0,
                                        outliers=outliers))
