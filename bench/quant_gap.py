@@ -176,12 +176,10 @@ def main() -> int:
     m, sd, cfg, val, ev, log, t0 = model_bench(args.model, args.tokens or QG_TOKENS.get(args.model))
     luts = build_luts(m["tok"], cfg.vocab_size)
     chunks: dict[str, list[float]] = {}  # row key -> summed NLL per chunk (the paired bootstrap's data)
-    nbytes: list[int] = []
 
     def evc(state, key: str) -> float:
         nll, nb = chunk_scores(build_model(cfg, state), val, luts, m["seq"])
         chunks[key] = nll
-        nbytes[:] = nb
         return sum(nll) / (math.log(2) * sum(nb))
 
     def fresh(art, key: str) -> float:

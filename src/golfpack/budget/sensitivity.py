@@ -454,7 +454,8 @@ def regularize(deltas: dict[str, dict[str, float]]) -> dict[str, dict[str, float
         by_clip: dict[tuple[str, int, int, bool, int, int], list[tuple[int, str]]] = {}
         for label in new:
             spec = TensorSpec.parse(label)
-            if spec.kind == "int":  # an LQER or outlier candidate is its own family: neither is monotone in the width
+            if spec.kind == "int":  # LQER and outlier candidates are families of their own: never
+                # compared with their base spec's widths (a correction is not a wider grid), monotone among themselves
                 by_clip.setdefault((spec.clip, spec.group, spec.subscale, spec.gptq, spec.lqer, spec.outliers), []).append((spec.bits, label))
         for items in by_clip.values():
             run = 0.0
