@@ -28,6 +28,21 @@ def test_demo_data_is_deterministic_and_split_by_document(tmp_path) -> None:
     assert int(tr.max()) < 1024 and int(va.max()) < 1024
 
 
+def test_demo_data_from_given_documents_splits_them_and_trains_the_tokenizer_on_train_only(tmp_path) -> None:
+    docs = demo_documents()[1::2]  # another corpus: every other page
+    d = make_demo_data(tmp_path / "c", val_every=4, documents=[*docs, "  "])  # the blank one is dropped
+    tr = read_shard(tmp_path / "c" / "demo_train_000000.bin")
+    va = read_shard(tmp_path / "c" / "demo_val_000000.bin")
+    assert int((va == 1).sum()) == len(docs[::4]) and int((tr == 1).sum()) == len(docs) - len(docs[::4])
+    assert tr.size == d.train_tokens and va.size == d.val_tokens
+    assert d.tokenizer.read_bytes() != make_demo_data(tmp_path / "a").tokenizer.read_bytes()
+    with pytest.raises(ValueError, match="val_every must be >= 2"):
+        make_demo_data(tmp_path / "e", val_every=1, documents=docs)
+    with pytest.raises(ValueError, match="need at least val_every=4"):
+        make_demo_data(tmp_path / "f", val_every=4, documents=docs[:3])
+    assert not (tmp_path / "f").exists()
+
+
 @pytest.mark.slow  # ~20 s: the whole demo (data, train, pack, verify)
 def test_demo_end_to_end_json(tmp_path) -> None:
     res = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "d"), "--steps", "4", "--json"])

@@ -8,6 +8,7 @@ then splits the pages into disjoint train and val documents: the demo never trai
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +37,18 @@ def demo_documents() -> list[str]:
     return pydoc_documents()
 
 
-def make_demo_data(out_dir: str | Path, val_every: int = 10) -> DemoData:
-    """Write tokenizer + train/val shards under out_dir (every `val_every`-th page is val)."""
+def make_demo_data(out_dir: str | Path, val_every: int = 10, documents: Sequence[str] | None = None) -> DemoData:
+    """Write tokenizer + train/val shards under out_dir (every `val_every`-th document is val). `documents`:
+    the text to use instead of `demo_documents()` (a bench's larger corpus); the tokenizer sees only train ones."""
     import sentencepiece as spm
 
+    if val_every < 2:
+        raise ValueError(f"val_every must be >= 2 (every val_every-th document is val), got {val_every}")
+    docs = demo_documents() if documents is None else [d for d in documents if d.strip()]
+    if len(docs) < val_every:
+        raise ValueError(f"{len(docs)} non-empty documents: need at least val_every={val_every} for one val and train documents")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    docs = demo_documents()
     train_docs = [d for i, d in enumerate(docs) if i % val_every]
     val_docs = [d for i, d in enumerate(docs) if i % val_every == 0]
     buf = io.BytesIO()
