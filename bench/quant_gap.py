@@ -1,12 +1,14 @@
 """quant_gap: fresh-load val_bpb gap of golfpack's quantizers at equal bytes, per model (issue #12).
 
-    PYTHONPATH=src python bench/quant_gap.py --model samtruss|nolanvild|patho [--families a,b] [--table]
+    PYTHONPATH=src python bench/quant_gap.py --model samtruss|nolanvild|patho|patho_topics|patho_docs [--families a,b] [--table]
 
 For each model: the raw val_bpb (the model as loaded), then for each quantizer family the member (bit
 width of the block matrices, from LADDER) with the most bits whose real QGv3 artifact fits each byte
 target - the `int6+tok8` artifact's size (T) and 85% of it - packed by golfpack, written to a file,
 loaded fresh (`load_any`) and evaluated on the first official val tokens (seq_len 1024; nolanvild 262,145, SamTruss
-32,769, --tokens to change; the pathological model: all 11,580 of its own demo val shard, seq_len 128). Every
+32,769, --tokens to change; the pathological models, seq_len 128, all of their own demo val shard: `patho`, the
+default recipe of bench/train_pathological.py, ~98K tokens; `patho_topics`, stop 14's topic-pages-only model, 11,580;
+`patho_docs`, that model on ~267K tokens of stdlib docstrings it never saw, bench/patho_corpus.py). Every
 score is kept per chunk of CHUNK_SEQS windows, so each search row also gets its ratio to the records row at its
 bytes with a paired bootstrap 90% interval over chunks (the gaps of two layouts of one model on the same tokens
 move together; the interval says how much of a difference is the eval's sampling). Members are tried from the widest down, so a
@@ -64,14 +66,24 @@ from records_recipe import collect_hessians, quantize_records_recipe  # noqa: E4
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GOLFPACK_SHARED_DATA", "/work/shared/data"))
 RESULTS = REPO / "bench" / "results" / "quant_gap.json"
-PATHO = Path(os.environ.get("GOLFPACK_PATHO", "/tmp/gp_patho3"))  # bench/train_pathological.py --matrix-lr 0.004 --out ...
+# bench/train_pathological.py --out ... : its default recipe (topics+docstrings corpus), and the stop 14 one on the topic
+# pages alone (--corpus topics --val-every 10), kept for the out-of-distribution experiment `patho_docs`
+PATHO = Path(os.environ.get("GOLFPACK_PATHO", "/tmp/gp_patho5"))
+PATHO_TOPICS = Path(os.environ.get("GOLFPACK_PATHO_TOPICS", "/tmp/gp_patho3"))
 MODELS = {
     "samtruss": dict(ckpt=SHARED / "artifacts/SamTruss_873402c_final_model.int8.ptz", val=str(VAL), tok=str(TOK), seq=1024,
                      tokens=32_769, calib=None),
     "nolanvild": dict(ckpt=SHARED / "checkpoints/nolanvild_final_model.pt", val=str(VAL), tok=str(TOK), seq=1024, tokens=32_769,
                       calib=None),
     "patho": dict(ckpt=PATHO / "run/final_model.pt", val=str(PATHO / "data/demo_val_*.bin"), tok=str(PATHO / "data/demo_bpe1024.model"),
-                  seq=128, tokens=11_580, calib=str(PATHO / "data/demo_train_*.bin")),
+                  seq=128, tokens=None, calib=str(PATHO / "data/demo_train_*.bin")),
+    "patho_topics": dict(ckpt=PATHO_TOPICS / "run/final_model.pt", val=str(PATHO_TOPICS / "data/demo_val_*.bin"),
+                         tok=str(PATHO_TOPICS / "data/demo_bpe1024.model"), seq=128, tokens=None,
+                         calib=str(PATHO_TOPICS / "data/demo_train_*.bin")),
+    # the topics model on text unlike its training text: stdlib docstrings (bench/patho_corpus.py --out PATHO_TOPICS)
+    "patho_docs": dict(ckpt=PATHO_TOPICS / "run/final_model.pt", val=str(PATHO_TOPICS / "data/heldout_docs_*.bin"),
+                       tok=str(PATHO_TOPICS / "data/demo_bpe1024.model"), seq=128, tokens=None,
+                       calib=str(PATHO_TOPICS / "data/demo_train_*.bin")),
 }
 LADDER = (6, 5, 4, 3)
 FAMILIES = {  # name -> (embedding spec, block-matrix spec with {b})
@@ -166,6 +178,9 @@ def main() -> int:
     ap.add_argument("--ladder", default=",".join(map(str, LADDER)), help="block-matrix widths to try, widest first")
     ap.add_argument("--results", type=Path, default=None, help="results JSON to write (default bench/results/quant_gap.json)")
     ap.add_argument("--table", action="store_true", help="only print the tables and draw the plots from the results file")
+    ap.add_argument("--curves", action="store_true",
+                    help="evaluate every width of every family, not only those that fit a target: the plot draws each "
+                         "family's whole bytes-vs-gap curve (cheap on the small models; ~25 s an eval on nolanvild)")
     args = ap.parse_args()
     if args.results is not None:
         global RESULTS
@@ -219,7 +234,7 @@ def main() -> int:
             for b in [int(x) for x in args.ladder.split(",")]:
                 if (fam, b) not in packs:
                     art = pack(fam, b)
-                    if (fam, b) not in evals and packs[(fam, b)][0] <= target:
+                    if (fam, b) not in evals and (packs[(fam, b)][0] <= target or args.curves):
                         evals[(fam, b)] = fresh(art, f"{fam} int{b}")
                     log(f"{fam} int{b}: {packs[(fam, b)][0]:,} bytes" + (f", gap {evals[(fam, b)] - raw:+.4f}" if (fam, b) in evals else ""))
                 if packs[(fam, b)][0] <= target:
@@ -231,6 +246,10 @@ def main() -> int:
             nb, warns, ps = packs[(fam, chosen)]
             rows.append({"family": fam, "target": frac, "target_bytes": target, "bits": chosen, "bytes": nb,
                          "val_bpb": evals[(fam, chosen)], "gap": evals[(fam, chosen)] - raw, "pack_s": ps, "floor_warnings": len(warns)})
+        for b in [int(x) for x in args.ladder.split(",")] if args.curves else []:  # the widths no target stopped at
+            if (fam, b) not in evals:
+                evals[(fam, b)] = fresh(pack(fam, b), f"{fam} int{b}")  # the artifact is not kept: pack again
+                log(f"{fam} int{b} (curve): {packs[(fam, b)][0]:,} bytes, gap {evals[(fam, b)] - raw:+.4f}")
     if "presets" in want:
         for name in ("int6+tok8", "int6sd+tok8", "int6g+tok8"):
             art = pack_state_dict(sd, PRESETS[name], config=cfg)
@@ -280,6 +299,8 @@ def main() -> int:
     allres[args.model] = {"raw_val_bpb": raw, "chunk_windows": CHUNK_SEQS, "chunks": len(chunks["raw"]),
                           "int6_tok8_bytes": T, "val_tokens": int(len(val)), "seq_len": m["seq"],
                           "ladder": {f"{f} int{b}": v[0] for (f, b), v in packs.items()}, "rows": rows,
+                          "curves": {f"{f} int{b}": [packs[(f, b)][0], v - raw] for (f, b), v in evals.items()}
+                          if args.curves else before.get("curves", {}),
                           "seconds": round(time.perf_counter() - t0, 1), "loadavg_end": os.getloadavg()[0]}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(allres, indent=1) + "\n")
@@ -331,12 +352,21 @@ def plot(model: str, res: dict) -> None:
         ax.scatter(r["bytes"] / 1e6, max(r["gap"], 1e-4), color=colour[r["family"]], marker=marker, s=30,
                    label=r["family"] if r["family"] not in seen else None)
         seen.add(r["family"])
+    curves: dict[str, list[tuple[int, float]]] = {}  # family -> (bytes, gap) of every width evaluated (--curves)
+    for key, (nb, gap) in res.get("curves", {}).items():
+        curves.setdefault(key.split(" ")[0], []).append((nb, gap))
+    for fam, pts in curves.items():
+        pts.sort()
+        ax.plot([b / 1e6 for b, _ in pts], [max(g, 1e-4) for _, g in pts], color=colour.get(fam, "grey"), lw=0.7, alpha=0.6,
+                marker=".", ms=3, label=None if fam in seen else fam)
     ax.axvline(res["int6_tok8_bytes"] / 1e6, color="grey", ls="--", lw=0.8)
     ax.axvline(0.85 * res["int6_tok8_bytes"] / 1e6, color="grey", ls=":", lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("artifact bytes (MB)")
     ax.set_ylabel("fresh-load val_bpb gap (log)")
-    ax.set_title(f"{model}: bytes vs gap (dashed: int6+tok8 size, dotted: 85%; squares: the 85% pick)", fontsize=9)
+    ax.set_title(f"{model}: bytes vs gap (dashed: int6+tok8 size, dotted: 85%; squares: the 85% pick; lines: each "
+                 "family's widths)" if curves else f"{model}: bytes vs gap (dashed: int6+tok8 size, dotted: 85%; squares: the 85% pick)",
+                 fontsize=8)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(RESULTS.parent / f"{RESULTS.stem}_{model}.png", dpi=110)
