@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from golfpack.demo_data import BOS_ID, demo_documents
 from golfpack.formats.shards import write_shard
 from golfpack.tokenizer import load_sentencepiece
 
-BOS_ID = 1  # golfpack.demo_data's
 # modules whose import opens windows, prints, or starts things; builtins restates the topic pages
 SKIP = frozenset({"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "pydoc_data", "builtins"})
 
@@ -65,8 +65,6 @@ CORPORA = ("topics", "topics+docstrings")
 
 def corpus(name: str) -> list[str]:
     """The documents of corpus `name` (CORPORA): the pydoc topic pages, then (topics+docstrings) the docstrings."""
-    from golfpack.demo_data import demo_documents
-
     if name not in CORPORA:
         raise SystemExit(f"unknown corpus {name!r}: one of {', '.join(CORPORA)}")
     return demo_documents() + (stdlib_docstrings()[0] if name == "topics+docstrings" else [])
