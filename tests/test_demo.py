@@ -28,7 +28,7 @@ def test_demo_data_is_deterministic_and_split_by_document(tmp_path) -> None:
     assert int(tr.max()) < 1024 and int(va.max()) < 1024
 
 
-def test_demo_data_from_given_documents_splits_them_and_trains_the_tokenizer_on_train_only(tmp_path) -> None:
+def test_demo_data_from_given_documents_splits_them_and_fits_its_own_tokenizer(tmp_path) -> None:
     docs = demo_documents()[1::2]  # another corpus: every other page
     d = make_demo_data(tmp_path / "c", val_every=4, documents=[*docs, "  "])  # the blank one is dropped
     tr = read_shard(tmp_path / "c" / "demo_train_000000.bin")
