@@ -24,9 +24,7 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-
-from golfpack.demo_data import BOS_ID, demo_documents
+from golfpack.demo_data import demo_documents, encode_documents
 from golfpack.formats.shards import write_shard
 from golfpack.tokenizer import load_sentencepiece
 
@@ -77,11 +75,8 @@ def write_heldout(data_dir: Path) -> dict:
         raise SystemExit(f"{tok} not found: run bench/train_pathological.py --out {data_dir.parent} first")
     sp = load_sentencepiece(tok)
     docs, names = stdlib_docstrings()
-    ids: list[int] = []
-    for d in docs:
-        ids.append(BOS_ID)
-        ids.extend(sp.encode(d))
-    write_shard(data_dir / "heldout_docs_000000.bin", np.asarray(ids, dtype=np.uint16))
+    ids = encode_documents(sp, docs)
+    write_shard(data_dir / "heldout_docs_000000.bin", ids)
     info = {"tokens": len(ids), "documents": len(docs), "chars": sum(map(len, docs)),
             "python": sys.version.split()[0], "modules": names}
     (data_dir / "heldout_docs.json").write_text(json.dumps(info, indent=1) + "\n")

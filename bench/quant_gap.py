@@ -251,7 +251,7 @@ def main() -> int:
                          "val_bpb": evals[(fam, chosen)], "gap": evals[(fam, chosen)] - raw, "pack_s": ps, "floor_warnings": len(warns)})
         for b in [int(x) for x in args.ladder.split(",")] if args.curves else []:  # the widths no target stopped at
             if (fam, b) not in evals:
-                evals[(fam, b)] = fresh(pack(fam, b), f"{fam} int{b}")  # the artifact is not kept: pack again
+                evals[(fam, b)] = fresh(pack(fam, b), f"{fam} int{b}")  # first pack: the target loop evaluates all it packs
                 log(f"{fam} int{b} (curve): {packs[(fam, b)][0]:,} bytes, gap {evals[(fam, b)] - raw:+.4f}")
     if "presets" in want:
         for name in ("int6+tok8", "int6sd+tok8", "int6g+tok8"):

@@ -55,10 +55,10 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "train_pathological.json"
 
 
-def fresh_eval(path: Path, tokens, luts, seq_len: int, *, loss: bool = False) -> float:
+def fresh_eval(path: Path, tokens, luts, seq_len: int):
+    """The EvalResult of the file at `path`, loaded fresh, on `tokens`."""
     lm = load_any(path)
-    r = evaluate(build_model(lm.config, lm.state_dict), tokens, luts, seq_len=seq_len, batch_size=32)
-    return r.val_loss if loss else r.val_bpb
+    return evaluate(build_model(lm.config, lm.state_dict), tokens, luts, seq_len=seq_len, batch_size=32)
 
 
 def row_stats(sd) -> dict:
@@ -111,14 +111,14 @@ def main() -> int:
     val = load_tokens(dd.val_pattern)
     luts = build_luts(dd.tokenizer, cfg.model_config().vocab_size)
     seq = cfg.train_seq_len
-    raw = fresh_eval(ckpt, val, luts, seq)
-    train_tokens = load_tokens(dd.train_pattern, len(val))
-    losses = {"train": fresh_eval(ckpt, train_tokens, luts, seq, loss=True), "val": fresh_eval(ckpt, val, luts, seq, loss=True)}
+    r_val = fresh_eval(ckpt, val, luts, seq)
+    raw = r_val.val_bpb
+    losses = {"train": fresh_eval(ckpt, load_tokens(dd.train_pattern, len(val)), luts, seq).val_loss, "val": r_val.val_loss}
     out_rows = {}
     for pol in ("int8", "int6+tok8"):
         qpath = out / f"model_{pol.replace('+', '_')}.qg3"
         art = pack_file(ckpt, qpath, policy=resolve_policy(pol))
-        bpb = fresh_eval(qpath, val, luts, seq)
+        bpb = fresh_eval(qpath, val, luts, seq).val_bpb
         out_rows[pol] = {"bytes": len(art.data), "val_bpb": bpb, "gap": bpb - raw}
     stats = row_stats(load_any(ckpt).state_dict)
     report = {

@@ -11,6 +11,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,15 @@ class DemoData:
 def demo_documents() -> list[str]:
     """The topic pages, one document each, in a fixed order (the same text `--calib pydoc` reads)."""
     return pydoc_documents()
+
+
+def encode_documents(sp: Any, docs: Sequence[str]) -> np.ndarray:
+    """Token ids of `docs` as one stream, each document opened by BOS (the demo shards' layout), as uint16."""
+    ids: list[int] = []
+    for d in docs:
+        ids.append(BOS_ID)
+        ids.extend(sp.encode(d))
+    return np.asarray(ids, dtype=np.uint16)
 
 
 def make_demo_data(out_dir: str | Path, val_every: int = 10, documents: Sequence[str] | None = None) -> DemoData:
@@ -69,15 +79,7 @@ def make_demo_data(out_dir: str | Path, val_every: int = 10, documents: Sequence
     tok_path = out / "demo_bpe1024.model"
     write_bytes_atomic(tok_path, buf.getvalue())
     sp = load_sentencepiece(tok_path)
-
-    def encode(ds: list[str]) -> np.ndarray:
-        ids: list[int] = []
-        for d in ds:
-            ids.append(BOS_ID)
-            ids.extend(sp.encode(d))
-        return np.asarray(ids, dtype=np.uint16)
-
-    train, val = encode(train_docs), encode(val_docs)
+    train, val = encode_documents(sp, train_docs), encode_documents(sp, val_docs)
     write_shard(out / "demo_train_000000.bin", train)
     write_shard(out / "demo_val_000000.bin", val)
     return DemoData(
