@@ -193,3 +193,66 @@ def test_result_artifact_and_save_replay_the_search(result, small_ckpt, tmp_path
     assert replay.data == art.data  # what `golfpack pack --policy` writes, byte for byte
     result.save(tmp_path / "b.qg3")
     assert (tmp_path / "b.qg3").read_bytes() == art.data and not (tmp_path / "b.policy.json").exists()
+
+
+def test_joint_scores_carry_kl_and_delta_nll_and_a_far_from_minimum_model_gets_the_first_order_note(result):
+    """Every compared layout keeps both numbers of its held-out forward; with objective kl the joint score is the KL.
+    The small model is random weights on a token pattern it never saw, so its held-out loss change is mostly first
+    order: the report says so, with the chosen layout's numbers, and the CLI prints it."""
+    from golfpack.cli.search import human_lines
+
+    assert all(a.joint == a.joint_kl and a.joint_nll == a.joint_nll for a in result.alternatives)
+    c = result.chosen
+    assert abs(c.joint_nll - c.joint_kl) > c.joint_kl > 0
+    assert len(result.notes) == 1 and f"{c.joint_nll:+.5f} nats/token" in result.notes[0] and f"{c.joint_kl:.5f}" in result.notes[0]
+    rep = result.report()
+    assert rep["notes"] == result.notes and rep["joint_kl"] == c.joint_kl and rep["joint_delta_nll"] == c.joint_nll
+    assert rep["alternatives"][0]["joint_delta_nll"] == result.alternatives[0].joint_nll
+    assert f"note: {result.notes[0]}" in human_lines({**rep, "predicted_delta_bpb": None})
+
+
+@pytest.mark.parametrize("calib, objective, kl, nll, fires", [
+    ("shard.bin", "kl", 0.001, -0.010, True),  # first order -0.011: ten times the KL
+    ("shard.bin", "kl", 0.001, 0.0035, True),  # +0.0025 > KL: a loss the KL misses, too
+    ("shard.bin", "kl", 0.001, 0.0018, False),  # first order 0.0008 <= KL: KL judges most of it
+    ("self", "kl", 0.001, -0.010, False),  # the model's own samples: first order is sampling noise there
+    ("shard.bin", "nll", 0.001, -0.010, False),  # objective nll already judges it
+    ("shard.bin", "kl", float("nan"), -0.010, False),  # not scored jointly (select off)
+])
+def test_first_order_note_fires_only_for_real_text_kl_searches_whose_first_order_exceeds_the_kl(calib, objective, kl, nll, fires):
+    from golfpack.budget.select import Alternative, first_order_note
+
+    a = Alternative("solver:lzma", "lzma", (0,), 100, 0.0, joint=kl, joint_kl=kl, joint_nll=nll)
+    note = first_order_note(a, calib, objective)
+    assert (note is not None) == fires
+    if fires:
+        assert note.startswith(f"on held-out calibration text the chosen layout changes the loss by {nll:+.5f} nats/token")
+        assert "objective nll" in note and "When delta NLL" in note
+
+
+def test_objective_auto_searches_again_by_nll_when_the_kl_answer_is_mostly_first_order(small_ckpt, shard, tmp_path):
+    """auto on real text: the kl pass's note fires on this far-from-minimum model, so the answer is the nll pass's,
+    judged by delta NLL, and its note says why; both passes shared the given cache."""
+    cfg = _cfg(shard, budget=BUDGET, objective="auto", cache_dir=str(tmp_path / "cache"))
+    res = run_search(small_ckpt, cfg)
+    nll = run_search(small_ckpt, cfg.replace(objective="nll"))
+    assert res.report()["objective"] == "nll" and res.chosen.joint == res.chosen.joint_nll
+    assert res.specs == nll.specs and res.model_bytes == nll.model_bytes
+    assert len(res.notes) == 1 and res.notes[0].startswith("objective auto: judged by nll, because judged by kl on held-out")
+    assert f"{res.chosen.joint_nll:+.5f} nats/token, KL {res.chosen.joint_kl:.5f}" in res.notes[0]
+
+
+def test_objective_auto_keeps_kl_when_the_note_is_silent_and_on_self_samples(small_ckpt, shard, monkeypatch):
+    from golfpack.budget import run as R
+
+    monkeypatch.setattr(R, "first_order_note", lambda *a: None)
+    res = run_search(small_ckpt, _cfg(shard, budget=BUDGET, objective="auto"))
+    assert res.report()["objective"] == "kl" and res.notes == ["objective auto: judged by kl (the held-out first order is within the KL)"]
+    seen = []
+    real = R.run_search
+    monkeypatch.setattr(R, "run_search", lambda ckpt, cfg, model=None: seen.append((cfg.calib, cfg.objective)) or real(ckpt, cfg, model=model))
+    from golfpack.errors import UsageError
+
+    with pytest.raises(UsageError, match="file not found"):  # the spy sees the one pass auto asks for; the missing file stops it
+        R._auto_objective(str(small_ckpt) + ".missing", _cfg(shard, objective="auto").replace(calib="self"), None)
+    assert seen == [("self", "kl")]

@@ -28,7 +28,7 @@ def test_defaults_are_valid_and_normalised():
 
 
 @pytest.mark.parametrize("field,allowed", [
-    ("sensitivity", "direct, proxy, both"), ("objective", "kl, nll"), ("solver", "dp, greedy, best"),
+    ("sensitivity", "direct, proxy, both"), ("objective", "kl, nll, auto"), ("solver", "dp, greedy, best"),
     ("activation", "relu2, relu3, leaky_relu2"),
 ])
 def test_enum_fields_list_what_they_accept(field, allowed):

@@ -42,7 +42,9 @@ class SearchConfig:
     calib_seq: int = 256  # tokens per calibration sequence
     sensitivity: str = "both"  # direct | proxy (Taylor: gradient + diagonal Fisher) | both (direct drives, proxy's rank agreement reported)
     proxy_batch: int = 32  # calibration sequences for the proxy's gradient statistics
-    objective: str = "kl"  # what a tensor's damage means: kl = KL(raw || quantized) predictions, nll = delta loss on the calibration tokens
+    # what a tensor's damage means: kl = KL(raw || quantized) predictions, nll = delta loss on the calibration tokens,
+    # auto = kl, then nll where kl's answer loses mostly first order on held-out real text (docs/search.md, "When delta NLL")
+    objective: str = "kl"
     select: bool = True  # pick the final layout among solver/proxy/greedy/preset alternatives by JOINT held-out loss
     select_batch: int = 32  # held-out calibration sequences for that joint measurement
     target_headroom: int = DEFAULT_TARGET_HEADROOM  # fit until budget - total < this
@@ -105,7 +107,7 @@ class SearchConfig:
         if self.progress is not None and not isinstance(self.progress, bool):
             raise UsageError(f"progress must be True, False or None, got {self.progress!r}", param="progress")
         _choice("sensitivity", self.sensitivity, SENSITIVITY_MODES)
-        _choice("objective", self.objective, OBJECTIVES)
+        _choice("objective", self.objective, (*OBJECTIVES, "auto"))
         _choice("solver", self.solver, SOLVERS)
         if self.activation is not None:
             _choice("activation", self.activation, ACTIVATIONS)

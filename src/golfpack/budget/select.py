@@ -27,6 +27,8 @@ class Alternative:
     model_bytes: int  # exact artifact bytes
     predicted_loss: float  # sum of single-tensor deltas (what the solver minimised)
     joint: float = math.nan  # objective measured with every tensor quantized, on held-out calibration tokens
+    joint_kl: float = math.nan  # the same forward's KL(raw || quantized) per token (= joint for objective kl)
+    joint_nll: float = math.nan  # and its delta loss per token (= joint for objective nll); minus joint_kl: the first order
     exact: bool = True  # model_bytes is an exact pack (False: the fit's cost-model prediction, packed only if it can win)
     # how `settle` makes a predicted layout exact when it can win: None packs `choice` as it is (a preset); a solver's
     # answer on predicted bytes is fitted for real instead (exact packs, budget moved until it fits), returning
@@ -35,7 +37,7 @@ class Alternative:
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "codec": self.codec, "model_bytes": self.model_bytes, "bytes_exact": self.exact,
-                "predicted_loss": self.predicted_loss, "joint": self.joint}
+                "predicted_loss": self.predicted_loss, "joint": self.joint, "joint_kl": self.joint_kl, "joint_delta_nll": self.joint_nll}
 
 
 JOINT_TIE_ABS = 1e-6  # nats/token: joint scores closer than this (or JOINT_TIE_REL of the best) are a tie
@@ -187,18 +189,38 @@ def joint_scorer(p: Problem, cfg: SearchConfig) -> Callable[[list[Alternative]],
     # the raw model's loss from its own predictions: `batch_scores`' number without a second forward
     base = -sum(float(r.gather(-1, batch.targets[i : i + 8].to(cfg.device).unsqueeze(-1)).double().sum())
                 for r, i in zip(ref, range(0, batch.inputs.shape[0], 8))) / batch.tokens
-    scored: dict[tuple[int, ...], float] = {}
+    scored: dict[tuple[int, ...], tuple[float, float]] = {}  # choice -> (KL, delta NLL)
 
     def score(alts: list[Alternative]) -> None:
         for a in progress_bar(alts, desc="select (joint)", unit="layout", enabled=cfg.progress):
             if a.choice not in scored:
                 sd = {n: p.record(n, p.candidates[n][j]).dequantize() for n, j in zip(p.names, a.choice)}
                 nll, kl = S.batch_scores(p.build(sd, device=cfg.device), batch, ref, device=cfg.device)
-                scored[a.choice] = kl if cfg.objective == "kl" else nll - base
-            a.joint = scored[a.choice]
+                scored[a.choice] = (kl, nll - base)
+            a.joint_kl, a.joint_nll = scored[a.choice]
+            a.joint = a.joint_kl if cfg.objective == "kl" else a.joint_nll
 
     return score
 
 
-__all__ = ["JOINT_TIE_ABS", "JOINT_TIE_REL", "PRESET_PREDICT_MARGIN", "Alternative", "alternatives", "joint_scorer", "near_best", "pick",
+def first_order_note(a: Alternative, calib: str, objective: str) -> str | None:
+    """What the report should say when the chosen layout's held-out loss change is mostly first order.
+
+    delta NLL - KL is the first-order term g . dw of the calibration text's loss (to first order the two differ only
+    where the text's next tokens differ from the model's own predictions). It is large when the model is far from a
+    minimum of that text, and KL does not judge it: on Taleef7 (a barely trained model) it was all of every layout's
+    val gap (bench/first_order.py). On the model's own samples it is zero in expectation, so only real-text
+    calibration with objective kl gets the note; None when the first order is at most the KL itself.
+    """
+    if calib == "self" or objective != "kl" or not (math.isfinite(a.joint_kl) and math.isfinite(a.joint_nll)):
+        return None
+    if abs(a.joint_nll - a.joint_kl) <= max(JOINT_TIE_ABS, a.joint_kl):
+        return None
+    return (f"on held-out calibration text the chosen layout changes the loss by {a.joint_nll:+.5f} nats/token, its KL is "
+            f"{a.joint_kl:.5f}: the rest is first order (the model is not at a minimum of this text), which objective kl does "
+            "not judge. If this text is like the scored text and the model did not train on it, objective nll judges it "
+            "too (docs/search.md, 'When delta NLL')")
+
+
+__all__ = ["JOINT_TIE_ABS", "JOINT_TIE_REL", "PRESET_PREDICT_MARGIN", "Alternative", "alternatives", "first_order_note", "joint_scorer", "near_best", "pick",
            "preset_choice", "settle"]

@@ -114,10 +114,11 @@ def make_scorer(
 )
 @click.option(
     "--objective",
-    type=click.Choice(["kl", "nll"]),
+    type=click.Choice(["kl", "nll", "auto"]),
     default="kl",
     show_default=True,
-    help="Damage measure: KL(raw || quantized) predictions, or delta NLL on the calibration tokens.",
+    help="Damage measure: KL(raw || quantized) predictions, delta NLL on the calibration tokens, or auto: kl, then nll "
+    "where kl's answer loses mostly first order on held-out real text (a model far from a minimum of it).",
 )
 @click.option(
     "--no-select",
@@ -402,6 +403,7 @@ def human_lines(rep: dict[str, Any]) -> list[str]:
                 f"  {a['source']:<34} {'' if a.get('bytes_exact', True) else '~'}{a['model_bytes']:>10,} B  "
                 f"predicted {a['predicted_loss']:.5f}  joint {a['joint']:.5f}"
             )
+    lines += [f"note: {n}" for n in rep.get("notes") or []]
     ag = rep.get("proxy_vs_direct")
     if ag:
         lines.append(f"proxy vs direct: Spearman {ag['spearman']:.3f} over {ag['pairs']} (tensor, spec) pairs")
