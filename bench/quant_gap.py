@@ -28,7 +28,10 @@ tensors fp16, as every int6-family preset):
     search     `golfpack.search` with its defaults (self-calibration; the patho model: its train shard) at
                budget = each target and each records row's bytes, one measurement cache per model;
                --search-gptq-calib pydoc: the same searches with GPTQ Hessians from the records' own
-               calibration text (family search_pydoc_hessians)
+               calibration text (family search_pydoc_hessians); --search-calib pydoc --search-objective nll|auto:
+               calibrated on real text the FineWeb models never trained on, damage judged by delta loss, or by KL
+               and then delta loss where KL's answer loses mostly first order (families search_pydoc_nll,
+               search_pydoc_auto; on the model's own calib shard search_auto; docs/search.md, "When delta NLL")
 
 Hessians from pydoc pages (16 x 1024 sp1024 tokens) or, for the pathological model, its TRAIN shard -
 never val. Results: bench/results/quant_gap.json and .md, and a bytes-vs-gap plot per model
@@ -178,6 +181,9 @@ def main() -> int:
     ap.add_argument("--search-gptq-calib", default=None,
                     help="the search's GPTQ Hessian tokens (SearchConfig.gptq_calib), e.g. pydoc: the records recipe's own "
                          "calibration text; its rows are family search_<it>_hessians, beside the default search's")
+    ap.add_argument("--search-calib", default=None,
+                    help="the search's calibration (SearchConfig.calib), e.g. pydoc; default: the model's MODELS calib, else self")
+    ap.add_argument("--search-objective", default="kl", choices=("kl", "nll", "auto"), help="the search's objective (SearchConfig.objective)")
     ap.add_argument("--ladder", default=",".join(map(str, LADDER)), help="block-matrix widths to try, widest first")
     ap.add_argument("--results", type=Path, default=None, help="results JSON to write (default bench/results/quant_gap.json)")
     ap.add_argument("--table", action="store_true", help="only print the tables and draw the plots from the results file")
@@ -280,18 +286,23 @@ def main() -> int:
         budgets = [("100%", int(T)), ("85%", int(T * 0.85))] + [(f, b) for f, b in rec.items()]
         budgets = [(label, b) for label, b in budgets if label in args.search_at.split(",")]
         cache = tempfile.mkdtemp(prefix="qg-search-cache-")
+        calib = args.search_calib or m["calib"] or "self"
+        # a search off the defaults is a family of its own, named by what differs: search_pydoc_nll, search_pydoc_hessians
+        fam = "_".join(["search", *([Path(calib).stem] if args.search_calib else []),
+                        *([args.search_objective] if args.search_objective != "kl" else []),
+                        *([f"{Path(args.search_gptq_calib).stem}_hessians"] if args.search_gptq_calib else [])])
         for label, budget in budgets:
             t = time.perf_counter()
-            res = gp.search(str(m["ckpt"]), gp.SearchConfig(budget=budget, calib=m["calib"] or "self", tokenizer=m["tok"],
+            res = gp.search(str(m["ckpt"]), gp.SearchConfig(budget=budget, calib=calib, tokenizer=m["tok"], objective=args.search_objective,
                                                             gptq_calib=args.search_gptq_calib, cache_dir=cache, progress=False))
             art = res.artifact
             bpb = fresh(art, f"search {label}")
             frac = {"100%": 1.0, "85%": 0.85}.get(label)
-            fam = "search" if args.search_gptq_calib is None else f"search_{Path(args.search_gptq_calib).stem}_hessians"
             rows.append({"family": fam, "target": frac, "target_bytes": budget, "target_label": label, "bits": "mixed",
                          "bytes": art.model_bytes, "val_bpb": bpb, "gap": bpb - raw, "search_s": round(time.perf_counter() - t, 1),
                          "load1": round(os.getloadavg()[0], 1), "floor_warnings": len(art.warnings),
-                         "layout": {n: sp.label() for n, sp in res.specs.items()}})
+                         "layout": {n: sp.label() for n, sp in res.specs.items()}, "joint_kl": res.chosen.joint_kl if res.chosen else None,
+                         "joint_delta_nll": res.chosen.joint_nll if res.chosen else None, "notes": res.notes})
             if label in chunks:  # a records row of this run: the ratio at its bytes, with the eval's sampling interval
                 r, lo, hi = gap_ratio(chunks[f"search {label}"], chunks[label], chunks["raw"])
                 rows[-1].update(ratio_vs=label, ratio=r, ratio_ci90=[lo, hi])
@@ -344,7 +355,7 @@ def plot(model: str, res: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     fams = list(dict.fromkeys(r["family"] for r in res["rows"]))
     colour = {f: plt.get_cmap("tab20")(i % 20) for i, f in enumerate(fams)}
     seen = set()
@@ -352,7 +363,7 @@ def plot(model: str, res: dict) -> None:
         if r.get("gap") is None:
             continue
         marker = "s" if r.get("target") == 0.85 else "o"
-        ax.scatter(r["bytes"] / 1e6, max(r["gap"], 1e-4), color=colour[r["family"]], marker=marker, s=30,
+        ax.scatter(r["bytes"] / 1e6, r["gap"], color=colour[r["family"]], marker=marker, s=30,
                    label=r["family"] if r["family"] not in seen else None)
         seen.add(r["family"])
     curves: dict[str, list[tuple[int, float]]] = {}  # family -> (bytes, gap) of every width evaluated (--curves)
@@ -360,17 +371,19 @@ def plot(model: str, res: dict) -> None:
         curves.setdefault(key.split(" ")[0], []).append((nb, gap))
     for fam, pts in curves.items():
         pts.sort()
-        ax.plot([b / 1e6 for b, _ in pts], [max(g, 1e-4) for _, g in pts], color=colour.get(fam, "grey"), lw=0.7, alpha=0.6,
+        ax.plot([b / 1e6 for b, _ in pts], [g for _, g in pts], color=colour.get(fam, "grey"), lw=0.7, alpha=0.6,
                 marker=".", ms=3, label=None if fam in seen else fam)
     ax.axvline(res["int6_tok8_bytes"] / 1e6, color="grey", ls="--", lw=0.8)
     ax.axvline(0.85 * res["int6_tok8_bytes"] / 1e6, color="grey", ls=":", lw=0.8)
-    ax.set_yscale("log")
+    ax.set_yscale("symlog", linthresh=1e-4)  # log both ways, linear within +-1e-4: a layout can beat the raw model
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.margins(y=0.15)
     ax.set_xlabel("artifact bytes (MB)")
-    ax.set_ylabel("fresh-load val_bpb gap (log; under 1e-4 drawn at 1e-4)")
+    ax.set_ylabel("fresh-load val_bpb gap (symlog: linear within +-1e-4)")
     ax.set_title(f"{model}: bytes vs gap (dashed: int6+tok8 size, dotted: 85%; squares: the 85% pick; lines: each "
                  "family's widths)" if curves else f"{model}: bytes vs gap (dashed: int6+tok8 size, dotted: 85%; squares: the 85% pick)",
                  fontsize=8)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no point hidden under it
     fig.tight_layout()
     fig.savefig(RESULTS.parent / f"{RESULTS.stem}_{model}.png", dpi=110)
     plt.close(fig)
