@@ -248,6 +248,7 @@ def test_objective_auto_keeps_kl_when_the_note_is_silent_and_on_self_samples(sma
     monkeypatch.setattr(R, "first_order_note", lambda *a: None)
     res = run_search(small_ckpt, _cfg(shard, budget=BUDGET, objective="auto"))
     assert res.report()["objective"] == "kl" and res.notes == ["objective auto: judged by kl (the held-out first order is within the KL)"]
+    assert len(res.artifact.data) == res.model_bytes  # packs after auto's temporary measurement cache is gone
     seen = []
     real = R.run_search
     monkeypatch.setattr(R, "run_search", lambda ckpt, cfg, model=None: seen.append((cfg.calib, cfg.objective)) or real(ckpt, cfg, model=model))

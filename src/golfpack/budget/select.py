@@ -208,8 +208,8 @@ def first_order_note(a: Alternative, calib: str, objective: str) -> str | None:
 
     delta NLL - KL is the first-order term g . dw of the calibration text's loss (to first order the two differ only
     where the text's next tokens differ from the model's own predictions). It is large when the model is far from a
-    minimum of that text, and KL does not judge it: on Taleef7 (a barely trained model) it was all of every layout's
-    val gap (bench/first_order.py). On the model's own samples it is zero in expectation, so only real-text
+    minimum of that text, and KL does not judge it: on Taleef7 (a barely trained model) it was the whole val gap of
+    the default search's and the records' layouts (bench/first_order.py). On the model's own samples it is zero in expectation, so only real-text
     calibration with objective kl gets the note; None when the first order is at most the KL itself.
     """
     if calib == "self" or objective != "kl" or not (math.isfinite(a.joint_kl) and math.isfinite(a.joint_nll)):
