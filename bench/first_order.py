@@ -39,11 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from golfpack.budget.problem import self_calibration  # noqa: E402
 from golfpack.budget.sensitivity import gradient_stats  # noqa: E402
-from golfpack.loading import load_any  # noqa: E402
 from golfpack.model import build_model  # noqa: E402
 from golfpack.packer.calibration import calib_halves, make_batch  # noqa: E402
 from golfpack.tokenizer import build_luts  # noqa: E402
-from quant_gap import MODELS, QG_TOKENS, REPO, RESULTS, chunk_scores, model_bench  # noqa: E402
+from quant_gap import MODELS, QG_TOKENS, REPO, RESULTS, chunk_scores, fresh_state, model_bench  # noqa: E402
 from quant_gap_proto import calib_batches  # noqa: E402
 from records_recipe import collect_hessians, quantize_records_recipe  # noqa: E402
 
@@ -75,11 +74,12 @@ def run_model(name: str) -> dict:
     sd = {k: v.float() for k, v in sd.items()}
     luts = build_luts(m["tok"], cfg.vocab_size)
 
-    def gap_of(state) -> tuple[float, float]:
+    def bpb_of(state) -> tuple[float, float]:
+        """(val_bpb, val target bytes) of a state dict."""
         nll, nb = chunk_scores(build_model(cfg, state), val, luts, m["seq"])
         return sum(nll) / (math.log(2) * sum(nb)), sum(nb)
 
-    raw, nbytes = gap_of(sd)
+    raw, nbytes = bpb_of(sd)
     ntok = (len(val) - 1) // m["seq"] * m["seq"]
     fac = ntok / (math.log(2) * nbytes)  # mean nats/token -> bpb over these val tokens
     model = build_model(cfg, sd)
@@ -90,27 +90,25 @@ def run_model(name: str) -> dict:
     rows = []
     # the defaults (self samples, or the pathological model's train shard) and delta NLL on real text: pydoc for the
     # FineWeb models, which never trained on it; the pathological model's own train shard (it trained on pydoc pages)
-    searches = {"search": {}, f"search_{'train' if m['calib'] else 'pydoc'}_nll": {"calib": m["calib"] or "pydoc", "objective": "nll"}}
+    searches = {"search": {"calib": m["calib"] or "self"},
+                f"search_{'train' if m['calib'] else 'pydoc'}_nll": {"calib": m["calib"] or "pydoc", "objective": "nll"}}
     for fam, over in searches.items():
-        calib = over.get("calib", m["calib"] or "self")
         for label, budget in rec.items():
             t = time.perf_counter()
-            c = gp.SearchConfig(budget=budget, tokenizer=m["tok"], cache_dir=cache, progress=False, **{**over, "calib": calib})
+            c = gp.SearchConfig(budget=budget, tokenizer=m["tok"], cache_dir=cache, progress=False, **over)
             res = gp.search(str(m["ckpt"]), c)
-            with tempfile.TemporaryDirectory() as d:
-                (Path(d) / "m.qg3").write_bytes(res.artifact.data)
-                layouts[f"{fam} = {label}"] = {k: v.float() for k, v in load_any(Path(d) / "m.qg3").state_dict.items()}
+            layouts[f"{fam} = {label}"] = {k: v.float() for k, v in fresh_state(res.artifact).items()}
             rows.append({"layout": f"{fam} = {label}", "bytes": res.artifact.model_bytes, "search_s": round(time.perf_counter() - t, 1),
                          "load1": round(os.getloadavg()[0], 1), "joint_kl": res.chosen.joint_kl, "joint_delta_nll": res.chosen.joint_nll,
                          "first_order_note": bool(res.notes)})
-            if fam == "search" and "self" not in g and calib == "self":
+            if over["calib"] == "self" and "self" not in g:
                 g["self"] = halves_grads(model, str(self_calibration(res.problem, c)), m["tok"], g)
             log(f"{fam} @ {label}: {rows[-1]['bytes']:,} B")
     H = collect_hessians(model, calib_batches(16, m["seq"], shards=m["calib"]))
     for lq in (False, True):
-        dq, _ = quantize_records_recipe(sd, H, lqer=lq)
-        layouts["records" + ("+lqer" if lq else "")] = {k: v.float() for k, v in dq.items()}
-        rows.append({"layout": "records" + ("+lqer" if lq else ""), "bytes": rec["records" + ("+lqer" if lq else "")]})
+        name = "records+lqer" if lq else "records"
+        layouts[name] = {k: v.float() for k, v in quantize_records_recipe(sd, H, lqer=lq)[0].items()}
+        rows.append({"layout": name, "bytes": rec[name]})
     g["pydoc"] = halves_grads(model, "pydoc", m["tok"], g)
     if m["calib"]:
         g["train"] = halves_grads(model, m["calib"], m["tok"], g)
@@ -118,7 +116,7 @@ def run_model(name: str) -> dict:
     for r in rows:
         lay = layouts[r["layout"]]
         d = {n: lay[n] - sd[n] for n in sd if n in lay}
-        r["gap"] = gap_of(lay)[0] - raw
+        r["gap"] = bpb_of(lay)[0] - raw
         r["first_order_val"] = flat_dot(g["val"], d) * fac
         r["rest"] = r["gap"] - r["first_order_val"]
         r["first_order_by"] = {k: flat_dot(v["grad"], d) * fac for k, v in g.items() if k != "val"}

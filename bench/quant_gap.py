@@ -124,6 +124,14 @@ def chunk_scores(model: Any, val: Any, luts: Any, seq: int, chunk_seqs: int = CH
     return nll, nbytes
 
 
+def fresh_state(art: Any) -> dict:
+    """The artifact's tensors as a fresh process sees them: its bytes written to a file and loaded back (load_any)."""
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.qg3"
+        p.write_bytes(art.data)
+        return load_any(p).state_dict
+
+
 def gap_ratio(q: list[float], ref: list[float], raw: list[float], seed: int = 0) -> tuple[float, float, float]:
     """(gap(q) / gap(ref), 5th and 95th percentile of that ratio over BOOT resamples of the chunks, paired)."""
     import numpy as np
@@ -207,10 +215,7 @@ def main() -> int:
         return sum(nll) / (math.log(2) * sum(nb))
 
     def fresh(art, key: str) -> float:
-        with tempfile.TemporaryDirectory() as d:
-            p = Path(d) / "m.qg3"
-            p.write_bytes(art.data)
-            return evc(load_any(p).state_dict, key)
+        return evc(fresh_state(art), key)
 
     raw = evc(sd, "raw")
     assert abs(raw - ev(sd)) < 1e-6, "chunked scores must add up to the one-pass eval"
